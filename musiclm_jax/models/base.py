@@ -1,0 +1,59 @@
+"""The model interface every trainable model implements (the shape of t5x's BaseModel).
+
+The trainer knows only this interface. A model whose training is not one loss (SoundStream's
+generator + discriminator) returns its own step from `custom_train_step`.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+Batch = Mapping[str, jax.Array]
+Variables = Mapping[str, Any]
+Metrics = dict[str, jax.Array]
+
+
+class BaseModel(abc.ABC):
+    """A trainable model: variables from shapes, loss, eval metrics, predict."""
+
+    # Batch feature name -> dtype. The trainer builds dummy batches and input shardings from it.
+    FEATURE_DTYPES: Mapping[str, Any] = {}
+
+    @abc.abstractmethod
+    def get_initial_variables(self, rng: jax.Array, input_shapes: Mapping[str, Sequence[int]]) -> Variables:
+        """Returns the variables (at least {'params': ...}).
+
+        Leaves are boxed in `flax.linen.LogicallyPartitioned` so that
+        `flax.linen.get_partition_spec` yields their logical axis names. Called under
+        `jax.eval_shape` and under a jitted init with output shardings, so it must be pure.
+        """
+
+    @abc.abstractmethod
+    def loss_fn(self, params: Any, batch: Batch, dropout_rng: Optional[jax.Array]) -> tuple[jax.Array, Metrics]:
+        """Returns (scalar loss to minimise, metrics). `dropout_rng=None` means deterministic."""
+
+    def eval_fn(self, params: Any, batch: Batch) -> Metrics:
+        """Metrics on one eval batch; by default the deterministic loss and its metrics."""
+        loss, metrics = self.loss_fn(params, batch, None)
+        return {"loss": loss, **metrics}
+
+    @abc.abstractmethod
+    def predict_batch(self, params: Any, batch: Batch, rng: Optional[jax.Array] = None, **kwargs) -> jax.Array:
+        """Model output for a batch (sampled tokens, codes, embeddings...)."""
+
+    def flops_per_example(self, input_shapes: Mapping[str, Sequence[int]]) -> Optional[float]:
+        """Analytic training FLOPs per example, if known (used when XLA's cost analysis is missing)."""
+        return None
+
+    def custom_train_step(self) -> Optional[Callable]:
+        """A model with its own training (several losses/optimisers) returns
+        `step(state, batch, rng) -> (new_state, metrics)`; None uses the default step."""
+        return None
+
+
+def dummy_batch(model: BaseModel, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, jax.Array]:
+    """Zeros of the right shapes and dtypes, for init and compilation."""
+    return {k: jnp.zeros(tuple(s), model.FEATURE_DTYPES.get(k, jnp.int32)) for k, s in input_shapes.items()}

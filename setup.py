@@ -1,0 +1,62 @@
+"""musiclm-jax: a TPU-native JAX/Flax implementation of MusicLM."""
+import pathlib
+
+import setuptools
+
+HERE = pathlib.Path(__file__).parent
+JAX_VERSION = "0.10.2"
+
+# Ranges verified to install together on Python 3.11 (see README "Install").
+INSTALL_REQUIRES = [
+    f"jax=={JAX_VERSION}",
+    f"jaxlib=={JAX_VERSION}",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.5,<0.3",
+    "orbax-checkpoint>=0.12.0,<0.13",
+    "gin-config>=0.5.0,<0.6",
+    "seqio==0.0.20",
+    # seqio needs tensorflow-text, and the two must be the same minor version.
+    "tensorflow>=2.21,<2.22",
+    "tensorflow-text>=2.21,<2.22",
+    "tensorflow-datasets>=4.9.9,<5",
+    # beam pins protobuf < 7; sentencepiece 0.2.3 needs protobuf 7.
+    "protobuf>=5.29,<7",
+    "sentencepiece==0.2.1",
+    "clu>=0.0.12",
+    "tensorboard>=2.21,<2.22",
+    "librosa>=0.11,<0.12",
+    "soundfile>=0.13",
+    "numpy>=2.0,<3",
+    "tqdm>=4.66",
+    "absl-py>=2.1",
+    "matplotlib>=3.8",
+]
+
+EXTRAS_REQUIRE = {
+    "test": ["pytest>=8,<10", "pytest-timeout>=2.3"],
+    # libtpu: runs on TPU VMs, and compiles for TPU topologies on any host (`musiclm aot`).
+    "tpu": [f"jax[tpu]=={JAX_VERSION}"],
+    "beam": ["apache-beam[tfrecord]>=2.77,<2.78"],
+}
+
+
+def gin_files():
+    # The top-level gin/ folder ships inside the package as `musiclm_jax.gin`.
+    return [str(p.relative_to(HERE / "gin")) for p in (HERE / "gin").rglob("*.gin")]
+
+
+setuptools.setup(
+    name="musiclm-jax",
+    version="0.1.0",
+    description="MusicLM in JAX/Flax: text-to-music, TPU-native",
+    long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11,<3.12",
+    packages=setuptools.find_packages(include=["musiclm_jax", "musiclm_jax.*"]) + ["musiclm_jax.gin"],
+    package_dir={"musiclm_jax.gin": "gin"},
+    package_data={"musiclm_jax.gin": gin_files()},
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={"console_scripts": ["musiclm=musiclm_jax.main:run"]},
+)
