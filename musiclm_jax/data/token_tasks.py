@@ -12,6 +12,11 @@ import numpy as np
 EVAL_SEED_OFFSET = 1_000_003  # eval examples come from a disjoint seed stream
 
 
+def task_permutation(seed: int = 0, codebook_size: int = 1024) -> np.ndarray:
+    """The permutation is a property of the task (fixed by seed), not of the example."""
+    return np.random.default_rng([seed, 7]).permutation(codebook_size).astype(np.int32)
+
+
 def permuted_copy_example(
     index: int,
     *,
@@ -28,8 +33,7 @@ def permuted_copy_example(
     stream = seed + (EVAL_SEED_OFFSET if split != "train" else 0)
     rng = np.random.default_rng([stream, index])
     cond = rng.integers(0, num_values, size=(num_condition_tokens,), dtype=np.int32)
-    # The permutation is a property of the task (fixed by seed), not of the example.
-    perm = np.random.default_rng([seed, 7]).permutation(codebook_size).astype(np.int32)
+    perm = task_permutation(seed, codebook_size)
     positions = np.arange(num_target_tokens) % num_condition_tokens
     return {"mulan_tokens": cond, "semantic_tokens": perm[cond[positions]]}
 

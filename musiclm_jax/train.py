@@ -1,0 +1,178 @@
+"""`musiclm train`: one loop for every model (keyword-only entry function; gin attaches at the CLI).
+
+Restore order (t5x's): the latest checkpoint in model_dir (state and data position), else
+parameters from `restore_params_from` (fine-tuning), else a fresh sharded init.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+
+from musiclm_jax.data.pipeline import BatchIterator, DatasetConfig
+from musiclm_jax.models.base import BaseModel
+from musiclm_jax.training import checkpoints, mfu, summaries
+from musiclm_jax.training.optimizers import OptimizerConfig
+from musiclm_jax.training.partitioning import Partitioner, maybe_initialize_distributed
+from musiclm_jax.training.train_state import TrainState
+from musiclm_jax.training.trainer import NonFiniteError, Trainer
+
+
+def evaluate(trainer: Trainer, params, cfg: DatasetConfig, num_batches: int) -> dict[str, float]:
+    """Mean of the eval metrics over the first `num_batches` batches of the eval split."""
+    totals: dict[str, float] = {}
+    n = 0
+    for batch in BatchIterator(cfg, repeat=False):
+        metrics = jax.device_get(trainer.eval_step(params, trainer.partitioner.global_batch(batch)))
+        for k, v in metrics.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+        n += 1
+        if n >= num_batches:
+            break
+    if n == 0:
+        raise ValueError(f"eval split {cfg.split!r} of {cfg.mixture_or_task_name!r} yielded no batch of {cfg.batch_size}")
+    return {k: v if k.startswith("num_") else v / n for k, v in totals.items()}
+
+
+def train(
+    *,
+    model: BaseModel,
+    model_dir: str,
+    train_steps: int,
+    train_dataset_cfg: DatasetConfig,
+    optimizer: OptimizerConfig = OptimizerConfig(),
+    partitioner: Optional[Partitioner] = None,
+    eval_dataset_cfg: Optional[DatasetConfig] = None,
+    eval_period: int = 0,
+    eval_steps: int = 10,
+    checkpoint_period: int = 1000,
+    keep_checkpoints: Optional[int] = 3,
+    async_checkpointing: bool = True,
+    log_period: int = 10,
+    microbatches: int = 1,
+    seed: int = 0,
+    restore_params_from: Optional[str] = None,
+    peak_flops_per_device: Optional[float] = None,
+    on_start: Optional[Callable[[str], None]] = None,
+) -> TrainState:
+    """Trains `model` for `train_steps` steps (resuming from model_dir) and returns the state.
+
+    Raises NonFiniteError if the loss or gradients stop being finite; the last good
+    checkpoint is then the latest one in model_dir.
+    """
+    if train_steps <= 0:
+        raise ValueError(f"train_steps must be positive, got {train_steps}")
+    maybe_initialize_distributed()
+    partitioner = partitioner or Partitioner()
+    model_dir = os.path.abspath(os.path.expanduser(model_dir))
+    os.makedirs(model_dir, exist_ok=True)
+    if on_start is not None:
+        on_start(model_dir)
+
+    ckpt = checkpoints.Checkpointer(
+        os.path.join(model_dir, "checkpoints"), save_every=checkpoint_period, keep=keep_checkpoints, async_save=async_checkpointing
+    )
+    latest = ckpt.latest_step()
+    start_batch = latest or 0  # one batch per step; checked against the stored position below
+    data = BatchIterator(train_dataset_cfg, start_batch=start_batch)
+    first = next(data)
+    local_shapes = {k: v.shape for k, v in first.items()}
+    input_shapes = {k: (s[0] * jax.process_count(),) + tuple(s[1:]) for k, s in local_shapes.items()}
+    trainer = Trainer(model, partitioner, optimizer, total_steps=train_steps, input_shapes=input_shapes, microbatches=microbatches)
+
+    if jax.process_index() == 0:
+        with open(os.path.join(model_dir, "model-info.txt"), "w") as f:
+            f.write(trainer.model_info())
+
+    if latest is not None:
+        state, data_state = ckpt.restore(latest, trainer.abstract_state)
+        expected = data_state.get("batches_consumed", latest)
+        if expected != start_batch:
+            raise checkpoints.CheckpointError(
+                f"checkpoint {latest} says the data position is {expected}, the iterator is at {start_batch}"
+            )
+        summaries.log("resumed from step %d in %s", latest, ckpt.directory)
+    else:
+        state = trainer.init_state(trainer.rng(seed))
+        if restore_params_from:
+            params, step = checkpoints.restore_params(restore_params_from, trainer.abstract_state.params)
+            state = state.replace(params=params)
+            summaries.log("initialised parameters from %s (step %d)", restore_params_from, step)
+
+    start_step = int(jax.device_get(state.step))
+    summaries.log("%s: %s parameters, mesh %s, global batch %d", type(model).__name__,
+                  f"{trainer.param_count():,}", dict(partitioner.mesh.shape), next(iter(input_shapes.values()))[0])
+    t_compile = time.perf_counter()
+    step_fn = trainer.train_step
+    flops = trainer.flops_per_step_per_device
+    peak = mfu.peak_flops_per_device(peak_flops_per_device)
+    summaries.log("train step compiled in %.1fs; %s FLOPs/step/device", time.perf_counter() - t_compile,
+                  f"{flops:.3g}" if flops else "unknown")
+
+    writer = summaries.create_writer(os.path.join(model_dir, "train"))
+    eval_writer = summaries.create_writer(os.path.join(model_dir, "eval")) if eval_dataset_cfg else None
+    progress = summaries.ProgressLine(train_steps, start_step)
+    rng = trainer.rng(seed + 1)
+    examples_per_step = next(iter(input_shapes.values()))[0]
+    tokens_per_step = sum(int(np.prod(s)) for s in input_shapes.values())
+
+    batch = first
+    pending = None  # (step, metrics) of the previous step, read one step late to keep dispatch async
+    window_t, window_steps = time.perf_counter(), 0
+    step = start_step
+    try:
+        while step < train_steps:
+            state, metrics = step_fn(state, partitioner.global_batch(batch), rng)
+            step += 1
+            window_steps += 1
+            if pending is not None:
+                _check_finite(*pending, ckpt)
+            pending = (step, metrics)
+            if step < train_steps:
+                batch = next(data)
+
+            if step % log_period == 0 or step == train_steps:
+                _check_finite(*pending, ckpt)
+                values = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "finite"}
+                dt = (time.perf_counter() - window_t) / window_steps
+                values["steps_per_sec"] = 1.0 / dt
+                values["examples_per_sec"] = examples_per_step / dt
+                values["tokens_per_sec"] = tokens_per_step / dt
+                if flops:
+                    values["mfu"] = flops / dt / peak
+                writer.write_scalars(step, values)
+                summaries.log(progress.line(step, values))
+                window_t, window_steps = time.perf_counter(), 0
+
+            if ckpt.should_save(step) or step == train_steps:
+                _check_finite(*pending, ckpt)  # never save a step that did not apply
+                # One batch per step; the iterator itself has already read ahead by one.
+                ckpt.save(step, state, {**data.state(), "batches_consumed": step})
+
+            if eval_dataset_cfg and eval_period and (step % eval_period == 0 or step == train_steps):
+                results = evaluate(trainer, trainer.eval_params(state), eval_dataset_cfg, eval_steps)
+                eval_writer.write_scalars(step, results)
+                summaries.log("eval at step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())))
+                window_t = time.perf_counter()
+        if pending is not None:
+            _check_finite(*pending, ckpt)
+    finally:
+        ckpt.close()
+        writer.flush()
+        if eval_writer:
+            eval_writer.flush()
+    return state
+
+
+def _check_finite(step: int, metrics: dict, ckpt: checkpoints.Checkpointer) -> None:
+    if not bool(jax.device_get(metrics["finite"])):
+        ckpt.wait()
+        latest = ckpt.latest_step()
+        where = f"the latest checkpoint is step {latest} in {ckpt.directory}" if latest is not None else "no checkpoint was written"
+        raise NonFiniteError(
+            f"loss or gradients are not finite at step {step} (loss={float(metrics['loss'])}, "
+            f"grad_norm={float(metrics['grad_norm'])}); training stopped without applying that update; {where}"
+        )

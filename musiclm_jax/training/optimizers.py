@@ -1,0 +1,75 @@
+"""Optax optimisers and learning-rate schedules, configured as plain data (gin binds the fields)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax.numpy as jnp
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    name: str = "adamw"  # 'adamw' | 'adafactor'
+    learning_rate: float = 1e-3
+    schedule: str = "cosine"  # 'cosine' (linear warmup + cosine decay) | 'rsqrt' | 'constant'
+    warmup_steps: int = 100
+    decay_steps: Optional[int] = None  # cosine: None decays over the whole run
+    end_learning_rate_fraction: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.98
+    eps: float = 1e-9
+    weight_decay: float = 0.01
+    clip_grad_norm: Optional[float] = 1.0
+    ema_decay: Optional[float] = None  # keep an EMA of the parameters when set
+
+    def __post_init__(self):
+        if self.name not in ("adamw", "adafactor"):
+            raise ValueError(f"OptimizerConfig.name must be 'adamw' or 'adafactor', got {self.name!r}")
+        if self.schedule not in ("cosine", "rsqrt", "constant"):
+            raise ValueError(f"OptimizerConfig.schedule must be 'cosine', 'rsqrt' or 'constant', got {self.schedule!r}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"OptimizerConfig.learning_rate must be positive, got {self.learning_rate}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"OptimizerConfig.ema_decay must be in (0, 1), got {self.ema_decay}")
+
+
+def make_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
+    warmup = max(int(cfg.warmup_steps), 0)
+    if cfg.schedule == "cosine":
+        decay_steps = max(cfg.decay_steps or total_steps, warmup + 1)
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0,
+            peak_value=cfg.learning_rate,
+            warmup_steps=warmup,
+            decay_steps=decay_steps,
+            end_value=cfg.learning_rate * cfg.end_learning_rate_fraction,
+        )
+    if cfg.schedule == "rsqrt":
+        # Linear warmup, then peak * sqrt(warmup / step) (T5's inverse square root).
+        w = max(warmup, 1)
+
+        def rsqrt(step):
+            step = jnp.maximum(step.astype(jnp.float32) if hasattr(step, "astype") else float(step), 1.0)
+            return cfg.learning_rate * jnp.minimum(step / w, jnp.sqrt(w / step))
+
+        return rsqrt
+    if warmup:
+        return optax.linear_schedule(0.0, cfg.learning_rate, warmup)
+    return optax.constant_schedule(cfg.learning_rate)
+
+
+def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(optimizer, schedule). Clipping by global norm comes first in the chain."""
+    schedule = make_schedule(cfg, total_steps)
+    if cfg.name == "adamw":
+        core = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    else:
+        core = optax.adafactor(
+            learning_rate=schedule,
+            multiply_by_parameter_scale=False,
+            weight_decay_rate=cfg.weight_decay or None,
+            eps=1e-30,
+        )
+    chain = [optax.clip_by_global_norm(cfg.clip_grad_norm)] if cfg.clip_grad_norm else []
+    return optax.chain(*chain, core), schedule

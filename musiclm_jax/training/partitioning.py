@@ -1,0 +1,177 @@
+"""Device mesh and logical-axis partitioning (the shape of t5x's partitioner, maxtext's mesh).
+
+Mesh axes are ('data', 'fsdp', 'model'). Sizes come from ICI (within a slice) and DCN
+(across slices); -1 fills the remaining devices. Logical axis rules map the names that
+modules put on parameters and activations to mesh axes; they are data (set from gin),
+priority ordered: the first rule whose mesh axis is still free wins.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "model")
+LogicalRules = Sequence[tuple[str, Any]]
+
+# Activations and weights carry different names (maxtext's habit), so the batch can be
+# sharded over 'fsdp' while weights are sharded over it along 'embed'.
+DEFAULT_LOGICAL_AXIS_RULES: LogicalRules = (
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "model"),
+    ("activation_kv", None),
+    ("activation_mlp", "model"),
+    ("activation_vocab", "model"),
+    ("vocab", "model"),
+    ("embed", "fsdp"),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("kv", None),
+    ("layers", None),
+    ("relpos_buckets", None),
+)
+
+
+def maybe_initialize_distributed() -> None:
+    """Calls jax.distributed.initialize() on a multi-process launch (TPU pod, SLURM, or an
+    explicit coordinator), once. Single-process runs are left alone."""
+    if getattr(maybe_initialize_distributed, "_done", False):
+        return
+    multi_host_tpu = len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
+    explicit = "JAX_COORDINATOR_ADDRESS" in os.environ
+    slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    if multi_host_tpu or explicit or slurm:
+        jax.distributed.initialize()
+        logging.info("jax.distributed initialised: process %d of %d", jax.process_index(), jax.process_count())
+    maybe_initialize_distributed._done = True
+
+
+def _fill(sizes: Sequence[int], total: int, what: str) -> tuple[int, ...]:
+    sizes = list(sizes)
+    if len(sizes) != len(MESH_AXES):
+        raise ValueError(f"{what} needs {len(MESH_AXES)} sizes for axes {MESH_AXES}, got {sizes}")
+    if sizes.count(-1) > 1:
+        raise ValueError(f"{what} {sizes}: at most one axis may be -1")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if -1 in sizes:
+        if total % known:
+            raise ValueError(f"{what} {sizes}: {total} devices are not divisible by {known}")
+        sizes[sizes.index(-1)] = total // known
+    if int(np.prod(sizes)) != total:
+        raise ValueError(f"{what} {sizes} covers {int(np.prod(sizes))} devices, but there are {total}")
+    return tuple(sizes)
+
+
+def create_mesh(
+    ici_mesh_shape: Sequence[int] = (-1, 1, 1),
+    dcn_mesh_shape: Sequence[int] = (1, 1, 1),
+    devices: Optional[Sequence[Any]] = None,
+) -> Mesh:
+    """A ('data', 'fsdp', 'model') mesh; multi-slice when a DCN size is above 1."""
+    devices = list(jax.devices() if devices is None else devices)
+    num_slices = int(np.prod([s for s in dcn_mesh_shape if s != -1]))
+    dcn = _fill(dcn_mesh_shape, max(num_slices, 1), "dcn_mesh_shape") if -1 not in dcn_mesh_shape else None
+    if dcn is None:
+        raise ValueError("dcn_mesh_shape may not use -1; give the number of slices explicitly")
+    ici = _fill(ici_mesh_shape, len(devices) // int(np.prod(dcn)), "ici_mesh_shape")
+    if int(np.prod(dcn)) > 1:
+        device_array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+    else:
+        try:
+            device_array = mesh_utils.create_device_mesh(ici, devices)
+        except (ValueError, NotImplementedError, AssertionError):
+            # Simulated CPU devices and odd topologies have no physical layout to follow.
+            device_array = np.asarray(devices).reshape(ici)
+    return Mesh(device_array, MESH_AXES)
+
+
+def _is_box(x) -> bool:
+    return isinstance(x, nn.Partitioned)
+
+
+def logical_partition_specs(boxed_tree: Any) -> Any:
+    """Logical PartitionSpecs of a tree whose leaves may be boxed with axis names.
+
+    Unboxed leaves, and boxes whose names do not match the value's rank (factored optimiser
+    moments such as Adafactor's row/column statistics), are replicated.
+    """
+
+    def spec(x):
+        if _is_box(x):
+            names = x.names
+            if len(names) == np.ndim(x.value) or len(names) == len(getattr(x.value, "shape", ())):
+                return x.get_partition_spec()
+        return PartitionSpec()
+
+    return jax.tree.map(spec, boxed_tree, is_leaf=_is_box)
+
+
+class Partitioner:
+    """Owns the mesh and the logical rules; turns logical specs into shardings and
+    compiles functions with explicit in/out shardings."""
+
+    def __init__(
+        self,
+        ici_mesh_shape: Sequence[int] = (-1, 1, 1),
+        dcn_mesh_shape: Sequence[int] = (1, 1, 1),
+        logical_axis_rules: LogicalRules = DEFAULT_LOGICAL_AXIS_RULES,
+        devices: Optional[Sequence[Any]] = None,
+    ):
+        self.logical_axis_rules = tuple((name, tuple(ax) if isinstance(ax, list) else ax) for name, ax in logical_axis_rules)
+        self.mesh = create_mesh(ici_mesh_shape, dcn_mesh_shape, devices)
+
+    @property
+    def data_parallel_size(self) -> int:
+        """How many ways the batch is split (the mesh axes 'activation_batch' maps to)."""
+        rule = dict(self.logical_axis_rules).get("activation_batch")
+        axes = (rule,) if isinstance(rule, str) else (rule or ())
+        return int(np.prod([self.mesh.shape[a] for a in axes]))
+
+    def logical_to_sharding(self, logical_specs: Any) -> Any:
+        return nn.logical_to_mesh_sharding(logical_specs, self.mesh, self.logical_axis_rules)
+
+    def sharding(self, *logical_axes) -> NamedSharding:
+        return self.logical_to_sharding(PartitionSpec(*logical_axes))
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec())
+
+    def batch_sharding(self, ndim: int) -> NamedSharding:
+        return self.sharding("activation_batch", *([None] * (ndim - 1)))
+
+    def rules_context(self):
+        """Context under which modules' `with_logical_constraint` calls resolve."""
+        return nn.logical_axis_rules(self.logical_axis_rules)
+
+    def compile(self, fn: Callable, in_shardings, out_shardings, donate_argnums=()) -> Callable:
+        jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=donate_argnums)
+
+        def call(*args):
+            with self.mesh, self.rules_context():
+                return jitted(*args)
+
+        call.lower = lambda *args: _lower(self, jitted, args)
+        return call
+
+    def global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """Assembles the global batch from this process's share (multi-host safe)."""
+        out = {}
+        for k, v in local_batch.items():
+            sharding = self.batch_sharding(np.ndim(v))
+            global_shape = (v.shape[0] * jax.process_count(),) + tuple(v.shape[1:])
+            out[k] = jax.make_array_from_process_local_data(sharding, v, global_shape)
+        return out
+
+
+def _lower(partitioner: Partitioner, jitted, args):
+    with partitioner.mesh, partitioner.rules_context():
+        return jitted.lower(*args)

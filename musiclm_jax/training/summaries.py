@@ -1,0 +1,59 @@
+"""TensorBoard summaries (clu metric writers) and the console progress line."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Mapping, Optional
+
+import jax
+from clu import metric_writers
+
+
+def create_writer(logdir: str) -> metric_writers.MetricWriter:
+    # Only process 0 writes event files; the others log.
+    return metric_writers.create_default_writer(logdir, just_logging=jax.process_index() > 0, asynchronous=True)
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class ProgressLine:
+    """One line per logging period: step, loss, throughput, MFU, ETA."""
+
+    def __init__(self, total_steps: int, start_step: int):
+        self.total_steps = total_steps
+        self.start_step = start_step
+        self.t0 = time.perf_counter()
+
+    def line(self, step: int, scalars: Mapping[str, float]) -> str:
+        done = step - self.start_step
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / done * (self.total_steps - step) if done > 0 else float("nan")
+        parts = [f"step {step}/{self.total_steps}", f"loss {scalars.get('loss', float('nan')):.4f}"]
+        if "accuracy" in scalars:
+            parts.append(f"acc {scalars['accuracy']:.3f}")
+        if "tokens_per_sec" in scalars:
+            parts.append(f"{scalars['tokens_per_sec']:,.0f} tok/s")
+        if "examples_per_sec" in scalars:
+            parts.append(f"{scalars['examples_per_sec']:,.1f} ex/s")
+        if scalars.get("mfu") is not None:
+            parts.append(f"MFU {100 * scalars['mfu']:.1f}%")
+        parts.append(f"ETA {format_duration(eta) if done > 0 else '?'}")
+        return " | ".join(parts)
+
+
+def log(msg: str, *args) -> None:
+    if jax.process_index() == 0:
+        logging.info(msg, *args)
+        print(msg % args if args else msg, flush=True)
+
+
+def flatten_scalars(metrics: Mapping[str, object], prefix: Optional[str] = None) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        out[f"{prefix}/{k}" if prefix else k] = float(v)
+    return out
