@@ -13,28 +13,13 @@ import jax
 import numpy as np
 
 from musiclm_jax.data.pipeline import BatchIterator, DatasetConfig
+from musiclm_jax.eval import run_eval_batches
 from musiclm_jax.models.base import BaseModel
 from musiclm_jax.training import checkpoints, mfu, summaries
 from musiclm_jax.training.optimizers import OptimizerConfig
 from musiclm_jax.training.partitioning import Partitioner, maybe_initialize_distributed
 from musiclm_jax.training.train_state import TrainState
 from musiclm_jax.training.trainer import NonFiniteError, Trainer
-
-
-def evaluate(trainer: Trainer, params, cfg: DatasetConfig, num_batches: int) -> dict[str, float]:
-    """Mean of the eval metrics over the first `num_batches` batches of the eval split."""
-    totals: dict[str, float] = {}
-    n = 0
-    for batch in BatchIterator(cfg, repeat=False):
-        metrics = jax.device_get(trainer.eval_step(params, trainer.partitioner.global_batch(batch)))
-        for k, v in metrics.items():
-            totals[k] = totals.get(k, 0.0) + float(v)
-        n += 1
-        if n >= num_batches:
-            break
-    if n == 0:
-        raise ValueError(f"eval split {cfg.split!r} of {cfg.mixture_or_task_name!r} yielded no batch of {cfg.batch_size}")
-    return {k: v if k.startswith("num_") else v / n for k, v in totals.items()}
 
 
 def train(
@@ -153,7 +138,7 @@ def train(
                 ckpt.save(step, state, {**data.state(), "batches_consumed": step})
 
             if eval_dataset_cfg and eval_period and (step % eval_period == 0 or step == train_steps):
-                results = evaluate(trainer, trainer.eval_params(state), eval_dataset_cfg, eval_steps)
+                results = run_eval_batches(trainer, trainer.eval_params(state), eval_dataset_cfg, eval_steps)
                 eval_writer.write_scalars(step, results)
                 summaries.log("eval at step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())))
                 window_t = time.perf_counter()

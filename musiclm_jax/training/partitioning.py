@@ -114,6 +114,13 @@ def logical_partition_specs(boxed_tree: Any) -> Any:
     return jax.tree.map(spec, boxed_tree, is_leaf=_is_box)
 
 
+def unbox(boxed_tree: Any) -> Any:
+    """The raw values of a boxed tree. Unlike `nn.unbox` this adds no sharding constraints
+    (the jitted init's out_shardings place the values), so boxes whose names no longer match
+    their value's rank, as in factored optimiser moments, are fine."""
+    return jax.tree.map(lambda x: x.value if _is_box(x) else x, boxed_tree, is_leaf=_is_box)
+
+
 class Partitioner:
     """Owns the mesh and the logical rules; turns logical specs into shardings and
     compiles functions with explicit in/out shardings."""
@@ -138,6 +145,22 @@ class Partitioner:
     def logical_to_sharding(self, logical_specs: Any) -> Any:
         return nn.logical_to_mesh_sharding(logical_specs, self.mesh, self.logical_axis_rules)
 
+    def shardings_for(self, abstract_tree: Any, logical_specs: Any) -> Any:
+        """Mesh shardings for arrays with the given logical specs. A dimension that the mesh
+        axes do not divide evenly (a factored optimiser moment of size 1, an odd vocabulary)
+        is left unsharded rather than failing."""
+
+        def fit(x, sharding):
+            spec = list(sharding.spec) + [None] * (len(x.shape) - len(sharding.spec))
+            for i, axes in enumerate(spec[: len(x.shape)]):
+                names = (axes,) if isinstance(axes, str) else (axes or ())
+                if x.shape[i] % int(np.prod([self.mesh.shape[a] for a in names])):
+                    spec[i] = None
+            return NamedSharding(self.mesh, PartitionSpec(*spec[: len(x.shape)]))
+
+        shardings = self.logical_to_sharding(logical_specs)
+        return jax.tree.map(fit, abstract_tree, shardings)
+
     def sharding(self, *logical_axes) -> NamedSharding:
         return self.logical_to_sharding(PartitionSpec(*logical_axes))
 
@@ -156,7 +179,7 @@ class Partitioner:
         jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=donate_argnums)
 
         def call(*args):
-            with self.mesh, self.rules_context():
+            with jax.set_mesh(self.mesh), self.rules_context():
                 return jitted(*args)
 
         call.lower = lambda *args: _lower(self, jitted, args)
@@ -173,5 +196,5 @@ class Partitioner:
 
 
 def _lower(partitioner: Partitioner, jitted, args):
-    with partitioner.mesh, partitioner.rules_context():
+    with jax.set_mesh(partitioner.mesh), partitioner.rules_context():
         return jitted.lower(*args)

@@ -18,7 +18,7 @@ from musiclm_jax.models.base import BaseModel, dummy_batch
 from musiclm_jax.training import mfu
 from musiclm_jax.training.checkpoints import abstract_with_shardings
 from musiclm_jax.training.optimizers import OptimizerConfig, make_optimizer
-from musiclm_jax.training.partitioning import Partitioner, logical_partition_specs
+from musiclm_jax.training.partitioning import Partitioner, logical_partition_specs, unbox
 from musiclm_jax.training.train_state import TrainState
 
 
@@ -57,8 +57,8 @@ class Trainer:
 
         boxed = jax.eval_shape(self._boxed_init, jax.random.PRNGKey(0))
         self.logical_specs = logical_partition_specs(boxed)
-        self.state_shardings = partitioner.logical_to_sharding(self.logical_specs)
-        self.abstract_state = abstract_with_shardings(nn.unbox(boxed), self.state_shardings)
+        self.state_shardings = partitioner.shardings_for(unbox(boxed), self.logical_specs)
+        self.abstract_state = abstract_with_shardings(unbox(boxed), self.state_shardings)
         self.batch_shardings = {k: partitioner.batch_sharding(len(s)) for k, s in self.input_shapes.items()}
         self._train_step = None
         self._eval_step = None
@@ -70,7 +70,7 @@ class Trainer:
 
     def init_state(self, rng: jax.Array) -> TrainState:
         init = self.partitioner.compile(
-            lambda r: nn.unbox(self._boxed_init(r)), self.partitioner.replicated, self.state_shardings
+            lambda r: unbox(self._boxed_init(r)), self.partitioner.replicated, self.state_shardings
         )
         return init(rng)
 
@@ -125,7 +125,7 @@ class Trainer:
     def _train_step_fn(self, state: TrainState, batch, rng):
         rng = jax.random.fold_in(rng, state.step)
         loss, metrics, grads = self._accumulated_grads(state.params, batch, rng)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = state.ema_params

@@ -1,0 +1,149 @@
+"""`musiclm aot`: compile the train step for a TPU topology on a machine without TPUs.
+
+libtpu (the `tpu` extra) holds the real TPU compiler; `get_topology_desc` gives devices of
+a topology that does not exist here, and the train step is lowered on abstract inputs
+sharded over them. The compiled program's memory and cost analyses say, before a pod is
+rented, whether a config fits and how long a step should take.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Mapping, Optional, Sequence
+
+from musiclm_jax.models.base import BaseModel
+from musiclm_jax.training.optimizers import OptimizerConfig
+from musiclm_jax.training.partitioning import DEFAULT_LOGICAL_AXIS_RULES, LogicalRules, Partitioner
+
+GiB = 1024**3
+# HBM per chip.
+HBM_BYTES_BY_DEVICE_KIND = {
+    "TPU v4": 32 * GiB,
+    "TPU v5 lite": 16 * GiB,
+    "TPU v5e": 16 * GiB,
+    "TPU v5p": 95 * GiB,
+    "TPU v5": 95 * GiB,
+    "TPU v6 lite": 32 * GiB,
+    "TPU v6e": 32 * GiB,
+}
+
+
+class DoesNotFitError(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass
+class AotReport:
+    topology: str
+    device_kind: str
+    num_devices: int
+    mesh: dict
+    global_batch: int
+    input_shapes: dict
+    argument_bytes: int
+    output_bytes: int
+    alias_bytes: int
+    temp_bytes: int
+    code_bytes: int
+    hbm_bytes: Optional[int]
+    flops_per_step: Optional[float]
+    estimated_step_seconds: Optional[float]
+
+    @property
+    def per_chip_bytes(self) -> int:
+        # Donated state aliases its outputs onto its arguments.
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.code_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.hbm_bytes is None or self.per_chip_bytes <= self.hbm_bytes
+
+    def table(self) -> str:
+        def gib(b):
+            return f"{b / GiB:8.3f} GiB"
+
+        rows = [
+            ("topology", f"{self.topology} ({self.num_devices} x {self.device_kind})"),
+            ("mesh", str(self.mesh)),
+            ("global batch", str(self.global_batch)),
+            ("input shapes", str(self.input_shapes)),
+            ("arguments / chip", gib(self.argument_bytes)),
+            ("outputs / chip", gib(self.output_bytes) + f"  ({gib(self.alias_bytes).strip()} aliased to donated arguments)"),
+            ("temporaries / chip", gib(self.temp_bytes)),
+            ("code / chip", gib(self.code_bytes)),
+            ("total / chip", gib(self.per_chip_bytes) + (f"  of {gib(self.hbm_bytes).strip()} HBM" if self.hbm_bytes else "")),
+            ("FLOPs / step / chip", f"{self.flops_per_step:.4g}" if self.flops_per_step else "unknown"),
+            ("est. step time", f"{self.estimated_step_seconds * 1e3:.2f} ms (compiler's estimate)" if self.estimated_step_seconds else "unknown"),
+            ("fits", "yes" if self.fits else "NO"),
+        ]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _prepare_libtpu_env() -> None:
+    # No TPU metadata server or worker list exists here; keep libtpu from looking for them.
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+
+
+def compile_for_topology(
+    *,
+    model: BaseModel,
+    topology: str,
+    task_feature_lengths: Mapping[str, int],
+    batch_size_per_device: int,
+    optimizer: OptimizerConfig = OptimizerConfig(),
+    ici_mesh_shape: Sequence[int] = (-1, 1, 1),
+    dcn_mesh_shape: Sequence[int] = (1, 1, 1),
+    logical_axis_rules: LogicalRules = DEFAULT_LOGICAL_AXIS_RULES,
+    microbatches: int = 1,
+    check_fits: bool = True,
+) -> AotReport:
+    """Compiles the model's train step for `topology` (e.g. 'v5e:4x4') and reports memory and
+    cost per chip. Raises DoesNotFitError when `check_fits` and it exceeds the chip's HBM."""
+    _prepare_libtpu_env()
+    from jax.experimental import topologies
+
+    from musiclm_jax.data.pipeline import input_shapes as make_input_shapes
+    from musiclm_jax.training import mfu
+    from musiclm_jax.training.trainer import Trainer
+
+    try:
+        topo = topologies.get_topology_desc(platform="tpu", topology_name=topology)
+    except Exception as e:  # libtpu missing, or an unknown topology name
+        raise RuntimeError(
+            f"cannot get TPU topology {topology!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__} "
+            "(install the `tpu` extra: pip install 'musiclm-jax[tpu]'; names look like v5e:4x4, v4:2x2x2, v5p:2x2x2)"
+        ) from e
+    devices = list(topo.devices)
+    partitioner = Partitioner(ici_mesh_shape, dcn_mesh_shape, logical_axis_rules, devices=devices)
+    global_batch = batch_size_per_device * partitioner.data_parallel_size
+    shapes = make_input_shapes(task_feature_lengths, global_batch)
+    trainer = Trainer(model, partitioner, optimizer, total_steps=1000, input_shapes=shapes, microbatches=microbatches)
+    compiled = trainer.lower_train_step().compile()
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
+    kind = devices[0].device_kind
+    report = AotReport(
+        topology=topology,
+        device_kind=kind,
+        num_devices=len(devices),
+        mesh=dict(partitioner.mesh.shape),
+        global_batch=global_batch,
+        input_shapes={k: tuple(v) for k, v in shapes.items()},
+        argument_bytes=int(mem.argument_size_in_bytes),
+        output_bytes=int(mem.output_size_in_bytes),
+        alias_bytes=int(mem.alias_size_in_bytes),
+        temp_bytes=int(mem.temp_size_in_bytes),
+        code_bytes=int(mem.generated_code_size_in_bytes),
+        hbm_bytes=next((b for name, b in HBM_BYTES_BY_DEVICE_KIND.items() if kind.startswith(name)), None),
+        flops_per_step=mfu.compiled_flops(compiled),
+        estimated_step_seconds=float(cost["optimal_seconds"]) if cost.get("optimal_seconds") else None,
+    )
+    if check_fits and not report.fits:
+        raise DoesNotFitError(
+            f"does not fit: {report.per_chip_bytes / GiB:.2f} GiB per chip needed, {kind} has "
+            f"{report.hbm_bytes / GiB:.0f} GiB (lower the per-device batch, add microbatches, remat, or shard wider)"
+        )
+    return report

@@ -1,0 +1,68 @@
+"""`musiclm eval`: metrics of a checkpoint on an eval split (keyword-only entry function)."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import jax
+
+from musiclm_jax.data.pipeline import BatchIterator, DatasetConfig
+from musiclm_jax.models.base import BaseModel
+from musiclm_jax.training import checkpoints, summaries
+from musiclm_jax.training.optimizers import OptimizerConfig
+from musiclm_jax.training.partitioning import Partitioner, maybe_initialize_distributed
+from musiclm_jax.training.trainer import Trainer
+
+
+def run_eval_batches(trainer: Trainer, params, cfg: DatasetConfig, num_batches: int) -> dict[str, float]:
+    """Mean of the eval metrics over the first `num_batches` batches of `cfg`'s split
+    (counts, named num_*, are summed)."""
+    totals: dict[str, float] = {}
+    n = 0
+    for batch in BatchIterator(cfg, repeat=False):
+        metrics = jax.device_get(trainer.eval_step(params, trainer.partitioner.global_batch(batch)))
+        for k, v in metrics.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+        n += 1
+        if n >= num_batches:
+            break
+    if n == 0:
+        raise ValueError(f"split {cfg.split!r} of {cfg.mixture_or_task_name!r} yielded no full batch of {cfg.batch_size}")
+    return {k: v if k.startswith("num_") else v / n for k, v in totals.items()}
+
+
+def evaluate(
+    *,
+    model: BaseModel,
+    model_dir: str,
+    eval_dataset_cfg: DatasetConfig,
+    eval_steps: int = 50,
+    checkpoint_path: Optional[str] = None,
+    partitioner: Optional[Partitioner] = None,
+    on_start=None,
+) -> dict[str, float]:
+    """Restores the parameters (checkpoint_path, else model_dir's latest checkpoint), runs
+    `eval_steps` batches, writes eval summaries and `eval-<step>.json` to model_dir."""
+    maybe_initialize_distributed()
+    partitioner = partitioner or Partitioner()
+    model_dir = os.path.abspath(os.path.expanduser(model_dir))
+    os.makedirs(model_dir, exist_ok=True)
+    if on_start is not None:
+        on_start(model_dir)
+    first = next(BatchIterator(eval_dataset_cfg, repeat=False))
+    shapes = {k: (v.shape[0] * jax.process_count(),) + v.shape[1:] for k, v in first.items()}
+    trainer = Trainer(model, partitioner, OptimizerConfig(), total_steps=1, input_shapes=shapes)
+    source = checkpoint_path or os.path.join(model_dir, "checkpoints")
+    params, step = checkpoints.restore_params(source, trainer.abstract_state.params)
+    results = run_eval_batches(trainer, params, eval_dataset_cfg, eval_steps)
+    writer = summaries.create_writer(os.path.join(model_dir, "eval"))
+    writer.write_scalars(step, results)
+    writer.flush()
+    if jax.process_index() == 0:
+        with open(os.path.join(model_dir, f"eval-{step}.json"), "w") as f:
+            json.dump({"step": step, "checkpoint": source, "task": eval_dataset_cfg.mixture_or_task_name,
+                       "split": eval_dataset_cfg.split, "metrics": results}, f, indent=2)
+    summaries.log("eval of step %d on %s/%s: %s", step, eval_dataset_cfg.mixture_or_task_name, eval_dataset_cfg.split,
+                  ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())))
+    return results

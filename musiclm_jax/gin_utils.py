@@ -1,0 +1,155 @@
+"""Gin at the CLI edge: search paths, --gin_file / --gin.KEY=VALUE, type checks, config.gin.
+
+Library functions stay free of gin; this module registers them as configurables under
+short names (`train`, `evaluate`, `DatasetConfig`, ...) for the gin files in gin/.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.resources
+import inspect
+import os
+import pathlib
+import typing
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import gin
+
+
+class ConfigError(ValueError):
+    """A bad configuration: the CLI prints its one-line message and exits with status 2."""
+
+
+def gin_search_paths() -> list[str]:
+    """The packaged gin/ folder (installed wheel) and the source checkout's gin/ (editable)."""
+    paths = []
+    try:
+        packaged = importlib.resources.files("musiclm_jax.gin")
+        if packaged.is_dir():
+            paths.append(str(packaged))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    source = pathlib.Path(__file__).resolve().parent.parent / "gin"
+    if source.is_dir() and str(source) not in paths:
+        paths.append(str(source))
+    return paths
+
+
+# ---- type checks on configured values -------------------------------------------------------
+def _matches(value: Any, hint: Any) -> bool:
+    if hint is Any or isinstance(hint, (str, typing.TypeVar)):
+        return True
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, tuple, Sequence, typing.Sequence, Iterable):
+        return isinstance(value, (list, tuple))
+    if origin in (dict, typing.Mapping) or (origin is not None and getattr(origin, "__name__", "") == "Mapping"):
+        return isinstance(value, typing.Mapping)
+    if origin is not None:
+        try:
+            return isinstance(value, origin)
+        except TypeError:
+            return True
+    try:
+        return isinstance(value, hint)
+    except TypeError:
+        return True
+
+
+def _describe(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def check_types(fn: Callable, arguments: dict[str, Any], name: str) -> None:
+    target = fn.__init__ if inspect.isclass(fn) else fn
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # unresolvable forward references: skip checking
+        return
+    for arg, value in arguments.items():
+        hint = hints.get(arg)
+        if hint is not None and not _matches(value, hint):
+            raise ConfigError(f"{name}.{arg} must be {_describe(hint)}, got {type(value).__name__} {value!r}")
+
+
+def typed(fn: Callable, name: Optional[str] = None) -> Callable:
+    """`fn` with its (simple) type annotations checked when gin calls it."""
+    label = name or fn.__name__
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        bound = signature.bind_partial(*args, **kwargs)
+        check_types(fn, dict(bound.arguments), label)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def register(fn: Callable, name: Optional[str] = None, module: Optional[str] = None) -> Callable:
+    """Registers a library function or class with gin (type-checked), without gin in the library."""
+    name = name or fn.__name__
+    if inspect.isclass(fn) and dataclasses.is_dataclass(fn):
+        return gin.external_configurable(_dataclass_factory(fn, name), name=name, module=module)
+    return gin.external_configurable(typed(fn, name), name=name, module=module)
+
+
+def _dataclass_factory(cls, name: str) -> Callable:
+    signature = inspect.signature(cls)
+    hints = typing.get_type_hints(cls)
+
+    def factory(**kwargs):
+        for arg, value in kwargs.items():
+            if arg in hints and not _matches(value, hints[arg]):
+                raise ConfigError(f"{name}.{arg} must be {_describe(hints[arg])}, got {type(value).__name__} {value!r}")
+        return cls(**kwargs)
+
+    factory.__signature__ = signature
+    factory.__name__ = name
+    factory.__doc__ = cls.__doc__
+    return factory
+
+
+# ---- parsing ---------------------------------------------------------------------------------
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
+    """Parses gin files (searched in the packaged gin/ folder too) and KEY=VALUE bindings."""
+    for path in gin_search_paths():
+        gin.add_config_file_search_path(path)
+    for f in gin_files:
+        if not (os.path.exists(f) or any(os.path.exists(os.path.join(p, f)) for p in gin_search_paths())):
+            raise ConfigError(f"gin file not found: {f} (searched . and {', '.join(gin_search_paths())})")
+    try:
+        gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)
+    except (ValueError, KeyError, SyntaxError, IOError) as e:
+        raise ConfigError(f"bad gin configuration: {first_line(e)}") from e
+
+
+def write_config(model_dir: str, filename: str = "config.gin") -> str:
+    """Writes the operative config (every binding actually used so far) to model_dir."""
+    path = os.path.join(model_dir, filename)
+    with open(path, "w") as f:
+        f.write(gin.operative_config_str())
+    return path
+
+
+def global_batch_size(batch_size_per_device: int, model_parallelism: int = 1, global_batch: Optional[int] = None) -> int:
+    """Global batch from a per-device batch: the batch is split over data x fsdp, which is
+    every device not used for model parallelism. An explicit global batch wins."""
+    if global_batch:
+        return int(global_batch)
+    import jax
+
+    return int(batch_size_per_device) * jax.device_count() // int(model_parallelism)

@@ -1,0 +1,125 @@
+"""`musiclm <mode> --gin_file=F [--gin_file=G ...] [--gin.KEY=VALUE ...]` (the T5X shape).
+
+Thin: parses flags and gin, then calls the keyword-only library function of the mode.
+Bad configuration exits with status 2 and one line naming the culprit.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Optional, Sequence
+
+MODES = {
+    "train": "train a model (resumes from MODEL_DIR)",
+    "eval": "evaluate a checkpoint on an eval split",
+    "aot": "compile the train step for a TPU topology on this machine and report memory/FLOPs",
+}
+
+
+def _split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Pulls `--gin.KEY=VALUE` out of argv (argparse cannot declare dynamic flags)."""
+    rest, bindings = [], []
+    for arg in argv:
+        if arg.startswith("--gin."):
+            key, eq, value = arg[len("--gin."):].partition("=")
+            if not eq:
+                raise SystemExit(_usage_error(f"{arg}: expected --gin.KEY=VALUE"))
+            bindings.append(f"{key} = {value}")
+        else:
+            rest.append(arg)
+    return rest, bindings
+
+
+def _usage_error(msg: str) -> int:
+    print(f"musiclm: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="musiclm",
+        description="MusicLM in JAX. Modes: " + "; ".join(f"{k}: {v}" for k, v in MODES.items()),
+        epilog="Gin bindings: --gin.KEY=VALUE, e.g. --gin.MODEL_DIR=\"'/tmp/run'\" --gin.TRAIN_STEPS=100",
+    )
+    p.add_argument("mode", choices=sorted(MODES))
+    p.add_argument("--gin_file", action="append", default=[], help="gin file (path, or relative to the packaged gin/)")
+    p.add_argument("--topology", default="v5e:4x4", help="aot: TPU topology, e.g. v5e:4x4, v4:2x2x2, v5p:2x2x2")
+    p.add_argument("--verbose", action="store_true", help="show library logs")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv, bindings = _split_gin_flags(argv)
+    except SystemExit as e:
+        return int(e.code)
+    args = _parser().parse_args(argv)
+    if not args.gin_file:
+        return _usage_error("at least one --gin_file is required")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if args.mode == "aot":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile for TPU, run nothing on one
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+
+    import gin
+
+    from musiclm_jax import configurables, gin_utils
+
+    gin_files = list(args.gin_file)
+    if args.mode == "aot":
+        gin_files.insert(0, "runs/aot.gin")  # the model gin alone is enough for aot
+    try:
+        gin_utils.parse(gin_files, bindings)
+        return _run_mode(args, configurables, gin_utils)
+    except gin_utils.ConfigError as e:
+        return _usage_error(str(e))
+    except ValueError as e:
+        # Gin reports missing %gin.REQUIRED values and unknown references when calling.
+        msg = gin_utils.first_line(e)
+        if "gin.REQUIRED" in str(e) or "Required" in msg or "No configurable" in msg or "macro" in msg.lower():
+            return _usage_error(f"bad gin configuration: {msg}")
+        raise
+    finally:
+        gin.clear_config()
+
+
+def _run_mode(args, configurables, gin_utils) -> int:
+    from musiclm_jax.training.trainer import NonFiniteError
+
+    if args.mode == "train":
+        try:
+            configurables.train(on_start=gin_utils.write_config)
+        except NonFiniteError as e:
+            print(f"musiclm: training stopped: {e}", file=sys.stderr)
+            return 1
+        return 0
+    if args.mode == "eval":
+        configurables.evaluate(on_start=gin_utils.write_config)
+        return 0
+    if args.mode == "aot":
+        from musiclm_jax.aot import DoesNotFitError
+
+        try:
+            report = configurables.compile_for_topology(topology=args.topology, check_fits=False)
+        except RuntimeError as e:
+            print(f"musiclm: aot: {e}", file=sys.stderr)
+            return 1
+        print(report.table())
+        if not report.fits:
+            print(f"musiclm: aot: {DoesNotFitError.__name__}: needs {report.per_chip_bytes / 2**30:.2f} GiB per chip, "
+                  f"the chip has {report.hbm_bytes / 2**30:.0f} GiB", file=sys.stderr)
+            return 3
+        return 0
+    raise AssertionError(args.mode)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

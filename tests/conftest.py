@@ -1,0 +1,23 @@
+"""Tests run on CPU with 8 simulated devices (for sharding), deterministic seeds."""
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in flags:
+    os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
+
+import pytest  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than ~20 s (still run in CI)")
+
+
+@pytest.fixture
+def tiny_stage_config():
+    from musiclm_jax.models.stages import StageConfig
+
+    return StageConfig(
+        num_layers=2, num_heads=4, head_dim=16, d_model=64, d_ff=256, dropout_rate=0.0, cond_dropout_rate=0.0
+    )

@@ -1,0 +1,103 @@
+"""The `musiclm` CLI: bad configuration exits 2 with one line; train survives SIGKILL; aot."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3", "XLA_FLAGS": ""}
+TINY = "--gin_file=experiments/local_tiny.gin"
+
+
+def musiclm(*args, timeout=300, cwd="/"):
+    """Runs the CLI from an unrelated directory, as a user would."""
+    return subprocess.run([sys.executable, "-m", "musiclm_jax.main", *args], capture_output=True, text=True,
+                          env=ENV, timeout=timeout, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    "args, culprit",
+    [
+        (["--gin.StageConfig.num_layerz=3"], "num_layerz"),
+        (["--gin.NoSuchThing.x=1"], "NoSuchThing"),
+        (["--gin.TRAIN_STEPS='many'"], "train_steps"),
+        (["--gin.OptimizerConfig.learning_rate='fast'"], "learning_rate"),
+        (["--gin.StageConfig.num_heads=5"], "num_heads"),
+    ],
+)
+def test_bad_binding_exits_2_with_one_line(tmp_path, args, culprit):
+    r = musiclm("train", TINY, f"--gin.MODEL_DIR='{tmp_path}'", *args)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and culprit in lines[0], r.stderr[-2000:]
+
+
+def test_missing_required_macro_and_missing_file(tmp_path):
+    r = musiclm("train", TINY)  # MODEL_DIR is %gin.REQUIRED
+    assert r.returncode == 2 and "MODEL_DIR" in r.stderr or "model_dir" in r.stderr, r.stderr[-2000:]
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = musiclm("train", "--gin_file=experiments/no_such.gin")
+    assert r.returncode == 2 and "no_such.gin" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def _final_params(model_dir):
+    from musiclm_jax.training import checkpoints
+
+    ckpt = checkpoints.Checkpointer(os.path.join(model_dir, "checkpoints"))
+    step = ckpt.latest_step()
+    import orbax.checkpoint as ocp
+
+    mgr = ocp.CheckpointManager(os.path.join(model_dir, "checkpoints"), item_names=("params", "state", "data"))
+    params = mgr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))["params"]
+    return step, jax.tree.map(np.asarray, params)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+    steps = ["--gin.TRAIN_STEPS=60", "--gin.CHECKPOINT_PERIOD=10", "--gin.EVAL_PERIOD=0"]
+    straight = tmp_path / "straight"
+    r = musiclm("train", TINY, f"--gin.MODEL_DIR='{straight}'", *steps)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (straight / "config.gin").exists() and "StageConfig.num_layers" in (straight / "config.gin").read_text()
+    info = (straight / "model-info.txt").read_text()
+    assert "parameters:" in info and "logical=('vocab', 'embed')" in info
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "musiclm_jax.main", "train", TINY, f"--gin.MODEL_DIR='{killed}'", *steps]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/")
+    ckpt_dir = killed / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        done = [d for d in (os.listdir(ckpt_dir) if ckpt_dir.exists() else []) if d.isdigit()]
+        if any(int(d) >= 20 for d in done):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    steps_at_kill = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+    assert steps_at_kill and max(steps_at_kill) < 60, steps_at_kill
+
+    r = musiclm("train", TINY, f"--gin.MODEL_DIR='{killed}'", *steps)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from step" in r.stdout
+    step_a, a = _final_params(straight)
+    step_b, b = _final_params(killed)
+    assert step_a == step_b == 60
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.slow
+def test_aot_compiles_tiny_for_v5e_and_reports_memory():
+    pytest.importorskip("libtpu")
+    r = musiclm("aot", "--gin_file=models/semantic_stage/tiny.gin", "--topology=v5e:2x2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "TPU v5 lite" in r.stdout and "temporaries / chip" in r.stdout and "FLOPs / step / chip" in r.stdout
+    # A batch that cannot fit in 16 GiB of HBM: non-zero exit and a clear message.
+    r = musiclm("aot", "--gin_file=models/semantic_stage/tiny.gin", "--topology=v5e:2x2",
+                "--gin.BATCH_SIZE_PER_DEVICE=65536", "--gin.TASK_FEATURE_LENGTHS={'mulan_tokens': 12, 'semantic_tokens': 1024}")
+    assert r.returncode == 3 and "DoesNotFit" in r.stderr, (r.stdout[-2000:], r.stderr[-2000:])
