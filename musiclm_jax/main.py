@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from typing import Optional, Sequence
 
+ENTRY_FUNCTIONS = ("train", "evaluate", "compile_for_topology")
 MODES = {
     "train": "train a model (resumes from MODEL_DIR)",
     "eval": "evaluate a checkpoint on an eval split",
@@ -35,6 +37,28 @@ def _split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def _usage_error(msg: str) -> int:
     print(f"musiclm: error: {msg}", file=sys.stderr)
     return 2
+
+
+def _quiet_tensorflow_import() -> None:
+    """TensorFlow (under seqio) prints C++ start-up logs that no environment variable silences;
+    hide stderr at the file-descriptor level while it imports. Python errors still raise."""
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
+
+
+class _DropGinSearchMisses(logging.Filter):
+    # gin logs an error for every search path a file is not in before it finds it; seqio
+    # warns about shuffling generated (uncached) tasks, which are deterministic here.
+    def filter(self, record):
+        msg = str(record.msg)
+        return not (msg.startswith("Path not found") or msg.startswith("Using an uncached FunctionDataset"))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,6 +87,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.mode == "aot":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile for TPU, run nothing on one
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_DropGinSearchMisses())
+    if not args.verbose:
+        _quiet_tensorflow_import()
 
     import gin
 
@@ -75,12 +103,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         gin_utils.parse(gin_files, bindings)
         return _run_mode(args, configurables, gin_utils)
     except gin_utils.ConfigError as e:
-        return _usage_error(str(e))
-    except ValueError as e:
-        # Gin reports missing %gin.REQUIRED values and unknown references when calling.
+        return _usage_error(gin_utils.first_line(e))
+    except (ValueError, TypeError) as e:
+        # Gin reports missing %gin.REQUIRED values and unknown references when calling, and
+        # tags errors raised while building a configured object with its name.
         msg = gin_utils.first_line(e)
-        if "gin.REQUIRED" in str(e) or "Required" in msg or "No configurable" in msg or "macro" in msg.lower():
-            return _usage_error(f"bad gin configuration: {msg}")
+        built = re.findall(r"In call to configurable '(\w+)'", str(e))
+        if ("gin.REQUIRED" in str(e) or "Required" in msg or "No configurable" in msg
+                or (built and built[0] not in ENTRY_FUNCTIONS)):
+            where = f" (building {built[0]})" if built and built[0] not in ENTRY_FUNCTIONS else ""
+            return _usage_error(f"bad gin configuration{where}: {msg}")
         raise
     finally:
         gin.clear_config()

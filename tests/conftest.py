@@ -10,10 +10,6 @@ if "xla_force_host_platform_device_count" not in flags:
 import pytest  # noqa: E402
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes more than ~20 s (still run in CI)")
-
-
 @pytest.fixture
 def tiny_stage_config():
     from musiclm_jax.models.stages import StageConfig

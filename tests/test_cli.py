@@ -26,7 +26,7 @@ def musiclm(*args, timeout=300, cwd="/"):
         (["--gin.NoSuchThing.x=1"], "NoSuchThing"),
         (["--gin.TRAIN_STEPS='many'"], "train_steps"),
         (["--gin.OptimizerConfig.learning_rate='fast'"], "learning_rate"),
-        (["--gin.StageConfig.num_heads=5"], "num_heads"),
+        (["--gin.StageConfig.cond_dropout_rate=1.5"], "cond_dropout_rate"),
     ],
 )
 def test_bad_binding_exits_2_with_one_line(tmp_path, args, culprit):
