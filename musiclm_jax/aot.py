@@ -28,6 +28,22 @@ HBM_BYTES_BY_DEVICE_KIND = {
 }
 
 
+# HBM bandwidth per chip, bytes/s (for the roofline estimate).
+HBM_BANDWIDTH_BY_DEVICE_KIND = {
+    "TPU v4": 1.2e12,
+    "TPU v5 lite": 8.19e11,
+    "TPU v5e": 8.19e11,
+    "TPU v5p": 2.765e12,
+    "TPU v5": 2.765e12,
+    "TPU v6 lite": 1.64e12,
+    "TPU v6e": 1.64e12,
+}
+
+
+def _by_kind(table: dict, kind: str):
+    return next((v for name, v in table.items() if kind.startswith(name)), None)
+
+
 class DoesNotFitError(RuntimeError):
     pass
 
@@ -47,7 +63,9 @@ class AotReport:
     code_bytes: int
     hbm_bytes: Optional[int]
     flops_per_step: Optional[float]
-    estimated_step_seconds: Optional[float]
+    bytes_accessed: Optional[float]
+    estimated_step_seconds: Optional[float]  # the compiler's own estimate, when it gives one
+    roofline_step_seconds: Optional[float]  # max(FLOPs / peak, bytes / HBM bandwidth)
 
     @property
     def per_chip_bytes(self) -> int:
@@ -73,7 +91,9 @@ class AotReport:
             ("code / chip", gib(self.code_bytes)),
             ("total / chip", gib(self.per_chip_bytes) + (f"  of {gib(self.hbm_bytes).strip()} HBM" if self.hbm_bytes else "")),
             ("FLOPs / step / chip", f"{self.flops_per_step:.4g}" if self.flops_per_step else "unknown"),
-            ("est. step time", f"{self.estimated_step_seconds * 1e3:.2f} ms (compiler's estimate)" if self.estimated_step_seconds else "unknown"),
+            ("HBM bytes / step / chip", f"{self.bytes_accessed:.4g}" if self.bytes_accessed else "unknown"),
+            ("est. step time", f"{self.estimated_step_seconds * 1e3:.2f} ms (compiler's estimate)" if self.estimated_step_seconds else "unknown (compiler gave none)"),
+            ("roofline step time", f"{self.roofline_step_seconds * 1e3:.2f} ms (max of FLOPs/peak, bytes/HBM bandwidth)" if self.roofline_step_seconds else "unknown"),
             ("fits", "yes" if self.fits else "NO"),
         ]
         width = max(len(k) for k, _ in rows)
@@ -120,11 +140,21 @@ def compile_for_topology(
     global_batch = batch_size_per_device * partitioner.data_parallel_size
     shapes = make_input_shapes(task_feature_lengths, global_batch)
     trainer = Trainer(model, partitioner, optimizer, total_steps=1000, input_shapes=shapes, microbatches=microbatches)
-    compiled = trainer.lower_train_step().compile()
+    try:
+        compiled = trainer.lower_train_step().compile()
+    except Exception as e:  # XLA's own out-of-memory check on the target chip
+        if "RESOURCE_EXHAUSTED" in str(e) and check_fits:
+            raise DoesNotFitError(f"does not fit on {devices[0].device_kind}: {str(e).splitlines()[0]}") from e
+        raise
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
     kind = devices[0].device_kind
+    flops = mfu.compiled_flops(compiled)
+    bytes_accessed = float(cost.get("bytes accessed", 0.0)) or None
+    optimal = float(cost.get("optimal_seconds", 0.0))
+    peak, bandwidth = _by_kind(mfu.PEAK_FLOPS_BY_DEVICE_KIND, kind), _by_kind(HBM_BANDWIDTH_BY_DEVICE_KIND, kind)
+    terms = [t for t in (flops and peak and flops / peak, bytes_accessed and bandwidth and bytes_accessed / bandwidth) if t]
     report = AotReport(
         topology=topology,
         device_kind=kind,
@@ -137,9 +167,12 @@ def compile_for_topology(
         alias_bytes=int(mem.alias_size_in_bytes),
         temp_bytes=int(mem.temp_size_in_bytes),
         code_bytes=int(mem.generated_code_size_in_bytes),
-        hbm_bytes=next((b for name, b in HBM_BYTES_BY_DEVICE_KIND.items() if kind.startswith(name)), None),
-        flops_per_step=mfu.compiled_flops(compiled),
-        estimated_step_seconds=float(cost["optimal_seconds"]) if cost.get("optimal_seconds") else None,
+        hbm_bytes=_by_kind(HBM_BYTES_BY_DEVICE_KIND, kind),
+        flops_per_step=flops,
+        bytes_accessed=bytes_accessed,
+        # libtpu reports a negative optimal_seconds when it has no estimate.
+        estimated_step_seconds=optimal if optimal and optimal > 0 else None,
+        roofline_step_seconds=max(terms) if terms else None,
     )
     if check_fits and not report.fits:
         raise DoesNotFitError(

@@ -135,15 +135,14 @@ def _run_mode(args, configurables, gin_utils) -> int:
         from musiclm_jax.aot import DoesNotFitError
 
         try:
-            report = configurables.compile_for_topology(topology=args.topology, check_fits=False)
+            report = configurables.compile_for_topology(topology=args.topology)
+        except DoesNotFitError as e:
+            print(f"musiclm: aot: DoesNotFitError: {gin_utils.first_line(e)}", file=sys.stderr)
+            return 3
         except RuntimeError as e:
-            print(f"musiclm: aot: {e}", file=sys.stderr)
+            print(f"musiclm: aot: {gin_utils.first_line(e)}", file=sys.stderr)
             return 1
         print(report.table())
-        if not report.fits:
-            print(f"musiclm: aot: {DoesNotFitError.__name__}: needs {report.per_chip_bytes / 2**30:.2f} GiB per chip, "
-                  f"the chip has {report.hbm_bytes / 2**30:.0f} GiB", file=sys.stderr)
-            return 3
         return 0
     raise AssertionError(args.mode)
 
