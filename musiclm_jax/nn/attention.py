@@ -1,0 +1,119 @@
+"""Multi-head self-attention with an additive bias and a chunked KV cache.
+
+The caller supplies the additive bias (relative position bias plus causal mask, computed
+once per stack), so this module knows nothing about positions.
+
+KV cache (`decode=True`): variables in the 'cache' collection,
+
+  cached_key, cached_value  [batch, max_len, heads, head_dim]
+  cache_index               int32 scalar: number of positions written so far
+
+The first call with `decode=True` and no cache (i.e. `init`) creates a zero cache whose
+length is the input length, and attends within the input as usual. Later calls write the
+input's L >= 1 positions at `cache_index` with `jax.lax.dynamic_update_slice` (one call can
+prefill a whole prompt, later calls write one token each), then attend the L queries against
+all `max_len` cache slots; the bias must then be [.., L, max_len] and mask unwritten slots
+(the causal mask does: they lie in the queries' future). Writing past `max_len` is not
+checked (the index is traced); callers size the cache.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+Array = jax.Array
+
+BATCH, LENGTH, HEADS, KV, EMBED = (
+    "activation_batch",
+    "activation_length",
+    "activation_heads",
+    "activation_kv",
+    "activation_embed",
+)
+
+
+def _default_kernel_init():
+    return nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+
+
+class MultiHeadAttention(nn.Module):
+    """Self-attention: q, k, v and output projections without biases (T5 style)."""
+
+    num_heads: int
+    head_dim: int
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    kernel_init: Any = None
+
+    @nn.compact
+    def __call__(self, x: Array, bias: Array, *, deterministic: bool = True, decode: bool = False) -> Array:
+        """x: [batch, length, embed]; bias: float32, broadcastable to [batch, heads, length, keys]."""
+        kernel_init = self.kernel_init or _default_kernel_init()
+        d_model = x.shape[-1]
+
+        # Explicit kernels rather than nn.DenseGeneral: DenseGeneral initialises a flattened
+        # 2-D kernel, which clashes with 3-D logical axis names under a mesh.
+        def qkv(name):
+            kernel = self.param(
+                name,
+                nn.with_logical_partitioning(kernel_init, ("embed", "heads", "kv")),
+                (d_model, self.num_heads, self.head_dim),
+                self.param_dtype,
+            )
+            return jnp.einsum("bld,dhk->blhk", x.astype(self.dtype), kernel.astype(self.dtype))
+
+        query = nn.with_logical_constraint(qkv("query"), (BATCH, LENGTH, HEADS, KV))
+        key = nn.with_logical_constraint(qkv("key"), (BATCH, LENGTH, HEADS, KV))
+        value = nn.with_logical_constraint(qkv("value"), (BATCH, LENGTH, HEADS, KV))
+
+        if decode:
+            initialized = self.has_variable("cache", "cached_key")
+            cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+            cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+            cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+            if initialized:
+                index = cache_index.value
+                start = (jnp.zeros((), jnp.int32), index, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+                key = jax.lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype), start)
+                value = jax.lax.dynamic_update_slice(
+                    cached_value.value, value.astype(cached_value.value.dtype), start
+                )
+                cached_key.value = key
+                cached_value.value = value
+                cache_index.value = index + x.shape[1]
+
+        query = query * jnp.asarray(self.head_dim**-0.5, query.dtype)
+        # One query against the cache (a decode step): multiply-reduce over the cache in its
+        # stored [batch, keys, heads, head_dim] layout. A batched dot over (batch, heads) would
+        # make XLA transpose the whole cache on every step, a per-token cost that grows with
+        # the cache length.
+        single_query = decode and query.shape[1] == 1 and key.shape[1] > 1
+        # Logits and softmax in float32 whatever the activation dtype.
+        if single_query:
+            logits = jnp.sum(query.astype(jnp.float32) * key.astype(jnp.float32), axis=-1)  # [b, k, h]
+            logits = jnp.transpose(logits, (0, 2, 1))[:, :, None, :]  # [b, h, 1, k]
+        else:
+            logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+        logits = logits + bias.astype(jnp.float32)
+        weights = jax.nn.softmax(logits, axis=-1)
+        if not deterministic and self.dropout_rate > 0.0:
+            weights = nn.Dropout(rate=self.dropout_rate)(weights, deterministic=False)
+        if single_query:
+            w = jnp.transpose(weights[:, :, 0, :], (0, 2, 1))[..., None]  # [b, k, h, 1] float32
+            out = jnp.sum(w * value.astype(jnp.float32), axis=1, keepdims=True).astype(self.dtype)  # [b, 1, h, d]
+        else:
+            weights = weights.astype(self.dtype)
+            out = jnp.einsum("bhqk,bkhd->bqhd", weights, value.astype(self.dtype))
+        out = nn.with_logical_constraint(out, (BATCH, LENGTH, HEADS, KV))
+        out_kernel = self.param(
+            "out",
+            nn.with_logical_partitioning(kernel_init, ("heads", "kv", "embed")),
+            (self.num_heads, self.head_dim, d_model),
+            self.param_dtype,
+        )
+        out = jnp.einsum("blhk,hkd->bld", out, out_kernel.astype(self.dtype))
+        return nn.with_logical_constraint(out, (BATCH, LENGTH, EMBED))

@@ -1,0 +1,73 @@
+"""T5-style relative position bias for causal (decoder-only) attention.
+
+The bias depends only on how far back a key lies from its query, bucketed: distances below
+`num_buckets // 2` get their own bucket, larger ones share log-spaced buckets up to
+`max_distance`, beyond which all distances share the last bucket. Keys ahead of the query
+(masked anyway by the causal mask) fall in bucket 0.
+
+One `RelativePositionBias` is created per transformer stack and its output is shared by all
+layers (as in T5), so a stack has a single `rel_embedding` of shape [heads, buckets].
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+Array = jax.Array
+
+
+def causal_relative_position_bucket(
+    distance: Array, *, num_buckets: int = 32, max_distance: int = 128
+) -> Array:
+    """Bucket index (int32) for `distance = query_position - key_position`.
+
+    Unidirectional T5 bucketing: negative distances (future keys) map to bucket 0; distances
+    0 .. num_buckets//2 - 1 are exact; larger ones are log-spaced up to `max_distance` and
+    clipped to the last bucket.
+    """
+    if num_buckets < 2:
+        raise ValueError(f"num_buckets must be >= 2, got {num_buckets}")
+    max_exact = num_buckets // 2
+    if max_distance <= max_exact:
+        raise ValueError(f"max_distance ({max_distance}) must exceed num_buckets // 2 ({max_exact})")
+    n = jnp.maximum(distance.astype(jnp.int32), 0)
+    # log-spaced buckets for n >= max_exact; max(n, 1) keeps log() finite where unused.
+    log_ratio = jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / max_exact) / math.log(max_distance / max_exact)
+    large = max_exact + (log_ratio * (num_buckets - max_exact)).astype(jnp.int32)
+    large = jnp.minimum(large, num_buckets - 1)
+    return jnp.where(n < max_exact, n, large)
+
+
+class RelativePositionBias(nn.Module):
+    """Additive attention bias [1, heads, q_len, k_len] (float32) from bucketed distances.
+
+    `__call__(q_len, k_len, q_start)` gives the bias of queries at positions
+    [q_start, q_start + q_len) against keys at positions [0, k_len). `q_len` and `k_len` are
+    static; `q_start` may be a traced scalar (KV-cache decoding writes at a traced index).
+    """
+
+    num_heads: int
+    num_buckets: int = 32
+    max_distance: int = 128
+    param_dtype: Any = jnp.float32
+    embedding_init: Any = nn.initializers.normal(stddev=0.1)
+
+    @nn.compact
+    def __call__(self, q_len: int, k_len: int, q_start: Any = 0) -> Array:
+        table = self.param(
+            "rel_embedding",
+            nn.with_logical_partitioning(self.embedding_init, ("heads", "relpos_buckets")),
+            (self.num_heads, self.num_buckets),
+            self.param_dtype,
+        )
+        q_pos = jnp.asarray(q_start, jnp.int32) + jnp.arange(q_len, dtype=jnp.int32)
+        k_pos = jnp.arange(k_len, dtype=jnp.int32)
+        buckets = causal_relative_position_bucket(
+            q_pos[:, None] - k_pos[None, :], num_buckets=self.num_buckets, max_distance=self.max_distance
+        )  # [q, k]
+        bias = jnp.take(jnp.asarray(table, jnp.float32), buckets, axis=1)  # [heads, q, k]
+        return bias[None]
