@@ -38,7 +38,7 @@ def test_bad_binding_exits_2_with_one_line(tmp_path, args, culprit):
 
 def test_missing_required_macro_and_missing_file(tmp_path):
     r = musiclm("train", TINY)  # MODEL_DIR is %gin.REQUIRED
-    assert r.returncode == 2 and "MODEL_DIR" in r.stderr or "model_dir" in r.stderr, r.stderr[-2000:]
+    assert r.returncode == 2 and ("MODEL_DIR" in r.stderr or "model_dir" in r.stderr), r.stderr[-2000:]
     assert len(r.stderr.strip().splitlines()) == 1
     r = musiclm("train", "--gin_file=experiments/no_such.gin")
     assert r.returncode == 2 and "no_such.gin" in r.stderr and len(r.stderr.strip().splitlines()) == 1
@@ -65,6 +65,16 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     assert (straight / "config.gin").exists() and "StageConfig.num_layers" in (straight / "config.gin").read_text()
     info = (straight / "model-info.txt").read_text()
     assert "parameters:" in info and "logical=('vocab', 'embed')" in info
+
+    # `musiclm eval` restores the final checkpoint and writes its metrics.
+    r = musiclm("eval", "--gin_file=runs/eval.gin", "--gin_file=models/semantic_stage/tiny.gin",
+                "--gin.MIXTURE_OR_TASK_NAME='permuted_copy_32'", f"--gin.MODEL_DIR='{straight}'", "--gin.EVAL_STEPS=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    import json
+
+    report = json.loads((straight / "eval-60.json").read_text())
+    assert report["step"] == 60 and report["metrics"]["num_tokens"] == 2 * 8 * 24
+    assert 0.0 <= report["metrics"]["accuracy"] <= 1.0 and np.isfinite(report["metrics"]["loss"])
 
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "musiclm_jax.main", "train", TINY, f"--gin.MODEL_DIR='{killed}'", *steps]

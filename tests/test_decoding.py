@@ -148,23 +148,22 @@ def test_filter_logits_top_k_top_p():
 
 def test_samples_lie_in_the_target_levels_range(coarse_model):
     model, params, batch = coarse_model
-    options = dict(temperature=2.0, top_k=10, top_p=0.95)
     frames = 5
     level = np.arange(frames * 4) % 4
     sizes = np.array([16, 8, 12, 5])[level]  # per-level codebook sizes of RAGGED_LAYOUT
-    # to_codes maps an id outside its position's level range to -1, so codes in [0, size) mean
-    # every sampled id was legal.
-    codes = model.predict_batch(params, batch, jax.random.key(3), num_target_tokens=frames * 4, num_samples=3, **options)
-    assert codes.shape == (6, frames * 4)
-    assert np.all((np.asarray(codes) >= 0) & (np.asarray(codes) < sizes))
-    assert len(np.unique(np.asarray(codes)[:, 0])) > 1  # really sampling
-    # With continuation from 1.5 frames (6 tokens: the level cycle continues at level 2).
-    prefix = jnp.asarray(np.tile(np.array([1, 2, 3, 4, 5, 6]) % 5, (2, 1)), jnp.int32)
+    # Continuation from 1.5 frames (6 codes): sampling starts at level 2 and cycles through all
+    # four levels. to_codes maps an id outside its position's level range to -1, so codes in
+    # [0, size) mean every sampled id was legal.
+    prefix = jnp.asarray(np.array([[1, 2, 3, 4, 5, 1], [0, 7, 11, 4, 15, 0]]), jnp.int32)
     codes = model.predict_batch(
-        params, {**batch, "acoustic_tokens": prefix}, jax.random.key(4), num_target_tokens=frames * 4, **options
+        params, {**batch, "acoustic_tokens": prefix}, jax.random.key(3), num_target_tokens=frames * 4,
+        num_samples=3, temperature=2.0, top_k=10, top_p=0.95,
     )
-    np.testing.assert_array_equal(codes[:, :6], prefix)
-    assert np.all((np.asarray(codes) >= 0) & (np.asarray(codes) < sizes))
+    codes = np.asarray(codes)
+    assert codes.shape == (6, frames * 4)
+    np.testing.assert_array_equal(codes[:, :6], np.repeat(np.asarray(prefix), 3, axis=0))
+    assert np.all((codes >= 0) & (codes < sizes))
+    assert len({tuple(r) for r in codes[:3, 6:]}) > 1  # really sampling: candidates differ
 
 
 def test_guidance_scale_one_equals_unguided_and_cfg_formula(coarse_model):
