@@ -11,7 +11,8 @@ from musiclm_jax.data.pipeline import BatchIterator, DatasetConfig
 from musiclm_jax.models.base import BaseModel
 from musiclm_jax.training import checkpoints, summaries
 from musiclm_jax.training.optimizers import OptimizerConfig
-from musiclm_jax.training.partitioning import Partitioner, maybe_initialize_distributed
+from musiclm_jax.run_setup import global_shapes, start_run
+from musiclm_jax.training.partitioning import Partitioner
 from musiclm_jax.training.trainer import Trainer
 
 
@@ -44,15 +45,9 @@ def evaluate(
 ) -> dict[str, float]:
     """Restores the parameters (checkpoint_path, else model_dir's latest checkpoint), runs
     `eval_steps` batches, writes eval summaries and `eval-<step>.json` to model_dir."""
-    maybe_initialize_distributed()
-    partitioner = partitioner or Partitioner()
-    model_dir = os.path.abspath(os.path.expanduser(model_dir))
-    os.makedirs(model_dir, exist_ok=True)
-    if on_start is not None:
-        on_start(model_dir)
+    model_dir, partitioner = start_run(model_dir, partitioner, on_start)
     first = next(BatchIterator(eval_dataset_cfg, repeat=False))
-    shapes = {k: (v.shape[0] * jax.process_count(),) + v.shape[1:] for k, v in first.items()}
-    trainer = Trainer(model, partitioner, OptimizerConfig(), total_steps=1, input_shapes=shapes)
+    trainer = Trainer(model, partitioner, OptimizerConfig(), total_steps=1, input_shapes=global_shapes(first))
     source = checkpoint_path or os.path.join(model_dir, "checkpoints")
     params, step = checkpoints.restore_params(source, trainer.abstract_state.params)
     results = run_eval_batches(trainer, params, eval_dataset_cfg, eval_steps)

@@ -103,16 +103,13 @@ def register(fn: Callable, name: Optional[str] = None, module: Optional[str] = N
 
 
 def _dataclass_factory(cls, name: str) -> Callable:
-    signature = inspect.signature(cls)
-    hints = typing.get_type_hints(cls)
+    """A factory gin can call for a (frozen) dataclass, checking field types first."""
 
     def factory(**kwargs):
-        for arg, value in kwargs.items():
-            if arg in hints and not _matches(value, hints[arg]):
-                raise ConfigError(f"{name}.{arg} must be {_describe(hints[arg])}, got {type(value).__name__} {value!r}")
+        check_types(cls, kwargs, name)
         return cls(**kwargs)
 
-    factory.__signature__ = signature
+    factory.__signature__ = inspect.signature(cls)
     factory.__name__ = name
     factory.__doc__ = cls.__doc__
     return factory

@@ -17,7 +17,8 @@ from musiclm_jax.eval import run_eval_batches
 from musiclm_jax.models.base import BaseModel
 from musiclm_jax.training import checkpoints, mfu, summaries
 from musiclm_jax.training.optimizers import OptimizerConfig
-from musiclm_jax.training.partitioning import Partitioner, maybe_initialize_distributed
+from musiclm_jax.run_setup import global_shapes, start_run
+from musiclm_jax.training.partitioning import Partitioner
 from musiclm_jax.training.train_state import TrainState
 from musiclm_jax.training.trainer import NonFiniteError, Trainer
 
@@ -50,12 +51,7 @@ def train(
     """
     if train_steps <= 0:
         raise ValueError(f"train_steps must be positive, got {train_steps}")
-    maybe_initialize_distributed()
-    partitioner = partitioner or Partitioner()
-    model_dir = os.path.abspath(os.path.expanduser(model_dir))
-    os.makedirs(model_dir, exist_ok=True)
-    if on_start is not None:
-        on_start(model_dir)
+    model_dir, partitioner = start_run(model_dir, partitioner, on_start)
 
     ckpt = checkpoints.Checkpointer(
         os.path.join(model_dir, "checkpoints"), save_every=checkpoint_period, keep=keep_checkpoints, async_save=async_checkpointing
@@ -64,8 +60,7 @@ def train(
     start_batch = latest or 0  # one batch per step; checked against the stored position below
     data = BatchIterator(train_dataset_cfg, start_batch=start_batch)
     first = next(data)
-    local_shapes = {k: v.shape for k, v in first.items()}
-    input_shapes = {k: (s[0] * jax.process_count(),) + tuple(s[1:]) for k, s in local_shapes.items()}
+    input_shapes = global_shapes(first)
     trainer = Trainer(model, partitioner, optimizer, total_steps=train_steps, input_shapes=input_shapes, microbatches=microbatches)
 
     if jax.process_index() == 0:

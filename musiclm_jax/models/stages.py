@@ -23,8 +23,6 @@ from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import flax.linen as nn
 
 from musiclm_jax.models import decoding
 from musiclm_jax.models.base import Batch, BaseModel, Metrics, Variables

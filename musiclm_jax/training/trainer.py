@@ -7,7 +7,7 @@ init with out_shardings, so no host ever holds the full unsharded state.
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
