@@ -2,8 +2,8 @@
 
 The library is gin-free; everything gin may bind is named here, type-checked when called.
 """
-from musiclm_jax import aot, eval as eval_lib, gin_utils, train as train_lib
-from musiclm_jax.data import pipeline
+from musiclm_jax import aot, eval as eval_lib, gin_utils, inspect_data, train as train_lib
+from musiclm_jax.data import audio_tasks, pipeline, sources, synthetic
 from musiclm_jax.models import gin_registry  # noqa: F401  (model configurables)
 from musiclm_jax.training import optimizers, partitioning
 
@@ -14,3 +14,10 @@ DatasetConfig = gin_utils.register(pipeline.DatasetConfig, "DatasetConfig")
 OptimizerConfig = gin_utils.register(optimizers.OptimizerConfig, "OptimizerConfig")
 Partitioner = gin_utils.register(partitioning.Partitioner, "Partitioner")
 global_batch_size = gin_utils.register(gin_utils.global_batch_size, "global_batch_size")
+inspect_task = gin_utils.register(inspect_data.inspect_task, "inspect_task")
+# Raw-audio tasks: `TASK = @register_audio_task()` registers the task when a binding uses it.
+register_audio_task = gin_utils.register(audio_tasks.register_audio_task, "register_audio_task")
+SyntheticSource = gin_utils.register(synthetic.SyntheticSource, "SyntheticSource")
+ManifestSource = gin_utils.register(sources.ManifestSource, "ManifestSource")
+MusicCapsSource = gin_utils.register(sources.MusicCapsSource, "MusicCapsSource")
+FolderSource = gin_utils.register(sources.FolderSource, "FolderSource")

@@ -12,11 +12,12 @@ import re
 import sys
 from typing import Optional, Sequence
 
-ENTRY_FUNCTIONS = ("train", "evaluate", "compile_for_topology")
+ENTRY_FUNCTIONS = ("train", "evaluate", "compile_for_topology", "inspect_task")
 MODES = {
     "train": "train a model (resumes from MODEL_DIR)",
     "eval": "evaluate a checkpoint on an eval split",
     "aot": "compile the train step for a TPU topology on this machine and report memory/FLOPs",
+    "inspect": "write a raw-audio task's examples as WAVs plus a PNG sheet of spectrograms",
 }
 
 
@@ -70,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("mode", choices=sorted(MODES))
     p.add_argument("--gin_file", action="append", default=[], help="gin file (path, or relative to the packaged gin/)")
     p.add_argument("--topology", default="v5e:4x4", help="aot: TPU topology, e.g. v5e:4x4, v4:2x2x2, v5p:2x2x2")
+    p.add_argument("--task", help="inspect: seqio task name (else inspect_task.task from gin)")
+    p.add_argument("--num_examples", type=int, default=8, help="inspect: how many examples")
+    p.add_argument("--output_dir", help="inspect: where the WAVs, spectrograms.png and summary.json go")
+    p.add_argument("--split", default="train", help="inspect: train or validation")
     p.add_argument("--verbose", action="store_true", help="show library logs")
     return p
 
@@ -81,8 +86,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as e:
         return int(e.code)
     args = _parser().parse_args(argv)
-    if not args.gin_file:
+    if not args.gin_file and args.mode != "inspect":
         return _usage_error("at least one --gin_file is required")
+    if args.mode == "inspect" and not args.output_dir:
+        return _usage_error("inspect needs --output_dir")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if args.mode == "aot":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile for TPU, run nothing on one
@@ -143,6 +150,21 @@ def _run_mode(args, configurables, gin_utils) -> int:
             print(f"musiclm: aot: {gin_utils.first_line(e)}", file=sys.stderr)
             return 1
         print(report.table())
+        return 0
+    if args.mode == "inspect":
+        from musiclm_jax.data.bad_input import NoUsableExamplesError
+
+        kwargs = {"task": args.task} if args.task else {}
+        try:
+            summary = configurables.inspect_task(num_examples=args.num_examples, output_dir=args.output_dir,
+                                                 split=args.split, **kwargs)
+        except NoUsableExamplesError as e:
+            print(f"musiclm: inspect: {gin_utils.first_line(e)}", file=sys.stderr)
+            return 1
+        except ValueError as e:  # unknown task or split, bad count: the user's input
+            return _usage_error(f"inspect: {gin_utils.first_line(e)}")
+        print(summary.table())
+        print(f"wrote {summary.count} WAVs, spectrograms.png and summary.json to {args.output_dir}")
         return 0
     raise AssertionError(args.mode)
 

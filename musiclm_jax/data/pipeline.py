@@ -13,7 +13,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from musiclm_jax.data import tasks
+from musiclm_jax.data import audio_tasks, tasks
 
 PAD_CODE = -1  # padding in raw code features; the models give it zero loss weight
 
@@ -87,7 +87,8 @@ class BatchIterator:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        batch = next(self._it)
+        with audio_tasks.source_errors():
+            batch = next(self._it)
         self.position += 1
         return batch
 

@@ -6,7 +6,7 @@ import functools
 import seqio
 import tensorflow as tf
 
-from musiclm_jax.data import token_tasks
+from musiclm_jax.data import audio_tasks, token_tasks
 
 CODEBOOK_SIZE = 1024
 
@@ -53,6 +53,9 @@ def register_permuted_copy(name: str, *, num_values: int, num_examples: int = 20
 
 register_permuted_copy("permuted_copy_32", num_values=32)
 register_permuted_copy("permuted_copy_1024", num_values=1024)
+
+
+del audio_tasks  # imported for its registrations (the raw-audio tasks)
 
 
 def known_task_names() -> list[str]:

@@ -1,0 +1,163 @@
+"""Raw-audio seqio tasks: a source's clips as {audio, caption, id, sample_rate} examples.
+
+Any source with `name`, `sample_rate` and `examples(split)` (data/sources.py, data/synthetic.py)
+becomes a seqio task with `register_audio_task`, which gin can call so that a task is
+registered by the binding that names it:
+
+    TASK = @my_music/register_audio_task()
+    my_music/register_audio_task.name = 'my_music'
+    my_music/register_audio_task.source = @ManifestSource()
+    ManifestSource.manifest_path = '/data/music/manifest.jsonl'
+    ManifestSource.sample_rate = 24000
+
+Crops are taken at whole-second boundaries (random or centred) so that one tokenisation of a
+track later serves every crop length; clips shorter than the crop are zero-padded (with
+`audio_length` telling the valid samples) or dropped, as the task says.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+from typing import Any, Optional
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from musiclm_jax.data import synthetic
+from musiclm_jax.data.bad_input import NoUsableExamplesError
+
+PAD_RULES = ("zeros", "drop")
+CROP_MODES = ("random", "center")
+SYNTHETIC_LABEL_KEYS = ("instrument", "tempo_class", "bpm", "key", "mode", "register", "drums", "loudness",
+                        "texture")
+_registered: dict[str, Any] = {}  # audio tasks this module registered, by name
+
+
+def _string_feature(required: bool = True) -> seqio.Feature:
+    return seqio.Feature(seqio.PassThroughVocabulary(0), add_eos=False, dtype=tf.string, rank=0,
+                         required=required)
+
+
+def _output_features(with_labels: bool) -> dict:
+    features = {
+        "audio": seqio.ContinuousFeature(dtype=tf.float32, rank=1),
+        "caption": _string_feature(),
+        "id": _string_feature(),
+    }
+    if with_labels:
+        for key in SYNTHETIC_LABEL_KEYS:
+            features[key] = (seqio.ContinuousFeature(dtype=tf.int32, rank=0, required=False)
+                             if key in ("bpm", "drums") else _string_feature(required=False))
+    return features
+
+
+def _signature(with_labels: bool) -> dict:
+    sig = {"audio": tf.TensorSpec([None], tf.float32), "caption": tf.TensorSpec([], tf.string),
+           "id": tf.TensorSpec([], tf.string), "sample_rate": tf.TensorSpec([], tf.int32)}
+    if with_labels:
+        for key in SYNTHETIC_LABEL_KEYS:
+            sig[key] = tf.TensorSpec([], tf.int32 if key in ("bpm", "drums") else tf.string)
+    return sig
+
+
+def _source_dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None, *, source,
+                       with_labels: bool) -> tf.data.Dataset:
+    """The source's examples in order (decoding happens in Python; seqio shuffles downstream)."""
+    del shuffle_files, seed
+
+    def generate():
+        for ex in source.examples(split):
+            out = {"audio": np.asarray(ex.audio, np.float32), "caption": ex.caption, "id": ex.id,
+                   "sample_rate": np.int32(ex.sample_rate)}
+            if with_labels:
+                out.update({k: (np.int32(ex.labels[k]) if k in ("bpm", "drums") else str(ex.labels[k]))
+                            for k in SYNTHETIC_LABEL_KEYS})
+            yield out
+
+    return tf.data.Dataset.from_generator(generate, output_signature=_signature(with_labels))
+
+
+def crop_audio(dataset: tf.data.Dataset, *, seconds: int, sample_rate: int, mode: str = "random",
+               pad: str = "zeros") -> tf.data.Dataset:
+    """Crops `audio` to `seconds` starting at a whole second (random or centred).
+
+    Shorter clips are zero-padded (`pad='zeros'`) or dropped (`pad='drop'`); `audio_length`
+    holds the number of real samples either way.
+    """
+    if seconds <= 0 or mode not in CROP_MODES or pad not in PAD_RULES:
+        raise ValueError(f"crop_audio: need seconds > 0, mode in {CROP_MODES}, pad in {PAD_RULES}; "
+                         f"got {seconds}, {mode!r}, {pad!r}")
+    length = seconds * sample_rate
+    if pad == "drop":
+        dataset = dataset.filter(lambda ex: tf.shape(ex["audio"])[0] >= length)
+
+    @seqio.map_over_dataset(num_seeds=1)
+    def crop(ex, seed):
+        audio = ex["audio"]
+        whole_seconds = tf.shape(audio)[0] // sample_rate
+        last_start = tf.maximum(whole_seconds - seconds, 0)
+        if mode == "random":
+            start = tf.random.stateless_uniform([], seed, minval=0, maxval=last_start + 1, dtype=tf.int32)
+        else:
+            start = last_start // 2
+        clip = audio[start * sample_rate:start * sample_rate + length]
+        n = tf.shape(clip)[0]
+        out = dict(ex)
+        out["audio"] = tf.ensure_shape(tf.pad(clip, [[0, length - n]]), [length])
+        out["audio_length"] = n
+        out["crop_start_s"] = start
+        return out
+
+    return crop(dataset)
+
+
+def register_audio_task(name: str, source, *, crop_seconds: Optional[int] = None, crop_mode: str = "random",
+                        pad: str = "zeros", shuffle_buffer_size: int = 256) -> str:
+    """Registers (or re-registers) `source` as the seqio task `name` and returns the name."""
+    if name in seqio.TaskRegistry.names():
+        if name not in _registered:
+            raise ValueError(f"task {name!r} already exists and is not an audio task")
+        seqio.TaskRegistry.remove(name)
+    with_labels = isinstance(source, synthetic.SyntheticSource)
+    preprocessors = []
+    if crop_seconds is not None:
+        preprocessors.append(functools.partial(crop_audio, seconds=int(crop_seconds), sample_rate=source.sample_rate,
+                                               mode=crop_mode, pad=pad))
+    seqio.TaskRegistry.add(
+        name,
+        source=seqio.FunctionDataSource(
+            functools.partial(_source_dataset_fn, source=source, with_labels=with_labels),
+            splits=("train", "validation")),
+        preprocessors=preprocessors,
+        output_features=_output_features(with_labels),
+        shuffle_buffer_size=shuffle_buffer_size,
+    )
+    _registered[name] = source
+    return name
+
+
+@contextlib.contextmanager
+def source_errors():
+    """Re-raises a source's NoUsableExamplesError that tf.data wrapped in an op error."""
+    try:
+        yield
+    except tf.errors.OpError as e:
+        found = re.search(r"NoUsableExamplesError: (.*)", str(e))
+        if found:
+            raise NoUsableExamplesError(found.group(1).strip()) from None
+        raise
+
+
+def source_of(name: str):
+    """The source behind an audio task registered here (for its report and sample rate)."""
+    if name not in _registered:
+        raise KeyError(f"{name!r} is not a registered audio task; known: {', '.join(sorted(_registered))}")
+    return _registered[name]
+
+
+# Built-in: the synthetic source, 10 s clips, at the two model rates (w2v-BERT/MuLan 16 kHz,
+# SoundStream 24 kHz).
+register_audio_task("synthetic_music", synthetic.SyntheticSource(sample_rate=16000), shuffle_buffer_size=8)
+register_audio_task("synthetic_music_24k", synthetic.SyntheticSource(sample_rate=24000), shuffle_buffer_size=8)
