@@ -17,6 +17,7 @@ global_batch_size = gin_utils.register(gin_utils.global_batch_size, "global_batc
 inspect_task = gin_utils.register(inspect_data.inspect_task, "inspect_task")
 # Raw-audio tasks: `TASK = @register_audio_task()` registers the task when a binding uses it.
 register_audio_task = gin_utils.register(audio_tasks.register_audio_task, "register_audio_task")
+register_tfds_audio_task = gin_utils.register(audio_tasks.register_tfds_audio_task, "register_tfds_audio_task")
 SyntheticSource = gin_utils.register(synthetic.SyntheticSource, "SyntheticSource")
 ManifestSource = gin_utils.register(sources.ManifestSource, "ManifestSource")
 MusicCapsSource = gin_utils.register(sources.MusicCapsSource, "MusicCapsSource")

@@ -111,6 +111,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _run_mode(args, configurables, gin_utils)
     except gin_utils.ConfigError as e:
         return _usage_error(gin_utils.first_line(e))
+    except FileNotFoundError as e:  # a data file or folder named in the config
+        return _usage_error(gin_utils.first_line(e))
     except (ValueError, TypeError) as e:
         # Gin reports missing %gin.REQUIRED values and unknown references when calling, and
         # tags errors raised while building a configured object with its name.

@@ -9,14 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3", "XLA_FLAGS": ""}
+from cli import ENV, musiclm
+
 TINY = "--gin_file=experiments/local_tiny.gin"
-
-
-def musiclm(*args, timeout=300, cwd="/"):
-    """Runs the CLI from an unrelated directory, as a user would."""
-    return subprocess.run([sys.executable, "-m", "musiclm_jax.main", *args], capture_output=True, text=True,
-                          env=ENV, timeout=timeout, cwd=cwd)
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ from typing import Any, Optional
 import numpy as np
 import seqio
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from musiclm_jax.data import synthetic
 from musiclm_jax.data.bad_input import NoUsableExamplesError
@@ -116,25 +117,48 @@ def crop_audio(dataset: tf.data.Dataset, *, seconds: int, sample_rate: int, mode
 def register_audio_task(name: str, source, *, crop_seconds: Optional[int] = None, crop_mode: str = "random",
                         pad: str = "zeros", shuffle_buffer_size: int = 256) -> str:
     """Registers (or re-registers) `source` as the seqio task `name` and returns the name."""
+    with_labels = isinstance(source, synthetic.SyntheticSource)
+    data_source = seqio.FunctionDataSource(
+        functools.partial(_source_dataset_fn, source=source, with_labels=with_labels), splits=("train", "validation"))
+    return _register(name, data_source, source, source.sample_rate, with_labels=with_labels,
+                     crop_seconds=crop_seconds, crop_mode=crop_mode, pad=pad, shuffle_buffer_size=shuffle_buffer_size)
+
+
+def register_tfds_audio_task(name: str, *, manifest_path: str, data_dir: str, sample_rate: int,
+                             crop_seconds: Optional[int] = None, crop_mode: str = "random", pad: str = "zeros",
+                             shuffle_buffer_size: int = 1024) -> str:
+    """Registers the TFDS dataset of a JSONL manifest (built offline under `data_dir` first if it
+    is not there yet) as the seqio task `name`. Reading is pure TF: parallel and fast, for
+    collections too large to decode on the fly."""
+    from musiclm_jax.data import tfds_builder
+
+    builder = tfds_builder.build_manifest_dataset(manifest_path, data_dir, sample_rate)
+
+    def dataset_fn(split, shuffle_files, seed=None):
+        ds = builder.as_dataset(split=split, shuffle_files=shuffle_files,
+                                read_config=tfds.ReadConfig(shuffle_seed=seed))
+        return ds.map(lambda ex: {"audio": ex["audio"], "caption": ex["caption"], "id": ex["id"],
+                                  "sample_rate": tf.constant(sample_rate, tf.int32)},
+                      num_parallel_calls=tf.data.AUTOTUNE)
+
+    data_source = seqio.FunctionDataSource(dataset_fn, splits=tuple(builder.info.splits))
+    return _register(name, data_source, builder, sample_rate, with_labels=False, crop_seconds=crop_seconds,
+                     crop_mode=crop_mode, pad=pad, shuffle_buffer_size=shuffle_buffer_size)
+
+
+def _register(name: str, data_source, origin, sample_rate: int, *, with_labels: bool, crop_seconds, crop_mode, pad,
+              shuffle_buffer_size) -> str:
     if name in seqio.TaskRegistry.names():
         if name not in _registered:
             raise ValueError(f"task {name!r} already exists and is not an audio task")
         seqio.TaskRegistry.remove(name)
-    with_labels = isinstance(source, synthetic.SyntheticSource)
     preprocessors = []
     if crop_seconds is not None:
-        preprocessors.append(functools.partial(crop_audio, seconds=int(crop_seconds), sample_rate=source.sample_rate,
+        preprocessors.append(functools.partial(crop_audio, seconds=int(crop_seconds), sample_rate=sample_rate,
                                                mode=crop_mode, pad=pad))
-    seqio.TaskRegistry.add(
-        name,
-        source=seqio.FunctionDataSource(
-            functools.partial(_source_dataset_fn, source=source, with_labels=with_labels),
-            splits=("train", "validation")),
-        preprocessors=preprocessors,
-        output_features=_output_features(with_labels),
-        shuffle_buffer_size=shuffle_buffer_size,
-    )
-    _registered[name] = source
+    seqio.TaskRegistry.add(name, source=data_source, preprocessors=preprocessors,
+                           output_features=_output_features(with_labels), shuffle_buffer_size=shuffle_buffer_size)
+    _registered[name] = origin
     return name
 
 
@@ -151,7 +175,7 @@ def source_errors():
 
 
 def source_of(name: str):
-    """The source behind an audio task registered here (for its report and sample rate)."""
+    """The source (or TFDS builder) behind an audio task registered here."""
     if name not in _registered:
         raise KeyError(f"{name!r} is not a registered audio task; known: {', '.join(sorted(_registered))}")
     return _registered[name]

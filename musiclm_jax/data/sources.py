@@ -119,6 +119,10 @@ class _AudioSource:
     def _entries(self, split: str, report: BadInputReport) -> Iterator[_Entry]:
         raise NotImplementedError
 
+    def splits_present(self) -> tuple[str, ...]:
+        """The splits that have at least one entry (read from the listing; nothing is decoded)."""
+        return tuple(s for s in SPLITS if next(iter(self._entries(s, BadInputReport())), None) is not None)
+
     def examples(self, split: str) -> Iterator[Example]:
         """Yields the split's usable examples; counts the rest in a fresh `self.report`."""
         _check_split(split)

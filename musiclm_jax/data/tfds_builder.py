@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from musiclm_jax.data.sources import SPLITS, ManifestSource
+from musiclm_jax.data.sources import ManifestSource
 
 
 @dataclasses.dataclass
@@ -65,15 +65,18 @@ class MusicManifest(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         del dl_manager  # everything is local
-        return {split: self._generate_examples(split) for split in SPLITS}
+        # Only splits the manifest has: a collection may be all "train" by its own split column.
+        return {split: self._generate_examples(split) for split in self._source().splits_present()}
 
-    def _generate_examples(self, split: str):
+    def _source(self) -> ManifestSource:
         config = self._config
-        source = ManifestSource(
+        return ManifestSource(
             config.manifest_path, sample_rate=config.sample_rate, min_seconds=config.min_seconds,
             normalize_db=config.normalize_db, validation_fraction=config.validation_fraction,
         )
-        for example in source.examples(split):
+
+    def _generate_examples(self, split: str):
+        for example in self._source().examples(split):
             yield example.id, {"audio": example.audio, "caption": example.caption, "id": example.id}
 
 
