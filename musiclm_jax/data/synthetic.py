@@ -239,17 +239,39 @@ def _additive(f0: float, n: int, sr: int, amps: Sequence[float], ratios: Sequenc
     t = np.arange(n, dtype=np.float32) / sr
     out = np.zeros(n, np.float32)
     for i, (a, r) in enumerate(zip(amps, ratios)):
-        f = f0 * r
+        # Python floats keep the arithmetic in float32 (numpy scalars would promote to float64).
+        a, r, f = float(a), float(r), float(f0 * r)
         if f >= 0.45 * sr:
             break
-        phase = 2 * np.pi * f * t
+        phase = (2 * np.pi * f) * t
         if phase_mod is not None:
             phase = phase + r * phase_mod
         part = a * np.sin(phase)
         if decays is not None:
-            part *= np.exp(-t * decays[i])
+            part *= np.exp(t * -float(decays[i]))
         out += part
     return out
+
+
+def _wavetable(f0: float, n: int, sr: int, amps: Sequence[float], harmonics: Sequence[int],
+               phase_mod: np.ndarray | None = None, size: int = 2048) -> np.ndarray:
+    """Like `_additive` for integer harmonics without per-partial decay, but reads one
+    band-limited period from a table (linear interpolation): one lookup per sample instead of
+    one sine per partial, which keeps rich timbres (strings, square lead) fast."""
+    grid = np.arange(size) / size
+    table = np.zeros(size + 1, np.float32)
+    for a, h in zip(amps, harmonics):
+        if f0 * h >= 0.45 * sr:
+            break
+        table[:size] += a * np.sin(2 * np.pi * h * grid)
+    table[size] = table[0]
+    cycles = f0 * np.arange(n, dtype=np.float64) / sr
+    if phase_mod is not None:
+        cycles += phase_mod / (2 * np.pi)
+    pos = (cycles % 1.0) * size
+    i = pos.astype(np.int64)
+    frac = (pos - i).astype(np.float32)
+    return table[i] * (1 - frac) + table[i + 1] * frac
 
 
 def _vibrato(n: int, sr: int, f0: float, depth_semitones: float, rate_hz: float = 5.5) -> np.ndarray:
@@ -301,7 +323,7 @@ def _karplus_strong(f0, n, held, sr, rng):
 def _square_lead(f0, n, held, sr, rng):
     k = np.arange(1, 40, 2)
     env = _adsr(n, sr, 0.01, 0.15, 0.75, 0.05, held)
-    return 0.8 * _additive(f0, n, sr, 1.0 / k, k, phase_mod=_vibrato(n, sr, f0, 0.15, 6.0)) * env
+    return 0.8 * _wavetable(f0, n, sr, 1.0 / k, k, phase_mod=_vibrato(n, sr, f0, 0.15, 6.0)) * env
 
 
 def _strings(f0, n, held, sr, rng):
@@ -309,7 +331,7 @@ def _strings(f0, n, held, sr, rng):
     amps = 1.0 / k ** 1.1
     vib = _vibrato(n, sr, f0, 0.12, 5.0)
     # Ensemble: three slightly detuned sawtooth-like voices.
-    out = sum(_additive(f0 * d, n, sr, amps, k, phase_mod=vib) for d in (0.997, 1.0, 1.004)) / 3
+    out = sum(_wavetable(f0 * d, n, sr, amps, k, phase_mod=vib) for d in (0.997, 1.0, 1.004)) / 3
     return out * _adsr(n, sr, 0.22, 0.3, 0.9, 0.25, held)
 
 

@@ -99,7 +99,9 @@ def detect_tempo(waveform: np.ndarray, sample_rate: int) -> tuple[str, float]:
     grid = np.exp(np.linspace(np.log(TEMPO_SEARCH_BPM[0]), np.log(TEMPO_SEARCH_BPM[1]), 240))
     score = [_pulse_strength(acf, b, fps) + _pulse_strength(acf, 2 * b, fps) - _pulse_strength(acf, 4 * b, fps)
              for b in grid]
-    bpm = float(grid[int(np.argmax(score))])
+    score = np.asarray(score)
+    # The +-3% windows make neighbouring grid points tie; the middle of the tied run is the estimate.
+    bpm = float(np.median(grid[score >= score.max() - 1e-6]))
     return tempo_class_of(bpm), bpm
 
 
@@ -255,3 +257,156 @@ def detector_accuracy(examples: Iterable[synthetic.SyntheticExample],
         for a in attributes:
             hits[a].append(DETECTORS[a](ex.audio, ex.sample_rate) == ex.labels[a])
     return {a: float(np.mean(h)) for a, h in hits.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# Learned attribute classifier (for KLD between label distributions).
+
+CLASSIFIER_ATTRIBUTES = ("instrument", "tempo_class", "mode", "register", "drums", "loudness", "texture")
+_CONFIG_FILE, _PARAMS_FILE = "config.json", "params.msgpack"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig:
+    """Everything needed to rebuild the classifier and its features; saved as JSON."""
+
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    hop_length: int = 512
+    n_mels: int = 64
+    channels: tuple[int, ...] = (64, 64, 96)
+    hidden: int = 128
+    attributes: tuple[str, ...] = CLASSIFIER_ATTRIBUTES
+    # Class names per attribute, as strings (drums' False/True become "False"/"True").
+    classes: tuple[tuple[str, ...], ...] = tuple(tuple(str(v) for v in synthetic.LABEL_VALUES[a])
+                                                 for a in CLASSIFIER_ATTRIBUTES)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ClassifierConfig":
+        raw = json.loads(text)
+        raw["channels"] = tuple(raw["channels"])
+        raw["attributes"] = tuple(raw["attributes"])
+        raw["classes"] = tuple(tuple(c) for c in raw["classes"])
+        return cls(**raw)
+
+
+def log_mel_features(waveforms: np.ndarray, config: ClassifierConfig, sample_rate: int) -> np.ndarray:
+    """[batch, frames, n_mels] log-mel in dB / 20, *not* normalised per clip: the absolute
+    level is what the loudness head needs. Inputs at another rate are resampled first."""
+    import librosa
+
+    x = np.atleast_2d(np.asarray(waveforms, dtype=np.float32))
+    if sample_rate != config.sample_rate:
+        x = librosa.resample(x, orig_sr=sample_rate, target_sr=config.sample_rate, axis=-1)
+    mel = librosa.feature.melspectrogram(y=x, sr=config.sample_rate, n_fft=config.n_fft,
+                                         hop_length=config.hop_length, n_mels=config.n_mels)
+    db = 10 * np.log10(mel + 1e-10)
+    return (np.maximum(db, -100.0) / 20.0 + 2.0).transpose(0, 2, 1).astype(np.float32)
+
+
+def _make_model(config: ClassifierConfig):
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    class AttributeClassifier(nn.Module):
+        """Strided 1-D convs over time (mel bins as channels), mean+max pooled, one head each."""
+
+        @nn.compact
+        def __call__(self, feats):  # [batch, frames, n_mels]
+            h = feats
+            for i, ch in enumerate(config.channels):
+                h = nn.Conv(ch, kernel_size=(5,), strides=(1 if i == 0 else 2,), name=f"conv{i}")(h)
+                h = nn.gelu(h)
+            pooled = jnp.concatenate([h.mean(axis=1), h.max(axis=1), feats.mean(axis=1), feats.std(axis=1)], -1)
+            z = nn.gelu(nn.Dense(config.hidden, name="trunk")(pooled))
+            return {a: nn.Dense(len(c), name=f"head_{a}")(z) for a, c in zip(config.attributes, config.classes)}
+
+    return AttributeClassifier()
+
+
+def _label_indices(examples: Sequence[synthetic.SyntheticExample], config: ClassifierConfig) -> dict[str, np.ndarray]:
+    return {a: np.array([c.index(str(ex.labels[a])) for ex in examples], np.int32)
+            for a, c in zip(config.attributes, config.classes)}
+
+
+def train_attribute_classifier(num_examples: int = 256, seed: int = 0, sample_rate: int = 16000,
+                               duration_s: float = 4.0, steps: int = 300, *, batch_size: int = 32,
+                               learning_rate: float = 2e-3, config: ClassifierConfig | None = None,
+                               progress: bool = False) -> tuple[dict, ClassifierConfig]:
+    """Trains on `num_examples` synthetic training-split clips (seed offsets the split's
+    stream, so training never sees validation clips). Returns (params, config)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    if num_examples <= 0 or steps <= 0:
+        raise ValueError(f"num_examples and steps must be positive, got {num_examples} and {steps}")
+    config = config or ClassifierConfig(sample_rate=sample_rate)
+    examples = [synthetic.render(synthetic.SPLIT_SEEDS["train"] + seed, i, sample_rate=sample_rate,
+                                 duration_s=duration_s) for i in range(num_examples)]
+    feats = log_mel_features(np.stack([ex.audio for ex in examples]), config, sample_rate)
+    labels = _label_indices(examples, config)
+    model = _make_model(config)
+    params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1,) + feats.shape[1:]))["params"]
+    optimizer = optax.adamw(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.1), weight_decay=1e-4)
+    opt_state = optimizer.init(params)
+
+    def loss_fn(p, x, y):
+        logits = model.apply({"params": p}, x)
+        return sum(optax.softmax_cross_entropy_with_integer_labels(logits[a], y[a]).mean() for a in y)
+
+    @jax.jit
+    def step(p, s, x, y):
+        loss, grads = jax.value_and_grad(loss_fn)(p, x, y)
+        updates, s = optimizer.update(grads, s, p)
+        return optax.apply_updates(p, updates), s, loss
+
+    rng = np.random.default_rng(seed)
+    iterator = range(steps)
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(iterator, desc="train classifier")
+    for _ in iterator:
+        idx = rng.choice(num_examples, size=min(batch_size, num_examples), replace=False)
+        params, opt_state, _ = step(params, opt_state, feats[idx], {a: v[idx] for a, v in labels.items()})
+    return jax.device_get(params), config
+
+
+def predict_label_distributions(params: dict, config: ClassifierConfig, waveforms: np.ndarray,
+                                sample_rate: int, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """{attribute: probabilities [batch, classes]} for mono waveforms [batch, samples]."""
+    import jax
+
+    model = _make_model(config)
+    apply = jax.jit(lambda p, x: {a: jax.nn.softmax(l, -1) for a, l in model.apply({"params": p}, x).items()})
+    feats = log_mel_features(waveforms, config, sample_rate)
+    chunks = [apply(params, feats[i:i + batch_size]) for i in range(0, len(feats), batch_size)]
+    return {a: np.concatenate([np.asarray(c[a]) for c in chunks]) for a in config.attributes}
+
+
+def save_classifier(directory: str, params: dict, config: ClassifierConfig) -> None:
+    """config.json + params.msgpack (flax msgpack, no pickle)."""
+    import flax.serialization
+
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, _CONFIG_FILE), "w") as f:
+        f.write(config.to_json())
+    with open(os.path.join(directory, _PARAMS_FILE), "wb") as f:
+        f.write(flax.serialization.msgpack_serialize(params))
+
+
+def load_classifier(directory: str) -> tuple[dict, ClassifierConfig]:
+    import flax.serialization
+
+    paths = [os.path.join(directory, name) for name in (_CONFIG_FILE, _PARAMS_FILE)]
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise FileNotFoundError(f"attribute classifier directory {directory!r} lacks {', '.join(missing)}")
+    with open(paths[0]) as f:
+        config = ClassifierConfig.from_json(f.read())
+    with open(paths[1], "rb") as f:
+        params = flax.serialization.msgpack_restore(f.read())
+    return params, config
