@@ -11,8 +11,8 @@ HELD_OUT = synthetic.SPLIT_SEEDS["validation"]
 
 @pytest.fixture(scope="module")
 def held_out():
-    """48 held-out 6 s clips: long enough for a few bars of a slow piece."""
-    return [synthetic.render(HELD_OUT, i, sample_rate=SR, duration_s=6.0) for i in range(48)]
+    """40 held-out 10 s clips (the source's clip length): several bars even of a slow piece."""
+    return [synthetic.render(HELD_OUT, i, sample_rate=SR, duration_s=10.0) for i in range(40)]
 
 
 def _click_track(bpm: float, seconds: float = 6.0, eighth_hats: bool = True) -> np.ndarray:
@@ -37,8 +37,9 @@ def test_class_boundaries_sit_between_the_source_ranges():
     for name, (lo, hi) in synthetic.TEMPO_CLASSES.items():
         assert attributes.tempo_class_of(lo) == name and attributes.tempo_class_of(hi) == name
     assert [attributes.loudness_of(d) for d in synthetic.LOUDNESS_DBFS.values()] == list(synthetic.LOUDNESS_DBFS)
-    # The melody's median sits ~5 semitones under the register centre.
-    assert [attributes.register_of(c - 5) for c in synthetic.REGISTERS.values()] == list(synthetic.REGISTERS)
+    # The melody's median sits within a tritone of the register centre.
+    for c, name in zip(synthetic.REGISTERS.values(), synthetic.REGISTERS):
+        assert attributes.register_of(c - 6) == attributes.register_of(c + 6) == name
 
 
 @pytest.mark.parametrize("bpm", [66.0, 100.0, 150.0])
@@ -73,7 +74,7 @@ def test_key_of_a_major_triad_sequence():
 def test_drums_and_loudness_on_plain_signals():
     tone = _tone(60, 4.0)
     assert not attributes.detect_drums(tone, SR)[0]
-    assert attributes.detect_drums(tone + _click_track(120, 4.0), SR)[0]
+    assert attributes.detect_drums(0.3 * tone + _click_track(120, 4.0), SR)[0]
     quiet = tone * 10 ** (-26 / 20) / np.sqrt(np.mean(tone**2))
     assert attributes.detect_loudness(quiet, SR, drums=False) == ("soft", pytest.approx(-26.0, abs=0.01))
 
@@ -88,11 +89,10 @@ def test_detectors_reject_non_mono_input():
 @pytest.mark.slow
 def test_detector_accuracy_on_held_out_synthetic_clips(held_out):
     acc = attributes.detector_accuracy(held_out, ("tempo_class", "register", "mode", "drums", "loudness"))
-    print("detector accuracy on 48 held-out 6 s clips:", {k: round(v, 3) for k, v in acc.items()})
+    print("detector accuracy on 40 held-out 10 s clips:", {k: round(v, 3) for k, v in acc.items()})
     assert acc["register"] >= 0.8 and acc["drums"] >= 0.8
-    assert acc["tempo_class"] >= 0.7
-    assert acc["mode"] >= 0.6  # relative major/minor; see the module docstring and the bench
-    assert acc["loudness"] > 1 / 3  # above chance; the source's peak limiter blurs the classes
+    assert acc["tempo_class"] >= 0.7 and acc["mode"] >= 0.7
+    assert acc["loudness"] >= 0.7
 
 
 def test_detect_all_agrees_with_the_detectors(held_out):

@@ -23,6 +23,7 @@ import math
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
+from scipy.ndimage import maximum_filter1d, uniform_filter1d
 
 from musiclm_jax.data.bad_input import BadInputReport
 from musiclm_jax.data.sources import Example
@@ -34,6 +35,7 @@ MODES = ("major", "minor")
 REGISTERS = {"low": 43, "mid": 62, "high": 81}  # MIDI pitch the melody centres on
 LOUDNESS_DBFS = {"soft": -26.0, "medium": -18.0, "loud": -12.0}
 TEXTURES = ("melody", "melody_chords", "arpeggio")
+DRUMS_LEVEL = 0.6  # drum RMS relative to the music's (the loudness target applies to the music)
 LABEL_VALUES = {
     "instrument": INSTRUMENTS,
     "tempo_class": tuple(TEMPO_CLASSES),
@@ -170,6 +172,8 @@ def sample_score(seed: int, index: int, duration_s: float) -> Score:
         slot = (0, 0, 2, 0)[b % 4]
         if slot not in motifs or b % 8 == 6:  # the second phrase gets a new B
             motifs[slot] = _motif(rng, labels["tempo_class"], chord, prev)
+            if slot == 0:  # phrases open on the tonic: the key (and mode) is heard at once
+                motifs[0][0] = (motifs[0][0][0], 0)
         bar_notes = list(motifs[slot])
         if b % 4 == 3:  # cadence: last note back home
             bar_notes[-1] = (bar_notes[-1][0], 0)
@@ -179,7 +183,9 @@ def sample_score(seed: int, index: int, duration_s: float) -> Score:
         for length, degree in bar_notes:
             if labels["texture"] != "arpeggio":
                 vel = 0.8 + 0.2 * rng.random()
-                notes.append(Note(t, length * eighth, _degree_to_midi(tonic, mode, degree), vel, "melody"))
+                # Harmonic minor (raised 7th): the leading tone tells minor from its relative major.
+                midi = _degree_to_midi(tonic, mode, degree, raise_seventh=True)
+                notes.append(Note(t, length * eighth, midi, vel, "melody"))
             t += length * eighth
             prev = degree
         # Close-position triad within the octave above the tonic.
@@ -187,9 +193,9 @@ def sample_score(seed: int, index: int, duration_s: float) -> Score:
                        for d in (0, 2, 4))
         if labels["texture"] == "melody_chords":  # quiet block chord an octave under the melody
             for m in triad:
-                notes.append(Note(b * bar, bar * 0.95, m - 12, 0.35, "chord"))
-        elif labels["texture"] == "arpeggio":  # triad tones up and down in eighths (sixteenths if slow)
-            step = eighth / 2 if labels["tempo_class"] == "slow" else eighth
+                notes.append(Note(b * bar, bar * 0.95, m - 12, 0.2, "chord"))
+        elif labels["texture"] == "arpeggio":  # triad tones up and down in eighths
+            step = eighth
             cycle = triad + [triad[0] + 12] + triad[2:0:-1]
             for i in range(int(round(bar / step))):
                 vel = 0.9 if i % 4 == 0 else 0.7
@@ -291,8 +297,8 @@ def _piano(f0, n, held, sr, rng):
 
 
 def _organ(f0, n, held, sr, rng):
-    ratios = (0.5, 1, 2, 3, 4, 6, 8)  # drawbar footages 16', 8', 4', 2 2/3', 2', 1 1/3', 1'
-    amps = (0.5, 1.0, 0.7, 0.5, 0.4, 0.25, 0.2)
+    ratios = (1, 2, 3, 4, 6, 8)  # drawbar footages 8', 4', 2 2/3', 2', 1 1/3', 1' (no 16': it reads an octave low)
+    amps = (1.0, 0.7, 0.5, 0.4, 0.25, 0.2)
     env = _adsr(n, sr, 0.01, 0.05, 1.0, 0.05, held)
     return _additive(f0, n, sr, amps, ratios) * env
 
@@ -336,12 +342,14 @@ def _strings(f0, n, held, sr, rng):
 
 
 def _bell(f0, n, held, sr, rng):
-    """FM bell: modulator at 3.5x the carrier, modulation index decaying with the note."""
+    """FM bell: modulator at 3x the carrier (an integer ratio keeps the pitch at f0; 3.5 would
+    put a common fundamental at f0/2), a slightly detuned modulator for the metallic beating,
+    and a modulation index decaying with the note."""
     t = np.arange(n, dtype=np.float32) / sr
     index = 4.0 * np.exp(-t * 2.5)
-    mod = index * np.sin(2 * np.pi * 3.5 * f0 * t)
-    if f0 * 3.5 * 4 > 0.45 * sr:  # keep the sidebands under Nyquist for high notes
-        mod *= (0.45 * sr) / (f0 * 14)
+    mod = index * np.sin((2 * np.pi * 3.01 * f0) * t)
+    if f0 * 3 * 4 > 0.45 * sr:  # keep the sidebands under Nyquist for high notes
+        mod *= (0.45 * sr) / (f0 * 12)
     return np.sin(2 * np.pi * f0 * t + mod) * np.exp(-t * 1.8) * _adsr(n, sr, 0.002, 10, 1.0, 0.3, held)
 
 
@@ -396,11 +404,21 @@ def render_score(score: Score, sample_rate: int, seed: int = 0) -> np.ndarray:
             start = int(h.start_s * sr)
             drums[start:start + len(kit[h.drum])] += h.velocity * kit[h.drum]
         drums = drums[:total]
-        music += drums * (0.6 * np.sqrt(np.mean(music**2)) / (np.sqrt(np.mean(drums**2)) + 1e-9))
+        music += drums * (DRUMS_LEVEL * np.sqrt(np.mean(music**2)) / (np.sqrt(np.mean(drums**2)) + 1e-9))
     fade = min(int(0.02 * sr), total)
     music[total - fade:] *= np.linspace(1, 0, fade, dtype=np.float32)
-    peak = float(np.abs(music).max())
-    return music * (0.99 / peak) if peak > 0.99 else music  # limit peaks, keep the shape
+    return _limit(music, sr)
+
+
+def _limit(x: np.ndarray, sr: int, ceiling: float = 0.99) -> np.ndarray:
+    """Look-ahead peak limiter: gain falls only around the peaks (5 ms hold, smoothed), so a
+    clip's level (its loudness label) survives where rescaling the whole clip would not."""
+    if np.abs(x).max() <= ceiling:
+        return x
+    width = max(int(0.005 * sr), 1)
+    gain = np.minimum(1.0, ceiling / (maximum_filter1d(np.abs(x), width) + 1e-9))
+    gain = np.minimum(uniform_filter1d(gain, width), ceiling / (np.abs(x) + 1e-9))
+    return (x * gain).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------

@@ -28,10 +28,9 @@ TEMPO_THRESHOLDS = (84.0, 122.0)
 TEMPO_SEARCH_BPM = (58.0, 170.0)
 _ONSET_HOP = 256
 
-# The melody's median pitch sits ~5 semitones under the nominal register centre (the tonic is
-# the nearest pitch class below centre - 3 and the tune ranges over degrees -2..9), so the
-# boundaries are the midpoints between centres shifted down by that amount: 47.5 and 66.5.
-_REGISTER_OFFSET = 5.0
+# The source transposes each melody so its median pitch is within a tritone of the register
+# centre, so the boundaries are the midpoints between centres (52.5 and 71.5).
+_REGISTER_OFFSET = 0.0
 _PYIN_HOP = 512
 _PYIN_FRAME = 2048
 _PYIN_FMIN, _PYIN_FMAX = 36.0, 2100.0  # MIDI ~26 (lowest bass melody note) to ~96
@@ -47,8 +46,9 @@ _DRUMS_CUTOFF_HZ = 5000.0
 
 # Midpoints of the loudness targets (-26 / -18 / -12 dBFS).
 LOUDNESS_THRESHOLDS = (-22.0, -15.0)
-# The source levels the music alone and adds drums at 0.8x its RMS: +10*log10(1.64) dB.
-DRUMS_GAIN_DB = 10 * np.log10(1 + 0.8**2)
+# The source levels the music alone and adds drums at DRUMS_LEVEL x its RMS (uncorrelated, so
+# the powers add).
+DRUMS_GAIN_DB = 10 * np.log10(1 + synthetic.DRUMS_LEVEL**2)
 
 
 def _as_mono(waveform: np.ndarray) -> np.ndarray:
@@ -162,12 +162,14 @@ def detect_register(waveform: np.ndarray, sample_rate: int) -> tuple[str, float]
 
 
 def detect_key(waveform: np.ndarray, sample_rate: int) -> tuple[str, str, float]:
-    """(tonic pitch class, mode, correlation): mean CQT chroma against the 24 rotated
-    Krumhansl-Kessler profiles. Relative major/minor (same notes) is the usual confusion."""
+    """(tonic pitch class, mode, correlation): mean squared CQT chroma of the harmonic part
+    (HPSS: drums smear chroma) against the 24 rotated Krumhansl-Kessler profiles. Squaring
+    favours the pitch classes that dominate a frame (melody and chord tones over partials).
+    Relative major/minor (same notes) is the usual confusion."""
     import librosa
 
-    x = _as_mono(waveform)
-    chroma = librosa.feature.chroma_cqt(y=x, sr=sample_rate, hop_length=512).mean(axis=1)
+    x = librosa.effects.harmonic(_as_mono(waveform), margin=2.0)
+    chroma = (librosa.feature.chroma_cqt(y=x, sr=sample_rate, hop_length=512) ** 2).mean(axis=1)
     if not np.any(chroma > 0) or np.allclose(chroma, chroma[0]):
         return synthetic.PITCH_CLASSES[0], "major", 0.0
     scores = np.array([np.corrcoef(chroma, np.roll(profile, k))[0, 1]
