@@ -25,7 +25,8 @@ INSTALL_REQUIRES = [
     "clu>=0.0.12",
     "tensorboard>=2.21,<2.22",
     "librosa>=0.11,<0.12",
-    "soundfile>=0.13",
+    "soundfile>=0.13",  # libsndfile >= 1.1 decodes mp3 too
+    "scipy>=1.11",
     "numpy>=2.0,<3",
     "tqdm>=4.66",
     "absl-py>=2.1",
