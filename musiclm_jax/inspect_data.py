@@ -78,10 +78,13 @@ def inspect_task(*, task: str, num_examples: int, output_dir: str, split: str = 
     ds = provider.get_dataset(None, split=split, shuffle=False, seed=seed)
     os.makedirs(output_dir, exist_ok=True)
     examples, files = [], []
-    with audio_tasks.source_errors():
-        for i, ex in enumerate(tqdm(ds.take(num_examples).as_numpy_iterator(), total=num_examples,
-                                    desc=f"inspect {task}", unit="ex")):
-            _write_example(i, ex, task, output_dir, examples, files)
+    iterator = ds.take(num_examples).as_numpy_iterator()
+    try:
+        with audio_tasks.source_errors():
+            for i, ex in enumerate(tqdm(iterator, total=num_examples, desc=f"inspect {task}", unit="ex")):
+                _write_example(i, ex, task, output_dir, examples, files)
+    finally:
+        del iterator  # free the generator-backed iterator now, not in a late garbage collection
     if not examples:
         raise ValueError(f"task {task!r} split {split!r} yielded no examples")
     _spectrogram_sheet(examples, os.path.join(output_dir, "spectrograms.png"))

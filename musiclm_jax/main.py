@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import sys
+import traceback
 from typing import Optional, Sequence
 
 ENTRY_FUNCTIONS = ("train", "evaluate", "compile_for_topology", "inspect_task")
@@ -172,8 +173,27 @@ def _run_mode(args, configurables, gin_utils) -> int:
 
 
 def run() -> None:
-    """Console-script entry point."""
-    sys.exit(main())
+    """Console-script entry point.
+
+    Ends with os._exit once everything is flushed: a tf.data iterator over a Python generator
+    (the raw-audio seqio tasks) can deadlock in the interpreter's final garbage collection,
+    and by then every file this program writes (checkpoints, summaries, WAVs) is closed.
+    """
+    try:
+        code = main()
+    except SystemExit as e:  # argparse's usage errors
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if not isinstance(e.code, (int, type(None))):
+            print(e.code, file=sys.stderr)
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:  # noqa: BLE001  (report it like Python would, then exit the same way)
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 if __name__ == "__main__":
