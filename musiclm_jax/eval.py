@@ -58,6 +58,7 @@ def evaluate(
         with open(os.path.join(model_dir, f"eval-{step}.json"), "w") as f:
             json.dump({"step": step, "checkpoint": source, "task": eval_dataset_cfg.mixture_or_task_name,
                        "split": eval_dataset_cfg.split, "metrics": results}, f, indent=2)
+        model.write_eval_report(results, model_dir, step)
     summaries.log("eval of step %d on %s/%s: %s", step, eval_dataset_cfg.mixture_or_task_name, eval_dataset_cfg.split,
                   ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())))
     return results

@@ -5,6 +5,7 @@ parameters from `restore_params_from` (fine-tuning), else a fresh sharded init.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Callable, Optional
@@ -66,6 +67,9 @@ def train(
     if jax.process_index() == 0:
         with open(os.path.join(model_dir, "model-info.txt"), "w") as f:
             f.write(trainer.model_info())
+        if model.config_dict() is not None:
+            with open(os.path.join(model_dir, "model.json"), "w") as f:
+                json.dump(model.config_dict(), f, indent=1)
 
     if latest is not None:
         state, data_state = ckpt.restore(latest, trainer.abstract_state)

@@ -42,7 +42,8 @@ def _crop_or_pad(lengths: Mapping[str, int]):
         for k, length in lengths.items():
             x = ex[k][:length]
             pad = [[0, length - tf.shape(x)[0]]] + [[0, 0]] * (len(x.shape) - 1)
-            out[k] = tf.ensure_shape(tf.pad(x, pad, constant_values=PAD_CODE), [length] + x.shape[1:])
+            fill = PAD_CODE if x.dtype.is_integer else 0  # codes pad with PAD_CODE, audio with silence
+            out[k] = tf.ensure_shape(tf.pad(x, pad, constant_values=tf.cast(fill, x.dtype)), [length] + x.shape[1:])
         return out
 
     return fn

@@ -48,10 +48,26 @@ class BaseModel(abc.ABC):
         """Analytic training FLOPs per example, if known (used when XLA's cost analysis is missing)."""
         return None
 
-    def custom_train_step(self) -> Optional[Callable]:
-        """A model with its own training (several losses/optimisers) returns
-        `step(state, batch, rng) -> (new_state, metrics)`; None uses the default step."""
+    def optimizer_groups(self) -> Optional[Mapping[str, Optional[Mapping[str, Any]]]]:
+        """Top-level parameter groups with their own optimiser: {group: overrides of the run's
+        OptimizerConfig fields, or None for a group no optimiser touches}. None: one optimiser."""
         return None
+
+    def custom_train_step(self, optimizers: Mapping[str, Any], schedule: Callable) -> Optional[Callable]:
+        """A model with its own training (several losses/optimisers) returns
+        `step(state, batch, rng) -> (new_state, metrics)` using `optimizers` (optax
+        transformations by group, as `optimizer_groups` asked); None uses the default step.
+        The metrics must include `loss`, `grad_norm`, `learning_rate` and `finite` (a step that
+        is not finite must return the state unchanged)."""
+        return None
+
+    def config_dict(self) -> Optional[dict]:
+        """The model's own configuration as JSON-able data, written to MODEL_DIR/model.json so
+        that frozen-model users (tokenizers) can rebuild it without gin."""
+        return None
+
+    def write_eval_report(self, metrics: Mapping[str, float], output_dir: str, step: int) -> None:
+        """Optional extra eval output (plots) beside eval-<step>.json."""
 
 
 def dummy_batch(model: BaseModel, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, jax.Array]:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Mapping, Optional
 
 import jax.numpy as jnp
 import optax
@@ -73,3 +73,35 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> tuple[optax.Gradie
         )
     chain = [optax.clip_by_global_norm(cfg.clip_grad_norm)] if cfg.clip_grad_norm else []
     return optax.chain(*chain, core), schedule
+
+
+def by_group(optimizers: Mapping[str, optax.GradientTransformation]) -> optax.GradientTransformation:
+    """One optimiser per top-level parameter group ({'generator': ..., 'discriminator': ...}).
+    The state is a dict by group, so a model's own train step can update groups separately."""
+
+    def init(params):
+        return {k: tx.init(params[k]) for k, tx in optimizers.items()}
+
+    def update(updates, state, params=None):
+        out = {k: tx.update(updates[k], state[k], None if params is None else params[k]) for k, tx in optimizers.items()}
+        return {k: u for k, (u, _) in out.items()}, {k: s for k, (_, s) in out.items()}
+
+    return optax.GradientTransformation(init, update)
+
+
+def make_group_optimizers(cfg: OptimizerConfig, total_steps: int, groups: Mapping[str, Optional[Mapping]]
+                          ) -> tuple[dict[str, optax.GradientTransformation], optax.Schedule]:
+    """Per-group optimisers: the run's config with each group's overrides; None freezes a group
+    (its values are changed by the model's own step, e.g. EMA codebooks). Returns the first
+    trained group's schedule for logging."""
+    txs, schedule = {}, None
+    for name, overrides in groups.items():
+        if overrides is None:
+            txs[name] = optax.set_to_zero()
+            continue
+        tx, sched = make_optimizer(dataclasses.replace(cfg, **dict(overrides)), total_steps)
+        txs[name] = tx
+        schedule = schedule or sched
+    if schedule is None:
+        raise ValueError("optimizer groups: at least one group must be trained")
+    return txs, schedule

@@ -17,7 +17,7 @@ import optax
 from musiclm_jax.models.base import BaseModel, dummy_batch
 from musiclm_jax.training import mfu
 from musiclm_jax.training.checkpoints import abstract_with_shardings
-from musiclm_jax.training.optimizers import OptimizerConfig, make_optimizer
+from musiclm_jax.training.optimizers import OptimizerConfig, by_group, make_group_optimizers, make_optimizer
 from musiclm_jax.training.partitioning import Partitioner, logical_partition_specs, unbox
 from musiclm_jax.training.train_state import TrainState
 
@@ -44,7 +44,13 @@ class Trainer:
         self.model = model
         self.partitioner = partitioner
         self.optimizer_cfg = optimizer
-        self.tx, self.schedule = make_optimizer(optimizer, total_steps)
+        groups = model.optimizer_groups()
+        if groups is None:
+            self.tx, self.schedule = make_optimizer(optimizer, total_steps)
+            self.group_optimizers = None
+        else:
+            self.group_optimizers, self.schedule = make_group_optimizers(optimizer, total_steps, groups)
+            self.tx = by_group(self.group_optimizers)
         self.input_shapes = {k: tuple(v) for k, v in input_shapes.items()}
         self.microbatches = int(microbatches)
         batch = next(iter(self.input_shapes.values()))[0]
@@ -146,7 +152,8 @@ class Trainer:
         return new_state, metrics
 
     def train_step_fn(self):
-        return self.model.custom_train_step() or self._train_step_fn
+        custom = self.model.custom_train_step(self.group_optimizers or {"params": self.tx}, self.schedule)
+        return custom or self._train_step_fn
 
     def _jitted_train_step(self):
         return self.partitioner.compile(

@@ -1,0 +1,287 @@
+"""SoundStream: the neural codec (waveform <-> acoustic tokens) and its GAN training step.
+
+Parameters are three groups, each with its own optimiser (`optimizer_groups`):
+  generator      SEANet encoder + decoder (trained by the reconstruction, commitment,
+                 adversarial and feature-matching losses)
+  discriminator  STFT + 3-scale waveform discriminators (hinge or least-squares loss)
+  codebooks      the residual VQ, updated by EMA in the step (k-means initialised on the
+                 first batch, dead codes restarted from batch vectors), never by gradients.
+The step (`custom_train_step`) updates the generator every step and the discriminator from
+`discriminator_start_step` on, every `discriminator_update_every` steps.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from musiclm_jax.models import codec_losses
+from musiclm_jax.models.base import Batch, BaseModel, Metrics, Variables
+from musiclm_jax.nn import quantizer
+from musiclm_jax.nn.discriminators import Discriminators, DiscriminatorConfig
+from musiclm_jax.nn.seanet import SEANetConfig, SEANetDecoder, SEANetEncoder
+
+
+@dataclasses.dataclass(frozen=True)
+class SoundStreamConfig:
+    sample_rate: int = 24000
+    seanet: SEANetConfig = SEANetConfig()
+    discriminators: DiscriminatorConfig = DiscriminatorConfig()
+    num_levels: int = 12
+    codebook_size: int = 1024
+    quantizer_dropout: bool = True
+    ema_decay: float = 0.99
+    # A code is dead when its EMA assignment count falls below this fraction of the uniform
+    # share (batch vectors / codebook size); it is then restarted from a batch vector.
+    dead_code_fraction: float = 0.01
+    kmeans_iters: int = 10
+    # Loss weights (SoundStream / EnCodec conventions).
+    mel_weight: float = 1.0
+    waveform_l1_weight: float = 0.1
+    commitment_weight: float = 1.0
+    adversarial_weight: float = 1.0
+    feature_matching_weight: float = 10.0
+    adversarial_loss: str = "hinge"  # 'hinge' | 'lsgan'
+    discriminator_start_step: int = 0
+    discriminator_update_every: int = 1
+    # Optimiser overrides per network (fields of OptimizerConfig), e.g. a slower discriminator.
+    generator_optimizer: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    discriminator_optimizer: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.adversarial_loss not in ("hinge", "lsgan"):
+            raise ValueError(f"SoundStreamConfig.adversarial_loss must be 'hinge' or 'lsgan', got {self.adversarial_loss!r}")
+        if self.num_levels < 1 or self.codebook_size < 2:
+            raise ValueError("SoundStreamConfig needs num_levels >= 1 and codebook_size >= 2")
+        if self.discriminator_update_every < 1:
+            raise ValueError("SoundStreamConfig.discriminator_update_every must be >= 1")
+
+    @property
+    def hop_length(self) -> int:
+        return math.prod(self.seanet.strides)
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    def bitrate(self, levels: int) -> float:
+        """Bits per second at `levels` quantizer levels."""
+        return self.frame_rate * levels * math.log2(self.codebook_size)
+
+    def to_dict(self) -> dict:
+        """JSON-able: dtypes become their names (the sub-configs convert names back)."""
+        def plain(x):
+            if isinstance(x, dict):
+                return {k: plain(v) for k, v in x.items()}
+            if isinstance(x, (list, tuple)):
+                return [plain(v) for v in x]
+            return x if isinstance(x, (int, float, str, bool, type(None))) else jnp.dtype(x).name
+        return plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SoundStreamConfig":
+        d = dict(d)
+        d["seanet"] = SEANetConfig(**_tuples(d["seanet"]))
+        d["discriminators"] = DiscriminatorConfig(**_tuples(d["discriminators"]))
+        return cls(**d)
+
+
+def _tuples(d: Mapping[str, Any]) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def _boxed(tree):
+    """Codebooks carry no logical axes: replicated (they are small and read by every shard)."""
+    return jax.tree.map(lambda x: nn.LogicallyPartitioned(x, (None,) * x.ndim), tree)
+
+
+def eval_levels(num_levels: int) -> list[int]:
+    """1, 2, 4, ... and all levels: the bitrates a codec evaluation reports."""
+    levels = [2**i for i in range(num_levels.bit_length()) if 2**i < num_levels]
+    return levels + [num_levels]
+
+
+class SoundStream(BaseModel):
+    FEATURE_DTYPES = {"audio": jnp.float32}
+
+    def __init__(self, config: SoundStreamConfig = SoundStreamConfig()):
+        self.config = config
+        self.encoder = SEANetEncoder(config.seanet)
+        self.decoder = SEANetDecoder(config.seanet)
+        self.discriminator = Discriminators(config.discriminators)
+
+    # ---- the interface -------------------------------------------------------------------
+    def config_dict(self) -> dict:
+        return {"model": "SoundStream", "config": self.config.to_dict()}
+
+    def optimizer_groups(self):
+        return {"generator": dict(self.config.generator_optimizer),
+                "discriminator": dict(self.config.discriminator_optimizer),
+                "codebooks": None}
+
+    def get_initial_variables(self, rng: jax.Array, input_shapes: Mapping[str, Sequence[int]]) -> Variables:
+        samples = self._check_length(input_shapes["audio"][-1])
+        r_enc, r_dec, r_disc, r_cb = jax.random.split(rng, 4)
+        audio = jnp.zeros((1, samples), jnp.float32)
+        latents = jnp.zeros((1, samples // self.config.hop_length, self.config.seanet.dim), jnp.float32)
+        codebooks = quantizer.init_codebooks(r_cb, self.config.num_levels, self.config.codebook_size,
+                                             self.config.seanet.dim)
+        return {"params": {
+            "generator": {"encoder": self.encoder.init(r_enc, audio)["params"],
+                          "decoder": self.decoder.init(r_dec, latents)["params"]},
+            "discriminator": self.discriminator.init(r_disc, audio)["params"],
+            "codebooks": _boxed(codebooks),
+        }}
+
+    def _check_length(self, samples: int) -> int:
+        if samples % self.config.hop_length:
+            raise ValueError(f"audio length {samples} is not a multiple of the codec's hop {self.config.hop_length} "
+                             f"(strides {self.config.seanet.strides})")
+        return samples
+
+    # ---- pieces --------------------------------------------------------------------------
+    def encode_latents(self, params, audio: jax.Array) -> jax.Array:
+        return self.encoder.apply({"params": params["generator"]["encoder"]}, audio)
+
+    def decode_latents(self, params, latents: jax.Array) -> jax.Array:
+        return self.decoder.apply({"params": params["generator"]["decoder"]}, latents)
+
+    def encode(self, params, audio: jax.Array, num_levels: Optional[int] = None) -> jax.Array:
+        """int32 codes [batch, frames, levels] of audio [batch, samples] (samples a multiple of the hop)."""
+        return quantizer.encode(params["codebooks"], self.encode_latents(params, audio), num_levels)
+
+    def decode(self, params, codes: jax.Array) -> jax.Array:
+        """Waveforms [batch, frames * hop] from codes [batch, frames, levels <= num_levels]."""
+        return self.decode_latents(params, quantizer.decode(params["codebooks"], codes))
+
+    def predict_batch(self, params, batch: Batch, rng=None, **kwargs) -> jax.Array:
+        return self.encode(params, batch["audio"], kwargs.get("num_levels"))
+
+    def _discriminate(self, disc_params, audio):
+        return self.discriminator.apply({"params": disc_params}, audio)
+
+    # ---- losses --------------------------------------------------------------------------
+    def _generator_loss(self, gen_params, params, audio, num_levels, step, sample_rng):
+        cfg = self.config
+        full = {**params, "generator": gen_params}
+        latents = self.encode_latents(full, audio)
+        q = quantizer.quantize(params["codebooks"], latents, num_active_levels=num_levels, rng=sample_rng)
+        recon = self.decode_latents(full, q.quantized)
+        mel = codec_losses.multi_scale_mel_loss(audio, recon, cfg.sample_rate)
+        l1 = codec_losses.waveform_l1(audio, recon)
+        real = self._discriminate(params["discriminator"], audio)
+        fake = self._discriminate(params["discriminator"], recon)
+        adv = codec_losses.adversarial_generator_loss([logits for logits, _ in fake], cfg.adversarial_loss)
+        fm = codec_losses.feature_matching_loss([jax.lax.stop_gradient(f) for _, f in real], [f for _, f in fake])
+        gan_on = (step >= cfg.discriminator_start_step).astype(jnp.float32)
+        total = (cfg.mel_weight * mel + cfg.waveform_l1_weight * l1 + cfg.commitment_weight * q.commit_loss
+                 + gan_on * (cfg.adversarial_weight * adv + cfg.feature_matching_weight * fm))
+        metrics = {"mel_loss": mel, "waveform_l1": l1, "commit_loss": q.commit_loss, "adversarial_loss": adv,
+                   "feature_matching_loss": fm}
+        return total, (metrics, q, recon)
+
+    def _discriminator_loss(self, disc_params, audio, recon):
+        real = self._discriminate(disc_params, audio)
+        fake = self._discriminate(disc_params, jax.lax.stop_gradient(recon))
+        return codec_losses.adversarial_discriminator_loss([r for r, _ in real], [f for f, _ in fake],
+                                                           self.config.adversarial_loss)
+
+    def loss_fn(self, params, batch: Batch, dropout_rng=None):
+        """The generator's reconstruction objective with all levels (no GAN terms): what eval reports."""
+        loss, (metrics, _, _) = self._generator_loss(params["generator"], params, batch["audio"], None,
+                                                     jnp.asarray(-1), None)
+        return loss, metrics
+
+    def eval_fn(self, params, batch: Batch) -> Metrics:
+        """Reconstruction quality at each level count 1, 2, 4, ..., all: multi-scale mel
+        distance, SI-SDR, bitrate and codebook utilisation (fraction of codes used)."""
+        cfg = self.config
+        audio = batch["audio"]
+        latents = self.encode_latents(params, audio)
+        codes = quantizer.encode(params["codebooks"], latents)
+        out: Metrics = {}
+        for n in eval_levels(cfg.num_levels):
+            recon = self.decode(params, codes[..., :n])
+            out[f"mel_distance_q{n}"] = jnp.mean(codec_losses.mel_distance(audio, recon, cfg.sample_rate))
+            out[f"si_sdr_q{n}"] = jnp.mean(codec_losses.si_sdr(audio, recon))
+            out[f"bitrate_kbps_q{n}"] = jnp.asarray(cfg.bitrate(n) / 1000.0)
+        used = jax.vmap(lambda c: jnp.zeros(cfg.codebook_size).at[c.reshape(-1)].max(1.0).mean(), in_axes=-1)(codes)
+        for level in range(cfg.num_levels):
+            out[f"codebook_usage_l{level}"] = used[level]
+        out["loss"] = out[f"mel_distance_q{cfg.num_levels}"]
+        return out
+
+    def write_eval_report(self, metrics, output_dir: str, step: int) -> None:
+        from musiclm_jax.evaluation.codec import plot_quality_vs_bitrate
+
+        plot_quality_vs_bitrate(metrics, f"{output_dir}/codec-quality-{step}.png", title=f"SoundStream step {step}")
+
+    # ---- the GAN step --------------------------------------------------------------------
+    def custom_train_step(self, optimizers: Mapping[str, optax.GradientTransformation], schedule: Callable):
+        cfg = self.config
+
+        def step(state, batch, rng):
+            rng = jax.random.fold_in(rng, state.step)
+            r_levels, r_sample, r_restart, r_kmeans = jax.random.split(rng, 4)
+            audio = batch["audio"]
+            params = state.params
+            codebooks = params["codebooks"]
+            # k-means initialisation of the codebooks from the first batch's latents.
+            codebooks = jax.lax.cond(
+                codebooks["initialized"] < 0.5,
+                lambda cb: quantizer.kmeans_init(
+                    cb, jax.lax.stop_gradient(self.encode_latents(params, audio)), r_kmeans, iters=cfg.kmeans_iters),
+                lambda cb: cb, codebooks)
+            params = {**params, "codebooks": codebooks}
+            levels = quantizer.quantizer_dropout_levels(r_levels, cfg.num_levels) if cfg.quantizer_dropout else None
+
+            grad_fn = jax.value_and_grad(self._generator_loss, has_aux=True)
+            (g_loss, (metrics, q, recon)), g_grads = grad_fn(params["generator"], params, audio, levels,
+                                                            state.step, r_sample)
+            d_loss, d_grads = jax.value_and_grad(self._discriminator_loss)(params["discriminator"], audio, recon)
+
+            g_updates, g_opt = optimizers["generator"].update(g_grads, state.opt_state["generator"], params["generator"])
+            new_gen = optax.apply_updates(params["generator"], g_updates)
+            d_updates, d_opt = optimizers["discriminator"].update(
+                d_grads, state.opt_state["discriminator"], params["discriminator"])
+            new_disc = optax.apply_updates(params["discriminator"], d_updates)
+            train_d = (state.step >= cfg.discriminator_start_step) & (state.step % cfg.discriminator_update_every == 0)
+            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(train_d, n, o), new, old)  # noqa: E731
+            new_disc = keep(new_disc, params["discriminator"])
+            d_opt = keep(d_opt, state.opt_state["discriminator"])
+
+            # Codebooks: EMA of assignments, then restart the codes that fell out of use.
+            new_cb = quantizer.ema_update(codebooks, q.counts, q.sums, decay=cfg.ema_decay)
+            vectors = math.prod(q.codes.shape[:-1])
+            threshold = cfg.dead_code_fraction * vectors / cfg.codebook_size
+            new_cb, dead = quantizer.restart_dead_codes(new_cb, q.samples, r_restart, threshold=threshold)
+
+            new_state = state.replace(
+                step=state.step + 1,
+                params={"generator": new_gen, "discriminator": new_disc, "codebooks": new_cb},
+                opt_state={**state.opt_state, "generator": g_opt, "discriminator": d_opt})
+            g_norm, d_norm = optax.tree.norm(g_grads), optax.tree.norm(d_grads)
+            finite = jnp.isfinite(g_loss) & jnp.isfinite(d_loss) & jnp.isfinite(g_norm) & jnp.isfinite(d_norm)
+            new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+            metrics = {
+                **metrics,
+                "loss": g_loss,
+                "discriminator_loss": d_loss,
+                "grad_norm": g_norm,
+                "grad_norm_discriminator": d_norm,
+                "learning_rate": schedule(state.step),
+                "finite": finite,
+                "active_levels": jnp.asarray(cfg.num_levels if levels is None else levels, jnp.float32),
+                "si_sdr": jnp.mean(codec_losses.si_sdr(audio, recon)),
+            }
+            for level in range(cfg.num_levels):
+                metrics[f"perplexity_l{level}"] = q.perplexity[level]
+                metrics[f"dead_codes_l{level}"] = dead[level].astype(jnp.float32)
+            return new_state, metrics
+
+        return step

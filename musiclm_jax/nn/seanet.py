@@ -1,0 +1,254 @@
+"""SEANet convolutional encoder / decoder (the SoundStream codec's waveform <-> latent nets).
+
+SEANetEncoder: [B, T] waveform -> [B, T // hop_length, dim] latents.
+SEANetDecoder: [B, T', dim] latents -> [B, T' * hop_length] waveform (exact length).
+
+Encoder: conv k7 (channels) -> per stride s_i: 3 residual units (dilations 1, 3, 9; each
+ELU -> conv k7 dilated -> ELU -> conv k1, plus skip) -> ELU -> conv (kernel 2 s_i, stride s_i)
+to channels * multipliers[i] -> ELU -> conv k7 to dim. The decoder mirrors it with transposed
+convs (kernel 2 s, stride s, trimmed so that lengths are exact).
+
+`causal=True` pads (and trims) on the left only, so an output frame never depends on later
+samples; `causal=False` pads symmetrically. No weight norm.
+
+Parameters are explicit `self.param`s with logical axes ("conv_kernel", "conv_in", "conv_out")
+(2-D convs: ("conv_height", "conv_width", "conv_in", "conv_out")) and ("conv_out",) for biases.
+Those names map to None (replicated) unless a rule says otherwise: the codec is data parallel.
+Activations are constrained to ("activation_batch", "activation_length", None).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+Array = jax.Array
+
+ACT_AXES = ("activation_batch", "activation_length", None)
+
+
+@dataclasses.dataclass(frozen=True)
+class SEANetConfig:
+    """SEANet hyperparameters. Paper (24 kHz, 50 Hz latents): channels=32, dim=128,
+    strides with product 480. `dtype` = activations, `param_dtype` = weights."""
+
+    channels: int = 32
+    dim: int = 128
+    # Encoder order (the decoder uses them reversed). prod = 480 -> 50 Hz at 24 kHz.
+    strides: Tuple[int, ...] = (3, 4, 5, 8)
+    channel_multipliers: Tuple[int, ...] = (2, 4, 8, 16)
+    kernel_size: int = 7  # first conv
+    last_kernel_size: int = 7  # last conv
+    residual_kernel_size: int = 7
+    dilations: Tuple[int, ...] = (1, 3, 9)
+    causal: bool = True
+    final_tanh: bool = False  # decoder output activation
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
+        object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype))
+        object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))
+        object.__setattr__(self, "channel_multipliers", tuple(int(m) for m in self.channel_multipliers))
+        object.__setattr__(self, "dilations", tuple(int(d) for d in self.dilations))
+        if len(self.strides) != len(self.channel_multipliers):
+            raise ValueError(
+                f"SEANetConfig.strides {self.strides} and channel_multipliers {self.channel_multipliers} "
+                "must have the same length"
+            )
+        for name in ("channels", "dim", "kernel_size", "last_kernel_size", "residual_kernel_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"SEANetConfig.{name} must be positive, got {getattr(self, name)}")
+        if any(s <= 0 for s in self.strides) or any(m <= 0 for m in self.channel_multipliers):
+            raise ValueError(f"SEANetConfig strides/multipliers must be positive: {self.strides}, {self.channel_multipliers}")
+
+    @property
+    def hop_length(self) -> int:
+        """Waveform samples per latent frame (the total stride)."""
+        return int(math.prod(self.strides))
+
+
+def _same_padding(total: int, causal: bool) -> Tuple[int, int]:
+    """(left, right) padding of `total` samples: all left when causal, else split."""
+    if causal:
+        return (total, 0)
+    right = total // 2
+    return (total - right, right)
+
+
+def _kernel_init():
+    return nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+
+
+class Conv(nn.Module):
+    """N-d convolution (N = len(kernel_size)) with explicit, logically partitioned params.
+
+    x: [B, *spatial, C_in] -> [B, *spatial', features]. `padding` is explicit (lo, hi) pairs.
+    """
+
+    features: int
+    kernel_size: Sequence[int]
+    strides: Optional[Sequence[int]] = None
+    dilation: Optional[Sequence[int]] = None
+    padding: Optional[Sequence[Tuple[int, int]]] = None  # None = no padding
+    groups: int = 1
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        nd = len(self.kernel_size)
+        cin = x.shape[-1]
+        if cin % self.groups or self.features % self.groups:
+            raise ValueError(f"Conv {self.name}: channels {cin}->{self.features} not divisible by groups {self.groups}")
+        axes = ("conv_kernel",) if nd == 1 else ("conv_height", "conv_width")
+        if nd not in (1, 2):
+            raise ValueError(f"Conv supports 1-D and 2-D kernels, got {self.kernel_size}")
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(_kernel_init(), axes + ("conv_in", "conv_out")),
+            (*self.kernel_size, cin // self.groups, self.features),
+            self.param_dtype,
+        )
+        bias = self.param(
+            "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)), (self.features,), self.param_dtype
+        )
+        spec = ("NWC", "WIO", "NWC") if nd == 1 else ("NHWC", "HWIO", "NHWC")
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            window_strides=tuple(self.strides or (1,) * nd),
+            padding=tuple(tuple(p) for p in (self.padding or [(0, 0)] * nd)),
+            rhs_dilation=tuple(self.dilation or (1,) * nd),
+            dimension_numbers=spec,
+            feature_group_count=self.groups,
+        )
+        return y + bias.astype(self.dtype)
+
+
+class ConvTranspose1d(nn.Module):
+    """Transposed 1-D conv, kernel 2*stride: [B, T, C] -> [B, T * stride, features].
+
+    The full output ((T - 1) * stride + kernel samples) is trimmed by kernel - stride:
+    on the right when causal (so sample j depends on frames <= j // stride), else split.
+    """
+
+    features: int
+    stride: int
+    causal: bool
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        k = 2 * self.stride
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(_kernel_init(), ("conv_kernel", "conv_in", "conv_out")),
+            (k, x.shape[-1], self.features),
+            self.param_dtype,
+        )
+        bias = self.param(
+            "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)), (self.features,), self.param_dtype
+        )
+        t = x.shape[1]
+        y = jax.lax.conv_transpose(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            strides=(self.stride,),
+            padding="VALID",
+            dimension_numbers=("NWC", "WIO", "NWC"),
+        )
+        trim = k - self.stride
+        left = 0 if self.causal else trim - trim // 2  # causal: trim everything on the right
+        y = jax.lax.dynamic_slice_in_dim(y, left, t * self.stride, axis=1)
+        return y + bias.astype(self.dtype)
+
+
+def _conv1d(cfg: SEANetConfig, features: int, kernel: int, name: str, stride: int = 1, dilation: int = 1) -> Conv:
+    total = (kernel - 1) * dilation + 1 - stride  # makes output length = ceil(T / stride) for T % stride == 0
+    return Conv(
+        features,
+        (kernel,),
+        strides=(stride,),
+        dilation=(dilation,),
+        padding=(_same_padding(total, cfg.causal),),
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        name=name,
+    )
+
+
+class ResidualUnit(nn.Module):
+    """x + conv_k1(elu(conv_k7_dilated(elu(x))))."""
+
+    config: SEANetConfig
+    dilation: int
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        c = x.shape[-1]
+        h = _conv1d(cfg, c, cfg.residual_kernel_size, "conv_dilated", dilation=self.dilation)(nn.elu(x))
+        h = _conv1d(cfg, c, 1, "conv_pointwise")(nn.elu(h))
+        return nn.with_logical_constraint(x + h, ACT_AXES)
+
+
+class SEANetEncoder(nn.Module):
+    """[B, T] waveform (T a multiple of config.hop_length) -> [B, T // hop_length, dim] float32."""
+
+    config: SEANetConfig
+
+    @nn.compact
+    def __call__(self, waveform: Array) -> Array:
+        cfg = self.config
+        if waveform.ndim != 2:
+            raise ValueError(f"SEANetEncoder expects a [batch, samples] waveform, got shape {waveform.shape}")
+        if waveform.shape[1] % cfg.hop_length:
+            raise ValueError(
+                f"SEANetEncoder: waveform length {waveform.shape[1]} is not a multiple of the total stride "
+                f"{cfg.hop_length} (strides {cfg.strides}); pad it first"
+            )
+        x = waveform.astype(cfg.dtype)[..., None]
+        x = _conv1d(cfg, cfg.channels, cfg.kernel_size, "conv_in")(x)
+        x = nn.with_logical_constraint(x, ACT_AXES)
+        for i, (stride, mult) in enumerate(zip(cfg.strides, cfg.channel_multipliers)):
+            for j, d in enumerate(cfg.dilations):
+                x = ResidualUnit(cfg, d, name=f"block_{i}_res_{j}")(x)
+            x = _conv1d(cfg, cfg.channels * mult, 2 * stride, f"block_{i}_down", stride=stride)(nn.elu(x))
+            x = nn.with_logical_constraint(x, ACT_AXES)
+        x = _conv1d(cfg, cfg.dim, cfg.last_kernel_size, "conv_out")(nn.elu(x))
+        return nn.with_logical_constraint(x.astype(jnp.float32), ACT_AXES)
+
+
+class SEANetDecoder(nn.Module):
+    """[B, T', dim] latents -> [B, T' * hop_length] float32 waveform."""
+
+    config: SEANetConfig
+
+    @nn.compact
+    def __call__(self, latents: Array) -> Array:
+        cfg = self.config
+        if latents.ndim != 3 or latents.shape[-1] != cfg.dim:
+            raise ValueError(f"SEANetDecoder expects [batch, frames, {cfg.dim}] latents, got shape {latents.shape}")
+        x = latents.astype(cfg.dtype)
+        x = _conv1d(cfg, cfg.channels * cfg.channel_multipliers[-1], cfg.kernel_size, "conv_in")(x)
+        x = nn.with_logical_constraint(x, ACT_AXES)
+        n = len(cfg.strides)
+        for i in reversed(range(n)):
+            out_ch = cfg.channels * (cfg.channel_multipliers[i - 1] if i > 0 else 1)
+            x = ConvTranspose1d(
+                out_ch, cfg.strides[i], cfg.causal, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=f"block_{i}_up"
+            )(nn.elu(x))
+            x = nn.with_logical_constraint(x, ACT_AXES)
+            for j, d in enumerate(cfg.dilations):
+                x = ResidualUnit(cfg, d, name=f"block_{i}_res_{j}")(x)
+        x = _conv1d(cfg, 1, cfg.last_kernel_size, "conv_out")(nn.elu(x))
+        if cfg.final_tanh:
+            x = jnp.tanh(x)
+        return x[..., 0].astype(jnp.float32)

@@ -1,0 +1,146 @@
+"""SEANet encoder/decoder, discriminators, JAX log-mel and codec losses (tiny, CPU)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from musiclm_jax.audio.mel import log_mel
+from musiclm_jax.models import codec_losses as L
+from musiclm_jax.nn.discriminators import DiscriminatorConfig, Discriminators
+from musiclm_jax.nn.seanet import SEANetConfig, SEANetDecoder, SEANetEncoder
+
+SR = 8000
+
+
+def _tiny_seanet(causal):
+    return SEANetConfig(channels=4, dim=8, strides=(2, 3), channel_multipliers=(2, 4), causal=causal)
+
+
+def _tiny_disc():
+    return DiscriminatorConfig(
+        stft_window=64, stft_hop=16, stft_channels=4, wave_channels=4, wave_max_channels=16, wave_downsample=(4, 4)
+    )
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_seanet_shapes_and_exact_length(causal):
+    cfg = _tiny_seanet(causal)
+    assert cfg.hop_length == 6
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 60))
+    enc, dec = SEANetEncoder(cfg), SEANetDecoder(cfg)
+    pe = enc.init(jax.random.PRNGKey(1), x)
+    z = jax.jit(enc.apply)(pe, x)
+    assert z.shape == (2, 10, 8) and z.dtype == jnp.float32
+    pd = dec.init(jax.random.PRNGKey(2), z)
+    y = jax.jit(dec.apply)(pd, z)
+    assert y.shape == (2, 60) and bool(jnp.all(jnp.isfinite(y)))
+    with pytest.raises(ValueError, match="multiple of the total stride 6"):
+        enc.apply(pe, x[:, :58])
+
+
+def test_paper_strides_give_50hz_at_24khz():
+    cfg = SEANetConfig()
+    assert 24000 // cfg.hop_length == 50
+    shapes = jax.eval_shape(lambda x: SEANetEncoder(cfg).init_with_output(jax.random.PRNGKey(0), x)[0],
+                            jax.ShapeDtypeStruct((1, 4800), jnp.float32))
+    assert shapes.shape == (1, 10, 128)
+
+
+def test_causal_encoder_and_decoder_ignore_the_future():
+    cfg = _tiny_seanet(True)
+    x = jax.random.normal(jax.random.PRNGKey(0), (1, 60))
+    x2 = x.at[:, 30:].set(jax.random.normal(jax.random.PRNGKey(9), (1, 30)))  # change frames >= 5
+    enc = SEANetEncoder(cfg)
+    p = enc.init(jax.random.PRNGKey(1), x)
+    z, z2 = enc.apply(p, x), enc.apply(p, x2)
+    np.testing.assert_allclose(z[:, :5], z2[:, :5], atol=1e-6)
+    assert float(jnp.max(jnp.abs(z[:, 5:] - z2[:, 5:]))) > 1e-3
+    dec = SEANetDecoder(cfg)
+    pd = dec.init(jax.random.PRNGKey(2), z)
+    y, y2 = dec.apply(pd, z), dec.apply(pd, z.at[:, 5:].add(1.0))
+    np.testing.assert_allclose(y[:, :30], y2[:, :30], atol=1e-6)
+    assert float(jnp.max(jnp.abs(y[:, 30:] - y2[:, 30:]))) > 1e-4
+    # the non-causal encoder does look ahead
+    enc_nc = SEANetEncoder(_tiny_seanet(False))
+    pn = enc_nc.init(jax.random.PRNGKey(1), x)
+    assert float(jnp.max(jnp.abs(enc_nc.apply(pn, x)[:, :5] - enc_nc.apply(pn, x2)[:, :5]))) > 1e-4
+
+
+def test_discriminators_output_lists():
+    cfg = _tiny_disc()
+    w = jax.random.normal(jax.random.PRNGKey(0), (2, 800))
+    disc = Discriminators(cfg)
+    params = disc.init(jax.random.PRNGKey(1), w)
+    outs = jax.jit(disc.apply)(params, w)
+    assert len(outs) == 4
+    for logits, feats in outs:
+        assert logits.shape[0] == 2 and bool(jnp.all(jnp.isfinite(logits)))
+        assert len(feats) >= 3 and all(f.shape[0] == 2 for f in feats)
+    assert outs[0][0].ndim == 3  # STFT: [B, frames, freq]
+    lengths = [o[0].shape[1] for o in outs[1:]]
+    assert lengths[0] > lengths[1] > lengths[2]  # wave scales at 1x, 1/2, 1/4
+    # grouped convs: the 16 -> 16 strided conv has groups 4
+    assert params["params"]["wave"]["scale_0"]["conv_1"]["kernel"].value.shape == (41, 4, 16)
+
+
+@pytest.mark.parametrize("pad_mode", ["constant", "reflect"])
+def test_log_mel_matches_librosa(pad_mode):
+    librosa = pytest.importorskip("librosa")
+    x = np.random.RandomState(0).randn(2, 4000).astype(np.float32) * 0.3
+    ours = np.asarray(jax.jit(lambda a: log_mel(a, SR, 512, 128, 40, pad_mode=pad_mode))(x))
+    ref = librosa.feature.melspectrogram(y=x, sr=SR, n_fft=512, hop_length=128, n_mels=40, power=2.0, pad_mode=pad_mode)
+    ref = np.log(np.maximum(ref, 1e-5)).transpose(0, 2, 1)
+    assert ours.shape == ref.shape == (2, 1 + 4000 // 128, 40)
+    np.testing.assert_allclose(ours, ref, atol=2e-3, rtol=1e-3)
+
+
+def test_si_sdr_closed_forms():
+    rng = np.random.RandomState(0)
+    ref = rng.randn(3, 16000).astype(np.float32)
+    f = jax.jit(L.si_sdr)
+    same = np.asarray(f(ref, ref))
+    assert same.shape == (3,) and np.all(same > 60)
+    assert np.all(np.asarray(f(ref, 0.3 * ref + 0.7)) > 60)  # scale and offset invariant
+    for snr in (0.0, 10.0, 20.0):
+        noise = rng.randn(3, 16000).astype(np.float32)
+        noise -= noise.mean(-1, keepdims=True)
+        noise -= (noise * ref).sum(-1, keepdims=True) / (ref * ref).sum(-1, keepdims=True) * ref  # orthogonal
+        noise *= np.sqrt((ref**2).sum(-1, keepdims=True) / (noise**2).sum(-1, keepdims=True) / 10 ** (snr / 10))
+        np.testing.assert_allclose(np.asarray(f(ref, ref + noise)), snr, atol=0.05)
+
+
+def test_adversarial_losses_at_known_logits():
+    real = [jnp.full((2, 3), 2.0), jnp.full((2, 5), 0.5)]
+    fake = [jnp.full((2, 3), -2.0), jnp.full((2, 5), 0.5)]
+    # hinge G: mean(relu(1 - fake)) -> (3 + 0.5) / 2
+    np.testing.assert_allclose(jax.jit(L.adversarial_generator_loss, static_argnames="kind")(fake, kind="hinge"), 1.75)
+    # hinge D: [relu(1-2) + relu(1-2)] = 0 ; [relu(0.5) + relu(1.5)] = 2 -> 1
+    np.testing.assert_allclose(L.adversarial_discriminator_loss(real, fake, "hinge"), 1.0)
+    # lsgan G: [(1+2)^2, (0.5)^2] -> (9 + 0.25) / 2
+    np.testing.assert_allclose(L.adversarial_generator_loss(fake, "lsgan"), 4.625)
+    # lsgan D: [(1-2)^2 + 4, 0.25 + 0.25] -> (5 + 0.5) / 2
+    np.testing.assert_allclose(L.adversarial_discriminator_loss(real, fake, "lsgan"), 2.75)
+    with pytest.raises(ValueError, match="unknown adversarial"):
+        L.adversarial_generator_loss(fake, "wgan")
+
+
+def test_feature_matching_and_waveform_l1():
+    real = [[jnp.full((2, 4), 2.0), jnp.ones((2, 3))], [jnp.full((1, 2), -4.0)]]
+    fake = [[jnp.full((2, 4), 1.0), jnp.ones((2, 3))], [jnp.full((1, 2), -2.0)]]
+    # per map: 1/2, 0, 2/4 -> mean 1/3
+    np.testing.assert_allclose(jax.jit(L.feature_matching_loss)(real, fake), 1.0 / 3.0, rtol=1e-6)
+    np.testing.assert_allclose(L.waveform_l1(jnp.zeros((2, 4)), jnp.full((2, 4), -0.5)), 0.5)
+
+
+def test_mel_losses():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 4096)) * 0.1
+    y = x + 0.05 * jax.random.normal(jax.random.PRNGKey(1), (2, 4096))
+    loss = jax.jit(lambda a, b: L.multi_scale_mel_loss(a, b, 24000))
+    dist = jax.jit(lambda a, b: L.mel_distance(a, b, 24000))
+    assert float(loss(x, x)) == 0.0
+    assert float(loss(x, y)) > 0.0
+    assert float(loss(x, 2 * y)) > float(loss(x, y))
+    d_same, d = dist(x, x), dist(x, y)
+    assert d.shape == (2,) and np.all(np.asarray(d_same) == 0) and np.all(np.asarray(d) > 0)
+    g = jax.grad(lambda b: loss(x, b))(jnp.zeros_like(x))  # silence: gradients stay finite
+    assert bool(jnp.all(jnp.isfinite(g)))
