@@ -139,7 +139,13 @@ def _run_mode(args, configurables, gin_utils) -> int:
             return 1
         return 0
     if args.mode == "eval":
-        configurables.evaluate(on_start=gin_utils.write_config)
+        from musiclm_jax.training.checkpoints import CheckpointError
+
+        try:
+            configurables.evaluate(on_start=gin_utils.write_config)
+        except CheckpointError as e:
+            print(f"musiclm: eval: {gin_utils.first_line(e)}", file=sys.stderr)
+            return 1
         return 0
     if args.mode == "aot":
         from musiclm_jax.aot import DoesNotFitError

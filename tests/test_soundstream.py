@@ -69,7 +69,7 @@ def test_tiny_codec_learns_on_synthetic_music():
     state = trainer.init_state(trainer.rng(0))
     before = jax.device_get(trainer.eval_step(state.params, trainer.partitioner.global_batch(held_out)))
     rng = np.random.default_rng(0)
-    state, metrics = run(trainer, (train[rng.choice(32, 8, replace=False)] for _ in range(150)), state)
+    state, metrics = run(trainer, (train[rng.choice(32, 8, replace=False)] for _ in range(250)), state)
     after = jax.device_get(trainer.eval_step(state.params, trainer.partitioner.global_batch(held_out)))
     print({k: (round(float(before[k]), 3), round(float(after[k]), 3)) for k in ("si_sdr_q4", "mel_distance_q4")})
     assert after["si_sdr_q4"] >= before["si_sdr_q4"] + 5.0
@@ -165,3 +165,21 @@ def test_losses_on_the_codec_output_are_finite():
     loss, metrics = model.loss_fn(params, {"audio": x})
     assert np.isfinite(float(loss)) and set(metrics) >= {"mel_loss", "waveform_l1", "commit_loss"}
     assert float(codec_losses.si_sdr(x, x).min()) > 50
+
+
+def test_codec_eval_reports_each_bitrate_and_plots(tmp_path):
+    model = SoundStream(tiny_config())
+    trainer = make_trainer(model, devices=jax.devices()[:1])
+    state = trainer.init_state(trainer.rng(0))
+    metrics = jax.device_get(trainer.eval_step(state.params, trainer.partitioner.global_batch({"audio": clips(0, 8)})))
+    from musiclm_jax.evaluation.codec import quality_by_levels
+
+    rows = quality_by_levels(metrics)
+    assert [r["levels"] for r in rows] == [1, 2, 4]
+    assert [r["bitrate_kbps"] for r in rows] == [2.4, 4.8, 9.6]  # 400 Hz x n x 6 bits
+    assert all(0.0 < metrics[f"codebook_usage_l{i}"] <= 1.0 for i in range(4))
+    model.write_eval_report(metrics, str(tmp_path), 0)
+    import matplotlib.image
+
+    image = matplotlib.image.imread(tmp_path / "codec-quality-0.png")
+    assert image.shape[0] > 200 and image[..., :3].std() > 0.05

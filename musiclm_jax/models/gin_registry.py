@@ -13,3 +13,12 @@ _MODULE = "musiclm_jax.models"
 TokenLayout = gin.external_configurable(token_layout.TokenLayout, module=_MODULE)
 StageConfig = gin.external_configurable(stages.StageConfig, module=_MODULE)
 StageModel = gin.external_configurable(stages.StageModel, module=_MODULE)
+
+# SoundStream (the codec) and its building blocks' configs.
+from musiclm_jax.models import soundstream  # noqa: E402
+from musiclm_jax.nn import discriminators, seanet  # noqa: E402
+
+SEANetConfig = gin.external_configurable(seanet.SEANetConfig, module=_MODULE)
+DiscriminatorConfig = gin.external_configurable(discriminators.DiscriminatorConfig, module=_MODULE)
+SoundStreamConfig = gin.external_configurable(soundstream.SoundStreamConfig, module=_MODULE)
+SoundStream = gin.external_configurable(soundstream.SoundStream, module=_MODULE)
