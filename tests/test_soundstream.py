@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from musiclm_jax.data import synthetic
-from musiclm_jax.models import codec_losses
 from musiclm_jax.models.soundstream import SoundStream, SoundStreamConfig, eval_levels
 from musiclm_jax.nn.discriminators import DiscriminatorConfig
 from musiclm_jax.nn.seanet import SEANetConfig
@@ -155,18 +154,6 @@ def test_acoustic_tokenizer_round_trip(tmp_path):
         AcousticTokenizer.from_model_dir(str(tmp_path / "nowhere"))
 
 
-def test_losses_on_the_codec_output_are_finite():
-    model = SoundStream(tiny_config())
-    x = clips(0, 2)
-    variables = model.get_initial_variables(jax.random.PRNGKey(0), {"audio": x.shape})
-    from musiclm_jax.training.partitioning import unbox
-
-    params = unbox(variables["params"])
-    loss, metrics = model.loss_fn(params, {"audio": x})
-    assert np.isfinite(float(loss)) and set(metrics) >= {"mel_loss", "waveform_l1", "commit_loss"}
-    assert float(codec_losses.si_sdr(x, x).min()) > 50
-
-
 def test_codec_eval_reports_each_bitrate_and_plots(tmp_path):
     model = SoundStream(tiny_config())
     trainer = make_trainer(model, devices=jax.devices()[:1])
@@ -176,7 +163,7 @@ def test_codec_eval_reports_each_bitrate_and_plots(tmp_path):
 
     rows = quality_by_levels(metrics)
     assert [r["levels"] for r in rows] == [1, 2, 4]
-    assert [r["bitrate_kbps"] for r in rows] == [2.4, 4.8, 9.6]  # 400 Hz x n x 6 bits
+    assert [r["bitrate_kbps"] for r in rows] == pytest.approx([2.4, 4.8, 9.6])  # 400 Hz x n x 6 bits
     assert all(0.0 < metrics[f"codebook_usage_l{i}"] <= 1.0 for i in range(4))
     model.write_eval_report(metrics, str(tmp_path), 0)
     import matplotlib.image
