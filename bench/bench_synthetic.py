@@ -50,7 +50,7 @@ def main() -> None:
             seconds = float(np.median([_time_pass(scores, sr) for _ in range(args.repeats)]))
             row.append(args.examples * args.duration_s / seconds)
         rows.append(row)
-    print(f"\n| timbre | x real time @16 kHz | x real time @24 kHz |\n|---|---|---|")
+    print("\n| timbre | x real time @16 kHz | x real time @24 kHz |\n|---|---|---|")
     for name, a, b in rows:
         print(f"| {name} | {a:.0f} | {b:.0f} |")
 

@@ -100,7 +100,7 @@ def test_ema_update_matches_numpy():
 
 def test_dead_codes_restarted():
     rs = np.random.RandomState(3)
-    K, D = 8, 3
+    D = 3
     centers = rs.randn(4, D).astype(np.float32) * 3
     embed = np.concatenate([centers, np.full((4, D), 100.0, np.float32)])  # codes 4..7 far away
     cb = _codebooks(embed[None])
