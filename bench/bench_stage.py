@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from musiclm_jax.training.mfu import compiled_flops, measure_matmul_flops  # noq
 from musiclm_jax.training.optimizers import OptimizerConfig  # noqa: E402
 from musiclm_jax.training.partitioning import Partitioner  # noqa: E402
 from musiclm_jax.training.trainer import Trainer  # noqa: E402
+from machine import machine  # noqa: E402  (bench/machine.py)
 
 REF_DIR = "/work/shared/bench-ref"
 REF_PYTHON = "/tmp/venv-ref291/bin/python"
@@ -129,16 +129,6 @@ def run_reference(runs: int) -> dict | None:
             return None
         with open(os.path.join(out, "semantic_all.json")) as f:
             return json.load(f)
-
-
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.devices()[0].platform}"
 
 
 def table(rows: list[dict], cols: list[str]) -> str:

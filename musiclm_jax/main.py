@@ -41,6 +41,13 @@ def _usage_error(msg: str) -> int:
     return 2
 
 
+def _failed(what: str, exc: BaseException, status: int = 1) -> int:
+    """A run that stopped for a reason the user can act on: one line, no traceback."""
+    text = str(exc).strip().splitlines()
+    print(f"musiclm: {what}: {text[0] if text else type(exc).__name__}", file=sys.stderr)
+    return status
+
+
 def _quiet_tensorflow_import() -> None:
     """TensorFlow (under seqio) prints C++ start-up logs that no environment variable silences;
     hide stderr at the file-descriptor level while it imports. Python errors still raise."""
@@ -135,8 +142,7 @@ def _run_mode(args, configurables, gin_utils) -> int:
         try:
             configurables.train(on_start=gin_utils.write_config)
         except NonFiniteError as e:
-            print(f"musiclm: training stopped: {e}", file=sys.stderr)
-            return 1
+            return _failed("training stopped", e)
         return 0
     if args.mode == "eval":
         from musiclm_jax.training.checkpoints import CheckpointError
@@ -144,8 +150,7 @@ def _run_mode(args, configurables, gin_utils) -> int:
         try:
             configurables.evaluate(on_start=gin_utils.write_config)
         except CheckpointError as e:
-            print(f"musiclm: eval: {gin_utils.first_line(e)}", file=sys.stderr)
-            return 1
+            return _failed("eval", e)
         return 0
     if args.mode == "aot":
         from musiclm_jax.aot import DoesNotFitError
@@ -153,11 +158,9 @@ def _run_mode(args, configurables, gin_utils) -> int:
         try:
             report = configurables.compile_for_topology(topology=args.topology)
         except DoesNotFitError as e:
-            print(f"musiclm: aot: DoesNotFitError: {gin_utils.first_line(e)}", file=sys.stderr)
-            return 3
+            return _failed("aot: DoesNotFitError", e, status=3)
         except RuntimeError as e:
-            print(f"musiclm: aot: {gin_utils.first_line(e)}", file=sys.stderr)
-            return 1
+            return _failed("aot", e)
         print(report.table())
         return 0
     if args.mode == "inspect":
@@ -168,8 +171,7 @@ def _run_mode(args, configurables, gin_utils) -> int:
             summary = configurables.inspect_task(num_examples=args.num_examples, output_dir=args.output_dir,
                                                  split=args.split, **kwargs)
         except NoUsableExamplesError as e:
-            print(f"musiclm: inspect: {gin_utils.first_line(e)}", file=sys.stderr)
-            return 1
+            return _failed("inspect", e)
         except ValueError as e:  # unknown task or split, bad count: the user's input
             return _usage_error(f"inspect: {gin_utils.first_line(e)}")
         print(summary.table())

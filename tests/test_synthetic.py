@@ -86,11 +86,10 @@ def test_timbres_have_clearly_different_spectra():
 
 def test_drums_add_percussive_energy():
     score = synthetic.sample_score(0, 1, 4.0)
-    with_drums = synthetic.sample_score(0, 1, 4.0)
     labels = dict(score.labels, drums=False)
     plain = synthetic.render_score(synthetic.Score(labels, 4.0, score.notes, ()), 16000)
     hits = tuple(synthetic.Hit(t * 0.5, "kick" if t % 2 == 0 else "snare", 1.0) for t in range(8))
-    drummed = synthetic.render_score(synthetic.Score(dict(labels, drums=True), 4.0, with_drums.notes, hits), 16000)
+    drummed = synthetic.render_score(synthetic.Score(dict(labels, drums=True), 4.0, score.notes, hits), 16000)
     # Spectral flux (onset strength) is much higher with the kit.
     def flux(x):
         frames = np.lib.stride_tricks.sliding_window_view(x, 1024)[::256]
@@ -105,13 +104,9 @@ def _word_in(caption: str, phrase: str) -> bool:
 
 def test_captions_agree_with_labels_and_vary():
     captions = set()
-    templates_used = set()
     for index in range(300):
-        ex = synthetic.render(synthetic.SPLIT_SEEDS["validation"], index, sample_rate=8000, duration_s=0.5) \
-            if index < 5 else None
-        labels = ex.labels if ex else synthetic.sample_score(7, index, 1.0).labels
-        rng = synthetic._rng(7, index, stream=1)
-        caption = ex.caption if ex else synthetic.caption_for(labels, rng)
+        labels = synthetic.sample_score(7, index, 1.0).labels
+        caption = synthetic.caption_for(labels, synthetic._rng(7, index, stream=1))
         captions.add(caption)
         own = synthetic._INSTRUMENT_WORDS[labels["instrument"]]
         assert any(_word_in(caption, w) for w in own), (caption, labels)
@@ -130,7 +125,6 @@ def test_captions_agree_with_labels_and_vary():
         key = re.search(r"\b([A-G]#?) (major|minor)\b", caption)
         if key:
             assert key.groups() == (labels["key"], labels["mode"]), (caption, labels)
-        templates_used.add(len(caption.split(",")))
     assert len(synthetic._TEMPLATES) >= 20
     assert len(captions) == 300, "captions should almost never repeat"
 

@@ -12,10 +12,11 @@ from typing import Any, List, Tuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import flax.linen as nn
+import numpy as np
 
 from musiclm_jax.nn.seanet import Conv
+from musiclm_jax.nn.signal import hann_window, stft
 
 Array = jax.Array
 DiscOutput = Tuple[Array, List[Array]]
@@ -46,24 +47,10 @@ class DiscriminatorConfig:
                 raise ValueError(f"DiscriminatorConfig.{name} must be positive, got {getattr(self, name)}")
 
 
-def _frames(x: Array, frame_length: int, hop: int) -> Array:
-    """[B, L] -> [B, 1 + (L - frame_length) // hop, frame_length] (gather-free when hop | frame_length)."""
-    n = 1 + (x.shape[-1] - frame_length) // hop
-    if frame_length % hop == 0:
-        r = frame_length // hop
-        chunks = x[..., : (n - 1 + r) * hop].reshape(*x.shape[:-1], n - 1 + r, hop)
-        return jnp.concatenate([chunks[..., i : i + n, :] for i in range(r)], axis=-1)
-    idx = np.arange(n)[:, None] * hop + np.arange(frame_length)[None, :]
-    return x[..., idx]
-
-
 def complex_stft(x: Array, window: int, hop: int) -> Array:
-    """Centered (reflect-padded), Hann-windowed, normalised STFT: [B, T] -> complex [B, frames, window//2+1]."""
-    x = x.astype(jnp.float32)
-    x = jnp.pad(x, ((0, 0), (window // 2, window // 2)), mode="reflect")
-    win = np.hanning(window + 1)[:-1].astype(np.float32)  # periodic Hann
-    win = win / np.sqrt(np.sum(win**2))
-    return jnp.fft.rfft(_frames(x, window, hop) * win, axis=-1)
+    """Centered (reflect-padded), Hann-windowed STFT normalised by the window's energy:
+    [B, T] -> complex [B, frames, window//2+1]."""
+    return stft(x, window, hop) / np.sqrt(np.sum(hann_window(window) ** 2))
 
 
 class STFTDiscriminator(nn.Module):
