@@ -33,6 +33,11 @@ def run_eval_batches(trainer: Trainer, params, cfg: DatasetConfig, num_batches: 
     return {k: v if k.startswith("num_") else v / n for k, v in totals.items()}
 
 
+def eval_media(trainer: Trainer, params, local_batch) -> dict:
+    """The model's eval waveforms for one batch, on the host."""
+    return jax.device_get(trainer.media_step(params, trainer.partitioner.global_batch(local_batch)))
+
+
 def evaluate(
     *,
     model: BaseModel,
@@ -53,6 +58,8 @@ def evaluate(
     results = run_eval_batches(trainer, params, eval_dataset_cfg, eval_steps)
     writer = summaries.create_writer(os.path.join(model_dir, "eval"))
     writer.write_scalars(step, results)
+    summaries.write_eval_media(writer, step, eval_media(trainer, params, first), model.media_sample_rate(),
+                               out_dir=os.path.join(model_dir, f"eval-{step}-media"))
     writer.flush()
     if jax.process_index() == 0:
         with open(os.path.join(model_dir, f"eval-{step}.json"), "w") as f:

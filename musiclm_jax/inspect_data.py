@@ -9,7 +9,6 @@ import dataclasses
 import json
 import os
 import re
-import textwrap
 from typing import Optional
 
 import numpy as np
@@ -17,6 +16,7 @@ import seqio
 from tqdm import tqdm
 
 from musiclm_jax.audio.io import write_wav
+from musiclm_jax.audio.plots import spectrogram_sheet
 from musiclm_jax.data import audio_tasks, tasks
 
 
@@ -43,29 +43,6 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:60]
 
 
-def _spectrogram_sheet(examples: list[dict], path: str) -> None:
-    """One row per example: log-mel spectrogram (librosa's mel filters), caption as title."""
-    import librosa
-    import librosa.display
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(examples), 1, figsize=(11, 2.3 * len(examples)), squeeze=False)
-    for ax, ex in zip(axes[:, 0], examples):
-        sr = ex["sample_rate"]
-        mel = librosa.feature.melspectrogram(y=ex["audio"], sr=sr, n_fft=1024, hop_length=256, n_mels=80)
-        img = librosa.display.specshow(librosa.power_to_db(mel, ref=1.0, top_db=80.0), sr=sr, hop_length=256,
-                                       x_axis="time", y_axis="mel", ax=ax, cmap="magma", vmin=-80, vmax=0)
-        ax.set_title("\n".join(textwrap.wrap(f"{ex['id']}: {ex['caption']}", 110)), fontsize=8, loc="left")
-        ax.set_xlabel("")
-        fig.colorbar(img, ax=ax, format="%+.0f dB", pad=0.01)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
 def inspect_task(*, task: str, num_examples: int, output_dir: str, split: str = "train",
                  seed: Optional[int] = 0) -> InspectSummary:
     """Writes `num_examples` of `task` (in order, unshuffled) to `output_dir`."""
@@ -87,7 +64,8 @@ def inspect_task(*, task: str, num_examples: int, output_dir: str, split: str = 
         del iterator  # free the generator-backed iterator now, not in a late garbage collection
     if not examples:
         raise ValueError(f"task {task!r} split {split!r} yielded no examples")
-    _spectrogram_sheet(examples, os.path.join(output_dir, "spectrograms.png"))
+    spectrogram_sheet([(f"{ex['id']}: {ex['caption']}", ex["audio"], ex["sample_rate"]) for ex in examples],
+                      os.path.join(output_dir, "spectrograms.png"))
     summary = InspectSummary(task, split, len(examples), [f["duration_s"] for f in files],
                              [f["sample_rate"] for f in files], files)
     with open(os.path.join(output_dir, "summary.json"), "w") as f:

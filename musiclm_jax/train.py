@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from musiclm_jax.data.pipeline import BatchIterator, DatasetConfig
-from musiclm_jax.eval import run_eval_batches
+from musiclm_jax.eval import eval_media, run_eval_batches
 from musiclm_jax.models.base import BaseModel
 from musiclm_jax.training import checkpoints, mfu, summaries
 from musiclm_jax.training.optimizers import OptimizerConfig
@@ -104,6 +104,7 @@ def train(
     tokens_per_step = sum(int(np.prod(s)) for s in input_shapes.values())
 
     batch = first
+    media_batch = None  # the first eval batch, listened to at every eval
     pending = None  # (step, metrics) of the previous step, read one step late to keep dispatch async
     window_t, window_steps = time.perf_counter(), 0
     step = start_step
@@ -139,6 +140,10 @@ def train(
             if eval_dataset_cfg and eval_period and (step % eval_period == 0 or step == train_steps):
                 results = run_eval_batches(trainer, trainer.eval_params(state), eval_dataset_cfg, eval_steps)
                 eval_writer.write_scalars(step, results)
+                if media_batch is None:
+                    media_batch = next(BatchIterator(eval_dataset_cfg, repeat=False))
+                summaries.write_eval_media(eval_writer, step, eval_media(trainer, trainer.eval_params(state), media_batch),
+                                           model.media_sample_rate())
                 summaries.log("eval at step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())))
                 window_t = time.perf_counter()
         if pending is not None:

@@ -38,6 +38,18 @@ def test_seanet_shapes_and_exact_length(causal):
         enc.apply(pe, x[:, :58])
 
 
+@pytest.mark.parametrize("stride", [2, 3, 8])
+def test_polyphase_transposed_conv_equals_lax_conv_transpose(stride):
+    from musiclm_jax.nn.seanet import ConvTranspose1d
+
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 7, 5))
+    layer = ConvTranspose1d(features=3, stride=stride, causal=True)
+    params = layer.init(jax.random.PRNGKey(2), x)["params"]
+    kernel = params["kernel"].unbox() if hasattr(params["kernel"], "unbox") else params["kernel"]
+    full = jax.lax.conv_transpose(x, kernel, strides=(stride,), padding="VALID", dimension_numbers=("NWC", "WIO", "NWC"))
+    np.testing.assert_allclose(layer.apply({"params": params}, x), full[:, : 7 * stride], atol=1e-5)
+
+
 def test_paper_strides_give_50hz_at_24khz():
     cfg = SEANetConfig()
     assert 24000 // cfg.hop_length == 50

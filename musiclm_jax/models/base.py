@@ -69,6 +69,14 @@ class BaseModel(abc.ABC):
     def write_eval_report(self, metrics: Mapping[str, float], output_dir: str, step: int) -> None:
         """Optional extra eval output (plots) beside eval-<step>.json."""
 
+    def eval_media(self, params: Any, batch: Batch) -> dict[str, jax.Array]:
+        """Waveforms to listen to at eval, {name: [examples, samples]} at `media_sample_rate()`
+        (e.g. inputs and their reconstructions for the first few examples); {} for none. Jitted."""
+        return {}
+
+    def media_sample_rate(self) -> int:
+        return 0
+
 
 def dummy_batch(model: BaseModel, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, jax.Array]:
     """Zeros of the right shapes and dtypes, for init and compilation."""

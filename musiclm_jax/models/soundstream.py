@@ -216,6 +216,16 @@ class SoundStream(BaseModel):
         out["loss"] = out[f"mel_distance_q{cfg.num_levels}"]
         return out
 
+    def media_sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    def eval_media(self, params, batch: Batch) -> dict[str, jax.Array]:
+        """The first 3 inputs and their reconstructions with all levels and with one level."""
+        audio = batch["audio"][:3]
+        codes = self.encode(params, audio)
+        return {"input": audio, "reconstruction": self.decode(params, codes),
+                "reconstruction_1_level": self.decode(params, codes[..., :1])}
+
     def write_eval_report(self, metrics, output_dir: str, step: int) -> None:
         from musiclm_jax.evaluation.codec import plot_quality_vs_bitrate
 

@@ -2,16 +2,45 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Mapping, Optional
 
 import jax
+import numpy as np
 from clu import metric_writers
 
 
 def create_writer(logdir: str) -> metric_writers.MetricWriter:
     # Only process 0 writes event files; the others log.
     return metric_writers.create_default_writer(logdir, just_logging=jax.process_index() > 0, asynchronous=True)
+
+
+def write_eval_media(writer: metric_writers.MetricWriter, step: int, media: Mapping[str, np.ndarray],
+                     sample_rate: int, out_dir: Optional[str] = None) -> None:
+    """Eval waveforms {name: [examples, samples]} as TensorBoard audio, plus one spectrogram sheet
+    per example (every name stacked, e.g. input over reconstruction) as a TensorBoard image;
+    with `out_dir`, also as WAV and PNG files there (process 0)."""
+    if not media:
+        return
+    from musiclm_jax.audio.io import write_wav
+    from musiclm_jax.audio.plots import spectrogram_sheet
+
+    media = {k: np.clip(np.asarray(v, np.float32), -1.0, 1.0) for k, v in media.items()}
+    writer.write_audios(step, {f"audio/{k}": v[..., None] for k, v in media.items()}, sample_rate=sample_rate)
+    if jax.process_index() != 0:
+        return
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+    images = {}
+    for i in range(min(len(v) for v in media.values())):
+        rows = [(f"example {i}: {name} (step {step})", v[i], sample_rate) for name, v in media.items()]
+        png = os.path.join(out_dir, f"example_{i}.png") if out_dir else None
+        images[f"spectrogram/example_{i}"] = spectrogram_sheet(rows, png)
+        if out_dir:
+            for name, v in media.items():
+                write_wav(os.path.join(out_dir, f"example_{i}_{name}.wav"), v[i], sample_rate)
+    writer.write_images(step, images)
 
 
 def format_duration(seconds: float) -> str:

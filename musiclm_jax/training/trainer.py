@@ -191,6 +191,15 @@ class Trainer:
         return self._eval_step
 
     @functools.cached_property
+    def media_step(self):
+        """Compiled `(params, batch) -> model.eval_media(...)`, replicated so every host can read it."""
+        return self.partitioner.compile(
+            self.model.eval_media,
+            in_shardings=(self.state_shardings.params, self.batch_shardings),
+            out_shardings=self.partitioner.replicated,
+        )
+
+    @functools.cached_property
     def flops_per_step_per_device(self) -> Optional[float]:
         flops = mfu.compiled_flops(self.train_step)
         if flops is None:

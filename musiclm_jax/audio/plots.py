@@ -1,0 +1,44 @@
+"""Log-mel spectrogram sheets: one row per clip, for people who would rather look than read.
+
+Used by `musiclm inspect` (examples of a task) and at eval (inputs over their
+reconstructions, as PNG files and TensorBoard images).
+"""
+from __future__ import annotations
+
+import textwrap
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+def spectrogram_sheet(rows: Sequence[tuple[str, np.ndarray, int]], path: Optional[str] = None,
+                      width: float = 11.0, row_height: float = 2.3) -> np.ndarray:
+    """Rows of (title, mono waveform, sample rate) -> RGB uint8 image [H, W, 3] of their log-mel
+    spectrograms (librosa's mel filters, dB re full scale, same colour scale on every row);
+    also saved as a PNG when `path` is given."""
+    import librosa
+    import librosa.display
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        raise ValueError("spectrogram_sheet needs at least one row")
+    fig, axes = plt.subplots(len(rows), 1, figsize=(width, row_height * len(rows)), squeeze=False)
+    for ax, (title, audio, sr) in zip(axes[:, 0], rows):
+        audio = np.asarray(audio, np.float32)
+        mel = librosa.feature.melspectrogram(y=audio, sr=sr, n_fft=1024, hop_length=256, n_mels=80)
+        img = librosa.display.specshow(librosa.power_to_db(mel, ref=1.0, top_db=80.0), sr=sr, hop_length=256,
+                                       x_axis="time", y_axis="mel", ax=ax, cmap="magma", vmin=-80, vmax=0)
+        ax.set_title("\n".join(textwrap.wrap(title, 110)), fontsize=8, loc="left")
+        ax.set_xlabel("")
+        fig.colorbar(img, ax=ax, format="%+.0f dB", pad=0.01)
+    fig.tight_layout()
+    fig.set_dpi(80)
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    if path:
+        fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return image
