@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from musiclm_jax.nn.grouped_conv import grouped_conv1d
+
 Array = jax.Array
 
 ACT_AXES = ("activation_batch", "activation_length", None)
@@ -118,6 +120,11 @@ class Conv(nn.Module):
         bias = self.param(
             "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)), (self.features,), self.param_dtype
         )
+        if nd == 1 and self.groups > 1 and not any(d > 1 for d in (self.dilation or ())):
+            pad = tuple(self.padding[0]) if self.padding else (0, 0)
+            y = grouped_conv1d(x.astype(self.dtype), kernel.astype(self.dtype), int((self.strides or (1,))[0]), pad,
+                               self.groups)
+            return y + bias.astype(self.dtype)
         spec = ("NWC", "WIO", "NWC") if nd == 1 else ("NHWC", "HWIO", "NHWC")
         y = jax.lax.conv_general_dilated(
             x.astype(self.dtype),
