@@ -3,7 +3,7 @@
 The library is gin-free; everything gin may bind is named here, type-checked when called.
 """
 from musiclm_jax import aot, eval as eval_lib, gin_utils, inspect_data, train as train_lib
-from musiclm_jax.data import audio_tasks, pipeline, sources, synthetic
+from musiclm_jax.data import audio_tasks, pipeline, sources, synthetic, text_vocab
 from musiclm_jax.models import gin_registry  # noqa: F401  (model configurables)
 from musiclm_jax.training import optimizers, partitioning
 
@@ -22,3 +22,10 @@ SyntheticSource = gin_utils.register(synthetic.SyntheticSource, "SyntheticSource
 ManifestSource = gin_utils.register(sources.ManifestSource, "ManifestSource")
 MusicCapsSource = gin_utils.register(sources.MusicCapsSource, "MusicCapsSource")
 FolderSource = gin_utils.register(sources.FolderSource, "FolderSource")
+# The caption vocabulary kept with the model (trained on first use):
+#   mulan_task/register_audio_task.text_vocabulary = @caption_vocabulary()
+caption_vocabulary = gin_utils.register(text_vocab.caption_vocabulary, "caption_vocabulary")
+# MuLan tokens: the RVQ fitted on a trained MuLan's audio embeddings.
+from musiclm_jax.tokenizers import mulan as mulan_tokenizer  # noqa: E402
+
+fit_mulan_rvq = gin_utils.register(mulan_tokenizer.fit_mulan_rvq, "fit_mulan_rvq")

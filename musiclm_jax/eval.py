@@ -6,6 +6,7 @@ import os
 from typing import Optional
 
 import jax
+import numpy as np
 
 from musiclm_jax.data.pipeline import BatchIterator, DatasetConfig
 from musiclm_jax.models.base import BaseModel
@@ -18,19 +19,27 @@ from musiclm_jax.training.trainer import Trainer
 
 def run_eval_batches(trainer: Trainer, params, cfg: DatasetConfig, num_batches: int) -> dict[str, float]:
     """Mean of the eval metrics over the first `num_batches` batches of `cfg`'s split
-    (counts, named num_*, are summed)."""
+    (counts, named num_*, are summed), plus the model's metrics of its `eval_outputs` gathered
+    over all those batches."""
     totals: dict[str, float] = {}
+    outputs: dict[str, list] = {}
     n = 0
     for batch in BatchIterator(cfg, repeat=False):
-        metrics = jax.device_get(trainer.eval_step(params, trainer.partitioner.global_batch(batch)))
+        global_batch = trainer.partitioner.global_batch(batch)
+        metrics = jax.device_get(trainer.eval_step(params, global_batch))
         for k, v in metrics.items():
             totals[k] = totals.get(k, 0.0) + float(v)
+        for k, v in jax.device_get(trainer.outputs_step(params, global_batch)).items():
+            outputs.setdefault(k, []).append(np.asarray(v))
         n += 1
         if n >= num_batches:
             break
     if n == 0:
         raise ValueError(f"split {cfg.split!r} of {cfg.mixture_or_task_name!r} yielded no full batch of {cfg.batch_size}")
-    return {k: v if k.startswith("num_") else v / n for k, v in totals.items()}
+    results = {k: v if k.startswith("num_") else v / n for k, v in totals.items()}
+    if outputs:
+        results.update(trainer.model.summarize_eval_outputs({k: np.concatenate(v) for k, v in outputs.items()}))
+    return results
 
 
 def eval_media(trainer: Trainer, params, local_batch) -> dict:

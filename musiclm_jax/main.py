@@ -13,12 +13,13 @@ import sys
 import traceback
 from typing import Optional, Sequence
 
-ENTRY_FUNCTIONS = ("train", "evaluate", "compile_for_topology", "inspect_task")
+ENTRY_FUNCTIONS = ("train", "evaluate", "compile_for_topology", "inspect_task", "fit_mulan_rvq")
 MODES = {
     "train": "train a model (resumes from MODEL_DIR)",
     "eval": "evaluate a checkpoint on an eval split",
     "aot": "compile the train step for a TPU topology on this machine and report memory/FLOPs",
     "inspect": "write a raw-audio task's examples as WAVs plus a PNG sheet of spectrograms",
+    "fit_mulan_rvq": "fit the MuLan-token RVQ on a trained MuLan's audio embeddings of a task",
 }
 
 
@@ -176,6 +177,17 @@ def _run_mode(args, configurables, gin_utils) -> int:
             return _usage_error(f"inspect: {gin_utils.first_line(e)}")
         print(summary.table())
         print(f"wrote {summary.count} WAVs, spectrograms.png and summary.json to {args.output_dir}")
+        return 0
+    if args.mode == "fit_mulan_rvq":
+        from musiclm_jax.data.bad_input import NoUsableExamplesError
+
+        try:
+            info = configurables.fit_mulan_rvq()
+        except NoUsableExamplesError as e:
+            return _failed("fit_mulan_rvq", e)
+        cosines = info["reconstruction_cosine"]
+        print(f"fitted a {info['levels']} x {info['codebook_size']} RVQ on {info['num_examples']} clips; "
+              f"reconstruction cosine by levels: {cosines}")
         return 0
     raise AssertionError(args.mode)
 

@@ -105,6 +105,7 @@ def train(
 
     batch = first
     media_batch = None  # the first eval batch, listened to at every eval
+    eval_history: list[dict] = []  # every eval's results, for the model's warnings
     pending = None  # (step, metrics) of the previous step, read one step late to keep dispatch async
     window_t, window_steps = time.perf_counter(), 0
     step = start_step
@@ -145,6 +146,11 @@ def train(
                 summaries.write_eval_media(eval_writer, step, eval_media(trainer, trainer.eval_params(state), media_batch),
                                            model.media_sample_rate())
                 summaries.log("eval at step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())))
+                eval_history.append(results)
+                warning = model.eval_warning(eval_history)
+                if warning:
+                    summaries.warn_loudly(warning)
+                    eval_writer.write_texts(step, {"warning": warning})
                 window_t = time.perf_counter()
         if pending is not None:
             _check_finite(*pending, ckpt)

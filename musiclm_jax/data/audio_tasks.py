@@ -13,6 +13,14 @@ registered by the binding that names it:
 Crops are taken at whole-second boundaries (random or centred) so that one tokenisation of a
 track later serves every crop length; clips shorter than the crop are zero-padded (with
 `audio_length` telling the valid samples) or dropped, as the task says.
+
+With `text_vocabulary` (a SentencePiece .model, e.g. the one `text_vocab.caption_vocabulary`
+keeps with the model) the task also has `text_tokens`: the caption's ids (int32, no EOS; the
+string `caption` stays). The batch pipeline pads them with -1 to their task feature length:
+
+    mulan_task/register_audio_task.text_vocabulary = @caption_vocabulary()
+    caption_vocabulary.model_dir = %MODEL_DIR
+    caption_vocabulary.source = @mulan_task/SyntheticSource()
 """
 from __future__ import annotations
 
@@ -26,7 +34,7 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from musiclm_jax.data import synthetic
+from musiclm_jax.data import synthetic, text_vocab
 from musiclm_jax.data.bad_input import NoUsableExamplesError
 
 PAD_RULES = ("zeros", "drop")
@@ -114,19 +122,36 @@ def crop_audio(dataset: tf.data.Dataset, *, seconds: int, sample_rate: int, mode
     return crop(dataset)
 
 
+def tokenize_caption(dataset: tf.data.Dataset, *, vocabulary: seqio.Vocabulary,
+                     key: str = "text_tokens") -> tf.data.Dataset:
+    """Adds `key`: the `caption` encoded with `vocabulary` (int32 [n], no EOS)."""
+
+    @seqio.map_over_dataset
+    def tokenize(ex):
+        out = dict(ex)
+        out[key] = tf.cast(vocabulary.encode_tf(ex["caption"]), tf.int32)
+        return out
+
+    return tokenize(dataset)
+
+
 def register_audio_task(name: str, source, *, crop_seconds: Optional[int] = None, crop_mode: str = "random",
-                        pad: str = "zeros", shuffle_buffer_size: int = 256) -> str:
-    """Registers (or re-registers) `source` as the seqio task `name` and returns the name."""
+                        pad: str = "zeros", shuffle_buffer_size: int = 256,
+                        text_vocabulary: Optional[str] = None) -> str:
+    """Registers (or re-registers) `source` as the seqio task `name` and returns the name.
+
+    `text_vocabulary`: a SentencePiece .model path; the task then has `text_tokens` (see above)."""
     with_labels = isinstance(source, synthetic.SyntheticSource)
     data_source = seqio.FunctionDataSource(
         functools.partial(_source_dataset_fn, source=source, with_labels=with_labels), splits=("train", "validation"))
     return _register(name, data_source, source, source.sample_rate, with_labels=with_labels,
-                     crop_seconds=crop_seconds, crop_mode=crop_mode, pad=pad, shuffle_buffer_size=shuffle_buffer_size)
+                     crop_seconds=crop_seconds, crop_mode=crop_mode, pad=pad, shuffle_buffer_size=shuffle_buffer_size,
+                     text_vocabulary=text_vocabulary)
 
 
 def register_tfds_audio_task(name: str, *, manifest_path: str, data_dir: str, sample_rate: int,
                              crop_seconds: Optional[int] = None, crop_mode: str = "random", pad: str = "zeros",
-                             shuffle_buffer_size: int = 1024) -> str:
+                             shuffle_buffer_size: int = 1024, text_vocabulary: Optional[str] = None) -> str:
     """Registers the TFDS dataset of a JSONL manifest (built offline under `data_dir` first if it
     is not there yet) as the seqio task `name`. Reading is pure TF: parallel and fast, for
     collections too large to decode on the fly."""
@@ -143,11 +168,18 @@ def register_tfds_audio_task(name: str, *, manifest_path: str, data_dir: str, sa
 
     data_source = seqio.FunctionDataSource(dataset_fn, splits=tuple(builder.info.splits))
     return _register(name, data_source, builder, sample_rate, with_labels=False, crop_seconds=crop_seconds,
-                     crop_mode=crop_mode, pad=pad, shuffle_buffer_size=shuffle_buffer_size)
+                     crop_mode=crop_mode, pad=pad, shuffle_buffer_size=shuffle_buffer_size,
+                     text_vocabulary=text_vocabulary)
 
 
 def _register(name: str, data_source, origin, sample_rate: int, *, with_labels: bool, crop_seconds, crop_mode, pad,
-              shuffle_buffer_size) -> str:
+              shuffle_buffer_size, text_vocabulary: Optional[str] = None) -> str:
+    output_features = _output_features(with_labels)
+    vocabulary = None
+    if text_vocabulary is not None:  # loaded (and checked) before anything is registered
+        vocabulary = text_vocab.load_caption_vocabulary(text_vocabulary)
+        output_features["text_tokens"] = seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32, rank=1,
+                                                       required=False)
     if name in seqio.TaskRegistry.names():
         if name not in _registered:
             raise ValueError(f"task {name!r} already exists and is not an audio task")
@@ -156,8 +188,10 @@ def _register(name: str, data_source, origin, sample_rate: int, *, with_labels: 
     if crop_seconds is not None:
         preprocessors.append(functools.partial(crop_audio, seconds=int(crop_seconds), sample_rate=sample_rate,
                                                mode=crop_mode, pad=pad))
+    if vocabulary is not None:  # after the crop: clips it drops are never tokenized
+        preprocessors.append(functools.partial(tokenize_caption, vocabulary=vocabulary))
     seqio.TaskRegistry.add(name, source=data_source, preprocessors=preprocessors,
-                           output_features=_output_features(with_labels), shuffle_buffer_size=shuffle_buffer_size)
+                           output_features=output_features, shuffle_buffer_size=shuffle_buffer_size)
     _registered[name] = origin
     return name
 

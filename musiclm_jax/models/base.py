@@ -77,6 +77,19 @@ class BaseModel(abc.ABC):
     def media_sample_rate(self) -> int:
         return 0
 
+    def eval_outputs(self, params: Any, batch: Batch) -> dict[str, jax.Array]:
+        """Per-example arrays {name: [batch, ...]} that the eval gathers over the whole eval pool
+        for `summarize_eval_outputs` (e.g. embeddings for retrieval); {} for none. Jitted."""
+        return {}
+
+    def summarize_eval_outputs(self, outputs: Mapping[str, Any]) -> dict[str, float]:
+        """Metrics of the concatenated `eval_outputs` of every eval batch (numpy arrays)."""
+        return {}
+
+    def eval_warning(self, history: Sequence[Mapping[str, float]]) -> Optional[str]:
+        """A loud warning about training (e.g. stuck at chance) given every eval so far, or None."""
+        return None
+
 
 def dummy_batch(model: BaseModel, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, jax.Array]:
     """Zeros of the right shapes and dtypes, for init and compilation."""

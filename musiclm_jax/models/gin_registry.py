@@ -22,3 +22,12 @@ SEANetConfig = gin.external_configurable(seanet.SEANetConfig, module=_MODULE)
 DiscriminatorConfig = gin.external_configurable(discriminators.DiscriminatorConfig, module=_MODULE)
 SoundStreamConfig = gin.external_configurable(soundstream.SoundStreamConfig, module=_MODULE)
 SoundStream = gin.external_configurable(soundstream.SoundStream, module=_MODULE)
+
+# MuLan and its towers' configs.
+from musiclm_jax.models import mulan  # noqa: E402
+from musiclm_jax.nn import encoders  # noqa: E402
+
+EncoderConfig = gin.external_configurable(encoders.EncoderConfig, module=_MODULE)
+ResNetConfig = gin.external_configurable(encoders.ResNetConfig, module=_MODULE)
+MuLanConfig = gin.external_configurable(mulan.MuLanConfig, module=_MODULE)
+MuLan = gin.external_configurable(mulan.MuLan, module=_MODULE)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from musiclm_jax.models import codec_losses
+from musiclm_jax.models import codec_losses, config_io
 from musiclm_jax.models.base import Batch, BaseModel, Metrics, Variables
 from musiclm_jax.nn import quantizer
 from musiclm_jax.nn.discriminators import Discriminators, DiscriminatorConfig
@@ -75,24 +75,14 @@ class SoundStreamConfig:
 
     def to_dict(self) -> dict:
         """JSON-able: dtypes become their names (the sub-configs convert names back)."""
-        def plain(x):
-            if isinstance(x, dict):
-                return {k: plain(v) for k, v in x.items()}
-            if isinstance(x, (list, tuple)):
-                return [plain(v) for v in x]
-            return x if isinstance(x, (int, float, str, bool, type(None))) else jnp.dtype(x).name
-        return plain(dataclasses.asdict(self))
+        return config_io.to_plain(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SoundStreamConfig":
         d = dict(d)
-        d["seanet"] = SEANetConfig(**_tuples(d["seanet"]))
-        d["discriminators"] = DiscriminatorConfig(**_tuples(d["discriminators"]))
+        d["seanet"] = SEANetConfig(**config_io.tuples(d["seanet"]))
+        d["discriminators"] = DiscriminatorConfig(**config_io.tuples(d["discriminators"]))
         return cls(**d)
-
-
-def _tuples(d: Mapping[str, Any]) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
 def _boxed(tree):

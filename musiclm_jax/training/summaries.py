@@ -81,6 +81,14 @@ def log(msg: str, *args) -> None:
         print(msg % args if args else msg, flush=True)
 
 
+def warn_loudly(msg: str) -> None:
+    """A warning nobody scrolls past: framed on stdout and in the log (process 0)."""
+    if jax.process_index() == 0:
+        logging.warning(msg)
+        bar = "!" * 78
+        print(f"{bar}\n!! WARNING: {msg}\n{bar}", flush=True)
+
+
 def flatten_scalars(metrics: Mapping[str, object], prefix: Optional[str] = None) -> dict[str, float]:
     out = {}
     for k, v in metrics.items():

@@ -200,6 +200,15 @@ class Trainer:
         )
 
     @functools.cached_property
+    def outputs_step(self):
+        """Compiled `(params, batch) -> model.eval_outputs(...)`, replicated."""
+        return self.partitioner.compile(
+            self.model.eval_outputs,
+            in_shardings=(self.state_shardings.params, self.batch_shardings),
+            out_shardings=self.partitioner.replicated,
+        )
+
+    @functools.cached_property
     def flops_per_step_per_device(self) -> Optional[float]:
         flops = mfu.compiled_flops(self.train_step)
         if flops is None:

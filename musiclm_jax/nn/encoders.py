@@ -1,0 +1,411 @@
+"""MuLan towers' building blocks: a bidirectional transformer encoder, a text encoder, a
+spectrogram (patch) transformer and a bottleneck ResNet on log-mel.
+
+  TransformerEncoder(x [B, L, d], mask [B, L] bool)  -> [B, L, d]
+  TextEncoder(ids int [B, L]; ids < 0 = padding)      -> [B, d]  (masked mean pool)
+  SpectrogramTransformer(log-mel [B, frames, mels])   -> [B, d]  (mean pool over patches)
+  ResNetAudioEncoder(log-mel [B, frames, mels])       -> [B, 4 * 8 * width] (global avg pool)
+
+Pooled outputs are float32 whatever the activation dtype (the contrastive loss wants them
+so). The 128-d projections into the shared space belong to the MuLan model, not here.
+
+Logical axis names follow nn/transformer.py and nn/attention.py: weights 'embed', 'mlp',
+'heads', 'kv', 'vocab', 'layers' (scanned stack); convs ('conv_height', 'conv_width',
+'conv_in', 'conv_out') as in nn/seanet.py; position tables and the patch-input axis are
+None (small, replicated). Activations: 'activation_batch', 'activation_length',
+'activation_embed', 'activation_mlp'.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from musiclm_jax.nn.attention import MultiHeadAttention
+from musiclm_jax.nn.transformer import NEG_INF, REMAT_POLICIES, _kernel_init, remat_policy
+
+Array = jax.Array
+
+EMBED_ACT = ("activation_batch", "activation_length", "activation_embed")
+POOLED_ACT = ("activation_batch", "activation_embed")
+
+
+# ----------------------------------------------------------------------------------------
+# Transformer encoder
+# ----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+    """Bidirectional pre-norm encoder. `dtype` = activations, `param_dtype` = weights."""
+
+    num_layers: int = 2
+    num_heads: int = 4
+    head_dim: int = 16
+    d_model: int = 64
+    d_ff: int = 256
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    scan_layers: bool = True
+    remat_policy: str = "none"
+
+    def __post_init__(self):
+        # Normalise dtypes ('bfloat16', jnp.bfloat16, ...) to hashable numpy dtypes.
+        object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
+        object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype))
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"unknown remat_policy {self.remat_policy!r}; expected one of {REMAT_POLICIES}")
+        for name in ("num_layers", "num_heads", "head_dim", "d_model", "d_ff"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"EncoderConfig.{name} must be a positive int, got {value!r}")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"EncoderConfig.dropout_rate must be in [0, 1), got {self.dropout_rate}")
+
+
+def _layer_norm(cfg: EncoderConfig, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=1e-6,
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        name=name,
+    )
+
+
+def _dense(cfg: EncoderConfig, features: int, axes: tuple, name: str, use_bias: bool = False) -> nn.Dense:
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        kernel_init=nn.with_logical_partitioning(_kernel_init(), axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]),
+        name=name,
+    )
+
+
+def masked_mean(x: Array, mask: Optional[Array]) -> Array:
+    """Mean of x [B, L, d] over positions where mask [B, L] is True -> float32 [B, d].
+
+    A row with no True position gives zeros (the count is clamped to 1), never NaN.
+    """
+    x = x.astype(jnp.float32)
+    if mask is None:
+        return jnp.mean(x, axis=1)
+    m = mask.astype(jnp.float32)[..., None]
+    return jnp.sum(x * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+
+
+class EncoderMlp(nn.Module):
+    """wo(gelu(wi(x))), no biases (like the attention projections)."""
+
+    config: EncoderConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        act_axes = ("activation_batch", "activation_length", "activation_mlp")
+        h = nn.with_logical_constraint(_dense(cfg, cfg.d_ff, ("embed", "mlp"), "wi")(x), act_axes)
+        h = nn.gelu(h, approximate=True)
+        h = nn.Dropout(rate=cfg.dropout_rate)(h, deterministic=self.deterministic)
+        out = _dense(cfg, cfg.d_model, ("mlp", "embed"), "wo")(h)
+        return nn.with_logical_constraint(out, EMBED_ACT)
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm layer: x + drop(attn(norm(x), bias)), then x + drop(mlp(norm(x))).
+
+    Returns (x, None) so that it can be the body of `nn.scan`.
+    """
+
+    config: EncoderConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array, bias: Array):
+        cfg = self.config
+        x = nn.with_logical_constraint(x, EMBED_ACT)
+        h = _layer_norm(cfg, "pre_attention_norm")(x)
+        h = MultiHeadAttention(
+            num_heads=cfg.num_heads,
+            head_dim=cfg.head_dim,
+            dropout_rate=cfg.dropout_rate,
+            dtype=cfg.dtype,
+            param_dtype=cfg.param_dtype,
+            name="attention",
+        )(h, bias, deterministic=self.deterministic)
+        h = nn.Dropout(rate=cfg.dropout_rate)(h, deterministic=self.deterministic)
+        x = x + h
+        h = _layer_norm(cfg, "pre_mlp_norm")(x)
+        h = EncoderMlp(cfg, deterministic=self.deterministic, name="mlp")(h)
+        h = nn.Dropout(rate=cfg.dropout_rate)(h, deterministic=self.deterministic)
+        x = nn.with_logical_constraint(x + h, EMBED_ACT)
+        return x, None
+
+
+class TransformerEncoder(nn.Module):
+    """x [B, L, d_model] float, mask [B, L] bool (True = real token; None = all real)
+    -> [B, L, d_model] (after a final LayerNorm).
+
+    Padded positions are masked as keys only: their own outputs are computed but
+    meaningless, so callers pool with the same mask (see `masked_mean`).
+    """
+
+    config: EncoderConfig
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Optional[Array] = None, *, deterministic: bool = True) -> Array:
+        cfg = self.config
+        if x.ndim != 3 or x.shape[-1] != cfg.d_model:
+            raise ValueError(f"TransformerEncoder expects [batch, length, {cfg.d_model}], got {x.shape}")
+        if mask is None:
+            bias = jnp.zeros((1, 1, 1, x.shape[1]), jnp.float32)
+        else:
+            if mask.shape != x.shape[:2]:
+                raise ValueError(f"mask shape {mask.shape} does not match x's [batch, length] {x.shape[:2]}")
+            # Additive key bias [B, 1, 1, L]; NEG_INF is finite, so an all-padding row gives a
+            # uniform softmax rather than NaN.
+            bias = jnp.where(mask[:, None, None, :], 0.0, NEG_INF).astype(jnp.float32)
+        x = nn.with_logical_constraint(x.astype(cfg.dtype), EMBED_ACT)
+
+        layer_cls = EncoderLayer
+        if cfg.remat_policy != "none":
+            layer_cls = nn.remat(layer_cls, policy=remat_policy(cfg.remat_policy), prevent_cse=not cfg.scan_layers)
+        if cfg.scan_layers:
+            scanned = nn.scan(
+                layer_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast,),
+                length=cfg.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, _ = scanned(cfg, deterministic=deterministic, name="layers")(x, bias)
+        else:
+            for i in range(cfg.num_layers):
+                x, _ = layer_cls(cfg, deterministic=deterministic, name=f"layers_{i}")(x, bias)
+        x = _layer_norm(cfg, "final_norm")(x)
+        return nn.with_logical_constraint(x, EMBED_ACT)
+
+
+def _position_table(module: nn.Module, name: str, length: int, cfg: EncoderConfig) -> Array:
+    """A learned [length, d_model] table (BERT-style init); the length axis is replicated."""
+    return module.param(
+        name,
+        nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), (None, "embed")),
+        (length, cfg.d_model),
+        cfg.param_dtype,
+    ).astype(cfg.dtype)
+
+
+class TextEncoder(nn.Module):
+    """ids int [B, L] (ids < 0 = padding, as the data pipeline pads int features with -1)
+    -> float32 [B, d_model]: token + learned absolute position embeddings, the encoder, then
+    the mean over real tokens (zeros for a row without any).
+
+    Positions count from the start of the row, so padding is expected to trail. Ids must be
+    < vocab_size (not checkable under jit: an out-of-range id embeds as NaN).
+    """
+
+    config: EncoderConfig
+    vocab_size: int
+    max_length: int
+
+    @nn.compact
+    def __call__(self, ids: Array, *, deterministic: bool = True) -> Array:
+        cfg = self.config
+        if self.vocab_size <= 0 or self.max_length <= 0:
+            raise ValueError(f"TextEncoder: vocab_size and max_length must be positive, got "
+                             f"{self.vocab_size}, {self.max_length}")
+        if ids.ndim != 2:
+            raise ValueError(f"TextEncoder expects ids [batch, length], got shape {ids.shape}")
+        length = ids.shape[1]
+        if length > self.max_length:
+            raise ValueError(f"TextEncoder: text length {length} exceeds max_length {self.max_length}; "
+                             f"truncate the text or raise max_length")
+        ids = ids.astype(jnp.int32)
+        mask = ids >= 0
+        x = nn.Embed(
+            num_embeddings=self.vocab_size,
+            features=cfg.d_model,
+            dtype=cfg.dtype,
+            param_dtype=cfg.param_dtype,
+            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), ("vocab", "embed")),
+            name="token_embed",
+        )(jnp.maximum(ids, 0))  # padding looks up row 0; the mask hides it (a negative id would wrap)
+        x = x + _position_table(self, "position_embed", self.max_length, cfg)[None, :length]
+        x = nn.with_logical_constraint(x, EMBED_ACT)
+        x = nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=deterministic)
+        x = TransformerEncoder(cfg, name="encoder")(x, mask, deterministic=deterministic)
+        return nn.with_logical_constraint(masked_mean(x, mask), POOLED_ACT)
+
+
+class SpectrogramTransformer(nn.Module):
+    """log-mel [B, frames, mels] -> float32 [B, d_model].
+
+    Non-overlapping patch_frames x patch_mels patches (trailing frames that do not fill a
+    patch are dropped; mels must be divisible by patch_mels), a linear patch embedding,
+    separate learned time and frequency position embeddings (so any number of time patches
+    up to max_patches works), the encoder, and the mean over patches.
+    """
+
+    config: EncoderConfig
+    patch_frames: int
+    patch_mels: int
+    max_patches: int
+
+    @nn.compact
+    def __call__(self, spec: Array, *, deterministic: bool = True) -> Array:
+        cfg = self.config
+        if min(self.patch_frames, self.patch_mels, self.max_patches) <= 0:
+            raise ValueError(f"SpectrogramTransformer: patch_frames, patch_mels, max_patches must be positive, got "
+                             f"{self.patch_frames}, {self.patch_mels}, {self.max_patches}")
+        if spec.ndim != 3:
+            raise ValueError(f"SpectrogramTransformer expects log-mel [batch, frames, mels], got shape {spec.shape}")
+        batch, frames, mels = spec.shape
+        if mels % self.patch_mels:
+            raise ValueError(f"SpectrogramTransformer: {mels} mel bins are not divisible by patch_mels "
+                             f"{self.patch_mels}")
+        num_t, num_f = frames // self.patch_frames, mels // self.patch_mels
+        if num_t == 0:
+            raise ValueError(f"SpectrogramTransformer: {frames} frames are fewer than patch_frames "
+                             f"{self.patch_frames}")
+        if num_t > self.max_patches:
+            raise ValueError(f"SpectrogramTransformer: {frames} frames give {num_t} time patches, more than "
+                             f"max_patches {self.max_patches}; crop the input or raise max_patches")
+        pf, pm = self.patch_frames, self.patch_mels
+        x = spec[:, : num_t * pf].astype(cfg.dtype)
+        x = x.reshape(batch, num_t, pf, num_f, pm).transpose(0, 1, 3, 2, 4).reshape(batch, num_t, num_f, pf * pm)
+        x = _dense(cfg, cfg.d_model, (None, "embed"), "patch_embed", use_bias=True)(x)  # [B, T, F, d]
+        x = (x + _position_table(self, "time_embed", self.max_patches, cfg)[None, :num_t, None]
+             + _position_table(self, "freq_embed", num_f, cfg)[None, None])
+        x = nn.with_logical_constraint(x.reshape(batch, num_t * num_f, cfg.d_model), EMBED_ACT)
+        x = nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=deterministic)
+        x = TransformerEncoder(cfg, name="encoder")(x, None, deterministic=deterministic)
+        return nn.with_logical_constraint(masked_mean(x, None), POOLED_ACT)
+
+
+# ----------------------------------------------------------------------------------------
+# ResNet
+# ----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNetConfig:
+    """Bottleneck ResNet; the defaults are ResNet-50 (about 23.5M params on 1-channel input,
+    without a classifier)."""
+
+    stage_sizes: Sequence[int] = (3, 4, 6, 3)
+    width: int = 64
+    expansion: int = 4
+    norm_groups: int = 32  # GroupNorm groups (reduced to a divisor for narrow layers)
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
+        object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype))
+        object.__setattr__(self, "stage_sizes", tuple(self.stage_sizes))
+        if not self.stage_sizes or any(not isinstance(n, int) or n <= 0 for n in self.stage_sizes):
+            raise ValueError(f"ResNetConfig.stage_sizes must be positive ints, got {self.stage_sizes}")
+        for name in ("width", "expansion", "norm_groups"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"ResNetConfig.{name} must be a positive int, got {value!r}")
+
+    @property
+    def output_dim(self) -> int:
+        return self.width * 2 ** (len(self.stage_sizes) - 1) * self.expansion
+
+
+IMAGE_ACT = ("activation_batch", "activation_length", None, None)  # [B, time, freq, channels]
+
+
+def _conv(cfg: ResNetConfig, features: int, kernel: int, stride: int, name: str) -> nn.Conv:
+    # No bias: every conv is followed by a norm with its own shift. He init (fan_out), as
+    # in torchvision / the flax ImageNet example.
+    pad = (kernel - 1) // 2
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        use_bias=False,
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+            ("conv_height", "conv_width", "conv_in", "conv_out"),
+        ),
+        name=name,
+    )
+
+
+def _norm(cfg: ResNetConfig, features: int, name: str, zero_scale: bool = False) -> nn.GroupNorm:
+    # GroupNorm, not BatchNorm: the trainer keeps no mutable 'batch_stats' collection, and
+    # the contrastive loss runs over the global (sharded) batch, where per-device batch
+    # statistics would be both inconsistent and a leak between examples.
+    return nn.GroupNorm(
+        num_groups=math.gcd(cfg.norm_groups, features),
+        epsilon=1e-5,
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        scale_init=nn.with_logical_partitioning(
+            nn.initializers.zeros if zero_scale else nn.initializers.ones, ("conv_out",)
+        ),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
+        name=name,
+    )
+
+
+class BottleneckBlock(nn.Module):
+    """1x1 -> 3x3 (stride here, ResNet v1.5) -> 1x1 (x expansion), plus a (projected) shortcut."""
+
+    config: ResNetConfig
+    width: int
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        out_features = self.width * cfg.expansion
+        h = nn.relu(_norm(cfg, self.width, "norm1")(_conv(cfg, self.width, 1, 1, "conv1")(x)))
+        h = nn.relu(_norm(cfg, self.width, "norm2")(_conv(cfg, self.width, 3, self.stride, "conv2")(h)))
+        # Zero-initialised last scale: each block starts as the identity (Goyal et al. 2017).
+        h = _norm(cfg, out_features, "norm3", zero_scale=True)(_conv(cfg, out_features, 1, 1, "conv3")(h))
+        if self.stride != 1 or x.shape[-1] != out_features:
+            x = _norm(cfg, out_features, "proj_norm")(_conv(cfg, out_features, 1, self.stride, "proj_conv")(x))
+        return nn.with_logical_constraint(nn.relu(x + h), IMAGE_ACT)
+
+
+class ResNetAudioEncoder(nn.Module):
+    """log-mel [B, frames, mels] (a 1-channel image) -> float32 [B, config.output_dim].
+
+    7x7 stride-2 stem conv + 3x3 stride-2 max pool, bottleneck stages (stride 2 at the first
+    block of every stage after the first), global average pool.
+    """
+
+    config: ResNetConfig
+
+    @nn.compact
+    def __call__(self, spec: Array) -> Array:
+        cfg = self.config
+        if spec.ndim != 3:
+            raise ValueError(f"ResNetAudioEncoder expects log-mel [batch, frames, mels], got shape {spec.shape}")
+        x = nn.with_logical_constraint(spec.astype(cfg.dtype)[..., None], IMAGE_ACT)
+        x = nn.relu(_norm(cfg, cfg.width, "stem_norm")(_conv(cfg, cfg.width, 7, 2, "stem_conv")(x)))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        for i, num_blocks in enumerate(cfg.stage_sizes):
+            for j in range(num_blocks):
+                stride = 2 if i > 0 and j == 0 else 1
+                x = BottleneckBlock(cfg, width=cfg.width * 2**i, stride=stride, name=f"stage{i + 1}_block{j + 1}")(x)
+        pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        return nn.with_logical_constraint(pooled, POOLED_ACT)

@@ -1,0 +1,273 @@
+"""MuLan tokens: a trained MuLan, frozen, plus an RVQ fitted on its audio embeddings.
+
+    tok = MuLanTokenizer.from_model_dir("/runs/mulan")     # model.json, checkpoint, vocab, RVQ
+    tok.audio_tokens(waveforms)      # int32 [batch, 12]  (training condition M_A)
+    tok.text_tokens(["a slow piano melody"])                # int32 [batch, 12]  (generation M_T)
+    tok.embed_audio(waveforms), tok.embed_text(texts)       # unit-norm float32 [batch, 128]
+
+Audio is embedded as the paper does: windows of `window_seconds` every `hop_seconds` (a clip
+shorter than a window is zero-padded to one), each window embedded, the mean renormalised.
+Windows of all clips are run in fixed-size batches so one compiled function serves any length.
+
+The RVQ (`fit_mulan_rvq`, `musiclm fit_mulan_rvq`) is k-means per level on the residuals of
+audio embeddings of a task's clips (nn/quantizer.kmeans_init: k-means++ then Lloyd), then
+frozen; it lives in MODEL_DIR/mulan_rvq/ as codebooks.npz (no pickle) + rvq.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Iterable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from musiclm_jax.models.mulan import MuLan, MuLanConfig, cycle_consistency, window_starts
+from musiclm_jax.nn import quantizer
+from musiclm_jax.training import checkpoints
+
+RVQ_DIR = "mulan_rvq"
+VOCAB_PATH = os.path.join("text_vocab", "captions.model")
+
+
+def load_mulan(model_dir: str, step: Optional[int] = None) -> tuple[MuLan, dict]:
+    """The MuLan of `model_dir` (model.json written by `musiclm train`) and its params."""
+    config_path = os.path.join(model_dir, "model.json")
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{config_path} not found: is {model_dir!r} a MuLan training directory?")
+    with open(config_path) as f:
+        spec = json.load(f)
+    if spec.get("model") != "MuLan":
+        raise ValueError(f"{config_path} describes a {spec.get('model')!r} model, not MuLan")
+    model = MuLan(MuLanConfig.from_dict(spec["config"]))
+    shapes = {"audio": (1, model.config.window_samples), "text_tokens": (1, model.config.max_text_length)}
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def init():
+        from musiclm_jax.training.partitioning import unbox
+
+        return unbox(model.get_initial_variables(jax.random.PRNGKey(0), shapes)["params"])
+
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), jax.eval_shape(init))
+    source = os.path.join(model_dir, "checkpoints")
+    if step is not None:
+        source = os.path.join(source, str(step))
+    params, _ = checkpoints.restore_params(source, abstract)
+    return model, params
+
+
+class MuLanEmbedder:
+    """Audio and text embeddings of a frozen MuLan (no RVQ needed)."""
+
+    def __init__(self, model: MuLan, params, vocabulary=None, *, window_batch: int = 16):
+        self.model, self.params, self.vocabulary = model, params, vocabulary
+        self.window_batch = int(window_batch)
+        self._embed_audio = jax.jit(model.embed_audio)
+        self._embed_text = jax.jit(model.embed_text)
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str, *, step: Optional[int] = None, **kwargs) -> "MuLanEmbedder":
+        from musiclm_jax.data.text_vocab import load_caption_vocabulary
+
+        model, params = load_mulan(model_dir, step)
+        vocab_path = os.path.join(model_dir, VOCAB_PATH)
+        vocabulary = load_caption_vocabulary(vocab_path) if os.path.exists(vocab_path) else None
+        return cls(model, params, vocabulary, **kwargs)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.model.config.sample_rate
+
+    def embed_audio(self, waveforms: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        """Unit-norm float32 [batch, D] for clips (a [B, T] array or a list of 1-D clips of any length)."""
+        if isinstance(waveforms, np.ndarray) and waveforms.ndim == 1:
+            waveforms = waveforms[None]
+        clips = [np.asarray(w, np.float32) for w in waveforms]
+        if not clips:
+            raise ValueError("embed_audio needs at least one clip")
+        c = self.model.config
+        windows, owner = [], []
+        for i, clip in enumerate(clips):
+            if clip.ndim != 1 or clip.size == 0:
+                raise ValueError(f"clip {i}: expected a non-empty 1-D waveform, got shape {clip.shape}")
+            for start in window_starts(clip.size, c.window_samples, c.hop_samples):
+                w = clip[start:start + c.window_samples]
+                windows.append(np.pad(w, (0, c.window_samples - w.size)))
+                owner.append(i)
+        embs = self._run_in_batches(np.stack(windows), self._embed_audio)
+        sums = np.zeros((len(clips), embs.shape[1]), np.float64)
+        np.add.at(sums, np.asarray(owner), embs)
+        return (sums / np.linalg.norm(sums, axis=1, keepdims=True)).astype(np.float32)
+
+    def text_ids(self, texts: Sequence[str]) -> np.ndarray:
+        """int32 [batch, max_text_length] SentencePiece ids, -1 padded (longer texts are cut)."""
+        if self.vocabulary is None:
+            raise FileNotFoundError(f"this MuLan has no caption vocabulary ({VOCAB_PATH} in its model dir)")
+        if isinstance(texts, str):
+            texts = [texts]
+        length = self.model.config.max_text_length
+        out = np.full((len(texts), length), -1, np.int32)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"text {i} is empty: MuLan needs a description")
+            ids = list(self.vocabulary.encode(text))[:length]
+            out[i, :len(ids)] = ids
+        return out
+
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-norm float32 [batch, D] for captions."""
+        return self._run_in_batches(self.text_ids(texts), self._embed_text)
+
+    def _run_in_batches(self, x: np.ndarray, fn) -> np.ndarray:
+        n, b = len(x), self.window_batch
+        pad = (-n) % b
+        x = np.concatenate([x, np.repeat(x[:1], pad, axis=0)]) if pad else x  # fixed shape: one compile
+        outs = [np.asarray(fn(self.params, jnp.asarray(x[i:i + b]))) for i in range(0, len(x), b)]
+        return np.concatenate(outs)[:n]
+
+
+class MuLanTokenizer(MuLanEmbedder):
+    """MuLan embeddings quantized by the frozen RVQ: 12 tokens per clip or text."""
+
+    def __init__(self, model: MuLan, params, vocabulary, codebooks: dict, **kwargs):
+        super().__init__(model, params, vocabulary, **kwargs)
+        self.codebooks = {k: jnp.asarray(v) for k, v in codebooks.items()}
+        self._encode = jax.jit(quantizer.encode)
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str, *, step: Optional[int] = None, rvq_dir: Optional[str] = None,
+                       **kwargs) -> "MuLanTokenizer":
+        embedder = MuLanEmbedder.from_model_dir(model_dir, step=step)
+        codebooks, _ = load_rvq(rvq_dir or os.path.join(model_dir, RVQ_DIR))
+        return cls(embedder.model, embedder.params, embedder.vocabulary, codebooks, **kwargs)
+
+    @property
+    def num_levels(self) -> int:
+        return int(self.codebooks["embed"].shape[0])
+
+    def quantize(self, embeddings: np.ndarray) -> np.ndarray:
+        return np.asarray(self._encode(self.codebooks, jnp.asarray(embeddings, jnp.float32)))
+
+    def audio_tokens(self, waveforms) -> np.ndarray:
+        """int32 [batch, levels] of clips of any length."""
+        return self.quantize(self.embed_audio(waveforms))
+
+    def text_tokens(self, texts: Sequence[str]) -> np.ndarray:
+        """int32 [batch, levels] of captions."""
+        return self.quantize(self.embed_text(texts))
+
+
+# ---- the RVQ: fit, evaluate, save, load ---------------------------------------------------------
+
+
+def fit_rvq(embeddings: np.ndarray, *, levels: int, codebook_size: int, iters: int = 20, seed: int = 0) -> dict:
+    """k-means RVQ on embeddings [N, D]: level l clusters the residuals left by levels < l."""
+    x = jnp.asarray(embeddings, jnp.float32)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"fit_rvq needs embeddings [N >= 2, D], got shape {tuple(x.shape)}")
+    rng = jax.random.PRNGKey(seed)
+    codebooks = quantizer.init_codebooks(rng, levels, codebook_size, x.shape[1])
+    fitted = jax.jit(lambda cb, v, r: quantizer.kmeans_init(cb, v, r, iters=iters))(codebooks, x, rng)
+    return {k: np.asarray(v) for k, v in fitted.items()}
+
+
+def rvq_reconstruction_cosine(codebooks: dict, embeddings: np.ndarray) -> dict[int, float]:
+    """Mean cosine between embeddings and their RVQ reconstruction with 1, 2, 4, ... and all levels."""
+    from musiclm_jax.models.soundstream import eval_levels
+
+    x = jnp.asarray(embeddings, jnp.float32)
+    total = int(codebooks["embed"].shape[0])
+    out = {}
+    for n in eval_levels(total):
+        recon = quantizer.decode(codebooks, quantizer.encode(codebooks, x, n))
+        out[n] = cycle_consistency(np.asarray(x), np.asarray(recon))
+    return out
+
+
+def save_rvq(directory: str, codebooks: dict, info: dict) -> None:
+    """codebooks.npz + rvq.json, written to temporary names and renamed (never half-written)."""
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, "codebooks.tmp.npz")
+    np.savez(tmp, **{k: np.asarray(v) for k, v in codebooks.items()})
+    os.replace(tmp, os.path.join(directory, "codebooks.npz"))
+    with open(os.path.join(directory, "rvq.json.tmp"), "w") as f:
+        json.dump(info, f, indent=1)
+    os.replace(os.path.join(directory, "rvq.json.tmp"), os.path.join(directory, "rvq.json"))
+
+
+def load_rvq(directory: str) -> tuple[dict, dict]:
+    path = os.path.join(directory, "codebooks.npz")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: fit the MuLan RVQ first (musiclm fit_mulan_rvq)")
+    with np.load(path, allow_pickle=False) as data:
+        codebooks = {k: data[k] for k in data.files}
+    if set(codebooks) != {"embed", "cluster_size", "embed_sum", "initialized"} or codebooks["embed"].ndim != 3:
+        raise ValueError(f"{path} is not a MuLan RVQ (arrays: {sorted(codebooks)})")
+    info_path = os.path.join(directory, "rvq.json")
+    info = json.load(open(info_path)) if os.path.exists(info_path) else {}
+    return codebooks, info
+
+
+def task_clips(task: str, split: str, limit: Optional[int]) -> Iterable[np.ndarray]:
+    """Full clips of a raw-audio seqio task (uncropped unless the task crops), in order."""
+    import seqio
+
+    from musiclm_jax.data import audio_tasks, tasks
+
+    tasks.validate_name(task)
+    ds = seqio.get_mixture_or_task(task).get_dataset(sequence_length=None, split=split, shuffle=False)
+    with audio_tasks.source_errors():
+        for i, ex in enumerate(ds.as_numpy_iterator()):
+            if limit is not None and i >= limit:
+                return
+            audio = ex["audio"]
+            yield audio[: int(ex["audio_length"])] if "audio_length" in ex else audio
+
+
+def fit_mulan_rvq(*, model_dir: str, task: str, split: str = "train", num_examples: Optional[int] = 2000,
+                  eval_split: Optional[str] = "validation", num_eval_examples: int = 200,
+                  output_dir: Optional[str] = None, seed: int = 0, step: Optional[int] = None) -> dict:
+    """Embeds up to `num_examples` clips of `task` with the MuLan of `model_dir`, fits the RVQ of
+    its config (rvq_levels x rvq_codebook_size), reports reconstruction cosines (train and the
+    eval split) and saves to `output_dir` (default MODEL_DIR/mulan_rvq). Returns the info dict."""
+    from musiclm_jax.training.summaries import log
+
+    embedder = MuLanEmbedder.from_model_dir(model_dir, step=step)
+    c = embedder.model.config
+    output_dir = output_dir or os.path.join(model_dir, RVQ_DIR)
+
+    def embed_split(which: str, limit: Optional[int]) -> np.ndarray:
+        embs, chunk = [], []
+        t0 = time.perf_counter()
+        for clip in task_clips(task, which, limit):
+            chunk.append(clip)
+            if len(chunk) == 32:
+                embs.append(embedder.embed_audio(chunk))
+                chunk = []
+                done = sum(map(len, embs))
+                log("embedding %s/%s: %d/%s clips, %.1f clips/s", task, which, done, limit or "all",
+                    done / (time.perf_counter() - t0))
+        if chunk:
+            embs.append(embedder.embed_audio(chunk))
+        if not embs:
+            raise ValueError(f"split {which!r} of task {task!r} has no clips to embed")
+        return np.concatenate(embs)
+
+    train = embed_split(split, num_examples)
+    log("embedded %d clips of %s/%s; fitting an RVQ of %d x %d", len(train), task, split, c.rvq_levels,
+        c.rvq_codebook_size)
+    codebooks = fit_rvq(train, levels=c.rvq_levels, codebook_size=c.rvq_codebook_size, iters=c.rvq_kmeans_iters,
+                        seed=seed)
+    info = {"task": task, "split": split, "num_examples": int(len(train)), "levels": c.rvq_levels,
+            "codebook_size": c.rvq_codebook_size, "seed": seed,
+            "reconstruction_cosine": {split: {str(k): v for k, v in rvq_reconstruction_cosine(codebooks, train).items()}}}
+    if eval_split:
+        held_out = embed_split(eval_split, num_eval_examples)
+        info["reconstruction_cosine"][eval_split] = {
+            str(k): v for k, v in rvq_reconstruction_cosine(codebooks, held_out).items()}
+    save_rvq(output_dir, codebooks, info)
+    log("MuLan RVQ saved to %s; reconstruction cosine by levels: %s", output_dir,
+        json.dumps(info["reconstruction_cosine"]))
+    return info
