@@ -15,7 +15,7 @@ from musiclm_jax.tokenizers import mulan as mulan_tok
 from musiclm_jax.training.partitioning import Partitioner, unbox
 
 SR, SECONDS, TEXT_LEN, VOCAB = 16000, 2.0, 32, 512
-N_TRAIN, N_HELD_OUT, BATCH, STEPS = 512, 128, 32, 200
+N_TRAIN, N_HELD_OUT, BATCH, STEPS = 1024, 128, 32, 300
 
 
 def tiny_config(**overrides) -> MuLanConfig:

@@ -123,6 +123,15 @@ class _AudioSource:
         """The splits that have at least one entry (read from the listing; nothing is decoded)."""
         return tuple(s for s in SPLITS if next(iter(self._entries(s, BadInputReport())), None) is not None)
 
+    def captions(self, split: str, limit: int | None = None) -> Iterator[str]:
+        """The split's captions from the listing, without decoding audio (for caption vocabularies)."""
+        _check_split(split)
+        for i, entry in enumerate(self._entries(split, BadInputReport())):
+            if limit is not None and i >= limit:
+                return
+            if entry.caption:
+                yield entry.caption
+
     def examples(self, split: str) -> Iterator[Example]:
         """Yields the split's usable examples; counts the rest in a fresh `self.report`."""
         _check_split(split)
