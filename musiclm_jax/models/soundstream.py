@@ -7,7 +7,9 @@ Parameters are three groups, each with its own optimiser (`optimizer_groups`):
   codebooks      the residual VQ, updated by EMA in the step (k-means initialised on the
                  first batch, dead codes restarted from batch vectors), never by gradients.
 The step (`custom_train_step`) updates the generator every step and the discriminator from
-`discriminator_start_step` on, every `discriminator_update_every` steps.
+`discriminator_start_step` on, every `discriminator_update_every` steps. A negative
+`discriminator_start_step` trains a reconstruction-only codec: the discriminators are never
+run (the step is ~2-4x cheaper; useful for a warm-up run and for quick tests).
 """
 from __future__ import annotations
 
@@ -60,6 +62,11 @@ class SoundStreamConfig:
             raise ValueError("SoundStreamConfig needs num_levels >= 1 and codebook_size >= 2")
         if self.discriminator_update_every < 1:
             raise ValueError("SoundStreamConfig.discriminator_update_every must be >= 1")
+
+    @property
+    def gan_enabled(self) -> bool:
+        """discriminator_start_step < 0: a reconstruction-only codec (no discriminator is run)."""
+        return self.discriminator_start_step >= 0
 
     @property
     def hop_length(self) -> int:
@@ -156,7 +163,7 @@ class SoundStream(BaseModel):
         return self.discriminator.apply({"params": disc_params}, audio)
 
     # ---- losses --------------------------------------------------------------------------
-    def _generator_loss(self, gen_params, params, audio, num_levels, step, sample_rng):
+    def _generator_loss(self, gen_params, params, audio, num_levels, step, sample_rng, with_gan: bool = True):
         cfg = self.config
         full = {**params, "generator": gen_params}
         latents = self.encode_latents(full, audio)
@@ -164,15 +171,17 @@ class SoundStream(BaseModel):
         recon = self.decode_latents(full, q.quantized)
         mel = codec_losses.multi_scale_mel_loss(audio, recon, cfg.sample_rate)
         l1 = codec_losses.waveform_l1(audio, recon)
-        real = self._discriminate(params["discriminator"], audio)
-        fake = self._discriminate(params["discriminator"], recon)
-        adv = codec_losses.adversarial_generator_loss([logits for logits, _ in fake], cfg.adversarial_loss)
-        fm = codec_losses.feature_matching_loss([jax.lax.stop_gradient(f) for _, f in real], [f for _, f in fake])
-        gan_on = (step >= cfg.discriminator_start_step).astype(jnp.float32)
-        total = (cfg.mel_weight * mel + cfg.waveform_l1_weight * l1 + cfg.commitment_weight * q.commit_loss
-                 + gan_on * (cfg.adversarial_weight * adv + cfg.feature_matching_weight * fm))
-        metrics = {"mel_loss": mel, "waveform_l1": l1, "commit_loss": q.commit_loss, "adversarial_loss": adv,
-                   "feature_matching_loss": fm}
+        total = cfg.mel_weight * mel + cfg.waveform_l1_weight * l1 + cfg.commitment_weight * q.commit_loss
+        metrics = {"mel_loss": mel, "waveform_l1": l1, "commit_loss": q.commit_loss}
+        if with_gan:  # static: a reconstruction-only codec never runs the discriminators
+            real = self._discriminate(params["discriminator"], audio)
+            fake = self._discriminate(params["discriminator"], recon)
+            adv = codec_losses.adversarial_generator_loss([logits for logits, _ in fake], cfg.adversarial_loss)
+            fm = codec_losses.feature_matching_loss([jax.lax.stop_gradient(f) for _, f in real],
+                                                    [f for _, f in fake])
+            gan_on = (step >= cfg.discriminator_start_step).astype(jnp.float32)
+            total = total + gan_on * (cfg.adversarial_weight * adv + cfg.feature_matching_weight * fm)
+            metrics.update(adversarial_loss=adv, feature_matching_loss=fm)
         return total, (metrics, q, recon)
 
     def _discriminator_loss(self, disc_params, audio, recon):
@@ -184,7 +193,7 @@ class SoundStream(BaseModel):
     def loss_fn(self, params, batch: Batch, dropout_rng=None):
         """The generator's reconstruction objective with all levels (no GAN terms): what eval reports."""
         loss, (metrics, _, _) = self._generator_loss(params["generator"], params, batch["audio"], None,
-                                                     jnp.asarray(-1), None)
+                                                     jnp.asarray(-1), None, with_gan=False)
         return loss, metrics
 
     def eval_fn(self, params, batch: Batch) -> Metrics:
@@ -242,15 +251,19 @@ class SoundStream(BaseModel):
 
             grad_fn = jax.value_and_grad(self._generator_loss, has_aux=True)
             (g_loss, (metrics, q, recon)), g_grads = grad_fn(params["generator"], params, audio, levels,
-                                                            state.step, r_sample)
-            d_loss, d_grads = jax.value_and_grad(self._discriminator_loss)(params["discriminator"], audio, recon)
+                                                            state.step, r_sample, cfg.gan_enabled)
+            if cfg.gan_enabled:
+                d_loss, d_grads = jax.value_and_grad(self._discriminator_loss)(params["discriminator"], audio, recon)
+            else:
+                d_loss, d_grads = jnp.zeros(()), jax.tree.map(jnp.zeros_like, params["discriminator"])
 
             g_updates, g_opt = optimizers["generator"].update(g_grads, state.opt_state["generator"], params["generator"])
             new_gen = optax.apply_updates(params["generator"], g_updates)
             d_updates, d_opt = optimizers["discriminator"].update(
                 d_grads, state.opt_state["discriminator"], params["discriminator"])
             new_disc = optax.apply_updates(params["discriminator"], d_updates)
-            train_d = (state.step >= cfg.discriminator_start_step) & (state.step % cfg.discriminator_update_every == 0)
+            train_d = (cfg.gan_enabled & (state.step >= cfg.discriminator_start_step)
+                       & (state.step % cfg.discriminator_update_every == 0))
             keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(train_d, n, o), new, old)  # noqa: E731
             new_disc = keep(new_disc, params["discriminator"])
             d_opt = keep(d_opt, state.opt_state["discriminator"])
