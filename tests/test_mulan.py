@@ -271,3 +271,29 @@ def test_cli_train_fit_rvq_eval_and_tokenizer(tmp_path):
     np.testing.assert_array_equal(audio_tokens, tok.audio_tokens(clips))
     with pytest.raises(ValueError, match="empty"):
         tok.text_tokens([" "])
+
+
+def test_paper_config_sizes():
+    """gin/models/mulan/paper.gin: a ResNet-50 audio tower (~23.5M) and a BERT-base-sized text
+    tower (~85M + the embedding table), checked with jax.eval_shape (nothing is allocated)."""
+    import gin
+
+    from musiclm_jax import gin_utils
+    from musiclm_jax.models import gin_registry
+    from musiclm_jax.nn.transformer import count_params
+
+    gin.clear_config()
+    try:
+        gin_utils.parse(["models/mulan/paper.gin"], [])
+        model = gin_registry.MuLan()
+    finally:
+        gin.clear_config()
+    c = model.config
+    assert (c.audio_encoder, c.n_mels, c.embed_dim, c.window_seconds, c.rvq_levels, c.rvq_codebook_size) == (
+        "resnet", 64, 128, 10.0, 12, 1024)
+    shapes = jax.eval_shape(lambda: unbox(model.get_initial_variables(
+        jax.random.PRNGKey(0), {"audio": (1, c.window_samples), "text_tokens": (1, c.max_text_length)}))["params"])
+    counts = {k: count_params(v) for k, v in shapes.items()}
+    assert 23.3e6 < counts["audio_tower"] < 23.7e6
+    text_body = counts["text_tower"] - c.vocab_size * 768 - c.max_text_length * 768
+    assert 84e6 < text_body < 86e6, counts
