@@ -60,15 +60,16 @@ class QuantizerOutput:
     samples: Array  # [L, S, D] float32 residuals sampled from the batch, S = min(K, N)
 
 
-def _sq_distances(r: Array, e: Array) -> Array:
+def sq_distances(r: Array, e: Array) -> Array:
     """Squared L2 distances [N, K] between rows of r [N, D] and e [K, D] (float32)."""
     r2 = jnp.sum(r * r, axis=-1, keepdims=True)
     e2 = jnp.sum(e * e, axis=-1)
     return r2 - 2.0 * jnp.matmul(r, e.T, precision=_HIGHEST) + e2[None, :]
 
 
-def _nearest(r: Array, e: Array) -> Array:
-    return jnp.argmin(_sq_distances(r, e), axis=-1).astype(jnp.int32)
+def nearest(r: Array, e: Array) -> Array:
+    """Index [N] int32 of the nearest row of e [K, D] for each row of r [N, D]."""
+    return jnp.argmin(sq_distances(r, e), axis=-1).astype(jnp.int32)
 
 
 def _check(codebooks: dict, x: Array) -> None:
@@ -116,7 +117,7 @@ def quantize(
     for level in range(num_levels):
         e = embed[level]
         r = jax.lax.stop_gradient(residual)
-        code = _nearest(r, e)
+        code = nearest(r, e)
         q = jax.lax.stop_gradient(e[code])
         onehot = jax.nn.one_hot(code, k, dtype=jnp.float32)  # [N, K]
         count = jnp.sum(onehot, axis=0)
@@ -160,7 +161,7 @@ def encode(codebooks: dict, x: Array, num_levels: Optional[int] = None) -> Array
     residual = x.reshape(-1, d).astype(jnp.float32)
     codes = []
     for level in range(n):
-        code = _nearest(residual, embed[level])
+        code = nearest(residual, embed[level])
         residual = residual - embed[level][code]
         codes.append(code)
     return jnp.stack(codes, axis=-1).reshape(*lead, n)
@@ -224,8 +225,13 @@ def restart_dead_codes(codebooks: dict, samples: Array, rng: Array, *, threshold
     )
 
 
-def _kmeans_pp(points: Array, k: int, rng: Array) -> Array:
-    """k-means++ seeding with fixed shapes; samples with replacement once all points are taken."""
+def kmeans_plus_plus(points: Array, k: int, rng: Array, num_candidates: int = 1) -> Array:
+    """k-means++ seeding with fixed shapes; samples with replacement once all points are taken.
+
+    num_candidates > 1 is greedy k-means++ (as scikit-learn's): each step draws that many
+    candidates and keeps the one that lowers the total squared distance most; plain k-means++
+    often seeds two centroids in one cluster, which later Lloyd steps rarely undo.
+    """
     n = points.shape[0]
     key0, key_loop = jax.random.split(rng)
     first = points[jax.random.randint(key0, (), 0, n)]
@@ -237,19 +243,25 @@ def _kmeans_pp(points: Array, k: int, rng: Array) -> Array:
         key = jax.random.fold_in(key_loop, i)
         # log(0) = -inf gets no mass; if every distance is 0, all logits are equal (uniform).
         logits = jnp.log(jnp.maximum(min_d, 0.0) + 1e-30)
-        c = points[jax.random.categorical(key, logits)]
-        min_d = jnp.minimum(min_d, jnp.sum(jnp.square(points - c), axis=-1))
-        return centroids.at[i].set(c), min_d
+        if num_candidates == 1:
+            c = points[jax.random.categorical(key, logits)]
+            min_d = jnp.minimum(min_d, jnp.sum(jnp.square(points - c), axis=-1))
+            return centroids.at[i].set(c), min_d
+        cand = points[jax.random.categorical(key, logits, shape=(num_candidates,))]  # [C, D]
+        d = jnp.minimum(min_d[:, None], jnp.maximum(sq_distances(points, cand), 0.0))  # [N, C]
+        best = jnp.argmin(jnp.sum(d, axis=0))
+        return centroids.at[i].set(cand[best]), d[:, best]
 
     centroids, _ = jax.lax.fori_loop(1, k, body, (centroids, min_d))
     return centroids
 
 
-def _lloyd(points: Array, centroids: Array, iters: int) -> Array:
+def lloyd(points: Array, centroids: Array, iters: int) -> Array:
+    """`iters` full-batch Lloyd steps (static int); a centroid without points stays put."""
     k = centroids.shape[0]
 
     def body(_, c):
-        onehot = jax.nn.one_hot(_nearest(points, c), k, dtype=jnp.float32)
+        onehot = jax.nn.one_hot(nearest(points, c), k, dtype=jnp.float32)
         cnt = jnp.sum(onehot, axis=0)
         sums = jnp.matmul(onehot.T, points, precision=_HIGHEST)
         return jnp.where(cnt[:, None] > 0, sums / jnp.maximum(cnt, 1.0)[:, None], c)  # keep empty clusters
@@ -265,8 +277,8 @@ def kmeans_init(codebooks: dict, x: Array, rng: Array, *, iters: int = 10) -> di
     keys = jax.random.split(rng, num_levels)
     embeds = []
     for level in range(num_levels):
-        c = _lloyd(residual, _kmeans_pp(residual, k, keys[level]), iters)
-        residual = residual - c[_nearest(residual, c)]
+        c = lloyd(residual, kmeans_plus_plus(residual, k, keys[level]), iters)
+        residual = residual - c[nearest(residual, c)]
         embeds.append(c)
     embed = jnp.stack(embeds)
     return {

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +26,7 @@ import numpy as np
 
 from musiclm_jax.models.mulan import MuLan, MuLanConfig, cycle_consistency, window_starts
 from musiclm_jax.nn import quantizer
-from musiclm_jax.training import checkpoints
+from musiclm_jax.tokenizers.loading import load_model_dir, task_clips
 
 RVQ_DIR = "mulan_rvq"
 VOCAB_PATH = os.path.join("text_vocab", "captions.model")
@@ -34,28 +34,9 @@ VOCAB_PATH = os.path.join("text_vocab", "captions.model")
 
 def load_mulan(model_dir: str, step: Optional[int] = None) -> tuple[MuLan, dict]:
     """The MuLan of `model_dir` (model.json written by `musiclm train`) and its params."""
-    config_path = os.path.join(model_dir, "model.json")
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{config_path} not found: is {model_dir!r} a MuLan training directory?")
-    with open(config_path) as f:
-        spec = json.load(f)
-    if spec.get("model") != "MuLan":
-        raise ValueError(f"{config_path} describes a {spec.get('model')!r} model, not MuLan")
-    model = MuLan(MuLanConfig.from_dict(spec["config"]))
-    shapes = {"audio": (1, model.config.window_samples), "text_tokens": (1, model.config.max_text_length)}
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-
-    def init():
-        from musiclm_jax.training.partitioning import unbox
-
-        return unbox(model.get_initial_variables(jax.random.PRNGKey(0), shapes)["params"])
-
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), jax.eval_shape(init))
-    source = os.path.join(model_dir, "checkpoints")
-    if step is not None:
-        source = os.path.join(source, str(step))
-    params, _ = checkpoints.restore_params(source, abstract)
-    return model, params
+    return load_model_dir(
+        model_dir, "MuLan", lambda d: MuLan(MuLanConfig.from_dict(d)),
+        lambda m: {"audio": (1, m.config.window_samples), "text_tokens": (1, m.config.max_text_length)}, step)
 
 
 class MuLanEmbedder:
@@ -208,22 +189,6 @@ def load_rvq(directory: str) -> tuple[dict, dict]:
     info_path = os.path.join(directory, "rvq.json")
     info = json.load(open(info_path)) if os.path.exists(info_path) else {}
     return codebooks, info
-
-
-def task_clips(task: str, split: str, limit: Optional[int]) -> Iterable[np.ndarray]:
-    """Full clips of a raw-audio seqio task (uncropped unless the task crops), in order."""
-    import seqio
-
-    from musiclm_jax.data import audio_tasks, tasks
-
-    tasks.validate_name(task)
-    ds = seqio.get_mixture_or_task(task).get_dataset(sequence_length=None, split=split, shuffle=False)
-    with audio_tasks.source_errors():
-        for i, ex in enumerate(ds.as_numpy_iterator()):
-            if limit is not None and i >= limit:
-                return
-            audio = ex["audio"]
-            yield audio[: int(ex["audio_length"])] if "audio_length" in ex else audio
 
 
 def fit_mulan_rvq(*, model_dir: str, task: str, split: str = "train", num_examples: Optional[int] = 2000,
