@@ -29,3 +29,7 @@ caption_vocabulary = gin_utils.register(text_vocab.caption_vocabulary, "caption_
 from musiclm_jax.tokenizers import mulan as mulan_tokenizer  # noqa: E402
 
 fit_mulan_rvq = gin_utils.register(mulan_tokenizer.fit_mulan_rvq, "fit_mulan_rvq")
+# Semantic tokens: k-means of a trained w2v-BERT's layer embeddings.
+from musiclm_jax.tokenizers import semantic as semantic_tokenizer  # noqa: E402
+
+fit_semantic_kmeans = gin_utils.register(semantic_tokenizer.fit_semantic_kmeans, "fit_semantic_kmeans")

@@ -13,13 +13,15 @@ import sys
 import traceback
 from typing import Optional, Sequence
 
-ENTRY_FUNCTIONS = ("train", "evaluate", "compile_for_topology", "inspect_task", "fit_mulan_rvq")
+ENTRY_FUNCTIONS = ("train", "evaluate", "compile_for_topology", "inspect_task", "fit_mulan_rvq",
+                   "fit_semantic_kmeans")
 MODES = {
     "train": "train a model (resumes from MODEL_DIR)",
     "eval": "evaluate a checkpoint on an eval split",
     "aot": "compile the train step for a TPU topology on this machine and report memory/FLOPs",
     "inspect": "write a raw-audio task's examples as WAVs plus a PNG sheet of spectrograms",
     "fit_mulan_rvq": "fit the MuLan-token RVQ on a trained MuLan's audio embeddings of a task",
+    "fit_semantic_kmeans": "fit the semantic-token k-means on a trained w2v-BERT's layer embeddings of a task",
 }
 
 
@@ -188,6 +190,16 @@ def _run_mode(args, configurables, gin_utils) -> int:
         cosines = info["reconstruction_cosine"]
         print(f"fitted a {info['levels']} x {info['codebook_size']} RVQ on {info['num_examples']} clips; "
               f"reconstruction cosine by levels: {cosines}")
+        return 0
+    if args.mode == "fit_semantic_kmeans":
+        from musiclm_jax.data.bad_input import NoUsableExamplesError
+
+        try:
+            info = configurables.fit_semantic_kmeans()
+        except NoUsableExamplesError as e:
+            return _failed("fit_semantic_kmeans", e)
+        print(f"fitted {info['num_clusters']} clusters on layer {info['layer']}; mean squared distance "
+              f"train {info['train_mean_sq_distance']:.4g}, held-out {info.get('held_out_mean_sq_distance', float('nan')):.4g}")
         return 0
     raise AssertionError(args.mode)
 

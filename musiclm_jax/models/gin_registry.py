@@ -31,3 +31,11 @@ EncoderConfig = gin.external_configurable(encoders.EncoderConfig, module=_MODULE
 ResNetConfig = gin.external_configurable(encoders.ResNetConfig, module=_MODULE)
 MuLanConfig = gin.external_configurable(mulan.MuLanConfig, module=_MODULE)
 MuLan = gin.external_configurable(mulan.MuLan, module=_MODULE)
+
+# w2v-BERT (semantic tokens) and its conformer config.
+from musiclm_jax.models import w2v_bert  # noqa: E402
+from musiclm_jax.nn import conformer  # noqa: E402
+
+ConformerConfig = gin.external_configurable(conformer.ConformerConfig, module=_MODULE)
+W2vBertConfig = gin.external_configurable(w2v_bert.W2vBertConfig, module=_MODULE)
+W2vBert = gin.external_configurable(w2v_bert.W2vBert, module=_MODULE)

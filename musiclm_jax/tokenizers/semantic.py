@@ -1,0 +1,179 @@
+"""Semantic tokens: a trained w2v-BERT, frozen, plus k-means of one MLM-module layer's output.
+
+    tok = SemanticTokenizer.from_model_dir("/runs/w2v_bert")     # model.json, checkpoint, kmeans/
+    tokens = tok.tokenize(waveforms)    # int32 [batch, frames] at 25 Hz (paper config)
+
+Any length: clips are zero-padded to a whole number of feature frames and the tokens are
+trimmed back to ceil(samples / samples_per_frame). A list of clips of different lengths is
+tokenized clip by clip (padding them to one length would let the padding attend into the
+real frames); an array [B, T] in one call.
+
+The k-means (`fit_semantic_kmeans`, `musiclm fit_semantic_kmeans`) streams the chosen layer's
+frame embeddings of a task's clips into mini-batch k-means (tokenizers/kmeans.py) and lives
+in MODEL_DIR/kmeans/ (kmeans.npz + kmeans.json, no pickle).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Iterator, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from musiclm_jax.models.w2v_bert import W2vBert, W2vBertConfig
+from musiclm_jax.tokenizers import kmeans
+from musiclm_jax.tokenizers.loading import load_model_dir, task_clips
+
+KMEANS_DIR = "kmeans"
+
+
+def load_w2v_bert(model_dir: str, step: Optional[int] = None) -> tuple[W2vBert, dict]:
+    return load_model_dir(model_dir, "W2vBert", lambda d: W2vBert(W2vBertConfig.from_dict(d)),
+                          lambda m: {"audio": (1, m.config.sample_rate)}, step)
+
+
+class W2vBertEmbedder:
+    """Frame embeddings [frames, D] of one MLM-module layer, for clips of any length."""
+
+    def __init__(self, model: W2vBert, params, layer: Optional[int] = None):
+        self.model, self.params = model, params
+        self.layer = int(layer or model.config.embedding_layer)
+        self._embed = jax.jit(lambda p, a: model.embeddings(p, a, self.layer))
+
+    @property
+    def sample_rate(self) -> int:
+        return self.model.config.sample_rate
+
+    @property
+    def samples_per_frame(self) -> int:
+        return 4 * self.model.config.hop_length  # two stride-2 convs over the mel frames
+
+    def _frames(self, num_samples: int) -> int:
+        return math.ceil(num_samples / self.samples_per_frame)
+
+    def embed_batch(self, waveforms: np.ndarray) -> np.ndarray:
+        """[B, T] float -> float32 [B, ceil(T / samples_per_frame), D]."""
+        x = np.asarray(waveforms, np.float32)
+        if x.ndim != 2 or x.shape[1] == 0:
+            raise ValueError(f"expected waveforms [batch, samples], got shape {x.shape}")
+        frames = self._frames(x.shape[1])
+        # one extra frame of padding: the last real frame's window is complete
+        x = np.pad(x, ((0, 0), (0, (frames + 1) * self.samples_per_frame - x.shape[1])))
+        return np.asarray(self._embed(self.params, jnp.asarray(x)), np.float32)[:, :frames]
+
+    def embed_clips(self, clips: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
+        if isinstance(clips, np.ndarray) and clips.ndim == 2:
+            return list(self.embed_batch(clips))
+        if isinstance(clips, np.ndarray) and clips.ndim == 1:
+            clips = [clips]
+        out = []
+        for i, clip in enumerate(clips):
+            clip = np.asarray(clip, np.float32)
+            if clip.ndim != 1 or clip.size == 0:
+                raise ValueError(f"clip {i}: expected a non-empty 1-D waveform, got shape {clip.shape}")
+            out.append(self.embed_batch(clip[None])[0])
+        return out
+
+
+class SemanticTokenizer(W2vBertEmbedder):
+    def __init__(self, model: W2vBert, params, centroids: np.ndarray, layer: Optional[int] = None):
+        super().__init__(model, params, layer)
+        if centroids.shape[1] != model.config.d_model:
+            raise ValueError(f"k-means centroids have dim {centroids.shape[1]}, w2v-BERT d_model is "
+                             f"{model.config.d_model}")
+        self.centroids = np.asarray(centroids, np.float32)
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str, *, step: Optional[int] = None, kmeans_dir: Optional[str] = None
+                       ) -> "SemanticTokenizer":
+        model, params = load_w2v_bert(model_dir, step)
+        centroids, info = kmeans.load_kmeans(kmeans_dir or os.path.join(model_dir, KMEANS_DIR))
+        return cls(model, params, centroids, info.get("layer"))
+
+    @property
+    def codebook_size(self) -> int:
+        return int(self.centroids.shape[0])
+
+    def tokenize(self, waveforms: Sequence[np.ndarray] | np.ndarray) -> np.ndarray | list[np.ndarray]:
+        """int32 [B, frames] for an array [B, T]; a list of int32 [frames_i] for a list of clips."""
+        embs = self.embed_clips(waveforms)
+        tokens = [kmeans.assign(self.centroids, e) for e in embs]
+        if isinstance(waveforms, np.ndarray) and waveforms.ndim == 2:
+            return np.stack(tokens)
+        return tokens
+
+
+def _point_batches(embedder: W2vBertEmbedder, clips: Iterator[np.ndarray], batch_points: int, log) -> Iterator:
+    """Frame embeddings of the clips, regrouped into [batch_points, D] batches (the last partial
+    batch is dropped unless it is the only one)."""
+    buffer, held, n_clips, t0 = [], 0, 0, time.perf_counter()
+    emitted = False
+    for clip in clips:
+        e = embedder.embed_clips([clip])[0]
+        buffer.append(e)
+        held += len(e)
+        n_clips += 1
+        while held >= batch_points:
+            x = np.concatenate(buffer)
+            yield x[:batch_points]
+            emitted = True
+            buffer, held = [x[batch_points:]], len(x) - batch_points
+            log("k-means: %d clips embedded (%.1f clips/s)", n_clips, n_clips / (time.perf_counter() - t0))
+    if not emitted and held:
+        yield np.concatenate(buffer)
+
+
+def fit_semantic_kmeans(*, model_dir: str, task: str, num_clusters: int = 1024, layer: Optional[int] = None,
+                        split: str = "train", num_examples: Optional[int] = 1000, batch_points: int = 4096,
+                        eval_split: Optional[str] = "validation", num_eval_examples: int = 50,
+                        output_dir: Optional[str] = None, seed: int = 0, step: Optional[int] = None) -> dict:
+    """Fits k-means (mini-batch, k-means++ seeded) on the frame embeddings of `layer` (default the
+    model's `embedding_layer`) of up to `num_examples` clips of `task`, reports the mean squared
+    distance to the nearest centroid on train and held-out frames, saves MODEL_DIR/kmeans/."""
+    from musiclm_jax.training.summaries import log
+
+    model, params = load_w2v_bert(model_dir, step)
+    embedder = W2vBertEmbedder(model, params, layer)
+    output_dir = output_dir or os.path.join(model_dir, KMEANS_DIR)
+    batches = _point_batches(embedder, task_clips(task, split, num_examples), batch_points, log)
+    state = kmeans.fit_minibatch_kmeans(batches, num_clusters, seed=seed)
+    info = {"task": task, "split": split, "layer": embedder.layer, "num_clusters": num_clusters,
+            "model_dir": os.path.abspath(model_dir), "seed": seed,
+            "train_mean_sq_distance": float(np.mean(state.inertia_history[-5:]))}
+    if eval_split:
+        held_out = np.concatenate(embedder.embed_clips(list(task_clips(task, eval_split, num_eval_examples))))
+        info["held_out_mean_sq_distance"] = kmeans.inertia(state.centroids, held_out) / len(held_out)
+        used = np.bincount(kmeans.assign(state.centroids, held_out), minlength=num_clusters)
+        info["held_out_clusters_used"] = int(np.sum(used > 0))
+    kmeans.save_kmeans(output_dir, state, info)
+    log("semantic k-means (%d clusters, layer %d, %d points in %d steps) saved to %s: %s", num_clusters,
+        embedder.layer, state.num_points, state.num_steps, output_dir,
+        {k: v for k, v in info.items() if "distance" in k or "used" in k})
+    return info
+
+
+def token_label_agreement(tokens: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> dict[str, float]:
+    """How much frame tokens say about frame labels: purity (each token votes its majority label)
+    and normalised mutual information (arithmetic normalisation, as scikit-learn's default).
+    `tokens[i]`, `labels[i]`: int arrays of one clip's frames (label < 0 = unlabelled, skipped)."""
+    t = np.concatenate([np.asarray(x, np.int64) for x in tokens])
+    y = np.concatenate([np.asarray(x, np.int64) for x in labels])
+    keep = y >= 0
+    t, y = t[keep], y[keep]
+    if t.size == 0:
+        raise ValueError("no labelled frames")
+    _, t = np.unique(t, return_inverse=True)
+    _, y = np.unique(y, return_inverse=True)
+    joint = np.zeros((t.max() + 1, y.max() + 1))
+    np.add.at(joint, (t, y), 1.0)
+    purity = joint.max(axis=1).sum() / t.size
+    p = joint / t.size
+    pt, py = p.sum(1, keepdims=True), p.sum(0, keepdims=True)
+    nz = p > 0
+    mi = float(np.sum(p[nz] * np.log(p[nz] / (pt @ py)[nz])))
+    h = lambda q: float(-np.sum(q[q > 0] * np.log(q[q > 0])))  # noqa: E731
+    denom = 0.5 * (h(pt) + h(py))
+    return {"purity": float(purity), "nmi": mi / denom if denom > 0 else 0.0}
