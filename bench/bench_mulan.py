@@ -15,7 +15,6 @@ import argparse
 import logging
 import os
 import sys
-import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -24,7 +23,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import machine  # noqa: E402
+from machine import machine, median_time  # noqa: E402
 
 from musiclm_jax import gin_utils  # noqa: E402
 from musiclm_jax.models import gin_registry  # noqa: E402
@@ -46,17 +45,6 @@ def from_gin(name: str):
     batch = gin.query_parameter("%BATCH_SIZE_PER_DEVICE")
     gin.clear_config()
     return model, lengths, batch
-
-
-def median_time(fn, warmup: int, runs: int) -> float:
-    for _ in range(warmup):
-        jax.block_until_ready(fn())
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def random_batch(model, lengths: dict, batch: int) -> dict:

@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -31,7 +30,7 @@ from musiclm_jax.training.mfu import compiled_flops, measure_matmul_flops  # noq
 from musiclm_jax.training.optimizers import OptimizerConfig  # noqa: E402
 from musiclm_jax.training.partitioning import Partitioner  # noqa: E402
 from musiclm_jax.training.trainer import Trainer  # noqa: E402
-from machine import machine  # noqa: E402  (bench/machine.py)
+from machine import machine, median_time  # noqa: E402  (bench/machine.py)
 
 REF_DIR = "/work/shared/bench-ref"
 REF_PYTHON = "/tmp/venv-ref291/bin/python"
@@ -50,17 +49,6 @@ CONFIGS = {
         256,
     ),
 }
-
-
-def median_time(fn, warmup: int, runs: int) -> float:
-    for _ in range(warmup):
-        jax.block_until_ready(fn())
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def make_model(name: str) -> tuple[StageModel, int, int]:
