@@ -4,37 +4,47 @@ k-means quantized, are MusicLM's semantic tokens (25 Hz).
   audio [B, samples] 16 kHz
     -> log-mel (audio/mel.py; 80 bands, 25 ms window, 10 ms hop: 100 Hz)
     -> conv subsampler: two 3x3 stride-2 2-D convs + ReLU over (time, mel) -> 4x fewer frames (25 Hz)
-    -> flatten (channels x mel) -> Dense(d_model) -> LayerNorm          = features [B, T, d]
-  target quantizer on the UNMASKED features: Gumbel-softmax over one codebook of `codebook_size`
-    vectors (wav2vec 2.0's quantizer with G = 1 group, as w2v-BERT uses): straight-through hard
-    one-hot in training, argmax at eval -> target ids [B, T] and quantized vectors [B, T, dim]
+    -> flatten (mel x channels) -> Dense(d_model) -> LayerNorm               = features [B, T, d]
+  target quantizer on the UNMASKED features (see below)   -> target ids [B, T], code vectors [B, T, dim]
   span masking (wav2vec 2.0): each frame starts a `mask_span`-frame span with prob `mask_prob`
     (at least one span per example); masked frames -> a learned mask embedding
   contrastive module (conformer) -> Dense(codebook_dim) = context vectors: at masked positions,
-    InfoNCE of cos(context, true quantized) / kappa against `num_negatives` quantized vectors
-    sampled from other masked positions of the same utterance; + the diversity loss
+    InfoNCE of cos(context, true code vector) / kappa against `num_negatives` code vectors sampled
+    from other masked positions of the same utterance; + the diversity loss
     (K - exp(entropy of the batch-average code distribution)) / K
   MLM module (conformer) on the contrastive module's output -> Dense(codebook_size): cross-entropy
-    of the target ids at masked positions (the ids are discrete: no gradient through targets)
+    of the target ids at masked positions
 
-Why Gumbel-softmax rather than a straight-through nearest-codebook: the diversity loss needs a
-differentiable code distribution, which the Gumbel quantizer's softmax gives directly, and it is
-wav2vec 2.0's published recipe (w2v-BERT builds its contrastive module on it). Its temperature is
-fixed (`gumbel_temperature`): the model interface's loss has no step to anneal it with.
-
-Negatives that happen to share the positive's code are kept (fairseq masks them): with one small
-codebook they are common, and masking them would make a collapsed codebook a zero-loss optimum of
-the contrastive loss; kept, they bound the loss below by log(1 + duplicates), which pushes codes
-apart. Contrastive accuracy is strict: the true target must score above every negative.
+The quantizer: nearest codebook entry in cosine space (a learned projection of the features to
+`codebook_dim`, L2-normalised, against L2-normalised codes), trained by the VQ-VAE codebook loss
+(online k-means: codes move to the mean of their frames) plus beta x commitment, and by the
+diversity loss on softmax(cosines / diversity_temperature), which keeps unused codes alive. Chosen
+over wav2vec 2.0's Gumbel-softmax after trying both on the tiny config: with Gumbel noise the
+targets are noise-dominated until the logits grow (hundreds of thousands of steps in wav2vec 2.0),
+and the diversity loss is satisfied by flattening every frame's distribution rather than by using
+more codes; the nearest-codebook targets are deterministic from the first step and their soft
+assignment cannot be flattened by shrinking weights (cosines are scale-free). Two further choices,
+both switchable:
+  * `center_quantizer_input`: the quantizer sees each clip's features minus their mean over the
+    clip's frames. At initialisation a component shared by every frame carries most of the
+    features' energy, so every frame picks the same code and the codebook collapses at once;
+    centring removes it. The contrastive loss only compares frames of one utterance, so the part
+    of a target that is constant over a clip is useless to it anyway.
+  * `quantizer_stop_gradient`: the targets do not train the front end (as in HuBERT, BEST-RQ and
+    data2vec, and as w2v-BERT's MLM targets, which are discrete ids). Otherwise the shared features
+    drift under the MLM/contrastive losses and the targets move with them; in short runs the MLM
+    then never beats the majority code. The code vectors still get the contrastive gradient.
+Negatives that share the positive's code are kept (fairseq masks them): masking them would make a
+collapsed codebook a zero-loss optimum of the contrastive loss; kept, they bound the loss below
+by log(1 + duplicates). Contrastive accuracy is strict: the true target must beat every negative.
 
 Semantic tokens come from `embeddings(params, audio, layer)`: the output of MLM-module layer
 `layer` (1-based; the paper uses the 7th) on unmasked audio, computed by running only the first
-`layer` MLM layers.
+`layer` MLM layers. `predict_batch` returns it for `embedding_layer`.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
@@ -68,24 +78,22 @@ class W2vBertConfig:
     subsampler_channels: int = 128
     contrastive: ConformerConfig = PAPER_CONFORMER
     mlm: ConformerConfig = PAPER_CONFORMER
+    # Target quantizer (see the module docstring).
     codebook_size: int = 1024
-    codebook_dim: int = 768
-    gumbel_temperature: float = 1.0
-    gumbel_noise: bool = True
-    quantizer_init_scale: float = 1.0
-    quantizer_stop_gradient: bool = False
-    center_quantizer_input: bool = True
-    quantizer: str = "gumbel"
-    quantizer_input: str = "features"
+    codebook_dim: int = 64
+    diversity_temperature: float = 0.1
     commitment_cost: float = 0.25
-    codebook_weight: float = 1.0
-    num_negatives: int = 100
+    center_quantizer_input: bool = True
+    quantizer_stop_gradient: bool = True
+    # Masking and the contrastive task (wav2vec 2.0's values).
     mask_prob: float = 0.065
     mask_span: int = 10
+    num_negatives: int = 100
     contrastive_temperature: float = 0.1
+    # total = contrastive + diversity + codebook (VQ) + mlm, each weighted
     contrastive_weight: float = 1.0
     diversity_weight: float = 0.1
-    sharpness_weight: float = 0.0
+    codebook_weight: float = 1.0
     mlm_weight: float = 1.0
     # The MLM-module layer (1-based) whose output `predict_batch` returns (semantic tokens).
     embedding_layer: int = 7
@@ -101,10 +109,10 @@ class W2vBertConfig:
                              f"({self.mlm.d_model}) modules must have the same d_model")
         if not 0.0 < self.mask_prob < 1.0:
             raise ValueError(f"W2vBertConfig.mask_prob must be in (0, 1), got {self.mask_prob}")
-        for name in ("gumbel_temperature", "contrastive_temperature"):
+        for name in ("diversity_temperature", "contrastive_temperature"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"W2vBertConfig.{name} must be positive, got {getattr(self, name)}")
-        for name in ("contrastive_weight", "diversity_weight", "sharpness_weight", "mlm_weight"):
+        for name in ("contrastive_weight", "diversity_weight", "codebook_weight", "mlm_weight", "commitment_cost"):
             if getattr(self, name) < 0:
                 raise ValueError(f"W2vBertConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.embedding_layer > self.mlm.num_layers:
@@ -231,8 +239,7 @@ class W2vBertNet(nn.Module):
 
     def setup(self):
         c = self.config
-        cc = c.contrastive
-        dt, pdt = cc.dtype, cc.param_dtype
+        dt, pdt = c.contrastive.dtype, c.contrastive.param_dtype
 
         def conv(name):
             return nn.Conv(c.subsampler_channels, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=dt,
@@ -254,88 +261,74 @@ class W2vBertNet(nn.Module):
             epsilon=1e-6, dtype=dt, param_dtype=pdt, name="feature_norm",
             scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
-        # The quantizer works in float32 whatever the activation dtype (argmax / Gumbel noise).
-        self.quantizer_proj = dense(c.codebook_dim, ("embed", None), "quantizer_proj", jnp.float32)
-        self.quantizer_logits = nn.Dense(
-            c.codebook_size, dtype=jnp.float32, param_dtype=pdt, name="quantizer_logits",
-            kernel_init=nn.with_logical_partitioning(nn.initializers.variance_scaling(
-                c.quantizer_init_scale ** 2, "fan_in", "normal"), ("embed", "vocab")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)))
+        # The quantizer works in float32 whatever the activation dtype.
+        # No bias: the input is centred, and a bias would add back a component shared by all frames.
+        self.quantizer_kernel = self.param(
+            "quantizer_kernel", nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", None)),
+            (c.d_model, c.codebook_dim), jnp.float32)
         self.codebook = self.param("codebook", nn.with_logical_partitioning(nn.initializers.normal(1.0),
                                                                             ("vocab", None)),
                                    (c.codebook_size, c.codebook_dim), jnp.float32)
         self.mask_embedding = self.param("mask_embedding", nn.with_logical_partitioning(
             nn.initializers.uniform(1.0), ("embed",)), (c.d_model,), pdt)
-        self.contrastive = ConformerStack(cc, name="contrastive")
+        self.contrastive = ConformerStack(c.contrastive, name="contrastive")
         self.context_proj = dense(c.codebook_dim, ("embed", None), "context_proj", jnp.float32)
         self.mlm = ConformerStack(c.mlm, name="mlm")
         self.mlm_head = dense(c.codebook_size, ("embed", "vocab"), "mlm_head", jnp.float32)
-        self.input_dropout = nn.Dropout(rate=cc.dropout_rate)
+        self.input_dropout = nn.Dropout(rate=c.contrastive.dropout_rate)
 
-    def features(self, audio: jax.Array) -> jax.Array:
-        """audio [B, samples] -> [B, T, d_model] (T = config.num_frames(samples))."""
+    def log_mel(self, audio: jax.Array) -> jax.Array:
+        """audio [B, samples] -> normalised log-mel float32 [B, samples // hop, n_mels]."""
         c = self.config
         if audio.ndim != 2:
             raise ValueError(f"w2v-BERT expects audio [batch, samples], got shape {audio.shape}")
         mel = log_mel(audio.astype(jnp.float32), c.sample_rate, c.n_fft, c.hop_length, c.n_mels)
-        mel = (mel[:, : audio.shape[1] // c.hop_length] + c.mel_offset) * c.mel_scale  # drop the centred extra frame
+        return (mel[:, : audio.shape[1] // c.hop_length] + c.mel_offset) * c.mel_scale  # drop the centred extra frame
+
+    def features(self, audio: jax.Array) -> jax.Array:
+        """audio [B, samples] -> [B, T, d_model] (T = config.num_frames(samples))."""
+        c = self.config
+        mel = self.log_mel(audio)
         h = nn.with_logical_constraint(mel.astype(c.contrastive.dtype)[..., None],
                                        ("activation_batch", "activation_length", None, None))
         h = nn.relu(self.subsample_conv1(h))
-        h = nn.relu(self.subsample_conv2(h))  # [B, T, mels/4, C]
+        h = nn.relu(self.subsample_conv2(h))  # [B, T, mels / 4, C]
         h = h.reshape(h.shape[0], h.shape[1], -1)
         h = self.feature_norm(self.feature_proj(h))
         return nn.with_logical_constraint(h, EMBED_ACT)
 
-    def quantize(self, features: jax.Array, gumbel_rng: Optional[jax.Array]):
+    def quantize(self, features: jax.Array):
+        """Nearest code in cosine space -> (target ids int32 [B, T], code vectors float32 [B, T, dim]
+        (unit norm), cosines to every code float32 [B, T, K], VQ loss [])."""
         c = self.config
-        features = features.astype(jnp.float32)
+        x = features.astype(jnp.float32)
         if c.quantizer_stop_gradient:
-            features = jax.lax.stop_gradient(features)
+            x = jax.lax.stop_gradient(x)
         if c.center_quantizer_input:
-            features = features - jnp.mean(features, axis=1, keepdims=True)
-        if c.quantizer == "vq":
-            z = _l2_normalize(self.quantizer_proj(features))
-            codebook = _l2_normalize(self.codebook)
-            sims = jnp.einsum("btd,kd->btk", z, codebook, precision=jax.lax.Precision.HIGHEST)
-            ids = jnp.argmax(sims, axis=-1).astype(jnp.int32)
-            code = jnp.take(codebook, ids, axis=0)
-            vq_loss = (jnp.mean(jnp.sum(jnp.square(jax.lax.stop_gradient(z) - code), -1))
-                       + c.commitment_cost * jnp.mean(jnp.sum(jnp.square(z - jax.lax.stop_gradient(code)), -1)))
-            quantized = code if c.quantizer_stop_gradient else z + jax.lax.stop_gradient(code - z)
-            return ids, quantized, sims / c.gumbel_temperature, vq_loss
-        logits = self.quantizer_logits(features)
-        logits = nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
-        ids = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        noisy = logits if gumbel_rng is None else logits + jax.random.gumbel(gumbel_rng, logits.shape, jnp.float32)
-        soft = jax.nn.softmax(noisy / c.gumbel_temperature, axis=-1)
-        onehot = jax.nn.one_hot(jnp.argmax(noisy, axis=-1), c.codebook_size, dtype=jnp.float32)
-        if not c.quantizer_stop_gradient:
-            onehot = onehot + soft - jax.lax.stop_gradient(soft)
-        quantized = jnp.einsum("btk,kd->btd", onehot, self.codebook.astype(jnp.float32))
-        return ids, quantized, logits, jnp.zeros(())
+            x = x - jnp.mean(x, axis=1, keepdims=True)
+        z = _l2_normalize(jnp.einsum("btd,dk->btk", x, self.quantizer_kernel))
+        codebook = _l2_normalize(self.codebook)
+        sims = jnp.einsum("btd,kd->btk", z, codebook, precision=jax.lax.Precision.HIGHEST)
+        sims = nn.with_logical_constraint(sims, ("activation_batch", "activation_length", "activation_vocab"))
+        ids = jnp.argmax(sims, axis=-1).astype(jnp.int32)
+        code = jnp.take(codebook, ids, axis=0)
+        vq_loss = (jnp.mean(jnp.sum(jnp.square(jax.lax.stop_gradient(z) - code), -1))
+                   + c.commitment_cost * jnp.mean(jnp.sum(jnp.square(z - jax.lax.stop_gradient(code)), -1)))
+        # Straight-through to the projected features unless the targets are stop-gradient.
+        quantized = code if c.quantizer_stop_gradient else z + jax.lax.stop_gradient(code - z)
+        return ids, quantized, sims, vq_loss
 
-    def __call__(self, audio: jax.Array, mask: jax.Array, gumbel_rng: Optional[jax.Array] = None, *,
-                 deterministic: bool = True) -> dict[str, jax.Array]:
-        """Training forward on `mask`ed frames (bool [B, T])."""
+    def __call__(self, audio: jax.Array, mask: jax.Array, *, deterministic: bool = True) -> dict[str, jax.Array]:
+        """Training forward with `mask`ed frames (bool [B, T])."""
         feats = self.features(audio)
-        if self.config.quantizer_input == "log_mel":
-            c = self.config
-            mel = log_mel(audio.astype(jnp.float32), c.sample_rate, c.n_fft, c.hop_length, c.n_mels)
-            mel = (mel[:, : audio.shape[1] // c.hop_length] + c.mel_offset) * c.mel_scale
-            t = feats.shape[1]
-            mel = jnp.pad(mel, ((0, 0), (0, 4 * t - mel.shape[1]), (0, 0)))
-            qin = mel.reshape(mel.shape[0], t, 4 * c.n_mels)
-        else:
-            qin = feats
-        codes, quantized, code_logits, vq_loss = self.quantize(qin, gumbel_rng)
+        codes, quantized, sims, vq_loss = self.quantize(feats)
         x = self.input_dropout(feats, deterministic=deterministic)
         x = jnp.where(mask[..., None], self.mask_embedding.astype(x.dtype), x)
         h = self.contrastive(x, None, deterministic=deterministic)
         context = self.context_proj(h.astype(jnp.float32))
         m = self.mlm(h, None, deterministic=deterministic)
         logits = self.mlm_head(m.astype(jnp.float32))
-        return {"codes": codes, "quantized": quantized, "code_logits": code_logits, "vq_loss": vq_loss,
+        return {"codes": codes, "quantized": quantized, "code_similarities": sims, "vq_loss": vq_loss,
                 "context": context,
                 "mlm_logits": nn.with_logical_constraint(logits, ("activation_batch", "activation_length",
                                                                   "activation_vocab"))}
@@ -371,14 +364,14 @@ class W2vBert(BaseModel):
 
     def forward(self, params, audio: jax.Array, rng: Optional[jax.Array]) -> tuple[dict, jax.Array]:
         """The training forward: (outputs, mask). rng None = deterministic (eval): a fixed mask
-        key, no Gumbel noise, no dropout."""
+        key, no dropout."""
         c = self.config
         deterministic = rng is None
         rng = jax.random.PRNGKey(0) if rng is None else rng
-        k_mask, k_neg, k_gumbel, k_drop = jax.random.split(rng, 4)
+        k_mask, k_neg, k_drop = jax.random.split(rng, 3)
         mask = span_mask(k_mask, audio.shape[0], c.num_frames(audio.shape[1]), c.mask_prob, c.mask_span)
-        gumbel_rng = None if deterministic or not c.gumbel_noise else k_gumbel
-        out = self.module.apply({"params": params}, audio, mask, gumbel_rng, deterministic=deterministic, rngs={} if deterministic else {"dropout": k_drop})
+        out = self.module.apply({"params": params}, audio, mask, deterministic=deterministic,
+                                rngs={} if deterministic else {"dropout": k_drop})
         out["neg_idx"], out["neg_valid"] = sample_negatives(k_neg, mask, c.num_negatives)
         return out, mask
 
@@ -387,22 +380,18 @@ class W2vBert(BaseModel):
         out, mask = self.forward(params, batch["audio"], dropout_rng)
         l_con, con_acc = contrastive_loss(out["context"], out["quantized"], mask, out["neg_idx"], out["neg_valid"],
                                           c.contrastive_temperature)
-        probs = jax.nn.softmax(out["code_logits"], axis=-1).reshape(-1, c.codebook_size)
-        l_div, prob_perplexity = diversity_loss(probs)
-        # mean per-frame entropy / log K: 0 = every frame sure of its code
-        l_sharp = -jnp.mean(jnp.sum(probs * jnp.log(probs + 1e-7), -1)) / math.log(c.codebook_size)
+        probs = jax.nn.softmax(out["code_similarities"] / c.diversity_temperature, axis=-1)
+        l_div, prob_perplexity = diversity_loss(probs.reshape(-1, c.codebook_size))
         targets = jax.lax.stop_gradient(out["codes"])
         logits = out["mlm_logits"]
         ce = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
         l_mlm = _masked_mean(ce, mask)
         mlm_acc = _masked_mean(jnp.argmax(logits, axis=-1) == targets, mask)
-        loss = (c.contrastive_weight * l_con + c.diversity_weight * l_div + c.sharpness_weight * l_sharp
-                + c.codebook_weight * out["vq_loss"]
+        loss = (c.contrastive_weight * l_con + c.diversity_weight * l_div + c.codebook_weight * out["vq_loss"]
                 + c.mlm_weight * l_mlm)
         metrics = {
             "contrastive_loss": l_con,
             "diversity_loss": l_div,
-            "code_entropy": l_sharp,
             "codebook_loss": out["vq_loss"],
             "mlm_loss": l_mlm,
             "mlm_accuracy": mlm_acc,
@@ -413,9 +402,20 @@ class W2vBert(BaseModel):
         }
         return loss, metrics
 
+    def eval_warning(self, history: Sequence[Mapping[str, float]]) -> Optional[str]:
+        """Loud when the target codebook has collapsed (perplexity < 2 in the last two evals):
+        every target is then the same code and the MLM accuracy means nothing."""
+        last = [h["codebook_perplexity"] for h in history[-2:] if "codebook_perplexity" in h]
+        if len(last) == 2 and max(last) < 2.0:
+            return (f"w2v-BERT TARGET CODEBOOK COLLAPSED: codebook perplexity {last[-1]:.2f} of "
+                    f"{self.config.codebook_size} codes in the last two evals; the MLM accuracy is meaningless. "
+                    "Raise diversity_weight, keep center_quantizer_input and quantizer_stop_gradient on, or "
+                    "lower the learning rate.")
+        return None
+
     def embeddings(self, params, audio: jax.Array, layer: int) -> jax.Array:
-        """Output of MLM-module layer `layer` (1-based), unmasked and deterministic: [B, T, d].
-        Only the first `layer` MLM layers run."""
+        """Output of MLM-module layer `layer` (1-based), unmasked and deterministic: float32
+        [B, T, d]. Only the first `layer` MLM layers run."""
         c = self.config
         if not 1 <= layer <= c.mlm.num_layers:
             raise ValueError(f"w2v-BERT layer must be in [1, {c.mlm.num_layers}] (MLM-module layers), got {layer}")
@@ -428,11 +428,11 @@ class W2vBert(BaseModel):
                 mlm = dict(params["mlm"])
                 mlm["layers"] = jax.tree.map(lambda x: x[:layer], mlm["layers"])
                 params["mlm"] = mlm
-        return module.apply({"params": params}, audio, method=W2vBertNet.embed)
+        return module.apply({"params": params}, audio, method=W2vBertNet.embed).astype(jnp.float32)
 
     def all_layer_embeddings(self, params, audio: jax.Array) -> jax.Array:
-        """Every MLM-module layer's output [mlm_layers, B, T, d] (unmasked, deterministic)."""
-        return self.module.apply({"params": params}, audio, True, method=W2vBertNet.embed)
+        """Every MLM-module layer's output, float32 [mlm_layers, B, T, d] (unmasked, deterministic)."""
+        return self.module.apply({"params": params}, audio, True, method=W2vBertNet.embed).astype(jnp.float32)
 
     def predict_batch(self, params, batch: Batch, rng: Optional[jax.Array] = None, **kwargs) -> jax.Array:
         """The semantic-token features: `embeddings` at `config.embedding_layer`, [B, T, d]."""
