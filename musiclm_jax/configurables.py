@@ -4,14 +4,14 @@ The library is gin-free; everything gin may bind is named here, type-checked whe
 """
 from musiclm_jax import aot, eval as eval_lib, gin_utils, inspect_data, train as train_lib
 from musiclm_jax.data import audio_tasks, pipeline, sources, synthetic, text_vocab
-from musiclm_jax.models import gin_registry  # noqa: F401  (model configurables)
-from musiclm_jax.training import optimizers, partitioning
+from musiclm_jax.models import gin_registry  # model configurables (and the optimizer)
+from musiclm_jax.training import partitioning
 
 train = gin_utils.register(train_lib.train, "train")
 evaluate = gin_utils.register(eval_lib.evaluate, "evaluate")
 compile_for_topology = gin_utils.register(aot.compile_for_topology, "compile_for_topology")
 DatasetConfig = gin_utils.register(pipeline.DatasetConfig, "DatasetConfig")
-OptimizerConfig = gin_utils.register(optimizers.OptimizerConfig, "OptimizerConfig")
+OptimizerConfig = gin_registry.OptimizerConfig  # registered with the models (see there)
 Partitioner = gin_utils.register(partitioning.Partitioner, "Partitioner")
 global_batch_size = gin_utils.register(gin_utils.global_batch_size, "global_batch_size")
 inspect_task = gin_utils.register(inspect_data.inspect_task, "inspect_task")

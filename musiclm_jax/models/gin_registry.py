@@ -39,3 +39,11 @@ from musiclm_jax.nn import conformer  # noqa: E402
 ConformerConfig = gin.external_configurable(conformer.ConformerConfig, module=_MODULE)
 W2vBertConfig = gin.external_configurable(w2v_bert.W2vBertConfig, module=_MODULE)
 W2vBert = gin.external_configurable(w2v_bert.W2vBert, module=_MODULE)
+
+# The optimiser the model files bind: registered here (not in `configurables`) so that a model's gin
+# file needs only models + training code, never the data stack (seqio, TensorFlow): benches and
+# exports parse model files on machines without it.
+from musiclm_jax import gin_utils  # noqa: E402
+from musiclm_jax.training import optimizers  # noqa: E402
+
+OptimizerConfig = gin_utils.register(optimizers.OptimizerConfig, "OptimizerConfig")

@@ -24,8 +24,13 @@ PEAK_FLOPS_BY_DEVICE_KIND = {
 }
 
 
-def compiled_flops(compiled: Any) -> Optional[float]:
-    """FLOPs per device of one call of a compiled function, from XLA's cost analysis."""
+def xla_flops(compiled: Any) -> Optional[float]:
+    """FLOPs of one call of a lowered or compiled function, from XLA's cost analysis.
+
+    A `Compiled`'s count is per device but misses work the backend hands to library calls (on
+    GPU, cuBLAS/cuDNN matmuls and convolutions: its count is then ~100x too low). A `Lowered`'s
+    count is of the whole (unpartitioned) program before any backend rewrite, the same on every
+    platform: divide it by the number of devices."""
     try:
         analysis = compiled.cost_analysis()
     except Exception:  # some backends do not implement it

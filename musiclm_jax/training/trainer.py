@@ -210,7 +210,10 @@ class Trainer:
 
     @functools.cached_property
     def flops_per_step_per_device(self) -> Optional[float]:
-        flops = mfu.compiled_flops(self.train_step)
+        # The lowered (global, backend-independent) count, not the compiled one: see xla_flops.
+        flops = mfu.xla_flops(self.lower_train_step())
+        if flops is not None:
+            flops /= self.partitioner.mesh.size
         if flops is None:
             per_example = self.model.flops_per_example(self.input_shapes)
             if per_example:
