@@ -28,7 +28,7 @@ from machine import machine, median_time  # noqa: E402
 from musiclm_jax import gin_utils  # noqa: E402
 from musiclm_jax.models import gin_registry  # noqa: E402
 from musiclm_jax.tokenizers.mulan import MuLanEmbedder  # noqa: E402
-from musiclm_jax.training.mfu import xla_flops, measure_matmul_flops  # noqa: E402
+from musiclm_jax.training.mfu import measure_matmul_flops  # noqa: E402
 from musiclm_jax.training.optimizers import OptimizerConfig  # noqa: E402
 from musiclm_jax.training.partitioning import Partitioner, unbox  # noqa: E402
 from musiclm_jax.training.trainer import Trainer  # noqa: E402
@@ -67,7 +67,7 @@ def bench_train(name: str, runs: int, matmul: float, batch: int | None) -> dict:
         return metrics["loss"]
 
     t = median_time(one, 2, runs)
-    flops = xla_flops(step)
+    flops = trainer.flops_per_step_per_device
     return dict(config=name, encoder=model.config.audio_encoder, params=trainer.param_count(), batch=batch,
                 crop_s=lengths["audio"] / model.config.sample_rate, step_s=t, examples_per_s=batch / t,
                 mfu=flops / t / matmul if flops else None)

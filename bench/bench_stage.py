@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from musiclm_jax.models.stages import StageConfig, StageModel  # noqa: E402
 from musiclm_jax.models.token_layout import TokenLayout  # noqa: E402
-from musiclm_jax.training.mfu import xla_flops, measure_matmul_flops  # noqa: E402
+from musiclm_jax.training.mfu import measure_matmul_flops  # noqa: E402
 from musiclm_jax.training.optimizers import OptimizerConfig  # noqa: E402
 from musiclm_jax.training.partitioning import Partitioner  # noqa: E402
 from musiclm_jax.training.trainer import Trainer  # noqa: E402
@@ -83,7 +83,7 @@ def bench_train(name: str, runs: int, matmul: float) -> dict:
         return metrics["loss"]
 
     t = median_time(one, 2, runs)
-    flops = xla_flops(step)
+    flops = trainer.flops_per_step_per_device
     tokens = sum(int(np.prod(v.shape)) for v in data.values())
     return dict(config=name, params=trainer.param_count(), batch=batch, seq=tokens // batch, step_s=t,
                 tokens_per_s=tokens / t, flops=flops, mfu=flops / t / matmul if flops else None)

@@ -168,17 +168,14 @@ def test_paper_config_sizes():
     assert 280e6 < counts["contrastive"] == counts["mlm"] < 300e6
 
 
-@pytest.mark.slow
-def test_w2v_bert_learns_masked_prediction(tiny):
-    """The tiny config (gin/models/w2v_bert/tiny.gin), 200 AdamW steps of 16 clips on 256 synthetic
-    clips: on 64 held-out clips the masked-LM accuracy is at least 5x uniform (1/64) AND above the
-    majority target by 5 points, with a target codebook that did not collapse, and the contrastive
-    loss is below chance."""
+@pytest.fixture(scope="module")
+def trained_tiny(tiny):
+    """The tiny config (gin/models/w2v_bert/tiny.gin) after 300 AdamW steps of 16 clips drawn
+    from 256 synthetic 2 s clips: (model, trained params, initial params)."""
     model, params = tiny
-    c = model.config
+    init_params = params
     train = np.stack([synthetic.render(21, i, sample_rate=SR, duration_s=SECONDS).audio for i in range(256)])
-    held = np.stack([synthetic.render(22, i, sample_rate=SR, duration_s=SECONDS).audio for i in range(64)])
-    steps, batch = 200, 16
+    steps, batch = 300, 16
     tx = optax.chain(optax.clip_by_global_norm(1.0),
                      optax.adamw(optax.warmup_cosine_decay_schedule(0.0, 2e-3, 20, steps), weight_decay=0.01))
     opt = tx.init(params)
@@ -192,13 +189,29 @@ def test_w2v_bert_learns_masked_prediction(tiny):
     rng = np.random.default_rng(0)
     for s in range(steps):
         params, opt, _ = step(params, opt, train[rng.choice(len(train), batch, replace=False)], jax.random.PRNGKey(s))
+    return model, params, init_params
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    return [synthetic.render(22, i, sample_rate=SR, duration_s=SECONDS) for i in range(64)]
+
+
+@pytest.mark.slow
+def test_w2v_bert_learns_masked_prediction(trained_tiny, held_out):
+    """On 64 held-out clips the masked-LM accuracy is at least 5x uniform (1/64) AND above the
+    majority target by 5 points, with a target codebook that did not collapse, and the
+    contrastive loss is below chance."""
+    model, params, _ = trained_tiny
+    c = model.config
+    held = jnp.asarray(np.stack([e.audio for e in held_out]))
 
     @jax.jit
     def evaluate(p, audio):  # the eval metrics and the eval's targets (its mask has a fixed key)
         out, mask = model.forward(p, audio, None)
         return model.eval_fn(p, {"audio": audio}), out["codes"], mask
 
-    metrics, codes, mask = evaluate(params, jnp.asarray(held))
+    metrics, codes, mask = evaluate(params, held)
     metrics = {k: float(v) for k, v in metrics.items()}
     targets = np.asarray(codes)[np.asarray(mask)]
     majority = np.bincount(targets).max() / len(targets)
@@ -206,8 +219,32 @@ def test_w2v_bert_learns_masked_prediction(tiny):
     print(f"held-out: {metrics}, majority target {majority:.4f}, uniform {uniform:.4f}")
     assert metrics["mlm_accuracy"] >= 5 * uniform, metrics
     assert metrics["mlm_accuracy"] >= majority + 0.05, (metrics, majority)
-    assert metrics["codebook_perplexity"] >= 4.0, metrics
+    assert metrics["codebook_perplexity"] >= 8.0, metrics
     assert metrics["contrastive_loss"] < math.log(1 + c.num_negatives) - 0.05, metrics
     assert 0.3 < metrics["mask_fraction"] < 0.5
     assert model.eval_warning([metrics, metrics]) is None
     assert "COLLAPSED" in model.eval_warning([{"codebook_perplexity": 1.0}] * 2)
+
+
+@pytest.mark.slow
+def test_trained_tokens_say_more_about_pitch_than_random_init(trained_tiny, held_out):
+    """What matters downstream: 16-cluster k-means tokens of the trained model's embeddings share
+    more information with the melody's pitch class than the same tokens of the randomly
+    initialised model (k-means fitted on 64 training clips' frames, NMI on 64 held-out clips)."""
+    from musiclm_jax.tokenizers import kmeans
+    from musiclm_jax.tokenizers.semantic import synthetic_token_agreement
+
+    model, params, init_params = trained_tiny
+    fit = jnp.asarray(np.stack([synthetic.render(21, i, sample_rate=SR, duration_s=SECONDS).audio
+                                for i in range(64)]))
+    held = jnp.asarray(np.stack([e.audio for e in held_out]))
+    embed = jax.jit(model.embeddings, static_argnums=2)
+    scores = {}
+    for name, p in (("trained", params), ("random", init_params)):
+        points = np.asarray(embed(p, fit, model.config.embedding_layer)).reshape(-1, model.config.d_model)
+        centroids = kmeans.lloyd_refine(points, kmeans.fit_minibatch_kmeans([points], 16, seed=0).centroids, 20)
+        tokens = [kmeans.assign(centroids, e) for e in np.asarray(embed(p, held, model.config.embedding_layer))]
+        scores[name] = synthetic_token_agreement(tokens, held_out, model.config.frame_rate)
+    print(scores)
+    assert scores["trained"]["pitch_class"]["nmi"] > 1.2 * scores["random"]["pitch_class"]["nmi"], scores
+    # (The instrument is no clearer after 300 steps: NMI 0.17 either way; not asserted.)

@@ -177,3 +177,26 @@ def token_label_agreement(tokens: Sequence[np.ndarray], labels: Sequence[np.ndar
     h = lambda q: float(-np.sum(q[q > 0] * np.log(q[q > 0])))  # noqa: E731
     denom = 0.5 * (h(pt) + h(py))
     return {"purity": float(purity), "nmi": mi / denom if denom > 0 else 0.0}
+
+
+def synthetic_frame_labels(example, num_frames: int, frame_rate: float) -> dict[str, np.ndarray]:
+    """Per-frame labels of a synthetic example (data/synthetic.py) at the token frame rate:
+    the sounding melody note's pitch class and MIDI pitch (-1 in rests) at each frame's centre,
+    and the clip's instrument (its index in synthetic.INSTRUMENTS) on every frame."""
+    from musiclm_jax.data import synthetic
+
+    if getattr(example, "score", None) is None:
+        raise ValueError(f"{example.id} has no score: frame labels need a synthetic example")
+    pitch = example.score.melody_pitch_at((np.arange(num_frames) + 0.5) / frame_rate)
+    midi = np.where(np.isnan(pitch), -1, np.nan_to_num(pitch)).astype(np.int64)
+    instrument = synthetic.INSTRUMENTS.index(example.labels["instrument"])
+    return {"pitch_class": np.where(midi >= 0, midi % 12, -1), "pitch": midi,
+            "instrument": np.full(num_frames, instrument, np.int64)}
+
+
+def synthetic_token_agreement(tokens: Sequence[np.ndarray], examples: Sequence, frame_rate: float
+                              ) -> dict[str, dict[str, float]]:
+    """`token_label_agreement` of each clip's tokens with its synthetic frame labels, per label:
+    {'pitch_class': {'purity', 'nmi'}, 'pitch': ..., 'instrument': ...}."""
+    labels = [synthetic_frame_labels(e, len(t), frame_rate) for t, e in zip(tokens, examples)]
+    return {name: token_label_agreement(tokens, [lab[name] for lab in labels]) for name in labels[0]}

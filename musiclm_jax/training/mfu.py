@@ -1,11 +1,12 @@
-"""FLOPs and peak rates for MFU: XLA's cost analysis of a compiled step, known accelerator
-peaks, and a measured float32 matmul rate for CPUs (which have no published peak)."""
+"""FLOPs and peak rates for MFU: FLOPs counted on a step's jaxpr,
+known accelerator peaks, and a measured matmul rate for CPUs (which have no published peak)."""
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import jax
+import jax.extend.core as jex_core
 import jax.numpy as jnp
 import numpy as np
 
@@ -24,23 +25,57 @@ PEAK_FLOPS_BY_DEVICE_KIND = {
 }
 
 
-def xla_flops(compiled: Any) -> Optional[float]:
-    """FLOPs of one call of a lowered or compiled function, from XLA's cost analysis.
+def _conv_flops(eqn) -> float:
+    out = eqn.outvars[0].aval.shape
+    rhs = eqn.invars[1].aval.shape
+    spec = eqn.params["dimension_numbers"].rhs_spec  # (out feature, in feature, *spatial)
+    per_output = rhs[spec[1]] * float(np.prod([rhs[d] for d in spec[2:]]))
+    return 2.0 * float(np.prod(out)) * per_output
 
-    A `Compiled`'s count is per device but misses work the backend hands to library calls (on
-    GPU, cuBLAS/cuDNN matmuls and convolutions: its count is then ~100x too low). A `Lowered`'s
-    count is of the whole (unpartitioned) program before any backend rewrite, the same on every
-    platform: divide it by the number of devices."""
-    try:
-        analysis = compiled.cost_analysis()
-    except Exception:  # some backends do not implement it
-        return None
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0] if analysis else None
-    if not analysis or "flops" not in analysis:
-        return None
-    flops = float(analysis["flops"])
-    return flops if flops > 0 else None
+
+def _dot_flops(eqn) -> float:
+    (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+    lhs = eqn.invars[0].aval.shape
+    return 2.0 * float(np.prod(eqn.outvars[0].aval.shape)) * float(np.prod([lhs[d] for d in lhs_contract]))
+
+
+def _sub_jaxprs(value):
+    if isinstance(value, jex_core.ClosedJaxpr):
+        yield value.jaxpr
+    elif isinstance(value, jex_core.Jaxpr):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _sub_jaxprs(v)
+
+
+def jaxpr_flops(jaxpr) -> float:
+    """Matmul + convolution FLOPs (2 per multiply-add) of a (closed) jaxpr, looking inside every
+    nested call: a scan's body counts `length` times, a cond's costliest branch once, a while
+    loop's body once (its trip count is unknown). Elementwise work is not counted (MFU's
+    convention). Unlike XLA's cost analysis, scanned layers are counted once per layer."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "dot_general":
+            total += _dot_flops(eqn)
+        elif name == "conv_general_dilated":
+            total += _conv_flops(eqn)
+        elif name == "scan":
+            total += eqn.params["length"] * jaxpr_flops(eqn.params["jaxpr"])
+        elif name == "cond":
+            total += max(jaxpr_flops(b) for b in eqn.params["branches"])
+        else:
+            for value in eqn.params.values():
+                for sub in _sub_jaxprs(value):
+                    total += jaxpr_flops(sub)
+    return total
+
+
+def traced_flops(fn, *args) -> float:
+    """`jaxpr_flops` of fn(*args) (arrays or ShapeDtypeStructs): the whole global computation."""
+    return jaxpr_flops(jax.make_jaxpr(fn)(*args))
 
 
 def measure_matmul_flops(n: int = 2048, repeats: int = 7, dtype=jnp.float32) -> float:
