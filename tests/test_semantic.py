@@ -4,13 +4,10 @@ import json
 
 import jax
 import numpy as np
-import optax
 import pytest
 
 from musiclm_jax.models.w2v_bert import W2vBert
-from musiclm_jax.tokenizers import kmeans
 from musiclm_jax.tokenizers.semantic import SemanticTokenizer, token_label_agreement
-from musiclm_jax.training import checkpoints
 from musiclm_jax.training.partitioning import unbox
 
 
@@ -45,7 +42,7 @@ def test_token_label_agreement_matches_sklearn():
     assert same == {"purity": 1.0, "nmi": pytest.approx(1.0)}
 
 
-def test_tokenizer_any_length_deterministic_and_from_model_dir(tmp_path, tiny_w2v_bert):
+def test_tokenizer_any_length_and_deterministic(tiny_w2v_bert):
     model = tiny_w2v_bert
     sr = model.config.sample_rate
     params = unbox(model.get_initial_variables(jax.random.PRNGKey(0), {"audio": (1, sr)}))["params"]
@@ -62,18 +59,29 @@ def test_tokenizer_any_length_deterministic_and_from_model_dir(tmp_path, tiny_w2
     batch = tok.tokenize(np.stack([clips[0], clips[0]]))
     assert batch.shape == (2, 5)
     np.testing.assert_array_equal(batch[0], tokens[0])
-    # From a training directory: model.json + checkpoint + kmeans/
-    (tmp_path / "checkpoints").mkdir()
-    with open(tmp_path / "model.json", "w") as f:
-        json.dump(model.config_dict(), f)
-    ckpt = checkpoints.Checkpointer(str(tmp_path / "checkpoints"), save_every=1)
-    from musiclm_jax.training.train_state import TrainState
-
-    ckpt.save(1, TrainState.create(params, optax.identity()), {})
-    ckpt.close()
-    state = kmeans.KMeansState(centroids, np.ones(8, np.int64), 8, 1, (0.0,))
-    kmeans.save_kmeans(str(tmp_path / "kmeans"), state, {"layer": 1})
-    loaded = SemanticTokenizer.from_model_dir(str(tmp_path))
-    np.testing.assert_array_equal(loaded.tokenize(clips)[1], tokens[1])
     with pytest.raises(ValueError, match="non-empty"):
         tok.tokenize([np.zeros(0, np.float32)])
+
+
+def test_cli_train_fit_kmeans_and_tokenizer(tmp_path):
+    """`musiclm train` on experiments/w2v_bert_tiny.gin, `musiclm fit_semantic_kmeans`, then the
+    tokenizer from the directory: 25 Hz tokens of the fitted clusters for any clip length."""
+    from cli import musiclm
+
+    model_dir = tmp_path / "w2v"
+    small = ["--gin.w2v_task/SyntheticSource.num_examples=32", "--gin.w2v_task/SyntheticSource.num_validation_examples=8",
+             "--gin.BATCH_SIZE_PER_DEVICE=4", f"--gin.MODEL_DIR='{model_dir}'"]
+    r = musiclm("train", "--gin_file=experiments/w2v_bert_tiny.gin", "--gin.TRAIN_STEPS=3", "--gin.EVAL_PERIOD=3",
+                "--gin.EVAL_STEPS=1", "--gin.CHECKPOINT_PERIOD=3", *small)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "mlm_accuracy" in r.stdout
+    r = musiclm("fit_semantic_kmeans", "--gin_file=experiments/w2v_bert_tiny.gin", "--gin.KMEANS_CLUSTERS=8",
+                "--gin.KMEANS_EXAMPLES=12", "--gin.KMEANS_EVAL_EXAMPLES=4", *small)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.load(open(model_dir / "kmeans" / "kmeans.json"))
+    assert info["num_clusters"] == 8 and info["layer"] == 1 and info["held_out_mean_sq_distance"] > 0
+    tok = SemanticTokenizer.from_model_dir(str(model_dir))
+    rng = np.random.default_rng(0)
+    tokens = tok.tokenize([0.1 * rng.standard_normal(n).astype(np.float32) for n in (16000, 40000)])
+    assert [t.shape for t in tokens] == [(25,), (63,)]
+    assert all(t.min() >= 0 and t.max() < 8 for t in tokens)
