@@ -13,83 +13,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
-import time
 
-import gin  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import machine, median_time  # noqa: E402
+from machine import machine, median_time, model_from_gin, random_batch, time_train_step  # noqa: E402
 
-from musiclm_jax import gin_utils  # noqa: E402
-from musiclm_jax.models import gin_registry  # noqa: E402,F401  (registers the models)
 from musiclm_jax.training.mfu import measure_matmul_flops  # noqa: E402
-from musiclm_jax.training.optimizers import OptimizerConfig  # noqa: E402
-from musiclm_jax.training.partitioning import Partitioner, unbox  # noqa: E402
-from musiclm_jax.training.trainer import Trainer  # noqa: E402
+from musiclm_jax.training.partitioning import unbox  # noqa: E402
 
 MODELS = ["soundstream/paper", "mulan/paper", "w2v_bert/paper", "semantic_stage/paper"]
 
 
-def from_gin(name: str):
-    """(model, feature lengths, batch per device) of gin/models/<name>.gin."""
-    gin.clear_config()
-    logging.disable(logging.ERROR)  # gin logs every search path that lacks the file
-    gin_utils.parse([f"models/{name}.gin"], ["_bench_spec.model = %MODEL", "_bench_spec.lengths = %TASK_FEATURE_LENGTHS",
-                                             "_bench_spec.batch = %BATCH_SIZE_PER_DEVICE"])
-    logging.disable(logging.NOTSET)
-    spec = _bench_spec()
-    gin.clear_config()
-    return spec["model"], {k: int(v) for k, v in spec["lengths"].items()}, int(spec["batch"])
-
-
-@gin.configurable
-def _bench_spec(model=gin.REQUIRED, lengths=gin.REQUIRED, batch=gin.REQUIRED):
-    return {"model": model, "lengths": lengths, "batch": batch}
-
-
-def random_batch(model, lengths: dict, batch: int) -> dict:
-    rng = np.random.default_rng(0)
-    out = {}
-    for k, n in lengths.items():
-        if model.FEATURE_DTYPES.get(k, jnp.int32) == jnp.float32:
-            out[k] = 0.1 * rng.standard_normal((batch, n)).astype(np.float32)
-        else:
-            high = getattr(getattr(model, "config", None), "vocab_size", 1024) if k == "text_tokens" else 1024
-            out[k] = rng.integers(3, high, (batch, n)).astype(np.int32)
-    return out
-
-
 def bench_train(name: str, batch_scale: float, runs: int) -> dict:
-    model, lengths, batch = from_gin(name)
+    model, lengths, batch = model_from_gin(name)
     batch = max(1, int(batch * batch_scale))
-    data = random_batch(model, lengths, batch)
-    trainer = Trainer(model, Partitioner(devices=jax.devices()[:1]), OptimizerConfig(warmup_steps=0),
-                      total_steps=1000, input_shapes={k: v.shape for k, v in data.items()})
-    holder = {"state": trainer.init_state(trainer.rng(0))}
-    gbatch, rng, step = trainer.partitioner.global_batch(data), trainer.rng(1), trainer.train_step
-    t0 = time.perf_counter()
-
-    def one():
-        holder["state"], metrics = step(holder["state"], gbatch, rng)
-        return metrics["loss"]
-
-    jax.block_until_ready(one())
-    compile_s = time.perf_counter() - t0
-    t = median_time(one, 1, runs)
-    flops = trainer.flops_per_step_per_device
-    return dict(model=name, params=trainer.param_count(), batch=batch,
-                lengths=",".join(f"{k}={v}" for k, v in lengths.items()), compile_s=compile_s, step_s=t,
-                examples_per_s=batch / t, tflops_per_s=flops / t / 1e12 if flops else None, flops=flops)
+    r = time_train_step(model, random_batch(model, lengths, batch), runs, warmup=1)
+    flops = r["flops"]
+    return dict(model=name, params=r["params"], batch=batch, lengths=",".join(f"{k}={v}" for k, v in lengths.items()),
+                first_call_s=r["first_call_s"], step_s=r["step_s"], examples_per_s=batch / r["step_s"],
+                tflops_per_s=flops / r["step_s"] / 1e12 if flops else None, flops=flops)
 
 
 def bench_decode(name: str, batch: int, tokens: int, runs: int) -> dict:
-    model, lengths, _ = from_gin(name)
+    model, lengths, _ = model_from_gin(name)
     target = model.config.target.feature
     shapes = {**{k: (batch, v) for k, v in lengths.items()}, target: (batch, tokens)}
     data = {k: jnp.asarray(v) for k, v in random_batch(model, lengths, batch).items() if k != target}

@@ -1,10 +1,14 @@
-"""The machine line every bench table starts with."""
+"""Shared bench helpers: the machine line every table starts with, median timing, markdown
+tables, models from their gin files, and one trainer step timed with its MFU."""
+import logging
 import os
 import platform
-
 import time
+from typing import Optional
 
+import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -28,3 +32,76 @@ def median_time(fn, warmup: int, runs: int) -> float:
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - t)
     return float(np.median(times))
+
+
+def table(rows: list[dict], cols: Optional[list[str]] = None) -> str:
+    """A markdown table of `rows` (columns `cols`, default the first row's keys)."""
+    cols = cols or list(rows[0])
+
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:,.3g}" if abs(v) < 100 else f"{v:,.0f}"
+        return "-" if v is None else str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    return "\n".join(lines + ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows])
+
+
+@gin.configurable
+def _bench_spec(model=gin.REQUIRED, lengths=gin.REQUIRED, batch=gin.REQUIRED):
+    return {"model": model, "lengths": lengths, "batch": batch}
+
+
+def model_from_gin(name: str):
+    """(model, feature lengths, batch per device) of gin/models/<name>.gin, e.g. 'mulan/paper'."""
+    from musiclm_jax import gin_utils
+
+    gin.clear_config()
+    logging.disable(logging.ERROR)  # gin logs every search path that lacks the file
+    try:
+        gin_utils.parse([f"models/{name}.gin"], ["_bench_spec.model = %MODEL",
+                                                 "_bench_spec.lengths = %TASK_FEATURE_LENGTHS",
+                                                 "_bench_spec.batch = %BATCH_SIZE_PER_DEVICE"])
+        spec = _bench_spec()
+    finally:
+        logging.disable(logging.NOTSET)
+        gin.clear_config()
+    return spec["model"], {k: int(v) for k, v in spec["lengths"].items()}, int(spec["batch"])
+
+
+def random_batch(model, lengths: dict, batch: int) -> dict:
+    """Random inputs: audio ~ 0.1 N(0, 1), token ids in [3, vocab) (1024 unless the model has a
+    text vocabulary)."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for k, n in lengths.items():
+        if model.FEATURE_DTYPES.get(k, jnp.int32) == jnp.float32:
+            out[k] = 0.1 * rng.standard_normal((batch, n)).astype(np.float32)
+        else:
+            high = getattr(model.config, "vocab_size", 1024) if k == "text_tokens" else 1024
+            out[k] = rng.integers(3, high, (batch, n)).astype(np.int32)
+    return out
+
+
+def time_train_step(model, data: dict, runs: int, warmup: int = 2) -> dict:
+    """The trainer's compiled step on one device: step seconds, FLOPs per step (counted on the
+    jaxpr), parameters. The state is donated and carried from call to call, as in training."""
+    from musiclm_jax.training.optimizers import OptimizerConfig
+    from musiclm_jax.training.partitioning import Partitioner
+    from musiclm_jax.training.trainer import Trainer
+
+    trainer = Trainer(model, Partitioner(devices=jax.devices()[:1]), OptimizerConfig(warmup_steps=0),
+                      total_steps=1000, input_shapes={k: v.shape for k, v in data.items()})
+    holder = {"state": trainer.init_state(trainer.rng(0))}
+    gbatch, rng, step = trainer.partitioner.global_batch(data), trainer.rng(1), trainer.train_step
+
+    def one():
+        holder["state"], metrics = step(holder["state"], gbatch, rng)
+        return metrics["loss"]
+
+    t0 = time.perf_counter()
+    jax.block_until_ready(one())
+    first = time.perf_counter() - t0
+    seconds = median_time(one, max(0, warmup - 1), runs)
+    return {"params": trainer.param_count(), "step_s": seconds, "first_call_s": first,
+            "flops": trainer.flops_per_step_per_device}
