@@ -21,3 +21,18 @@ def to_plain(config) -> dict:
 def tuples(d: Mapping[str, Any]) -> dict:
     """JSON lists back to the tuples the configs hold."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def normalize_dtypes(config, *names: str) -> None:
+    """In a frozen dataclass's __post_init__: 'bfloat16', jnp.bfloat16, ... -> hashable numpy
+    dtypes (default fields: dtype, param_dtype)."""
+    for name in names or ("dtype", "param_dtype"):
+        object.__setattr__(config, name, jnp.dtype(getattr(config, name)))
+
+
+def check_positive_ints(config, *names: str) -> None:
+    """Raises ValueError naming the config and field unless each field is a positive int."""
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{type(config).__name__}.{name} must be a positive int, got {value!r}")

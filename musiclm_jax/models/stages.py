@@ -28,6 +28,7 @@ from musiclm_jax.models import decoding
 from musiclm_jax.models.base import Batch, BaseModel, Metrics, Variables
 from musiclm_jax.models.token_layout import BOS_ID, NULL_COND_ID, TokenLayout
 from musiclm_jax.nn.transformer import DecoderStack, TransformerConfig, count_params
+from musiclm_jax.models import config_io
 
 
 class StreamSpec(NamedTuple):
@@ -71,8 +72,7 @@ class StageConfig:
         target = StreamSpec(*self.target)
         object.__setattr__(self, "conditions", conditions)
         object.__setattr__(self, "target", target)
-        object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
-        object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype))
+        config_io.normalize_dtypes(self)
         for spec in (*conditions, target):
             # Raises a clear error for an unknown stream or level span.
             self.layout.level_ranges(spec.stream, spec.first_level, spec.num_levels)

@@ -99,11 +99,9 @@ class W2vBertConfig:
     embedding_layer: int = 7
 
     def __post_init__(self):
-        for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "subsampler_channels", "codebook_size",
-                     "codebook_dim", "num_negatives", "mask_span", "embedding_layer"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"W2vBertConfig.{name} must be a positive int, got {value!r}")
+        config_io.check_positive_ints(
+            self, "sample_rate", "n_fft", "hop_length", "n_mels", "subsampler_channels", "codebook_size", "codebook_dim",
+            "num_negatives", "mask_span", "embedding_layer")
         if self.contrastive.d_model != self.mlm.d_model:
             raise ValueError(f"W2vBertConfig: the contrastive ({self.contrastive.d_model}) and MLM "
                              f"({self.mlm.d_model}) modules must have the same d_model")

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 from musiclm_jax.nn.attention import MultiHeadAttention
 from musiclm_jax.nn.position import causal_relative_position_bucket
 from musiclm_jax.nn.transformer import NEG_INF, REMAT_POLICIES, _kernel_init, remat_policy
+from musiclm_jax.models import config_io
 
 Array = jax.Array
 
@@ -71,15 +72,11 @@ class ConformerConfig:
     remat_policy: str = "none"
 
     def __post_init__(self):
-        object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
-        object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype))
+        config_io.normalize_dtypes(self)
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"unknown remat_policy {self.remat_policy!r}; expected one of {REMAT_POLICIES}")
-        for name in ("num_layers", "num_heads", "head_dim", "d_model", "d_ff", "conv_kernel_size",
-                     "relpos_num_buckets", "relpos_max_distance"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"ConformerConfig.{name} must be a positive int, got {value!r}")
+        config_io.check_positive_ints(self, "num_layers", "num_heads", "head_dim", "d_model", "d_ff", "conv_kernel_size",
+                                      "relpos_num_buckets", "relpos_max_distance")
         if self.conv_kernel_size % 2 == 0:
             raise ValueError(f"ConformerConfig.conv_kernel_size must be odd (centred 'same' conv), got "
                              f"{self.conv_kernel_size}")

@@ -17,6 +17,7 @@ import numpy as np
 
 from musiclm_jax.nn.seanet import Conv
 from musiclm_jax.nn.signal import hann_window, stft
+from musiclm_jax.models import config_io
 
 Array = jax.Array
 DiscOutput = Tuple[Array, List[Array]]
@@ -40,8 +41,7 @@ class DiscriminatorConfig:
     param_dtype: Any = jnp.float32
 
     def __post_init__(self):
-        object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
-        object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype))
+        config_io.normalize_dtypes(self)
         for name in ("stft_window", "stft_hop", "stft_channels", "wave_channels", "wave_max_channels", "wave_num_scales"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"DiscriminatorConfig.{name} must be positive, got {getattr(self, name)}")

@@ -27,6 +27,7 @@ import flax.linen as nn
 
 from musiclm_jax.nn.attention import MultiHeadAttention
 from musiclm_jax.nn.transformer import NEG_INF, REMAT_POLICIES, _kernel_init, remat_policy
+from musiclm_jax.models import config_io
 
 Array = jax.Array
 
@@ -55,15 +56,10 @@ class EncoderConfig:
     remat_policy: str = "none"
 
     def __post_init__(self):
-        # Normalise dtypes ('bfloat16', jnp.bfloat16, ...) to hashable numpy dtypes.
-        object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
-        object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype))
+        config_io.normalize_dtypes(self)
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"unknown remat_policy {self.remat_policy!r}; expected one of {REMAT_POLICIES}")
-        for name in ("num_layers", "num_heads", "head_dim", "d_model", "d_ff"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"EncoderConfig.{name} must be a positive int, got {value!r}")
+        config_io.check_positive_ints(self, "num_layers", "num_heads", "head_dim", "d_model", "d_ff")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"EncoderConfig.dropout_rate must be in [0, 1), got {self.dropout_rate}")
 
@@ -311,15 +307,11 @@ class ResNetConfig:
     param_dtype: Any = jnp.float32
 
     def __post_init__(self):
-        object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
-        object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype))
+        config_io.normalize_dtypes(self)
         object.__setattr__(self, "stage_sizes", tuple(self.stage_sizes))
         if not self.stage_sizes or any(not isinstance(n, int) or n <= 0 for n in self.stage_sizes):
             raise ValueError(f"ResNetConfig.stage_sizes must be positive ints, got {self.stage_sizes}")
-        for name in ("width", "expansion", "norm_groups"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"ResNetConfig.{name} must be a positive int, got {value!r}")
+        config_io.check_positive_ints(self, "width", "expansion", "norm_groups")
 
     @property
     def output_dim(self) -> int:

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from musiclm_jax.nn.grouped_conv import grouped_conv1d
+from musiclm_jax.models import config_io
 
 Array = jax.Array
 
@@ -53,8 +54,7 @@ class SEANetConfig:
     param_dtype: Any = jnp.float32
 
     def __post_init__(self):
-        object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
-        object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype))
+        config_io.normalize_dtypes(self)
         object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))
         object.__setattr__(self, "channel_multipliers", tuple(int(m) for m in self.channel_multipliers))
         object.__setattr__(self, "dilations", tuple(int(d) for d in self.dilations))

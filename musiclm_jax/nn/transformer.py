@@ -21,6 +21,7 @@ import flax.linen as nn
 
 from musiclm_jax.nn.attention import MultiHeadAttention
 from musiclm_jax.nn.position import RelativePositionBias
+from musiclm_jax.models import config_io
 
 Array = jax.Array
 
@@ -59,9 +60,7 @@ class TransformerConfig:
     remat_policy: str = "none"
 
     def __post_init__(self):
-        # Normalise dtypes ('bfloat16', jnp.bfloat16, ...) to hashable numpy dtypes.
-        object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
-        object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype))
+        config_io.normalize_dtypes(self)
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"unknown remat_policy {self.remat_policy!r}; expected one of {REMAT_POLICIES}")
         for name in ("vocab_size", "num_layers", "num_heads", "head_dim", "d_model", "d_ff"):
