@@ -53,7 +53,10 @@ def jaxpr_flops(jaxpr) -> float:
     """Matmul + convolution FLOPs (2 per multiply-add) of a (closed) jaxpr, looking inside every
     nested call: a scan's body counts `length` times, a cond's costliest branch once, a while
     loop's body once (its trip count is unknown). Elementwise work is not counted (MFU's
-    convention). Unlike XLA's cost analysis, scanned layers are counted once per layer."""
+    convention). Unlike XLA's cost analysis, scanned layers are counted once per layer.
+    Rematerialised forward work is in the jaxpr and is counted: with remat on, the ratio to
+    the peak is hardware-FLOPs utilisation (the paper semantic stage with full remat: 42.4 TFLOP
+    per step against 34.1 without)."""
     jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
     total = 0.0
     for eqn in jaxpr.eqns:
