@@ -53,45 +53,67 @@ def _final_params(model_dir):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
-    steps = ["--gin.TRAIN_STEPS=60", "--gin.CHECKPOINT_PERIOD=10", "--gin.EVAL_PERIOD=0"]
-    straight = tmp_path / "straight"
-    r = musiclm("train", TINY, f"--gin.MODEL_DIR='{straight}'", *steps)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert (straight / "config.gin").exists() and "StageConfig.num_layers" in (straight / "config.gin").read_text()
-    info = (straight / "model-info.txt").read_text()
-    assert "parameters:" in info and "logical=('vocab', 'embed')" in info
+    # Batch 8 (local_tiny's 32 is for learning the copy; bit-exact resume does not need it) and
+    # 40 steps: each process is mostly start-up and compilation, so steps are kept few and cheap.
+    # Killing at the first checkpoint (10) still leaves 30 steps (~3 s on one core) before the
+    # run would end; the directory is polled every 50 ms.
+    steps = ["--gin.TRAIN_STEPS=40", "--gin.CHECKPOINT_PERIOD=10", "--gin.EVAL_PERIOD=0",
+             "--gin.BATCH_SIZE_PER_DEVICE=8"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    procs = []
 
-    # `musiclm eval` restores the final checkpoint and writes its metrics.
-    r = musiclm("eval", "--gin_file=runs/eval.gin", "--gin_file=models/semantic_stage/tiny.gin",
-                "--gin.MIXTURE_OR_TASK_NAME='permuted_copy_32'", f"--gin.MODEL_DIR='{straight}'", "--gin.EVAL_STEPS=2")
-    assert r.returncode == 0, r.stderr[-3000:]
-    import json
+    def start(*args, output=subprocess.PIPE):
+        procs.append(subprocess.Popen([sys.executable, "-m", "musiclm_jax.main", *args], env=ENV, cwd="/",
+                                      text=True, stdout=output, stderr=output))
+        return procs[-1]
 
-    report = json.loads((straight / "eval-60.json").read_text())
-    assert report["step"] == 60 and report["metrics"]["num_tokens"] == 2 * 8 * 24
-    assert 0.0 <= report["metrics"]["accuracy"] <= 1.0 and np.isfinite(report["metrics"]["loss"])
+    try:
+        # The uninterrupted run and the run to be killed are independent, so they run side by side
+        # (each is mostly single-threaded start-up and compilation: two cores halve the wait);
+        # later the resumed run trains while `musiclm eval` reads the uninterrupted run.
+        proc = start("train", TINY, f"--gin.MODEL_DIR='{killed}'", *steps, output=subprocess.DEVNULL)
+        straight_proc = start("train", TINY, f"--gin.MODEL_DIR='{straight}'", *steps)
+        ckpt_dir = killed / "checkpoints"
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            done = [d for d in (os.listdir(ckpt_dir) if ckpt_dir.exists() else []) if d.isdigit()]
+            if any(int(d) >= 10 for d in done):
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        steps_at_kill = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+        assert steps_at_kill and max(steps_at_kill) < 40, steps_at_kill
+        resume_proc = start("train", TINY, f"--gin.MODEL_DIR='{killed}'", *steps)
 
-    killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "musiclm_jax.main", "train", TINY, f"--gin.MODEL_DIR='{killed}'", *steps]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/")
-    ckpt_dir = killed / "checkpoints"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        done = [d for d in (os.listdir(ckpt_dir) if ckpt_dir.exists() else []) if d.isdigit()]
-        if any(int(d) >= 20 for d in done):
-            break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    steps_at_kill = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
-    assert steps_at_kill and max(steps_at_kill) < 60, steps_at_kill
+        _, err = straight_proc.communicate(timeout=300)
+        assert straight_proc.returncode == 0, err[-3000:]
+        assert (straight / "config.gin").exists() and "StageConfig.num_layers" in (straight / "config.gin").read_text()
+        info = (straight / "model-info.txt").read_text()
+        assert "parameters:" in info and "logical=('vocab', 'embed')" in info
 
-    r = musiclm("train", TINY, f"--gin.MODEL_DIR='{killed}'", *steps)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "resumed from step" in r.stdout
+        # `musiclm eval` restores the final checkpoint and writes its metrics.
+        r = musiclm("eval", "--gin_file=runs/eval.gin", "--gin_file=models/semantic_stage/tiny.gin",
+                    "--gin.MIXTURE_OR_TASK_NAME='permuted_copy_32'", f"--gin.MODEL_DIR='{straight}'",
+                    "--gin.EVAL_STEPS=2")
+        assert r.returncode == 0, r.stderr[-3000:]
+        import json
+
+        report = json.loads((straight / "eval-40.json").read_text())
+        assert report["step"] == 40 and report["metrics"]["num_tokens"] == 2 * 8 * 24
+        assert 0.0 <= report["metrics"]["accuracy"] <= 1.0 and np.isfinite(report["metrics"]["loss"])
+
+        out, err = resume_proc.communicate(timeout=300)
+        assert resume_proc.returncode == 0, err[-3000:]
+        assert "resumed from step" in out
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     step_a, a = _final_params(straight)
     step_b, b = _final_params(killed)
-    assert step_a == step_b == 60
+    assert step_a == step_b == 40
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(x, y)
 

@@ -78,7 +78,15 @@ def test_tiny_codec_learns_on_synthetic_music():
 
 @pytest.mark.slow
 def test_sharded_gan_step_matches_single_device_and_resumes(tmp_path):
-    model = SoundStream(tiny_config(discriminator_start_step=1))
+    # Every part of the GAN step (encoder, RVQ, decoder, STFT and 2-scale wave discriminators),
+    # one layer each: CPU compile time grows with the layer count, and this test compiles an
+    # init and a step twice (one device, 8 devices); what it checks does not depend on depth.
+    model = SoundStream(tiny_config(
+        discriminator_start_step=1,
+        seanet=SEANetConfig(channels=8, strides=(4,), channel_multipliers=(2,), dim=16, dilations=(1,)),
+        discriminators=DiscriminatorConfig(stft_window=256, stft_hop=64, stft_channels=4, stft_dilations=(1,),
+                                           wave_channels=4, wave_max_channels=32, wave_downsample=(4,),
+                                           wave_num_scales=2)))
     batches = [clips(0, 8), clips(1, 8), clips(2, 8)]
     single_trainer = make_trainer(model, (1, 1, 1), jax.devices()[:1])
     state0 = single_trainer.init_state(single_trainer.rng(0))
