@@ -66,7 +66,9 @@ def model_from_gin(name: str):
     finally:
         logging.disable(logging.NOTSET)
         gin.clear_config()
-    return spec["model"], {k: int(v) for k, v in spec["lengths"].items()}, int(spec["batch"])
+    lengths = {k: tuple(int(n) for n in v) if isinstance(v, (tuple, list)) else int(v)
+               for k, v in spec["lengths"].items()}
+    return spec["model"], lengths, int(spec["batch"])
 
 
 def random_batch(model, lengths: dict, batch: int) -> dict:
@@ -75,11 +77,12 @@ def random_batch(model, lengths: dict, batch: int) -> dict:
     rng = np.random.default_rng(0)
     out = {}
     for k, n in lengths.items():
+        shape = (batch, *n) if isinstance(n, tuple) else (batch, n)
         if model.FEATURE_DTYPES.get(k, jnp.int32) == jnp.float32:
-            out[k] = 0.1 * rng.standard_normal((batch, n)).astype(np.float32)
+            out[k] = 0.1 * rng.standard_normal(shape).astype(np.float32)
         else:
             high = getattr(model.config, "vocab_size", 1024) if k == "text_tokens" else 1024
-            out[k] = rng.integers(3, high, (batch, n)).astype(np.int32)
+            out[k] = rng.integers(3, high, shape).astype(np.int32)
     return out
 
 

@@ -9,8 +9,9 @@ import numpy as np
 import optax
 import pytest
 
+from musiclm_jax import gin_utils
 from musiclm_jax.data.token_tasks import permuted_copy_batch
-from musiclm_jax.models import stages
+from musiclm_jax.models import gin_registry, stages
 from musiclm_jax.models.base import dummy_batch
 from musiclm_jax.models.stages import StageConfig, StageModel, StreamSpec
 from musiclm_jax.models.token_layout import BOS_ID, NULL_COND_ID, PAD_ID, TokenLayout
@@ -339,3 +340,23 @@ def test_tiny_stage_learns_permuted_copy():
     metrics = jax.jit(model.eval_fn)(params, held_out)
     assert float(metrics["num_tokens"]) == 256 * 24
     assert float(metrics["accuracy"]) > 0.95, metrics
+
+
+@pytest.mark.parametrize("stage, lengths, sequence", [
+    ("coarse_stage", {"mulan_tokens": (1, 12), "semantic_tokens": (1, 250), "acoustic_tokens": (1, 500, 12)}, (262, 2000)),
+    ("fine_stage", {"mulan_tokens": (1, 12), "acoustic_tokens": (1, 150, 12)}, (612, 1200)),
+])
+def test_paper_acoustic_stage_configs(stage, lengths, sequence):
+    """gin/models/{coarse,fine}_stage/paper.gin: the semantic stage's transformer on the paper's
+    acoustic crops (10 s of levels 1-4 after MuLan + semantic; 3 s of levels 5-12 after MuLan +
+    levels 1-4), both reading one [frames, 12] acoustic feature."""
+    gin.clear_config()
+    try:
+        gin_utils.parse([f"models/{stage}/paper.gin"], [])
+        model = gin_registry.StageModel()
+        feature_lengths = gin.query_parameter("%TASK_FEATURE_LENGTHS")
+    finally:
+        gin.clear_config()
+    assert model.sequence_length(lengths) == sequence
+    assert {k: (1, *v) if isinstance(v, tuple) else (1, v) for k, v in feature_lengths.items()} == lengths
+    assert 440e6 < model.param_count() < 470e6

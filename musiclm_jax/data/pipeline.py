@@ -6,7 +6,7 @@ batches an uninterrupted run would from N on. Each host reads its own shard.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import jax
 import numpy as np
@@ -21,7 +21,7 @@ PAD_CODE = -1  # padding in raw code features; the models give it zero loss weig
 @dataclasses.dataclass(frozen=True)
 class DatasetConfig:
     mixture_or_task_name: str
-    task_feature_lengths: Mapping[str, int]
+    task_feature_lengths: Mapping[str, Any]  # int, or a tuple (frames, levels) for [frames, levels] codes
     batch_size: int  # global batch, over all hosts
     split: str = "train"
     shuffle: bool = True
@@ -32,18 +32,27 @@ class DatasetConfig:
         if self.batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
         for k, v in self.task_feature_lengths.items():
-            if int(v) <= 0:
+            if any(int(n) <= 0 for n in _dims(v)):
                 raise ValueError(f"task_feature_lengths[{k!r}] must be positive, got {v}")
 
 
-def _crop_or_pad(lengths: Mapping[str, int]):
+def _dims(length) -> tuple[int, ...]:
+    """A task feature length as a shape: 250 -> (250,), (500, 12) -> (500, 12)."""
+    return tuple(int(n) for n in length) if isinstance(length, (tuple, list)) else (int(length),)
+
+
+def _crop_or_pad(lengths: Mapping[str, Any]):
+    """Crops or pads the first dimension to the length; a tuple length also fixes the rest
+    (e.g. (500, 12): 500 frames of 12 RVQ levels)."""
     def fn(ex):
         out = {}
         for k, length in lengths.items():
-            x = ex[k][:length]
-            pad = [[0, length - tf.shape(x)[0]]] + [[0, 0]] * (len(x.shape) - 1)
+            dims = _dims(length)
+            x = ex[k][: dims[0]]
+            pad = [[0, dims[0] - tf.shape(x)[0]]] + [[0, 0]] * (len(x.shape) - 1)
             fill = PAD_CODE if x.dtype.is_integer else 0  # codes pad with PAD_CODE, audio with silence
-            out[k] = tf.ensure_shape(tf.pad(x, pad, constant_values=tf.cast(fill, x.dtype)), [length] + x.shape[1:])
+            shape = list(dims) if len(dims) > 1 else [dims[0]] + x.shape[1:]
+            out[k] = tf.ensure_shape(tf.pad(x, pad, constant_values=tf.cast(fill, x.dtype)), shape)
         return out
 
     return fn
@@ -99,7 +108,4 @@ class BatchIterator:
 
 def input_shapes(task_feature_lengths: Mapping[str, int], batch_size: int) -> dict[str, tuple[int, ...]]:
     """Global input shapes {feature: (batch, length...)}; a length may be a tuple (frames, levels)."""
-    shapes = {}
-    for k, v in task_feature_lengths.items():
-        shapes[k] = (batch_size,) + (tuple(v) if isinstance(v, (tuple, list)) else (int(v),))
-    return shapes
+    return {k: (batch_size,) + _dims(v) for k, v in task_feature_lengths.items()}
