@@ -360,3 +360,14 @@ def test_paper_acoustic_stage_configs(stage, lengths, sequence):
     assert model.sequence_length(lengths) == sequence
     assert {k: (1, *v) if isinstance(v, tuple) else (1, v) for k, v in feature_lengths.items()} == lengths
     assert 440e6 < model.param_count() < 470e6
+
+
+def test_config_dict_round_trips_through_json():
+    """model.json (written by `musiclm train`) rebuilds the same stage: layouts, streams, dtypes."""
+    import json
+
+    config = StageConfig(layout=TokenLayout(streams=(("mulan", 4, 32), ("acoustic", 3, (64, 32, 16)))),
+                         conditions=(("mulan_tokens", "mulan", 0, 4),), target=("acoustic_tokens", "acoustic", 1, 2),
+                         num_layers=2, num_heads=2, head_dim=8, d_model=16, d_ff=32, dtype="bfloat16")
+    spec = json.loads(json.dumps(StageModel(config).config_dict()))
+    assert spec["model"] == "StageModel" and StageConfig.from_dict(spec["config"]) == config

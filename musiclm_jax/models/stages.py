@@ -82,6 +82,21 @@ class StageConfig:
             raise ValueError(f"StageConfig.z_loss must be >= 0, got {self.z_loss}")
         self.transformer_config()  # validates sizes, dropout and remat policy
 
+    def to_dict(self) -> dict:
+        return config_io.to_plain(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "StageConfig":
+        """Inverse of `to_dict` (JSON lists back to the layout's and streams' tuples)."""
+        d = dict(d)
+        layout = dict(d["layout"])
+        layout["streams"] = tuple((name, levels, tuple(sizes) if isinstance(sizes, list) else sizes)
+                                  for name, levels, sizes in layout["streams"])
+        d["layout"] = TokenLayout(**layout)
+        d["conditions"] = tuple(StreamSpec(*c) for c in d["conditions"])
+        d["target"] = StreamSpec(*d["target"])
+        return cls(**d)
+
     def transformer_config(self) -> TransformerConfig:
         return TransformerConfig(
             vocab_size=self.layout.vocab_size,
@@ -123,6 +138,9 @@ class StageModel(BaseModel):
         self.module = DecoderStack(config.transformer_config())
         specs = (*config.conditions, config.target)
         self.FEATURE_DTYPES = {spec.feature: jnp.int32 for spec in specs}
+
+    def config_dict(self) -> dict:
+        return {"model": "StageModel", "config": self.config.to_dict()}
 
     # --- sequences ---------------------------------------------------------------------------
 
