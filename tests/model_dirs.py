@@ -1,0 +1,68 @@
+"""Random-init model directories shaped like `musiclm train` output (model.json + an orbax
+checkpoint [+ the tokenizer artifacts]), built in seconds: shared by the tests that load frozen
+models from directories (precompute, generation)."""
+import json
+import os
+
+import jax
+import numpy as np
+
+from musiclm_jax.training import checkpoints
+from musiclm_jax.training.partitioning import unbox
+from musiclm_jax.training.train_state import TrainState
+
+SR = 16000  # MuLan's and w2v-BERT's rate in the tiny configs
+CODEC_SR = 24000  # the tiny codec re-strided to 24 kHz (hop 120: 200 frames/s)
+
+
+def save_random_model(directory, model, shapes):
+    """model.json + a checkpoint of random parameters (shapes from eval_shape: no init compiled)."""
+    abstract = jax.eval_shape(lambda: unbox(model.get_initial_variables(jax.random.PRNGKey(0), shapes))["params"])
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: (np.ones(x.shape, x.dtype) if "scale" in jax.tree_util.keystr(path)
+                         else (0.1 * rng.standard_normal(x.shape)).astype(x.dtype)), abstract)
+    os.makedirs(directory / "checkpoints")
+    (directory / "model.json").write_text(json.dumps(model.config_dict()))
+    ckpt = checkpoints.Checkpointer(str(directory / "checkpoints"), save_every=1, async_save=False)
+    ckpt.save(1, TrainState(step=np.int32(1), params=params, opt_state={}), {})
+    ckpt.close()
+    return model
+
+
+def gin_model(model_gin, name, bindings=()):
+    import gin
+
+    from musiclm_jax import gin_utils
+    from musiclm_jax.models import gin_registry
+
+    gin.clear_config()
+    try:
+        gin_utils.parse([model_gin], list(bindings))
+        return getattr(gin_registry, name)()
+    finally:
+        gin.clear_config()
+
+
+def tokenizer_dirs(root) -> dict:
+    """Random-init tiny MuLan (+ a random 4 x 32 RVQ and its caption vocabulary), w2v-BERT
+    (+ random 16-cluster k-means) and SoundStream at 24 kHz (4 levels x 64 codes)."""
+    from musiclm_jax.data import synthetic, text_vocab
+    from musiclm_jax.nn import quantizer
+    from musiclm_jax.tokenizers import kmeans, mulan
+
+    m = save_random_model(root / "mulan", gin_model("models/mulan/tiny.gin", "MuLan"),
+                          {"audio": (1, 32000), "text_tokens": (1, 32)})
+    cb = quantizer.init_codebooks(jax.random.PRNGKey(1), 4, 32, m.config.embed_dim)
+    mulan.save_rvq(str(root / "mulan" / "mulan_rvq"), {k: np.asarray(v) for k, v in cb.items()}, {})
+    text_vocab.caption_vocabulary(model_dir=str(root / "mulan"),
+                                  source=synthetic.SyntheticSource(num_examples=200, duration_s=1.0),
+                                  vocab_size=m.config.vocab_size)
+    w = save_random_model(root / "w2v", gin_model("models/w2v_bert/tiny.gin", "W2vBert"), {"audio": (1, SR)})
+    centroids = np.random.default_rng(0).standard_normal((16, w.config.d_model)).astype(np.float32)
+    kmeans.save_kmeans(str(root / "w2v" / "kmeans"),
+                       kmeans.KMeansState(centroids, np.ones(16, np.int64), 0, 0, ()), {"layer": 1})
+    s = gin_model("models/soundstream/tiny.gin", "SoundStream",
+                  [f"SoundStreamConfig.sample_rate = {CODEC_SR}", "SEANetConfig.strides = (4, 5, 6)"])
+    save_random_model(root / "ss", s, {"audio": (1, 1200)})
+    return {"mulan_dir": str(root / "mulan"), "w2v_bert_dir": str(root / "w2v"), "soundstream_dir": str(root / "ss")}
