@@ -31,13 +31,14 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "absl-py>=2.1",
     "matplotlib>=3.8",
+    # `musiclm precompute` runs the token cache pipeline on Beam (DirectRunner locally, Dataflow at scale).
+    "apache-beam[tfrecord]>=2.77,<2.78",
 ]
 
 EXTRAS_REQUIRE = {
     "test": ["pytest>=8,<10", "pytest-timeout>=2.3"],
     # libtpu: runs on TPU VMs, and compiles for TPU topologies on any host (`musiclm aot`).
     "tpu": [f"jax[tpu]=={JAX_VERSION}"],
-    "beam": ["apache-beam[tfrecord]>=2.77,<2.78"],
 }
 
 

@@ -14,7 +14,7 @@ import traceback
 from typing import Optional, Sequence
 
 ENTRY_FUNCTIONS = ("train", "evaluate", "compile_for_topology", "inspect_task", "fit_mulan_rvq",
-                   "fit_semantic_kmeans")
+                   "fit_semantic_kmeans", "precompute_tokens")
 MODES = {
     "train": "train a model (resumes from MODEL_DIR)",
     "eval": "evaluate a checkpoint on an eval split",
@@ -22,6 +22,7 @@ MODES = {
     "inspect": "write a raw-audio task's examples as WAVs plus a PNG sheet of spectrograms",
     "fit_mulan_rvq": "fit the MuLan-token RVQ on a trained MuLan's audio embeddings of a task",
     "fit_semantic_kmeans": "fit the semantic-token k-means on a trained w2v-BERT's layer embeddings of a task",
+    "precompute": "tokenize a raw-audio task once with the frozen MuLan, w2v-BERT and SoundStream into a token cache",
 }
 
 
@@ -200,6 +201,19 @@ def _run_mode(args, configurables, gin_utils) -> int:
             return _failed("fit_semantic_kmeans", e)
         print(f"fitted {info['num_clusters']} clusters on layer {info['layer']}; mean squared distance "
               f"train {info['train_mean_sq_distance']:.4g}, held-out {info.get('held_out_mean_sq_distance', float('nan')):.4g}")
+        return 0
+    if args.mode == "precompute":
+        from musiclm_jax.data.bad_input import NoUsableExamplesError
+
+        try:
+            summary = configurables.precompute_tokens()
+        except NoUsableExamplesError as e:
+            return _failed("precompute", e)
+        for split, s in summary["splits"].items():
+            print(f"{split}: {s['clips']} clips, {s['seconds']:.1f} s of audio, tokens {s['tokens']}, "
+                  f"skipped {s['skipped'] or 'none'}")
+        print(f"{summary['shards_run']} shards tokenized, {summary['shards_skipped']} already done; "
+              f"cache and summary.json in {summary['output_dir']}")
         return 0
     raise AssertionError(args.mode)
 

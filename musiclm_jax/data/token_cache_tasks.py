@@ -1,0 +1,210 @@
+"""Token tasks read from a `musiclm precompute` cache, cropped at whole seconds.
+
+The cache (written by data/precompute.py) holds each clip tokenised once, whole:
+`mulan_tokens` [levels], `semantic_tokens` [frames], `acoustic_tokens` [frames, levels],
+`caption`, `id`. A token task crops it at a whole-second start s for L seconds in every
+stream at once (semantic [s*r_s : (s+L)*r_s], acoustic [s*r_a : (s+L)*r_a], rates read from
+the cache's precompute.json), so one tokenisation serves every stage and crop length:
+
+    register_token_task('music_tokens_30s', '/data/cache/music', crop_seconds=30)
+
+Train crops are random (seqio's stateless seeds: deterministic for a seed, new crops each
+epoch); other splits are cropped at a fixed start ('center' or 'start') when they are read.
+`mulan_tokens` describe the whole clip and are never cropped.
+
+Cache layout (one directory; seqio's offline-cache layout, so it is also readable by a seqio
+Task with a CacheDatasetPlaceholder through `use_cached=True` when it sits at
+<global cache dir>/<that task's name>):
+
+    COMPLETED                              seqio's marker: every requested split is finished
+    info.<split>.json                      seqio: feature shapes/dtypes, num_shards
+    stats.<split>.json                     seqio: examples, <feature>_tokens, <feature>_max_tokens
+    <split>.tfrecord-00003-of-00008        tf.Example records of input shard 3 (int32 stored as int64)
+    shards/<split>-00003-of-00008.json     that shard's counts (clips, seconds, tokens, bad inputs)
+    precompute.json                        task, model dirs, token rates, levels, codebook sizes
+    summary.json                           totals of the last run (also logged)
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Optional, Sequence
+
+import seqio
+import tensorflow as tf
+
+META_FILE = "precompute.json"
+SUMMARY_FILE = "summary.json"
+SHARD_STATS_DIR = "shards"
+TOKEN_FEATURES = ("mulan_tokens", "semantic_tokens", "acoustic_tokens")
+CROP_MODES = ("center", "start")
+PAD_RULES = ("keep", "drop")
+_registered: set[str] = set()
+
+
+def shard_path(cache_dir: str, split: str, shard: int, num_shards: int) -> str:
+    """The TFRecord of one input shard, named as seqio's cache reader expects."""
+    return f"{seqio.utils.get_cached_tfrecord_prefix(cache_dir, split)}-{shard:05d}-of-{num_shards:05d}"
+
+
+def shard_stats_path(cache_dir: str, split: str, shard: int, num_shards: int) -> str:
+    return os.path.join(cache_dir, SHARD_STATS_DIR, f"{split}-{shard:05d}-of-{num_shards:05d}.json")
+
+
+def info_dict(num_shards: int, acoustic_levels: int) -> dict:
+    """seqio's info.<split>.json (what beam_utils.GetInfo writes for these features)."""
+    token = lambda shape: {"shape": shape, "dtype": "int32"}  # noqa: E731
+    return {"num_shards": int(num_shards), "seqio_version": seqio.__version__,
+            "features": {"mulan_tokens": token([None]), "semantic_tokens": token([None]),
+                         "acoustic_tokens": token([None, int(acoustic_levels)]),
+                         "caption": {"shape": [], "dtype": "string"}, "id": {"shape": [], "dtype": "string"}}}
+
+
+def read_json(path: str) -> dict:
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def write_json(path: str, data: dict) -> None:
+    """Written to a temporary name and renamed: a crash never leaves half a file."""
+    tmp = path + ".tmp"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def load_cache_meta(cache_dir: str) -> dict:
+    """precompute.json of a finished cache, with a clear error when the cache is not there."""
+    meta_path = os.path.join(cache_dir, META_FILE)
+    if not tf.io.gfile.exists(meta_path) or not tf.io.gfile.exists(os.path.join(cache_dir, "COMPLETED")):
+        raise FileNotFoundError(f"{cache_dir} is not a finished token cache (no {META_FILE} or COMPLETED): "
+                                "run `musiclm precompute` into it first")
+    meta = read_json(meta_path)
+    missing = [k for k in ("rates", "levels", "codebook_sizes", "splits") if k not in meta]
+    if missing:
+        raise ValueError(f"{meta_path} lacks {missing}: not written by musiclm precompute")
+    return meta
+
+
+def tokens_per_second(meta: dict, stream: str) -> int:
+    """Whole-second crops need a whole number of frames per second."""
+    rate = float(meta["rates"][stream])
+    if abs(rate - round(rate)) > 1e-6 or rate <= 0:
+        raise ValueError(f"{stream} tokens come at {rate} Hz: whole-second crops need an integer rate")
+    return int(round(rate))
+
+
+def _parse_fn(cache_dir: str, split: str):
+    """tf.Example -> int32/string features, as seqio's own cache reader parses them."""
+    info = read_json(seqio.utils.get_cached_info_path(cache_dir, split))
+    description = {}
+    for key, spec in info["features"].items():
+        if spec["dtype"] == "string":
+            description[key] = tf.io.FixedLenFeature([], tf.string)
+        else:
+            description[key] = tf.io.FixedLenSequenceFeature(spec["shape"][1:], tf.int64, allow_missing=True)
+
+    def parse(record):
+        ex = tf.io.parse_single_example(record, description)
+        return {k: tf.cast(v, tf.int32) if v.dtype == tf.int64 else v for k, v in ex.items()}
+
+    return parse, info["num_shards"]
+
+
+def _crop_at(ex: dict, start, seconds: int, rates: dict) -> dict:
+    out = dict(ex)
+    for key, rate in rates.items():
+        out[key] = ex[key][start * rate:(start + seconds) * rate]
+    out["crop_start_s"] = start + ex.get("crop_start_s", 0)
+    return out
+
+
+def _whole_seconds(ex: dict, rates: dict):
+    return tf.reduce_min(tf.stack([tf.shape(ex[k])[0] // r for k, r in rates.items()]))
+
+
+def fixed_crop(dataset: tf.data.Dataset, *, seconds: int, rates: dict, mode: str = "center",
+               pad: str = "keep") -> tf.data.Dataset:
+    """Crops every stream in `rates` ({feature: tokens per second}) to `seconds` from a fixed
+    whole-second start: 0 ('start') or the centre ('center'). Shorter clips stay whole
+    ('keep'; the batch pipeline pads them) or are dropped ('drop')."""
+    if pad == "drop":
+        dataset = dataset.filter(lambda ex: _whole_seconds(ex, rates) >= seconds)
+
+    def crop(ex):
+        last_start = tf.maximum(_whole_seconds(ex, rates) - seconds, 0)
+        return _crop_at(ex, last_start // 2 if mode == "center" else tf.constant(0, tf.int32), seconds, rates)
+
+    return dataset.map(crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def random_crop(dataset: tf.data.Dataset, *, seconds: int, rates: dict, pad: str = "keep") -> tf.data.Dataset:
+    """Like `fixed_crop`, from a random whole-second start (seqio gives each example its seed)."""
+    if pad == "drop":
+        dataset = dataset.filter(lambda ex: _whole_seconds(ex, rates) >= seconds)
+
+    @seqio.map_over_dataset(num_seeds=1)
+    def crop(ex, seed):
+        last_start = tf.maximum(_whole_seconds(ex, rates) - seconds, 0)
+        start = tf.random.stateless_uniform([], seed, minval=0, maxval=last_start + 1, dtype=tf.int32)
+        return _crop_at(ex, start, seconds, rates)
+
+    return crop(dataset)
+
+
+def _dataset_fn(split, shuffle_files, seed=None, *, cache_dir, random_splits, crop):
+    parse, num_shards = _parse_fn(cache_dir, split)
+    files = [shard_path(cache_dir, split, i, num_shards) for i in range(num_shards)]
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle_files:
+        ds = ds.shuffle(len(files), seed=seed)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(16, len(files)))
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # Held-out splits get their fixed crop here; the random crop preprocessor then has one choice.
+    return ds if crop is None or split in random_splits else crop(ds)
+
+
+def register_token_task(name: str, cache_dir: str, *, crop_seconds: Optional[int] = None,
+                        validation_crop: str = "center", pad: str = "keep",
+                        random_crop_splits: Sequence[str] = ("train",), shuffle_buffer_size: int = 1024) -> str:
+    """Registers (or re-registers) the token cache at `cache_dir` as the seqio task `name`.
+
+    `crop_seconds=None` gives whole tracks. Splits in `random_crop_splits` get random crops;
+    the others a fixed one (`validation_crop`: 'center' or 'start')."""
+    if crop_seconds is not None and int(crop_seconds) <= 0:
+        raise ValueError(f"crop_seconds must be positive, got {crop_seconds}")
+    if validation_crop not in CROP_MODES or pad not in PAD_RULES:
+        raise ValueError(f"validation_crop must be in {CROP_MODES} and pad in {PAD_RULES}; "
+                         f"got {validation_crop!r}, {pad!r}")
+    meta = load_cache_meta(cache_dir)
+    rates = {"semantic_tokens": tokens_per_second(meta, "semantic"),
+             "acoustic_tokens": tokens_per_second(meta, "acoustic")}
+    splits = tuple(meta["splits"])
+    for split in splits:
+        if not tf.io.gfile.exists(seqio.utils.get_cached_info_path(cache_dir, split)):
+            raise FileNotFoundError(f"{cache_dir}: split {split!r} is listed in {META_FILE} but has no info file")
+    if name in seqio.TaskRegistry.names():
+        if name not in _registered:
+            raise ValueError(f"task {name!r} already exists and is not a token-cache task")
+        seqio.TaskRegistry.remove(name)
+
+    fixed = random = None
+    if crop_seconds is not None:
+        fixed = functools.partial(fixed_crop, seconds=int(crop_seconds), rates=rates, mode=validation_crop, pad=pad)
+        random = functools.partial(random_crop, seconds=int(crop_seconds), rates=rates, pad=pad)
+    source = seqio.FunctionDataSource(
+        functools.partial(_dataset_fn, cache_dir=cache_dir, random_splits=tuple(random_crop_splits), crop=fixed),
+        splits=splits)
+
+    def codes(stream: str, rank: int) -> seqio.Feature:
+        vocab = seqio.PassThroughVocabulary(int(meta["codebook_sizes"][stream]))
+        return seqio.Feature(vocab, add_eos=False, dtype=tf.int32, rank=rank)
+
+    text = seqio.Feature(seqio.PassThroughVocabulary(0), add_eos=False, dtype=tf.string, rank=0)
+    features = {"mulan_tokens": codes("mulan", 1), "semantic_tokens": codes("semantic", 1),
+                "acoustic_tokens": codes("acoustic", 2), "caption": text, "id": text}
+    seqio.TaskRegistry.add(name, source=source, preprocessors=[random] if random else [],
+                           output_features=features, shuffle_buffer_size=shuffle_buffer_size)
+    _registered.add(name)
+    return name
