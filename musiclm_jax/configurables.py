@@ -39,3 +39,9 @@ from musiclm_jax.data import precompute, token_cache_tasks  # noqa: E402
 
 precompute_tokens = gin_utils.register(precompute.precompute_tokens, "precompute_tokens")
 register_token_task = gin_utils.register(token_cache_tasks.register_token_task, "register_token_task")
+# Text -> music from the trained models' directories (runs/generate.gin).
+from musiclm_jax import generate as generate_lib  # noqa: E402
+from musiclm_jax.models import musiclm  # noqa: E402
+
+generate = gin_utils.register(generate_lib.generate, "generate")
+SamplingSettings = gin_utils.register(musiclm.SamplingSettings, "SamplingSettings")

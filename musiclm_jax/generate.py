@@ -89,7 +89,7 @@ def generate(*, output_dir: str, seconds: float, prompts: Sequence[str] = (), pr
                    "num_candidates": num_candidates,
                    "mulan_score": None if result.mulan_score is None else float(result.mulan_score[i]),
                    "settings": {s: vars(settings[s]) for s in STAGES}, "models": dirs,
-                   "generation_seconds_all_prompts": elapsed}
+                   "generation_seconds_all_prompts": elapsed, "file": stem + ".wav"}
         with open(stem + ".json", "w") as f:
             json.dump(sidecar, f, indent=1)
         sidecars.append(sidecar)

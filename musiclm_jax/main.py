@@ -14,7 +14,7 @@ import traceback
 from typing import Optional, Sequence
 
 ENTRY_FUNCTIONS = ("train", "evaluate", "compile_for_topology", "inspect_task", "fit_mulan_rvq",
-                   "fit_semantic_kmeans", "precompute_tokens")
+                   "fit_semantic_kmeans", "precompute_tokens", "generate")
 MODES = {
     "train": "train a model (resumes from MODEL_DIR)",
     "eval": "evaluate a checkpoint on an eval split",
@@ -23,6 +23,7 @@ MODES = {
     "fit_mulan_rvq": "fit the MuLan-token RVQ on a trained MuLan's audio embeddings of a task",
     "fit_semantic_kmeans": "fit the semantic-token k-means on a trained w2v-BERT's layer embeddings of a task",
     "precompute": "tokenize a raw-audio task once with the frozen MuLan, w2v-BERT and SoundStream into a token cache",
+    "generate": "text -> music: a WAV (+ JSON sidecar, PNG spectrogram) per prompt from the trained models' directories",
 }
 
 
@@ -85,7 +86,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--topology", default="v5e:4x4", help="aot: TPU topology, e.g. v5e:4x4, v4:2x2x2, v5p:2x2x2")
     p.add_argument("--task", help="inspect: seqio task name (else inspect_task.task from gin)")
     p.add_argument("--num_examples", type=int, default=8, help="inspect: how many examples")
-    p.add_argument("--output_dir", help="inspect: where the WAVs, spectrograms.png and summary.json go")
+    p.add_argument("--output_dir", help="inspect: where the WAVs, spectrograms.png and summary.json go; "
+                                        "generate: where the WAVs go (else generate.output_dir from gin)")
+    p.add_argument("--prompt", action="append", default=[], help="generate: a text prompt (repeatable)")
+    p.add_argument("--prompt_file", help="generate: a file of prompts, one per line")
     p.add_argument("--split", default="train", help="inspect: train or validation")
     p.add_argument("--verbose", action="store_true", help="show library logs")
     return p
@@ -214,6 +218,16 @@ def _run_mode(args, configurables, gin_utils) -> int:
                   f"skipped {s['skipped'] or 'none'}")
         print(f"{summary['shards_run']} shards tokenized, {summary['shards_skipped']} already done; "
               f"cache and summary.json in {summary['output_dir']}")
+        return 0
+    if args.mode == "generate":
+        kwargs = {"output_dir": args.output_dir} if args.output_dir else {}
+        try:
+            sidecars = configurables.generate(prompts=args.prompt, prompt_file=args.prompt_file, **kwargs)
+        except ValueError as e:  # an empty prompt, a bad length, stages that do not fit together
+            return _usage_error(f"generate: {gin_utils.first_line(e)}")
+        for s in sidecars:
+            score = "" if s["mulan_score"] is None else f" (MuLan score {s['mulan_score']:.3f})"
+            print(f"{s['file']}: {s['prompt']!r}{score}")
         return 0
     raise AssertionError(args.mode)
 

@@ -86,3 +86,29 @@ def test_generate_writes_wav_json_png_and_refuses_bad_input(tmp_path, dirs, musi
     with pytest.raises(ValueError, match="StageModel"):  # a MuLan directory where a stage belongs
         gen.load_stage(dirs["mulan_dir"])
     assert not bad.exists()
+
+
+def test_generate_gin_and_cli_flags(tmp_path, dirs, musiclm, capsys):
+    """runs/generate.gin binds every argument of `generate` (model directories as macros, the
+    paper's temperatures); the CLI refuses a run without prompts before loading anything.
+    In-process with the already compiled model (a subprocess would compile everything again)."""
+    import gin
+
+    from musiclm_jax import configurables, gin_utils, main
+
+    macros = {"mulan_dir": "MULAN_DIR", "semantic_stage_dir": "SEMANTIC_STAGE_DIR", "coarse_stage_dir": "COARSE_STAGE_DIR",
+              "fine_stage_dir": "FINE_STAGE_DIR", "soundstream_dir": "SOUNDSTREAM_DIR"}
+    bindings = [f"{macros[k]} = '{v}'" for k, v in dirs.items()]
+    bindings += ["GENERATE_SECONDS = 0.5", "NUM_CANDIDATES = 2", f"GENERATE_DIR = '{tmp_path}'"]
+    gin.clear_config()
+    try:
+        gin_utils.parse(["runs/generate.gin"], bindings)
+        sidecars = configurables.generate(prompts=["a happy bell tune", "dark bass"], model=musiclm)
+    finally:
+        gin.clear_config()
+    assert sidecars[0]["file"] == str(tmp_path / "000_a_happy_bell_tune.wav") and os.path.exists(sidecars[0]["file"])
+    assert [sidecars[0]["settings"][s]["temperature"] for s in ("semantic", "coarse", "fine")] == [1.0, 0.95, 0.4]
+    assert sidecars[1]["models"] == dirs
+    flags = [f"--gin.{macros[k]}='{v}'" for k, v in dirs.items()]
+    assert main.main(["generate", "--gin_file=runs/generate.gin", f"--output_dir={tmp_path / 'none'}", *flags]) == 2
+    assert "no prompt" in capsys.readouterr().err and not (tmp_path / "none").exists()
