@@ -11,8 +11,14 @@ HELD_OUT = synthetic.SPLIT_SEEDS["validation"]
 
 @pytest.fixture(scope="module")
 def held_out():
-    """40 held-out 10 s clips (the source's clip length): several bars even of a slow piece."""
-    return [synthetic.render(HELD_OUT, i, sample_rate=SR, duration_s=10.0) for i in range(40)]
+    """20 held-out 10 s clips (the source's clip length): several bars even of a slow piece.
+
+    20, not more: the detectors cost ~1.4 s a clip. On these 20 every accuracy is at least 2
+    clips above its threshold (mode 16/20 vs 14, register 18/20 vs 16; the rest 20/20), and
+    no constant guess passes (12/20 are major, 13/20 have drums, 13/20 are fast). Over 120
+    clips the detectors score tempo 0.97, register 0.95, mode 0.79, drums and loudness 0.99.
+    """
+    return [synthetic.render(HELD_OUT, i, sample_rate=SR, duration_s=10.0) for i in range(20)]
 
 
 def _click_track(bpm: float, seconds: float = 6.0, eighth_hats: bool = True) -> np.ndarray:
@@ -89,7 +95,7 @@ def test_detectors_reject_non_mono_input():
 @pytest.mark.slow
 def test_detector_accuracy_on_held_out_synthetic_clips(held_out):
     acc = attributes.detector_accuracy(held_out, ("tempo_class", "register", "mode", "drums", "loudness"))
-    print("detector accuracy on 40 held-out 10 s clips:", {k: round(v, 3) for k, v in acc.items()})
+    print(f"detector accuracy on {len(held_out)} held-out 10 s clips:", {k: round(v, 3) for k, v in acc.items()})
     assert acc["register"] >= 0.8 and acc["drums"] >= 0.8
     assert acc["tempo_class"] >= 0.7 and acc["mode"] >= 0.7
     assert acc["loudness"] >= 0.7

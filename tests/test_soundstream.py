@@ -8,6 +8,7 @@ import pytest
 
 from musiclm_jax.data import synthetic
 from musiclm_jax.models.soundstream import SoundStream, SoundStreamConfig, eval_levels
+from musiclm_jax.nn import quantizer
 from musiclm_jax.nn.discriminators import DiscriminatorConfig
 from musiclm_jax.nn.seanet import SEANetConfig
 from musiclm_jax.tokenizers.acoustic import AcousticTokenizer
@@ -39,9 +40,17 @@ def clips(seed, n, samples=SAMPLES):
     return np.stack(out).astype(np.float32)
 
 
-def make_trainer(model, ici=(-1, 1, 1), devices=None, batch=8):
+def make_trainer(model, ici=(-1, 1, 1), devices=None, batch=8, samples=SAMPLES):
     return Trainer(model, Partitioner(ici_mesh_shape=ici, devices=devices), OPT, total_steps=1000,
-                   input_shapes={"audio": (batch, SAMPLES)})
+                   input_shapes={"audio": (batch, samples)})
+
+
+# Smallest discriminators (STFT + one wave scale, one layer each): for codecs trained without
+# the GAN, whose discriminators are initialised but never run. CPU compile time grows with the
+# number of layers (~0.1 s per parameter tensor for the init alone).
+NO_GAN_DISCRIMINATORS = DiscriminatorConfig(stft_window=256, stft_hop=64, stft_channels=4, stft_dilations=(),
+                                            wave_channels=4, wave_max_channels=32, wave_downsample=(),
+                                            wave_num_scales=1)
 
 
 def run(trainer, batches, state=None, seed=0):
@@ -61,14 +70,21 @@ def test_eval_levels_and_bitrate():
 @pytest.mark.slow
 def test_tiny_codec_learns_on_synthetic_music():
     """Reconstruction (SI-SDR, mel distance) on held-out clips improves clearly within a short run."""
-    model = SoundStream(tiny_config(discriminator_start_step=-1, quantizer_dropout=False))  # GAN off
-    trainer = make_trainer(model, devices=jax.devices()[:1])
-    train = clips(synthetic.SPLIT_SEEDS["train"], 32)
-    held_out = {"audio": clips(synthetic.SPLIT_SEEDS["validation"], 8)}
+    # 0.125 s clips and residual units with dilations (1, 3), not 0.25 s and (1, 3, 9): about
+    # half the cost per step, fewer layers to compile, and it learns at least as fast per step.
+    # After 200 steps: mel distance x0.47, SI-SDR +15.4 dB (the larger codec, after 250 steps:
+    # x0.49 and +7.5 dB).
+    samples = 2000
+    model = SoundStream(tiny_config(  # GAN off
+        discriminator_start_step=-1, quantizer_dropout=False, discriminators=NO_GAN_DISCRIMINATORS,
+        seanet=SEANetConfig(channels=8, strides=(2, 4, 5), channel_multipliers=(2, 4, 8), dim=16, dilations=(1, 3))))
+    trainer = make_trainer(model, devices=jax.devices()[:1], samples=samples)
+    train = clips(synthetic.SPLIT_SEEDS["train"], 32, samples=samples)
+    held_out = {"audio": clips(synthetic.SPLIT_SEEDS["validation"], 8, samples=samples)}
     state = trainer.init_state(trainer.rng(0))
     before = jax.device_get(trainer.eval_step(state.params, trainer.partitioner.global_batch(held_out)))
     rng = np.random.default_rng(0)
-    state, metrics = run(trainer, (train[rng.choice(32, 8, replace=False)] for _ in range(250)), state)
+    state, metrics = run(trainer, (train[rng.choice(32, 8, replace=False)] for _ in range(200)), state)
     after = jax.device_get(trainer.eval_step(state.params, trainer.partitioner.global_batch(held_out)))
     print({k: (round(float(before[k]), 3), round(float(after[k]), 3)) for k in ("si_sdr_q4", "mel_distance_q4")})
     assert after["si_sdr_q4"] >= before["si_sdr_q4"] + 5.0
@@ -133,9 +149,16 @@ def _model_dir(tmp_path, model, state):
 
 
 def test_acoustic_tokenizer_round_trip(tmp_path):
-    model = SoundStream(tiny_config(discriminator_start_step=-1))  # one cheap step: k-means-initialised codebooks
+    # One residual unit per block (the tokenizer's padding and trimming depend only on the hop,
+    # kept at 40): the encoder and decoder are compiled for about eight shapes here.
+    seanet = SEANetConfig(channels=8, strides=(2, 4, 5), channel_multipliers=(2, 4, 8), dim=16, dilations=(1,))
+    model = SoundStream(tiny_config(discriminator_start_step=-1, discriminators=NO_GAN_DISCRIMINATORS, seanet=seanet))
     trainer = make_trainer(model, devices=jax.devices()[:1])
-    state, _ = run(trainer, [clips(0, 8)])
+    state = trainer.init_state(trainer.rng(0))
+    # k-means-initialised codebooks (what the first train step does), without compiling a train step.
+    kmeans = jax.jit(lambda p, x, r: quantizer.kmeans_init(p["codebooks"], model.encode_latents(p, x), r,
+                                                           iters=model.config.kmeans_iters))
+    state = state.replace(params={**state.params, "codebooks": kmeans(state.params, clips(0, 8), trainer.rng(1))})
     tok = AcousticTokenizer.from_model_dir(_model_dir(tmp_path, model, jax.device_get(state)))
     hop = model.config.hop_length
     for length in (hop * 10, 1234, 1):
