@@ -25,7 +25,8 @@ from machine import machine, median_time, model_from_gin, random_batch, time_tra
 from musiclm_jax.training.mfu import measure_matmul_flops  # noqa: E402
 from musiclm_jax.training.partitioning import unbox  # noqa: E402
 
-MODELS = ["soundstream/paper", "mulan/paper", "w2v_bert/paper", "semantic_stage/paper"]
+MODELS = ["soundstream/paper", "mulan/paper", "w2v_bert/paper", "semantic_stage/paper", "coarse_stage/paper",
+          "fine_stage/paper"]
 
 
 def bench_train(name: str, batch_scale: float, runs: int) -> dict:
