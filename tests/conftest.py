@@ -17,3 +17,12 @@ def tiny_stage_config():
     return StageConfig(
         num_layers=2, num_heads=4, head_dim=16, d_model=64, d_ff=256, dropout_rate=0.0, cond_dropout_rate=0.0
     )
+
+
+@pytest.fixture(scope="session")
+def tokenizer_model_dirs(tmp_path_factory):
+    """Random-init tiny MuLan, w2v-BERT and SoundStream directories (tests/model_dirs.py), built
+    once per session: the precompute and generation tests read them, never write them."""
+    from model_dirs import tokenizer_dirs
+
+    return tokenizer_dirs(tmp_path_factory.mktemp("tokenizer_models"))

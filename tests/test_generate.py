@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from model_dirs import CODEC_SR, save_random_model, tokenizer_dirs
+from model_dirs import CODEC_SR, save_random_model
 
 from musiclm_jax import generate as gen
 from musiclm_jax.models.musiclm import SamplingSettings
@@ -26,9 +26,9 @@ STAGES = {
 
 
 @pytest.fixture(scope="module")
-def dirs(tmp_path_factory):
+def dirs(tmp_path_factory, tokenizer_model_dirs):
     root = tmp_path_factory.mktemp("musiclm")
-    out = tokenizer_dirs(root)
+    out = dict(tokenizer_model_dirs)
     out.pop("w2v_bert_dir")  # generation needs no w2v-BERT: the semantic stage emits its tokens
     for name, config in STAGES.items():
         model = StageModel(config)

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 import seqio
-from model_dirs import SR, tokenizer_dirs
+from model_dirs import SR
 
 from musiclm_jax.audio.io import resample, write_wav
 from musiclm_jax.data import audio_tasks, precompute, token_cache_tasks
@@ -17,9 +17,9 @@ LENGTHS_S = (3.0, 4.5)  # two lengths: few compilations
 
 
 @pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory):
+def model_dirs(tokenizer_model_dirs):
     """Random-init tiny MuLan (+ random RVQ), w2v-BERT (+ random k-means), SoundStream at 24 kHz."""
-    return tokenizer_dirs(tmp_path_factory.mktemp("models"))
+    return tokenizer_model_dirs
 
 
 def _clip(i, seconds):
