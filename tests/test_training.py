@@ -1,5 +1,4 @@
 """Trainer: sharded steps agree with one device, checkpoints restore on any mesh, NaN stops."""
-import os
 
 import jax
 import jax.numpy as jnp
