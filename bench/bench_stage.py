@@ -30,7 +30,7 @@ from musiclm_jax.training.mfu import measure_matmul_flops  # noqa: E402
 from musiclm_jax.training.optimizers import OptimizerConfig  # noqa: E402
 from musiclm_jax.training.partitioning import Partitioner  # noqa: E402
 from musiclm_jax.training.trainer import Trainer  # noqa: E402
-from machine import machine, median_time  # noqa: E402  (bench/machine.py)
+from machine import machine, median_time, table  # noqa: E402  (bench/machine.py)
 
 REF_DIR = "/work/shared/bench-ref"
 REF_PYTHON = "/tmp/venv-ref291/bin/python"
@@ -117,17 +117,6 @@ def run_reference(runs: int) -> dict | None:
             return None
         with open(os.path.join(out, "semantic_all.json")) as f:
             return json.load(f)
-
-
-def table(rows: list[dict], cols: list[str]) -> str:
-    def fmt(v):
-        if isinstance(v, float):
-            return f"{v:,.3g}" if abs(v) < 100 else f"{v:,.0f}"
-        return str(v)
-
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def main() -> None:

@@ -35,7 +35,8 @@ from musiclm_jax.tokenizers import semantic as semantic_tokenizer  # noqa: E402
 fit_semantic_kmeans = gin_utils.register(semantic_tokenizer.fit_semantic_kmeans, "fit_semantic_kmeans")
 # Token precompute: the three frozen tokenizers over a raw-audio task, into a seqio token cache,
 # and token tasks that crop it (TASK = @register_token_task()).
-from musiclm_jax.data import precompute, token_cache_tasks  # noqa: E402
+from musiclm_jax import precompute  # noqa: E402
+from musiclm_jax.data import token_cache_tasks  # noqa: E402
 
 precompute_tokens = gin_utils.register(precompute.precompute_tokens, "precompute_tokens")
 register_token_task = gin_utils.register(token_cache_tasks.register_token_task, "register_token_task")

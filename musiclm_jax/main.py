@@ -144,6 +144,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _run_mode(args, configurables, gin_utils) -> int:
+    from musiclm_jax.data.bad_input import NoUsableExamplesError
     from musiclm_jax.training.trainer import NonFiniteError
 
     if args.mode == "train":
@@ -172,8 +173,6 @@ def _run_mode(args, configurables, gin_utils) -> int:
         print(report.table())
         return 0
     if args.mode == "inspect":
-        from musiclm_jax.data.bad_input import NoUsableExamplesError
-
         kwargs = {"task": args.task} if args.task else {}
         try:
             summary = configurables.inspect_task(num_examples=args.num_examples, output_dir=args.output_dir,
@@ -186,8 +185,6 @@ def _run_mode(args, configurables, gin_utils) -> int:
         print(f"wrote {summary.count} WAVs, spectrograms.png and summary.json to {args.output_dir}")
         return 0
     if args.mode == "fit_mulan_rvq":
-        from musiclm_jax.data.bad_input import NoUsableExamplesError
-
         try:
             info = configurables.fit_mulan_rvq()
         except NoUsableExamplesError as e:
@@ -197,18 +194,15 @@ def _run_mode(args, configurables, gin_utils) -> int:
               f"reconstruction cosine by levels: {cosines}")
         return 0
     if args.mode == "fit_semantic_kmeans":
-        from musiclm_jax.data.bad_input import NoUsableExamplesError
-
         try:
             info = configurables.fit_semantic_kmeans()
         except NoUsableExamplesError as e:
             return _failed("fit_semantic_kmeans", e)
+        held_out = info.get("held_out_mean_sq_distance", float("nan"))
         print(f"fitted {info['num_clusters']} clusters on layer {info['layer']}; mean squared distance "
-              f"train {info['train_mean_sq_distance']:.4g}, held-out {info.get('held_out_mean_sq_distance', float('nan')):.4g}")
+              f"train {info['train_mean_sq_distance']:.4g}, held-out {held_out:.4g}")
         return 0
     if args.mode == "precompute":
-        from musiclm_jax.data.bad_input import NoUsableExamplesError
-
         try:
             summary = configurables.precompute_tokens()
         except NoUsableExamplesError as e:

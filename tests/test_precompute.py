@@ -10,7 +10,8 @@ import seqio
 from model_dirs import SR
 
 from musiclm_jax.audio.io import resample, write_wav
-from musiclm_jax.data import audio_tasks, precompute, token_cache_tasks
+from musiclm_jax import precompute
+from musiclm_jax.data import audio_tasks, token_cache_tasks
 from musiclm_jax.data.sources import Example, ManifestSource
 
 LENGTHS_S = (3.0, 4.5)  # two lengths: few compilations

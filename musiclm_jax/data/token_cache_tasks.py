@@ -1,6 +1,6 @@
 """Token tasks read from a `musiclm precompute` cache, cropped at whole seconds.
 
-The cache (written by data/precompute.py) holds each clip tokenised once, whole:
+The cache (written by precompute.py) holds each clip tokenised once, whole:
 `mulan_tokens` [levels], `semantic_tokens` [frames], `acoustic_tokens` [frames, levels],
 `caption`, `id`. A token task crops it at a whole-second start s for L seconds in every
 stream at once (semantic [s*r_s : (s+L)*r_s], acoustic [s*r_a : (s+L)*r_a], rates read from
