@@ -1,9 +1,12 @@
 """`musiclm generate`: prompts -> WAV files, from the trained models' directories.
 
 Each prompt's best candidate is written as NNN_<prompt>.wav with a JSON sidecar (prompt, seed,
-seconds, per-stage settings, MuLan score, the model directories) and a PNG spectrogram. Bad
-input (no prompt, an empty prompt, a length of zero or beyond `max_seconds`, a missing or
-mismatched model directory) raises before anything is written.
+seconds, per-stage settings and windows, MuLan score, the model directories) and a PNG
+spectrogram. Lengths beyond a stage's training window slide its window (`windows`); a story
+(`story`: [(text, seconds), ...]) is one piece whose text changes at those times; `continue_from`
+continues an audio file (needs `w2v_bert_dir` for its semantic tokens). Bad input (no prompt,
+an empty prompt, a length of zero or beyond `max_seconds`, a missing or mismatched model
+directory, an unreadable audio prompt) raises before anything is written.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import re
 import time
 from typing import Mapping, Optional, Sequence
 
-from musiclm_jax.models.musiclm import PAPER_SETTINGS, STAGES, MusicLM, SamplingSettings
+from musiclm_jax.models.musiclm import PAPER_SETTINGS, STAGES, MusicLM, SamplingSettings, Window
 from musiclm_jax.models.stages import StageConfig, StageModel
 
 
@@ -28,20 +31,41 @@ def load_stage(model_dir: str, step: Optional[int] = None) -> tuple[StageModel, 
 
 
 def load_musiclm(*, mulan_dir: str, semantic_stage_dir: str, coarse_stage_dir: str, fine_stage_dir: str,
-                 soundstream_dir: str, semantic_rate: float = 25.0) -> MusicLM:
-    """The whole model from its five training directories (MuLan with its RVQ in mulan_rvq/)."""
+                 soundstream_dir: str, semantic_rate: float = 25.0, windows: Optional[Mapping[str, Window]] = None,
+                 w2v_bert_dir: Optional[str] = None) -> MusicLM:
+    """The whole model from its five training directories (MuLan with its RVQ in mulan_rvq/);
+    `w2v_bert_dir` (with kmeans/) only to continue audio prompts."""
     from musiclm_jax.tokenizers.acoustic import AcousticTokenizer
     from musiclm_jax.tokenizers.mulan import MuLanTokenizer
+    from musiclm_jax.tokenizers.semantic import SemanticTokenizer
 
     dirs = {"mulan_dir": mulan_dir, "semantic_stage_dir": semantic_stage_dir, "coarse_stage_dir": coarse_stage_dir,
             "fine_stage_dir": fine_stage_dir, "soundstream_dir": soundstream_dir}
+    if w2v_bert_dir is not None:
+        dirs["w2v_bert_dir"] = w2v_bert_dir
     for name, d in dirs.items():
         if not d or not os.path.isdir(d):
             raise FileNotFoundError(f"{name}={d!r} is not a directory (a `musiclm train` MODEL_DIR)")
     stages = {"semantic": load_stage(semantic_stage_dir), "coarse": load_stage(coarse_stage_dir),
               "fine": load_stage(fine_stage_dir)}
+    semantic_tokenizer = SemanticTokenizer.from_model_dir(w2v_bert_dir) if w2v_bert_dir else None
     return MusicLM(MuLanTokenizer.from_model_dir(mulan_dir), stages, AcousticTokenizer.from_model_dir(soundstream_dir),
-                   semantic_rate=semantic_rate)
+                   semantic_rate=semantic_rate, windows=windows, semantic_tokenizer=semantic_tokenizer)
+
+
+def parse_story(segments: Sequence[str]) -> list[tuple[str, float]]:
+    """'SECONDS:TEXT' strings (the --story flag) -> [(text, seconds), ...]."""
+    story = []
+    for segment in segments:
+        seconds, sep, text = segment.partition(":")
+        try:
+            value = float(seconds)
+        except ValueError:
+            value = None
+        if not sep or value is None or not text.strip():
+            raise ValueError(f"a story segment is 'SECONDS:TEXT', e.g. '10:a calm piano intro'; got {segment!r}")
+        story.append((text.strip(), value))
+    return story
 
 
 def read_prompts(prompts: Sequence[str] = (), prompt_file: Optional[str] = None) -> list[str]:
@@ -60,24 +84,42 @@ def read_prompts(prompts: Sequence[str] = (), prompt_file: Optional[str] = None)
 
 def generate(*, output_dir: str, seconds: float, prompts: Sequence[str] = (), prompt_file: Optional[str] = None,
              mulan_dir: str, semantic_stage_dir: str, coarse_stage_dir: str, fine_stage_dir: str, soundstream_dir: str,
-             semantic_rate: float = 25.0, max_seconds: float = 30.0, seed: int = 0, num_candidates: int = 1,
-             settings: Optional[Mapping[str, SamplingSettings]] = None, model: Optional[MusicLM] = None) -> list[dict]:
-    """Generates every prompt; returns the sidecars written (one per prompt)."""
-    from musiclm_jax.audio.io import write_wav
+             semantic_rate: float = 25.0, max_seconds: float = 300.0, seed: int = 0, num_candidates: int = 1,
+             settings: Optional[Mapping[str, SamplingSettings]] = None, windows: Optional[Mapping[str, Window]] = None,
+             story: Sequence[tuple[str, float]] = (), continue_from: Optional[str] = None,
+             w2v_bert_dir: Optional[str] = None, model: Optional[MusicLM] = None) -> list[dict]:
+    """Generates every prompt (or the one story); returns the sidecars written (one per output)."""
+    from musiclm_jax.audio.io import load_audio, write_wav
     from musiclm_jax.audio.plots import spectrogram_sheet
     from musiclm_jax.training.summaries import log
 
-    texts = read_prompts(prompts, prompt_file)
+    if story:
+        if prompts or prompt_file:
+            raise ValueError("give either prompts or a story, not both")
+        story = [(str(t), float(s)) for t, s in story]
+        for i, (text, length) in enumerate(story):
+            if not text.strip() or not length > 0:
+                raise ValueError(f"story segment {i} needs a non-empty text and seconds > 0, got {(text, length)}")
+        texts, seconds = [" | ".join(t for t, _ in story)], sum(s for _, s in story)
+    else:
+        texts = read_prompts(prompts, prompt_file)
     if not 0 < seconds <= max_seconds:
         raise ValueError(f"seconds must be in (0, max_seconds={max_seconds}], got {seconds}")
     settings = {**PAPER_SETTINGS, **(settings or {})}
     dirs = dict(mulan_dir=mulan_dir, semantic_stage_dir=semantic_stage_dir, coarse_stage_dir=coarse_stage_dir,
                 fine_stage_dir=fine_stage_dir, soundstream_dir=soundstream_dir)
-    model = model or load_musiclm(**dirs, semantic_rate=semantic_rate)
+    if continue_from and not (w2v_bert_dir or (model and model.semantic_tokenizer)):
+        raise ValueError("continue_from needs w2v_bert_dir (the semantic tokenizer, with its kmeans/)")
+    model = model or load_musiclm(**dirs, semantic_rate=semantic_rate, windows=windows, w2v_bert_dir=w2v_bert_dir)
+    prompt = {}
+    if continue_from:
+        audio, info = load_audio(continue_from, sample_rate=model.codec.sample_rate)  # AudioDecodeError: clear
+        prompt = {"prompt_audio": audio, "prompt_sample_rate": info.sample_rate}
+
     t0 = time.perf_counter()
-    result = model.generate(texts, seconds, seed=seed, settings=settings, num_candidates=num_candidates,
-                            progress=lambda stage: log("generate: %s stage (%d prompts x %d candidates)", stage,
-                                                       len(texts), num_candidates))
+    with _StageBars(len(texts), num_candidates) as bars:
+        common = dict(seed=seed, settings=settings, num_candidates=num_candidates, progress=bars.update, **prompt)
+        result = model.generate_story(story, **common) if story else model.generate(texts, seconds, **common)
     elapsed = time.perf_counter() - t0
     os.makedirs(output_dir, exist_ok=True)
     sidecars = []
@@ -88,11 +130,43 @@ def generate(*, output_dir: str, seconds: float, prompts: Sequence[str] = (), pr
         sidecar = {"prompt": text, "seed": seed, "seconds": seconds, "sample_rate": result.sample_rate,
                    "num_candidates": num_candidates,
                    "mulan_score": None if result.mulan_score is None else float(result.mulan_score[i]),
-                   "settings": {s: vars(settings[s]) for s in STAGES}, "models": dirs,
+                   "settings": {s: vars(settings[s]) for s in STAGES},
+                   "windows": {s: vars(model.windows[s]) for s in STAGES}, "models": dirs,
                    "generation_seconds_all_prompts": elapsed, "file": stem + ".wav"}
+        if story:
+            sidecar["story"] = [{"text": t, "seconds": s} for t, s in story]
+        if continue_from:
+            sidecar.update(continue_from=continue_from, prompt_seconds=result.prompt_seconds)
         with open(stem + ".json", "w") as f:
             json.dump(sidecar, f, indent=1)
         sidecars.append(sidecar)
     log("generate: %d prompts x %.1f s in %.1f s (%.2fx real time); written to %s", len(texts), seconds, elapsed,
         len(texts) * seconds / elapsed, output_dir)
     return sidecars
+
+
+class _StageBars:
+    """One tqdm bar per stage, advanced per window (MusicLM.generate's progress callback)."""
+
+    def __init__(self, num_prompts: int, num_candidates: int):
+        self.what = f"{num_prompts} prompt(s) x {num_candidates} candidate(s)"
+        self.bar = None
+
+    def update(self, stage: str, window: int, num_windows: int) -> None:
+        from tqdm import tqdm
+
+        if window == 0:
+            self.close()
+            self.bar = tqdm(total=num_windows, desc=f"generate {stage} ({self.what})", unit="window")
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -166,7 +166,7 @@ def test_samples_lie_in_the_target_levels_range(coarse_model):
     assert len({tuple(r) for r in codes[:3, 6:]}) > 1  # really sampling: candidates differ
 
 
-def test_guidance_scale_one_equals_unguided_and_cfg_formula(coarse_model):
+def test_guidance_scale_zero_equals_unguided_and_cfg_formula(coarse_model):
     model, params, batch = coarse_model
     lo, hi = _legal_ranges(model)
     prompt = model.prompt_ids(batch)
@@ -175,7 +175,7 @@ def test_guidance_scale_one_equals_unguided_and_cfg_formula(coarse_model):
     kwargs = dict(num_steps=12, level_lo=lo, level_hi=hi, temperature=1.0, return_logits=True)
     ids_plain, logits_plain = decoding.generate(model.module, params, prompt, jax.random.key(5), **kwargs)
     ids_one, logits_one = decoding.generate(
-        model.module, params, prompt, jax.random.key(5), guidance_scale=1.0, uncond_prompt=uncond, **kwargs
+        model.module, params, prompt, jax.random.key(5), guidance_scale=0.0, uncond_prompt=uncond, **kwargs
     )
     np.testing.assert_array_equal(ids_one, ids_plain)
     np.testing.assert_allclose(logits_one, logits_plain, atol=1e-5)
@@ -186,7 +186,7 @@ def test_guidance_scale_one_equals_unguided_and_cfg_formula(coarse_model):
     )
     cond = np.asarray(_sequence_logits(model, params, prompt, ids_cfg))
     free = np.asarray(_sequence_logits(model, params, uncond, ids_cfg))
-    expected = free + scale * (cond - free)
+    expected = cond + scale * (cond - free)
     legal = np.isfinite(np.asarray(logits_cfg))
     np.testing.assert_allclose(np.asarray(logits_cfg)[legal], expected[legal], atol=1e-3, rtol=1e-4)
     assert not np.allclose(np.asarray(logits_cfg)[legal], cond[legal], atol=1e-2)

@@ -78,7 +78,7 @@ def test_generate_writes_wav_json_png_and_refuses_bad_input(tmp_path, dirs, musi
     assert -1.0 <= meta["mulan_score"] <= 1.0
     bad = tmp_path / "bad"
     for kwargs, match in [(dict(prompts=[]), "no prompt"), (dict(prompts=["ok", " "]), "empty"),
-                          (dict(prompts=["ok"], seconds=0), "seconds"), (dict(prompts=["ok"], seconds=31), "seconds")]:
+                          (dict(prompts=["ok"], seconds=0), "seconds"), (dict(prompts=["ok"], seconds=301), "seconds")]:
         with pytest.raises(ValueError, match=match):
             gen.generate(output_dir=str(bad), **{"seconds": 1.0, **kwargs}, model=musiclm, **dirs)
     with pytest.raises(FileNotFoundError, match="coarse_stage_dir"):
@@ -112,3 +112,125 @@ def test_generate_gin_and_cli_flags(tmp_path, dirs, musiclm, capsys):
     flags = [f"--gin.{macros[k]}='{v}'" for k, v in dirs.items()]
     assert main.main(["generate", "--gin_file=runs/generate.gin", f"--output_dir={tmp_path / 'none'}", *flags]) == 2
     assert "no prompt" in capsys.readouterr().err and not (tmp_path / "none").exists()
+    story = ["--story=10:a calm intro", "--story=ten:drums"]
+    assert main.main(["generate", "--gin_file=runs/generate.gin", f"--output_dir={tmp_path / 'none'}", *story, *flags]) == 2
+    assert "SECONDS:TEXT" in capsys.readouterr().err and not (tmp_path / "none").exists()
+    assert gen.parse_story(["10:a calm intro", "2.5: drums: loud"]) == [("a calm intro", 10.0), ("drums: loud", 2.5)]
+
+
+def test_plan_windows_cover_the_length_with_overlaps_and_story_changes():
+    from musiclm_jax.models.musiclm import plan_windows
+
+    assert plan_windows(10, 4, 2) == [(0, 0, 4), (2, 4, 6), (4, 6, 8), (6, 8, 10)]
+    assert plan_windows(10, 4, 4) == [(0, 0, 4), (4, 4, 8), (8, 8, 10)]  # no overlap
+    assert plan_windows(3, 4, 2) == [(0, 0, 3)]  # within one window
+    assert plan_windows(10, 4, 2, done=3) == [(1, 3, 5), (3, 5, 7), (5, 7, 9), (7, 9, 10)]  # continuation
+    assert plan_windows(10, 4, 2, changes=[5]) == [(0, 0, 4), (2, 4, 5), (3, 5, 7), (5, 7, 9), (7, 9, 10)]
+    with pytest.raises(ValueError, match="stride"):
+        plan_windows(10, 4, 5)
+
+
+@pytest.fixture(scope="module")
+def windowed(dirs, tokenizer_model_dirs):
+    """The same models with short windows (semantic 0.4 s / 0.2 s stride = 10 / 5 tokens;
+    acoustic 0.1 s / 0.05 s = 20 / 10 frames at 200 Hz) and the semantic tokenizer, with every
+    stage call recorded."""
+    model = gen.load_musiclm(**dirs, w2v_bert_dir=tokenizer_model_dirs["w2v_bert_dir"],
+                             windows={"semantic": (0.4, 0.2), "coarse": (0.1, 0.05), "fine": (0.1, 0.05)})
+    calls = []
+    run_stage = model._run_stage
+
+    def recorded(stage, batch, rng, num_tokens, settings):
+        out = run_stage(stage, batch, rng, num_tokens, settings)
+        calls.append((stage, {k: np.asarray(v) for k, v in batch.items()}, out))
+        return out
+
+    model._run_stage = recorded
+    return model, calls
+
+
+def _check_windows(calls, result, *, semantic_tokens, coarse_levels=2):
+    """Each window's prefix is the already generated tail and its aligned condition the span's
+    tokens; returns the recorded calls per stage."""
+    from musiclm_jax.models.stages import TARGET_PREFIX_KEY
+
+    per_stage = {s: [c for c in calls if c[0] == s] for s in ("semantic", "coarse", "fine")}
+    semantic, acoustic = result.semantic_tokens, result.acoustic_tokens
+    for stage, windows in per_stage.items():
+        for _, batch, _ in windows[1:]:
+            prefix = batch[TARGET_PREFIX_KEY]
+            assert prefix.shape[1] > 0  # every later window reads back an overlap
+    assert semantic.shape[1] == semantic_tokens
+    # the last coarse window's semantic condition is the end of the semantic tokens
+    last = per_stage["coarse"][-1][1]["semantic_tokens"][:, :, 0]
+    np.testing.assert_array_equal(last, semantic[:, semantic.shape[1] - last.shape[1]:])
+    # the last fine window reads the final coarse frames, and its prefix is the fine levels before
+    fine = per_stage["fine"][-1][1]
+    frames = fine["acoustic_tokens"].shape[1]
+    np.testing.assert_array_equal(fine["acoustic_tokens"], acoustic[:, -frames:, :coarse_levels])
+    prefix = fine[TARGET_PREFIX_KEY]
+    np.testing.assert_array_equal(prefix, acoustic[:, -frames:-frames + prefix.shape[1], coarse_levels:])
+    return per_stage
+
+
+def _sampling_starts(calls, stage, rate, levels):
+    """(batch, second from which the window samples) per recorded window of `stage`: windows
+    extend the generated frames in order, each reading back its prefix."""
+    done, out = 0, []
+    for name, batch, codes in calls:
+        if name == stage:
+            prefix = batch.get("target_prefix", np.zeros((1, 0))).shape[1]
+            out.append((batch, done / rate))
+            done += codes.shape[1] // levels - prefix
+    return out
+
+
+def test_sliding_windows_and_story_mode(windowed):
+    """0.6 s through windows of 0.4 s (semantic) and 0.1 s (acoustic), with the text changing at
+    0.4 s (on window boundaries, so that few window shapes compile): the requested length; each window reads back the overlap and the aligned span; every
+    window samples under the text of its time; deterministic by seed (one generation, as each
+    new window shape compiles)."""
+    model, calls = windowed
+    calls.clear()
+    story = [("a calm piano melody", 0.4), ("loud fast drums", 0.2)]
+    result = model.generate_story(story, seed=2)
+    assert result.audio.shape == (1, int(0.6 * CODEC_SR)) and result.acoustic_tokens.shape == (1, 120, 4)
+    per_stage = _check_windows(calls, result, semantic_tokens=15)
+    # semantic windows (start, sampled from, end): (0, 0, 10), (5, 10, 15); acoustic: 20 frames
+    # at a stride of 10 (plan_windows' own test covers windows cut short by a change)
+    assert [len(per_stage[s]) for s in ("semantic", "coarse", "fine")] == [2, 11, 11]
+    np.testing.assert_array_equal(per_stage["semantic"][1][1]["target_prefix"][:, :, 0], result.semantic_tokens[:, 5:10])
+    first, second = model.mulan.text_tokens([t for t, _ in story])
+    for stage, rate, levels in [("semantic", model.semantic_rate, 1), ("coarse", model.acoustic_rate, 2),
+                                ("fine", model.acoustic_rate, 2)]:
+        starts = _sampling_starts(calls, stage, rate, levels)
+        assert any(abs(t - 0.4) < 1e-9 for _, t in starts), stage  # a window begins at the change
+        for batch, t in starts:
+            expected = first if t < 0.4 - 1e-9 else second
+            np.testing.assert_array_equal(batch["mulan_tokens"][0], expected, err_msg=f"{stage} window at {t} s")
+    again = model.generate_story(story, seed=2)
+    np.testing.assert_array_equal(result.acoustic_tokens, again.acoustic_tokens)
+
+
+def test_continuation_starts_with_the_prompt_tokens(windowed, dirs, tmp_path):
+    from musiclm_jax.audio.io import resample, write_wav
+    from musiclm_jax.data import synthetic
+
+    model, _ = windowed
+    clip = next(iter(synthetic.SyntheticSource(num_examples=1, duration_s=0.5, sample_rate=CODEC_SR).examples("train")))
+    audio = clip.audio[: int(0.3 * CODEC_SR)]
+    result = model.generate(["bright organ"], 0.3, seed=3, prompt_audio=audio, prompt_sample_rate=CODEC_SR)
+    assert result.prompt_seconds == pytest.approx(0.28)  # 7 whole semantic tokens of 0.3 s
+    assert result.audio.shape == (1, int(round(0.58 * CODEC_SR))) and result.acoustic_tokens.shape[1] == 116
+    np.testing.assert_array_equal(result.acoustic_tokens[0, :56], model.codec.encode(audio[None])[0, :56])
+    semantic = model.semantic_tokenizer.tokenize([resample(audio, CODEC_SR, model.semantic_tokenizer.sample_rate)])[0]
+    np.testing.assert_array_equal(result.semantic_tokens[0, :7], semantic[:7])
+    # through `musiclm generate`: the sidecar records the prompt; a bad audio file is a clear error
+    write_wav(tmp_path / "prompt.wav", audio, CODEC_SR)
+    kwargs = dict(seconds=0.3, prompts=["bright organ"], model=model, **dirs)
+    [meta] = gen.generate(output_dir=str(tmp_path / "out"), continue_from=str(tmp_path / "prompt.wav"), **kwargs)
+    assert meta["prompt_seconds"] == pytest.approx(0.28) and meta["continue_from"].endswith("prompt.wav")
+    (tmp_path / "bad.wav").write_bytes(b"RIFF....WAVE")
+    with pytest.raises(Exception, match="bad.wav"):
+        gen.generate(output_dir=str(tmp_path / "none"), continue_from=str(tmp_path / "bad.wav"), **kwargs)
+    assert not (tmp_path / "none").exists()

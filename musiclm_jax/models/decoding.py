@@ -23,8 +23,8 @@ generated length grows.
 
 Classifier-free guidance runs the conditioned and NULL_COND-conditioned prompts as one
 doubled batch [cond rows; uncond rows] that shares every step; the sampled token is fed to
-both halves. Guided logits = uncond + s * (cond - uncond), computed as
-cond + (s - 1) * (cond - uncond) so that s = 1 reproduces cond exactly.
+both halves. Guided logits = cond + s * (cond - uncond) (Ho & Salimans' w: s = 0 is
+unguided sampling and reproduces cond exactly; s = 2 is "3x" in the MusicGen convention).
 """
 from __future__ import annotations
 
@@ -152,7 +152,7 @@ def generate(
     temperature: Any = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
-    guidance_scale: Any = 1.0,
+    guidance_scale: Any = 0.0,
     uncond_prompt: Optional[jax.Array] = None,
     return_logits: bool = False,
     unroll_layers: bool = True,
@@ -198,7 +198,7 @@ def generate(
         logits = logits.astype(jnp.float32)
         if guided:
             cond, uncond = logits[:batch_size], logits[batch_size:]
-            logits = cond + (guidance_scale - 1.0) * (cond - uncond)
+            logits = cond + guidance_scale * (cond - uncond)
         position = start_position + step
         level = position % num_levels
         ids = jnp.arange(logits.shape[-1], dtype=jnp.int32)

@@ -9,21 +9,33 @@
 Training conditioned the stages on MuLan *audio* tokens; generation feeds the *text* tokens of
 the same RVQ in their place. `num_candidates` samples per prompt are re-ranked by the MuLan
 cosine between the prompt and the generated audio; the best is returned with its score.
-Sampling is deterministic by seed (each stage folds its own key out of it).
+Sampling is deterministic by seed (each stage folds its own key out of it, and each window
+its index out of that).
+
+Length beyond a stage's training window: each stage slides a `Window` (paper: 30 s windows at a
+15 s stride for the semantic stage). Every window after the first re-reads the overlap with the
+previous one as a continuation prefix (prefilled into the KV cache in one chunk) and samples the
+rest; time-aligned conditions (semantic tokens for the coarse stage, coarse levels for the fine
+stage) are sliced to the window's span. Story mode (`generate_story`) changes the text at given
+times: a window never crosses a change, so the tokens after time t are sampled under the text
+of t while the prefix carries the music over. Continuation (`prompt_audio`) tokenizes an audio
+clip with w2v-BERT and SoundStream and treats its tokens as already generated.
 
 Library code, no gin: `musiclm generate` (generate.py) builds this from checkpoint directories.
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import functools
 import math
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musiclm_jax.models.stages import StageModel
+from musiclm_jax.models.stages import TARGET_PREFIX_KEY, StageModel
 
 STAGES = ("semantic", "coarse", "fine")
 
@@ -31,12 +43,12 @@ STAGES = ("semantic", "coarse", "fine")
 @dataclasses.dataclass(frozen=True)
 class SamplingSettings:
     """One stage's sampling: temperature (0 = greedy), top-k (0 = off), top-p (1 = off) and the
-    classifier-free guidance scale (1 = unguided)."""
+    classifier-free guidance scale s (0 = unguided; logits cond + s * (cond - uncond))."""
 
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
-    guidance_scale: float = 1.0
+    guidance_scale: float = 0.0
 
     def __post_init__(self):
         if self.temperature < 0:
@@ -53,11 +65,64 @@ class SamplingSettings:
 PAPER_SETTINGS = {"semantic": SamplingSettings(1.0), "coarse": SamplingSettings(0.95), "fine": SamplingSettings(0.4)}
 
 
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """A stage's sliding window in seconds: a window samples at most `seconds` of tokens, and
+    the next starts `stride` later, reading the overlap (seconds - stride) as its prefix."""
+
+    seconds: float
+    stride: float
+
+    def __post_init__(self):
+        if not 0 < self.stride <= self.seconds:
+            raise ValueError(f"a window needs 0 < stride <= seconds, got stride {self.stride}, seconds {self.seconds}")
+
+
+# The paper's semantic window (section 4: 30 s windows, 15 s stride) and its training crops for
+# the acoustic stages (10 s coarse, 3 s fine), each sliding at half its length.
+PAPER_WINDOWS = {"semantic": Window(30.0, 15.0), "coarse": Window(10.0, 5.0), "fine": Window(3.0, 1.5)}
+
+
+def plan_windows(total: int, window: int, stride: int, *, done: int = 0,
+                 changes: Sequence[int] = ()) -> list[tuple[int, int, int]]:
+    """The windows that extend `done` generated frames to `total`: (start, done, end) per window,
+    where [start, done) is the prefix read back and [done, end) is sampled. Windows start
+    `stride` apart (start = done - (window - stride)) and never cross a change point (story
+    mode): a window ends at the next change and the next window starts the new text there."""
+    if not 0 < stride <= window:
+        raise ValueError(f"need 0 < stride <= window, got stride {stride}, window {window}")
+    overlap = window - stride
+    spans = []
+    while done < total:
+        start = max(0, done - overlap)
+        end = min([start + window, total, *(c for c in changes if c > done)])
+        spans.append((start, done, end))
+        done = end
+    return spans
+
+
+def _frames(seconds: float, rate: float, what: str) -> int:
+    """Seconds as a whole number of frames at `rate` (windows must fall on frame boundaries)."""
+    frames = seconds * rate
+    if abs(frames - round(frames)) > 1e-6 or round(frames) < 1:
+        raise ValueError(f"{what} of {seconds} s is not a whole number of frames at {rate} Hz")
+    return int(round(frames))
+
+
+class _Prompt(NamedTuple):
+    """A continuation prompt's tokens: its length, semantic [rows, S], acoustic [rows, F, levels]."""
+
+    seconds: float
+    semantic: np.ndarray
+    acoustic: np.ndarray
+
+
 @dataclasses.dataclass
 class Generation:
     """The best candidate per prompt: audio float32 [B, samples] at `sample_rate`, its MuLan
-    text-audio cosine [B] (None with one candidate and no scoring), the tokens it came from,
-    and every candidate's score [B, num_candidates]."""
+    text-audio cosine [B] (None with one candidate and no scoring), the tokens it came from
+    (MuLan tokens of the first text), every candidate's score [B, num_candidates], and the
+    length of the continuation prompt the audio starts with (0 without one)."""
 
     audio: np.ndarray
     sample_rate: int
@@ -66,19 +131,26 @@ class Generation:
     mulan_tokens: np.ndarray
     semantic_tokens: np.ndarray
     acoustic_tokens: np.ndarray
+    prompt_seconds: float = 0.0
 
 
 class MusicLM:
     """`mulan`: a MuLanTokenizer; `stages`: {'semantic'|'coarse'|'fine': (StageModel, params)};
     `codec`: an AcousticTokenizer; `semantic_rate`: semantic tokens per second (w2v-BERT's frame
-    rate, 25 at the paper config)."""
+    rate, 25 at the paper config); `windows`: each stage's sliding `Window` or (seconds, stride)
+    (default PAPER_WINDOWS); `semantic_tokenizer`: a SemanticTokenizer, needed only to continue
+    an audio prompt."""
 
-    def __init__(self, mulan, stages: Mapping[str, tuple[StageModel, Any]], codec, *, semantic_rate: float = 25.0):
+    def __init__(self, mulan, stages: Mapping[str, tuple[StageModel, Any]], codec, *, semantic_rate: float = 25.0,
+                 windows: Optional[Mapping[str, Any]] = None, semantic_tokenizer=None):
         missing = [s for s in STAGES if s not in stages]
         if missing:
             raise ValueError(f"MusicLM needs the {', '.join(missing)} stage(s)")
         self.mulan, self.stages, self.codec = mulan, dict(stages), codec
         self.semantic_rate = float(semantic_rate)
+        self.windows = {**PAPER_WINDOWS, **{k: w if isinstance(w, Window) else Window(*w)
+                                            for k, w in (windows or {}).items()}}
+        self.semantic_tokenizer = semantic_tokenizer
         self._check_streams()
         self._samplers: dict = {}
 
@@ -118,73 +190,164 @@ class MusicLM:
 
     # --- sampling ----------------------------------------------------------------------------
 
-    def _sampler(self, stage: str, num_tokens: int, settings: SamplingSettings, num_samples: int) -> Callable:
+    def _sampler(self, stage: str, num_tokens: int, settings: SamplingSettings) -> Callable:
         """A compiled sampler per (stage, length, settings); the temperature is traced (one compile
-        for any temperature), the guidance scale static (predict_batch needs a Python number)."""
-        key = (stage, num_tokens, settings.top_k, settings.top_p, settings.guidance_scale, num_samples)
+        for any temperature), the guidance scale static (predict_batch needs a Python number).
+        jit retraces for new condition / prefix shapes (the first and last windows)."""
+        key = (stage, num_tokens, settings.top_k, settings.top_p, settings.guidance_scale)
         if key not in self._samplers:
             model = self.stages[stage][0]
 
             def sample(params, batch, rng, temperature):
                 return model.predict_batch(params, batch, rng, num_target_tokens=num_tokens, temperature=temperature,
                                            top_k=settings.top_k, top_p=settings.top_p,
-                                           guidance_scale=settings.guidance_scale, num_samples=num_samples)
+                                           guidance_scale=settings.guidance_scale)
 
             self._samplers[key] = jax.jit(sample)
         return self._samplers[key]
 
-    def _run_stage(self, stage: str, batch: dict, rng, num_tokens: int, settings: SamplingSettings,
-                   num_samples: int = 1) -> np.ndarray:
-        fn = self._sampler(stage, num_tokens, settings, num_samples)
+    def _run_stage(self, stage: str, batch: dict, rng, num_tokens: int, settings: SamplingSettings) -> np.ndarray:
+        fn = self._sampler(stage, num_tokens, settings)
         return np.asarray(fn(self.stages[stage][1], {k: jnp.asarray(v) for k, v in batch.items()}, rng,
                              jnp.float32(settings.temperature)))
 
     def generate(self, texts: Sequence[str], seconds: float, *, seed: int = 0,
                  settings: Optional[Mapping[str, SamplingSettings]] = None, num_candidates: int = 1,
-                 progress: Optional[Callable[[str], None]] = None) -> Generation:
-        """Music for each text, `seconds` long (within the stages' training window)."""
+                 prompt_audio: Optional[np.ndarray] = None, prompt_sample_rate: Optional[int] = None,
+                 progress: Optional[Callable[[str, int, int], None]] = None) -> Generation:
+        """`seconds` of music for each text (any length: stages slide their windows). With
+        `prompt_audio` (one mono clip at `prompt_sample_rate`), the music continues that clip; the
+        returned audio starts with the clip's codec reconstruction. `progress(stage, window,
+        num_windows)` is called before each window (stage 'decode' once at the end)."""
         if isinstance(texts, str):
             texts = [texts]
         if not texts:
             raise ValueError("generate needs at least one text")
+        return self._generate([(list(texts), 0.0)], seconds, seed=seed, settings=settings,
+                              num_candidates=num_candidates, prompt_audio=prompt_audio,
+                              prompt_sample_rate=prompt_sample_rate, progress=progress)
+
+    def generate_story(self, story: Sequence[tuple[str, float]], **kwargs) -> Generation:
+        """One piece whose text changes over time: `story` = [(text, seconds), ...] in order
+        (story mode, MusicLM section 4.5). Keyword arguments as `generate`."""
+        if not story:
+            raise ValueError("a story needs at least one (text, seconds) segment")
+        schedule, start = [], 0.0
+        for i, (text, seconds) in enumerate(story):
+            if not seconds > 0:
+                raise ValueError(f"story segment {i} ({text!r}) must last > 0 seconds, got {seconds}")
+            schedule.append(([text], start))
+            start += float(seconds)
+        return self._generate(schedule, start, **kwargs)
+
+    def _generate(self, schedule: list, seconds: float, *, seed: int = 0,
+                  settings: Optional[Mapping[str, SamplingSettings]] = None, num_candidates: int = 1,
+                  prompt_audio: Optional[np.ndarray] = None, prompt_sample_rate: Optional[int] = None,
+                  progress: Optional[Callable[[str, int, int], None]] = None) -> Generation:
+        """`schedule`: [(texts [B], start second of the new music), ...], the first at 0."""
         if not seconds > 0:
             raise ValueError(f"seconds must be positive, got {seconds}")
         if num_candidates < 1:
             raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
         settings = {**PAPER_SETTINGS, **(settings or {})}
-        note = progress or (lambda _: None)
-        b, n = len(texts), num_candidates
-        semantic_len = max(1, math.ceil(seconds * self.semantic_rate))
-        frames = max(1, math.ceil(seconds * self.acoustic_rate))
+        note = progress or (lambda *_: None)
+        b, n = len(schedule[0][0]), num_candidates
         k_sem, k_coarse, k_fine = jax.random.split(jax.random.key(seed), 3)
 
-        mulan_tokens = self.mulan.text_tokens(list(texts))  # validates empty texts
-        note("semantic")
-        semantic = self._run_stage("semantic", {"mulan_tokens": mulan_tokens}, k_sem, semantic_len,
-                                   settings["semantic"], num_samples=n)
-        mulan_rep = np.repeat(mulan_tokens, n, axis=0)
-        note("coarse")
-        coarse = self._run_stage("coarse", {"mulan_tokens": mulan_rep, "semantic_tokens": semantic}, k_coarse,
-                                 frames * self.coarse_levels, settings["coarse"])
-        coarse = coarse.reshape(b * n, frames, self.coarse_levels)
-        note("fine")
-        fine_batch = {"mulan_tokens": mulan_rep, self.stages["fine"][0].config.target.feature: coarse}
-        fine = self._run_stage("fine", fine_batch, k_fine, frames * self.fine_levels, settings["fine"])
-        acoustic = np.concatenate([coarse, fine.reshape(b * n, frames, self.fine_levels)], axis=2)
-        note("decode")
-        num_samples = int(round(seconds * self.codec.sample_rate))
-        audio = self.codec.decode(acoustic, num_samples=num_samples)
+        prompt = self._encode_prompt(prompt_audio, prompt_sample_rate, b * n)
+        offset = prompt.seconds
+        segment_tokens = [np.repeat(self.mulan.text_tokens(texts), n, axis=0) for texts, _ in schedule]
+        starts = [offset + start for _, start in schedule]
+        total = offset + seconds
+        slide = functools.partial(self._slide, segment_tokens=segment_tokens, changes=starts[1:], progress=note)
+        semantic = slide("semantic", k_sem, settings["semantic"], rate=self.semantic_rate,
+                         total=math.ceil(total * self.semantic_rate - 1e-9), generated=prompt.semantic[..., None])
+        frames = math.ceil(total * self.acoustic_rate - 1e-9)
+        coarse = slide("coarse", k_coarse, settings["coarse"], rate=self.acoustic_rate, total=frames,
+                       generated=prompt.acoustic[..., :self.coarse_levels],
+                       aligned={"semantic": (semantic, self.semantic_rate)})
+        fine = slide("fine", k_fine, settings["fine"], rate=self.acoustic_rate, total=frames,
+                     generated=prompt.acoustic[..., self.coarse_levels:self.coarse_levels + self.fine_levels],
+                     aligned={"acoustic": (coarse, self.acoustic_rate)})
+        acoustic = np.concatenate([coarse, fine], axis=2)
+        note("decode", 0, 1)
+        audio = self.codec.decode(acoustic, num_samples=int(round(total * self.codec.sample_rate)))
 
-        scores = None
-        best = np.zeros(b, np.int64)
+        scores, best = None, np.zeros(b, np.int64)
         if n > 1:
-            scores = self.mulan_scores(texts, audio).reshape(b, n)
+            scores = self._schedule_scores(schedule, starts, audio).reshape(b, n)
             best = scores.argmax(axis=1)
         rows = np.arange(b) * n + best
         return Generation(audio=audio[rows], sample_rate=self.codec.sample_rate,
                           mulan_score=None if scores is None else scores[np.arange(b), best],
-                          candidate_scores=scores, mulan_tokens=mulan_tokens,
-                          semantic_tokens=semantic[rows], acoustic_tokens=acoustic[rows])
+                          candidate_scores=scores, mulan_tokens=segment_tokens[0][rows],
+                          semantic_tokens=semantic[rows, :, 0], acoustic_tokens=acoustic[rows], prompt_seconds=offset)
+
+    def _slide(self, stage: str, key, settings: SamplingSettings, *, rate: float, total: int, generated: np.ndarray,
+               segment_tokens: Sequence[np.ndarray], changes: Sequence[float], progress,
+               aligned: Optional[Mapping[str, tuple[np.ndarray, float]]] = None) -> np.ndarray:
+        """Extends `generated` [rows, done, levels] to `total` frames at `rate`, window by window;
+        frames from `changes[i]` seconds on are sampled under the MuLan tokens segment_tokens[i + 1]."""
+        model = self.stages[stage][0]
+        window = self.windows[stage]
+        change_frames = [round(t * rate) for t in changes]
+        spans = plan_windows(total, _frames(window.seconds, rate, f"{stage} window"),
+                             _frames(window.stride, rate, f"{stage} stride"), done=generated.shape[1],
+                             changes=change_frames)
+        levels = model.config.target.num_levels
+        rows = generated.shape[0]
+        for i, (start, done, end) in enumerate(spans):
+            progress(stage, i, len(spans))
+            batch = {}
+            for spec in model.config.conditions:
+                if spec.stream == "mulan":
+                    tokens = segment_tokens[bisect.bisect_right(change_frames, done)]
+                    batch[spec.feature] = tokens[:, spec.first_level:spec.first_level + spec.num_levels]
+                else:  # a time-aligned stream: read over this window's span
+                    array, array_rate = aligned[spec.stream]
+                    lo, hi = math.floor(start * array_rate / rate + 1e-9), math.ceil(end * array_rate / rate - 1e-9)
+                    batch[spec.feature] = array[:, lo:hi, ...] if array.ndim == 3 else array[:, lo:hi, None]
+            if done > start:
+                batch[TARGET_PREFIX_KEY] = generated[:, start:done]
+            codes = self._run_stage(stage, batch, jax.random.fold_in(key, i), (end - start) * levels, settings)
+            generated = np.concatenate([generated, codes.reshape(rows, end - start, levels)[:, done - start:]], axis=1)
+        return generated
+
+    def _encode_prompt(self, audio: Optional[np.ndarray], sample_rate: Optional[int], rows: int) -> "_Prompt":
+        """A continuation prompt's tokens, cut to whole semantic tokens (empty without a prompt)."""
+        levels = self.coarse_levels + self.fine_levels
+        if audio is None:
+            return _Prompt(0.0, np.zeros((rows, 0), np.int32), np.zeros((rows, 0, levels), np.int32))
+        from musiclm_jax.audio.io import resample
+
+        if self.semantic_tokenizer is None:
+            raise ValueError("continuing an audio prompt needs the semantic tokenizer (w2v-BERT + k-means)")
+        audio = np.asarray(audio, np.float32)
+        if audio.ndim != 1 or not sample_rate or sample_rate <= 0:
+            raise ValueError(f"prompt_audio must be one mono clip [samples] with a positive prompt_sample_rate, "
+                             f"got shape {audio.shape} at {sample_rate}")
+        semantic = self.semantic_tokenizer.tokenize(
+            [resample(audio, sample_rate, self.semantic_tokenizer.sample_rate)])[0]
+        count = min(len(semantic), math.floor(len(audio) / sample_rate * self.semantic_rate + 1e-9))
+        if count < 1:
+            raise ValueError(f"prompt_audio ({len(audio) / sample_rate:.3f} s) is shorter than one semantic token")
+        seconds = count / self.semantic_rate
+        frames = math.floor(seconds * self.acoustic_rate + 1e-9)
+        acoustic = self.codec.encode(resample(audio, sample_rate, self.codec.sample_rate)[None])[0, :frames, :levels]
+        return _Prompt(seconds, np.repeat(semantic[None, :count], rows, axis=0).astype(np.int32),
+                       np.repeat(acoustic[None], rows, axis=0).astype(np.int32))
+
+    def _schedule_scores(self, schedule: list, starts: Sequence[float], audio: np.ndarray) -> np.ndarray:
+        """Each row's MuLan text-audio cosine, averaged over the story's segments by duration
+        (a continuation prompt's own audio is not scored)."""
+        sr = self.codec.sample_rate
+        ends = [*starts[1:], audio.shape[1] / sr]
+        total = 0.0
+        scores = np.zeros(audio.shape[0])
+        for (texts, _), start, end in zip(schedule, starts, ends):
+            scores += (end - start) * self.mulan_scores(texts, audio[:, round(start * sr):round(end * sr)])
+            total += end - start
+        return scores / total
 
     def mulan_scores(self, texts: Sequence[str], audio: np.ndarray) -> np.ndarray:
         """MuLan cosine of each clip with its text (clips grouped per text in order): [len(audio)]."""

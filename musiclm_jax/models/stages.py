@@ -277,7 +277,7 @@ class StageModel(BaseModel):
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
-        guidance_scale: float = 1.0,
+        guidance_scale: float = 0.0,
         num_samples: int = 1,
     ) -> jax.Array:
         """Samples target codes: int32 [B * num_samples, num_target_tokens] (frame-major flat).
@@ -285,8 +285,8 @@ class StageModel(BaseModel):
         `num_target_tokens` counts the whole target, continuation prefix included: a prefix of
         P codes (see `prefix_codes`) is copied to the first P output positions and the model
         samples the remaining num_target_tokens - P. Rows b * num_samples + s are the samples
-        of prompt b. `guidance_scale` != 1 (a Python number: it decides whether the batch is
-        doubled) enables classifier-free guidance; `temperature` 0 is greedy. `rng=None` uses
+        of prompt b. `guidance_scale` > 0 (a Python number: it decides whether the batch is
+        doubled) enables classifier-free guidance (logits cond + s * (cond - uncond)); `temperature` 0 is greedy. `rng=None` uses
         a fixed key (reproducible output).
         """
         spec = self.config.target
@@ -299,7 +299,7 @@ class StageModel(BaseModel):
                 f"continuation prefix has {prefix_len} target tokens, more than num_target_tokens={num_target_tokens}"
             )
         prompt = self.prompt_ids(batch)
-        guided = float(guidance_scale) != 1.0
+        guided = float(guidance_scale) != 0.0
         uncond = self.prompt_ids(batch, null_condition=True) if guided else None
         if num_samples > 1:
             prompt = jnp.repeat(prompt, num_samples, axis=0)
