@@ -6,7 +6,8 @@
 
 Each clip of the task's source, whole (a cropping task's crop is not applied), becomes
 `mulan_tokens` [levels] (10 s windows at 1 s hop in the paper config, averaged, then the
-RVQ), `semantic_tokens` [T*25] and `acoustic_tokens` [T*50, levels] (paper rates), plus its
+RVQ), `mulan_window_tokens` [windows, levels] (each window's own tokens: the condition of a
+crop of a long track), `semantic_tokens` [T*25] and `acoustic_tokens` [T*50, levels] (paper rates), plus its
 `caption` and `id`. Every tokenizer gets the clip resampled to its own model's rate. The
 layout of the cache (seqio's offline-cache format) is described in data/token_cache_tasks.py,
 which registers token tasks that crop it.
@@ -82,7 +83,9 @@ class _Tokenizers:
                 "codebook_sizes": {"mulan": int(self.mulan.codebooks["embed"].shape[1]),
                                    "semantic": s.codebook_size, "acoustic": a.model.config.codebook_size},
                 "sample_rates": {"mulan": self.mulan.sample_rate, "semantic": s.sample_rate,
-                                 "acoustic": a.sample_rate}}
+                                 "acoustic": a.sample_rate},
+                "mulan_windows": {"window_seconds": self.mulan.model.config.window_seconds,
+                                  "hop_seconds": self.mulan.model.config.hop_seconds}}
 
     def tokenize(self, clips: Sequence[np.ndarray], sample_rate: int) -> list[Optional[dict]]:
         """Tokens of each clip, or None where a tokenizer rejects it (ValueError)."""
@@ -91,15 +94,17 @@ class _Tokenizers:
         at = {sr: [resample(c, sample_rate, sr) for c in clips] for sr in
               {self.mulan.sample_rate, self.semantic.sample_rate, self.acoustic.sample_rate}}
         try:
-            mulan = list(self.mulan.audio_tokens(at[self.mulan.sample_rate]))
+            clip_tokens, window_tokens = self.mulan.audio_tokens_with_windows(at[self.mulan.sample_rate])
+            mulan = list(zip(clip_tokens, window_tokens))
         except ValueError:  # one bad clip: find it clip by clip
-            mulan = [self._or_none(self.mulan.audio_tokens, [c]) for c in at[self.mulan.sample_rate]]
-            mulan = [None if m is None else m[0] for m in mulan]
+            mulan = [self._or_none(self.mulan.audio_tokens_with_windows, [c]) for c in at[self.mulan.sample_rate]]
+            mulan = [None if m is None else (m[0][0], m[1][0]) for m in mulan]
         out = []
         for i, m in enumerate(mulan):
             sem = None if m is None else self._or_none(self.semantic.tokenize, [at[self.semantic.sample_rate][i]])
             ac = None if sem is None else self._or_none(self.acoustic.encode, at[self.acoustic.sample_rate][i][None])
-            out.append(None if ac is None else {"mulan_tokens": np.asarray(m, np.int32),
+            out.append(None if ac is None else {"mulan_tokens": np.asarray(m[0], np.int32),
+                                                "mulan_window_tokens": np.asarray(m[1], np.int32),
                                                 "semantic_tokens": np.asarray(sem[0], np.int32),
                                                 "acoustic_tokens": np.asarray(ac[0], np.int32)})
         return out
@@ -289,7 +294,7 @@ def _finish_split(output_dir: str, split: str, num_shards: int) -> dict:
     total = {"clips": sum(s["clips"] for s in shards), "seconds": sum(s["seconds"] for s in shards),
              "tokens": dict(sum((collections.Counter(s["tokens"]) for s in shards), collections.Counter())),
              "skipped": dict(sum((collections.Counter(s["skipped"]) for s in shards), collections.Counter()))}
-    for key in ("rates", "levels", "codebook_sizes", "sample_rates"):
+    for key in layout.META_KEYS:
         if any(s[key] != shards[0][key] for s in shards):
             raise ValueError(f"{output_dir}: shards of {split!r} disagree on {key}: the models changed between runs")
         total[key] = shards[0][key]
@@ -302,7 +307,7 @@ def _finish_split(output_dir: str, split: str, num_shards: int) -> dict:
         stats[f"{k}_max_tokens"] = max(s["max_tokens"].get(k, 0) for s in shards)
     layout.write_json(seqio.utils.get_cached_stats_path(output_dir, split), stats)
     layout.write_json(seqio.utils.get_cached_info_path(output_dir, split),
-                      layout.info_dict(num_shards, total["levels"]["acoustic"]))
+                      layout.info_dict(num_shards, total["levels"]["acoustic"], total["levels"]["mulan"]))
     return total
 
 
@@ -356,7 +361,7 @@ def precompute_tokens(*, task: str, splits: Sequence[str] = ("train", "validatio
         n = meta["num_shards"][split]
         summary["splits"][split] = _finish_split(output_dir, split, n)
     first = summary["splits"][splits[0]]
-    meta.update({k: first[k] for k in ("rates", "levels", "codebook_sizes", "sample_rates")},
+    meta.update({k: first[k] for k in layout.META_KEYS},
                 splits=sorted(set(meta.get("splits", [])) | set(splits)))
     layout.write_json(os.path.join(output_dir, layout.META_FILE), meta)
     with tf.io.gfile.GFile(os.path.join(output_dir, "COMPLETED"), "w") as f:

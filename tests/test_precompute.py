@@ -49,7 +49,9 @@ def _expected(model_dirs, task, split):
     source = audio_tasks.source_of(task)
     out = {}
     for ex in source.examples(split):
-        out[ex.id] = {"mulan_tokens": toks.mulan.audio_tokens([ex.audio])[0],
+        mulan, windows = toks.mulan.audio_tokens_with_windows([ex.audio])
+        np.testing.assert_array_equal(mulan, toks.mulan.audio_tokens([ex.audio]))  # one pass gives both
+        out[ex.id] = {"mulan_tokens": mulan[0], "mulan_window_tokens": windows[0],
                       "semantic_tokens": toks.semantic.tokenize([ex.audio])[0],
                       "acoustic_tokens": toks.acoustic.encode(resample(ex.audio, SR, 24000)[None])[0]}
     return out
@@ -62,7 +64,8 @@ def _read_cached(cache_root, name, split):
         seqio.TaskRegistry.add(
             name, source=seqio.FunctionDataSource(lambda split, shuffle_files: None, splits=("train", "validation")),
             preprocessors=[seqio.CacheDatasetPlaceholder(required=True)],
-            output_features={"mulan_tokens": feat(1), "semantic_tokens": feat(1), "acoustic_tokens": feat(2)})
+            output_features={"mulan_tokens": feat(1), "mulan_window_tokens": feat(2), "semantic_tokens": feat(1),
+                             "acoustic_tokens": feat(2)})
     old = seqio.get_global_cache_dirs()
     seqio.set_global_cache_dirs([str(cache_root)])
     try:
@@ -99,6 +102,8 @@ def test_cache_equals_tokenizers_and_counts_bad_input(cache, model_dirs, manifes
         seconds = {cid: LENGTHS_S[int(cid[1]) % 2] for cid in cached}
         assert all(cached[c]["semantic_tokens"].shape == (int(np.ceil(seconds[c] * 25)),) for c in cached)
         assert all(cached[c]["acoustic_tokens"].shape == (int(np.ceil(seconds[c] * 200)), 4) for c in cached)
+        # tiny MuLan: 2 s windows at a 1 s hop -> 2 windows of a 3 s clip, 4 of a 4.5 s one
+        assert all(cached[c]["mulan_window_tokens"].shape == ({3.0: 2, 4.5: 4}[seconds[c]], 4) for c in cached)
     n_tokens = sum(int(s.size) for s in (e["semantic_tokens"] for e in _expected(model_dirs, manifest_task, "train").values()))
     assert train["tokens"]["semantic_tokens"] == n_tokens
 
@@ -162,6 +167,14 @@ def test_token_task_crops_align_across_streams(cache):
     for seed in (0, 5):
         val = crops("validation", seed)
         assert {c: int(e["crop_start_s"]) for c, e in val.items()} == {"c5": 1, "c6": 0}
+    # Per-window MuLan tokens: a 2 s crop from second s (centre s + 1) gets the 2 s window at s.
+    windowed = token_cache_tasks.register_token_task("precompute_test_2s_windows", out, crop_seconds=2,
+                                                     mulan_per_window=True)
+    for seed in (0, 1):
+        for ex in seqio.get_mixture_or_task(windowed).get_dataset(None, split="train", shuffle=False,
+                                                                 seed=seed).as_numpy_iterator():
+            ref = full[ex["id"].decode()]
+            np.testing.assert_array_equal(ex["mulan_tokens"], ref["mulan_window_tokens"][int(ex["crop_start_s"])])
     # Clips shorter than the crop stay whole ('keep'; the batch pipeline pads) or go ('drop').
     long = token_cache_tasks.register_token_task("precompute_test_4s", out, crop_seconds=4, pad="drop")
     kept = seqio.get_mixture_or_task(long).get_dataset(None, split="train", shuffle=False, seed=0)

@@ -1,8 +1,8 @@
 """Token tasks read from a `musiclm precompute` cache, cropped at whole seconds.
 
 The cache (written by precompute.py) holds each clip tokenised once, whole:
-`mulan_tokens` [levels], `semantic_tokens` [frames], `acoustic_tokens` [frames, levels],
-`caption`, `id`. A token task crops it at a whole-second start s for L seconds in every
+`mulan_tokens` [levels], `mulan_window_tokens` [windows, levels], `semantic_tokens` [frames],
+`acoustic_tokens` [frames, levels], `caption`, `id`. A token task crops it at a whole-second start s for L seconds in every
 stream at once (semantic [s*r_s : (s+L)*r_s], acoustic [s*r_a : (s+L)*r_a], rates read from
 the cache's precompute.json), so one tokenisation serves every stage and crop length:
 
@@ -10,7 +10,9 @@ the cache's precompute.json), so one tokenisation serves every stage and crop le
 
 Train crops are random (seqio's stateless seeds: deterministic for a seed, new crops each
 epoch); other splits are cropped at a fixed start ('center' or 'start') when they are read.
-`mulan_tokens` describe the whole clip and are never cropped.
+`mulan_tokens` describe the whole clip; with `mulan_per_window=True` a crop's `mulan_tokens`
+are instead those of the MuLan window centred nearest the crop's centre (for long tracks,
+where one average over minutes says little about a 10 s crop).
 
 Cache layout (one directory; seqio's offline-cache layout, so it is also readable by a seqio
 Task with a CacheDatasetPlaceholder through `use_cached=True` when it sits at
@@ -37,7 +39,9 @@ import tensorflow as tf
 META_FILE = "precompute.json"
 SUMMARY_FILE = "summary.json"
 SHARD_STATS_DIR = "shards"
-TOKEN_FEATURES = ("mulan_tokens", "semantic_tokens", "acoustic_tokens")
+TOKEN_FEATURES = ("mulan_tokens", "mulan_window_tokens", "semantic_tokens", "acoustic_tokens")
+# What every shard reports and precompute.json keeps (shards must agree on all of them).
+META_KEYS = ("rates", "levels", "codebook_sizes", "sample_rates", "mulan_windows")
 CROP_MODES = ("center", "start")
 PAD_RULES = ("keep", "drop")
 _registered: set[str] = set()
@@ -52,11 +56,12 @@ def shard_stats_path(cache_dir: str, split: str, shard: int, num_shards: int) ->
     return os.path.join(cache_dir, SHARD_STATS_DIR, f"{split}-{shard:05d}-of-{num_shards:05d}.json")
 
 
-def info_dict(num_shards: int, acoustic_levels: int) -> dict:
+def info_dict(num_shards: int, acoustic_levels: int, mulan_levels: int) -> dict:
     """seqio's info.<split>.json (what beam_utils.GetInfo writes for these features)."""
     token = lambda shape: {"shape": shape, "dtype": "int32"}  # noqa: E731
     return {"num_shards": int(num_shards), "seqio_version": seqio.__version__,
-            "features": {"mulan_tokens": token([None]), "semantic_tokens": token([None]),
+            "features": {"mulan_tokens": token([None]), "mulan_window_tokens": token([None, int(mulan_levels)]),
+                         "semantic_tokens": token([None]),
                          "acoustic_tokens": token([None, int(acoustic_levels)]),
                          "caption": {"shape": [], "dtype": "string"}, "id": {"shape": [], "dtype": "string"}}}
 
@@ -112,12 +117,24 @@ def _parse_fn(cache_dir: str, split: str):
     return parse, info["num_shards"]
 
 
-def _crop_at(ex: dict, start, seconds: int, rates: dict) -> dict:
+def _crop_at(ex: dict, start, seconds: int, rates: dict, mulan_windows: Optional[dict] = None) -> dict:
     out = dict(ex)
     for key, rate in rates.items():
         out[key] = ex[key][start * rate:(start + seconds) * rate]
     out["crop_start_s"] = start + ex.get("crop_start_s", 0)
+    if mulan_windows is not None:
+        out["mulan_tokens"] = ex["mulan_window_tokens"][window_for_crop(start, seconds, mulan_windows,
+                                                                       tf.shape(ex["mulan_window_tokens"])[0])]
     return out
+
+
+def window_for_crop(start, seconds, mulan_windows: dict, num_windows):
+    """Index of the MuLan window (starts 0, hop, 2 hop, ...) whose centre is nearest the centre
+    of the crop [start, start + seconds), clipped to the clip's windows."""
+    window, hop = float(mulan_windows["window_seconds"]), float(mulan_windows["hop_seconds"])
+    centre = tf.cast(start, tf.float32) + seconds / 2
+    index = tf.cast(tf.round((centre - window / 2) / hop), tf.int32)
+    return tf.clip_by_value(index, 0, num_windows - 1)
 
 
 def _whole_seconds(ex: dict, rates: dict):
@@ -125,21 +142,24 @@ def _whole_seconds(ex: dict, rates: dict):
 
 
 def fixed_crop(dataset: tf.data.Dataset, *, seconds: int, rates: dict, mode: str = "center",
-               pad: str = "keep") -> tf.data.Dataset:
+               pad: str = "keep", mulan_windows: Optional[dict] = None) -> tf.data.Dataset:
     """Crops every stream in `rates` ({feature: tokens per second}) to `seconds` from a fixed
     whole-second start: 0 ('start') or the centre ('center'). Shorter clips stay whole
-    ('keep'; the batch pipeline pads them) or are dropped ('drop')."""
+    ('keep'; the batch pipeline pads them) or are dropped ('drop'). With `mulan_windows`
+    (precompute.json's window and hop), `mulan_tokens` become the crop's window's tokens."""
     if pad == "drop":
         dataset = dataset.filter(lambda ex: _whole_seconds(ex, rates) >= seconds)
 
     def crop(ex):
         last_start = tf.maximum(_whole_seconds(ex, rates) - seconds, 0)
-        return _crop_at(ex, last_start // 2 if mode == "center" else tf.constant(0, tf.int32), seconds, rates)
+        start = last_start // 2 if mode == "center" else tf.constant(0, tf.int32)
+        return _crop_at(ex, start, seconds, rates, mulan_windows)
 
     return dataset.map(crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def random_crop(dataset: tf.data.Dataset, *, seconds: int, rates: dict, pad: str = "keep") -> tf.data.Dataset:
+def random_crop(dataset: tf.data.Dataset, *, seconds: int, rates: dict, pad: str = "keep",
+                mulan_windows: Optional[dict] = None) -> tf.data.Dataset:
     """Like `fixed_crop`, from a random whole-second start (seqio gives each example its seed)."""
     if pad == "drop":
         dataset = dataset.filter(lambda ex: _whole_seconds(ex, rates) >= seconds)
@@ -148,7 +168,7 @@ def random_crop(dataset: tf.data.Dataset, *, seconds: int, rates: dict, pad: str
     def crop(ex, seed):
         last_start = tf.maximum(_whole_seconds(ex, rates) - seconds, 0)
         start = tf.random.stateless_uniform([], seed, minval=0, maxval=last_start + 1, dtype=tf.int32)
-        return _crop_at(ex, start, seconds, rates)
+        return _crop_at(ex, start, seconds, rates, mulan_windows)
 
     return crop(dataset)
 
@@ -167,11 +187,13 @@ def _dataset_fn(split, shuffle_files, seed=None, *, cache_dir, random_splits, cr
 
 def register_token_task(name: str, cache_dir: str, *, crop_seconds: Optional[int] = None,
                         validation_crop: str = "center", pad: str = "keep",
-                        random_crop_splits: Sequence[str] = ("train",), shuffle_buffer_size: int = 1024) -> str:
+                        random_crop_splits: Sequence[str] = ("train",), shuffle_buffer_size: int = 1024,
+                        mulan_per_window: bool = False) -> str:
     """Registers (or re-registers) the token cache at `cache_dir` as the seqio task `name`.
 
     `crop_seconds=None` gives whole tracks. Splits in `random_crop_splits` get random crops;
-    the others a fixed one (`validation_crop`: 'center' or 'start')."""
+    the others a fixed one (`validation_crop`: 'center' or 'start'). `mulan_per_window`: a
+    crop is conditioned on its own MuLan window's tokens instead of the whole clip's."""
     if crop_seconds is not None and int(crop_seconds) <= 0:
         raise ValueError(f"crop_seconds must be positive, got {crop_seconds}")
     if validation_crop not in CROP_MODES or pad not in PAD_RULES:
@@ -189,10 +211,18 @@ def register_token_task(name: str, cache_dir: str, *, crop_seconds: Optional[int
             raise ValueError(f"task {name!r} already exists and is not a token-cache task")
         seqio.TaskRegistry.remove(name)
 
+    windows = None
+    if mulan_per_window:
+        if crop_seconds is None or "mulan_windows" not in meta:
+            raise ValueError(f"mulan_per_window needs crop_seconds and a cache with per-window MuLan tokens "
+                             f"({cache_dir} lacks them: precompute it again)" if crop_seconds is not None else
+                             "mulan_per_window needs crop_seconds")
+        windows = meta["mulan_windows"]
     fixed = random = None
     if crop_seconds is not None:
-        fixed = functools.partial(fixed_crop, seconds=int(crop_seconds), rates=rates, mode=validation_crop, pad=pad)
-        random = functools.partial(random_crop, seconds=int(crop_seconds), rates=rates, pad=pad)
+        fixed = functools.partial(fixed_crop, seconds=int(crop_seconds), rates=rates, mode=validation_crop, pad=pad,
+                                  mulan_windows=windows)
+        random = functools.partial(random_crop, seconds=int(crop_seconds), rates=rates, pad=pad, mulan_windows=windows)
     source = seqio.FunctionDataSource(
         functools.partial(_dataset_fn, cache_dir=cache_dir, random_splits=tuple(random_crop_splits), crop=fixed),
         splits=splits)
@@ -204,6 +234,8 @@ def register_token_task(name: str, cache_dir: str, *, crop_seconds: Optional[int
     text = seqio.Feature(seqio.PassThroughVocabulary(0), add_eos=False, dtype=tf.string, rank=0)
     features = {"mulan_tokens": codes("mulan", 1), "semantic_tokens": codes("semantic", 1),
                 "acoustic_tokens": codes("acoustic", 2), "caption": text, "id": text}
+    if "mulan_windows" in meta:  # caches from before per-window tokens lack the feature
+        features["mulan_window_tokens"] = codes("mulan", 2)
     seqio.TaskRegistry.add(name, source=source, preprocessors=[random] if random else [],
                            output_features=features, shuffle_buffer_size=shuffle_buffer_size)
     _registered.add(name)

@@ -39,6 +39,12 @@ def load_mulan(model_dir: str, step: Optional[int] = None) -> tuple[MuLan, dict]
         lambda m: {"audio": (1, m.config.window_samples), "text_tokens": (1, m.config.max_text_length)}, step)
 
 
+def clip_embeddings(window_embeddings: Sequence[np.ndarray]) -> np.ndarray:
+    """Unit-norm [clips, D]: each clip's window embeddings averaged (MuLan's clip embedding)."""
+    sums = np.stack([np.sum(w, axis=0, dtype=np.float64) for w in window_embeddings])
+    return (sums / np.linalg.norm(sums, axis=1, keepdims=True)).astype(np.float32)
+
+
 class MuLanEmbedder:
     """Audio and text embeddings of a frozen MuLan (no RVQ needed)."""
 
@@ -62,25 +68,30 @@ class MuLanEmbedder:
         return self.model.config.sample_rate
 
     def embed_audio(self, waveforms: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
-        """Unit-norm float32 [batch, D] for clips (a [B, T] array or a list of 1-D clips of any length)."""
+        """Unit-norm float32 [batch, D] for clips (a [B, T] array or a list of 1-D clips of any
+        length): the average of the clip's window embeddings (`embed_audio_windows`)."""
+        return clip_embeddings(self.embed_audio_windows(waveforms))
+
+    def embed_audio_windows(self, waveforms: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
+        """Per clip, unit-norm float32 [windows, D]: windows of `window_seconds` every
+        `hop_seconds` from the start (the last one zero-padded), as `models.mulan.window_starts`."""
         if isinstance(waveforms, np.ndarray) and waveforms.ndim == 1:
             waveforms = waveforms[None]
         clips = [np.asarray(w, np.float32) for w in waveforms]
         if not clips:
             raise ValueError("embed_audio needs at least one clip")
         c = self.model.config
-        windows, owner = [], []
+        windows, counts = [], []
         for i, clip in enumerate(clips):
             if clip.ndim != 1 or clip.size == 0:
                 raise ValueError(f"clip {i}: expected a non-empty 1-D waveform, got shape {clip.shape}")
-            for start in window_starts(clip.size, c.window_samples, c.hop_samples):
+            starts = window_starts(clip.size, c.window_samples, c.hop_samples)
+            for start in starts:
                 w = clip[start:start + c.window_samples]
                 windows.append(np.pad(w, (0, c.window_samples - w.size)))
-                owner.append(i)
+            counts.append(len(starts))
         embs = self._run_in_batches(np.stack(windows), self._embed_audio)
-        sums = np.zeros((len(clips), embs.shape[1]), np.float64)
-        np.add.at(sums, np.asarray(owner), embs)
-        return (sums / np.linalg.norm(sums, axis=1, keepdims=True)).astype(np.float32)
+        return np.split(embs, np.cumsum(counts)[:-1])
 
     def text_ids(self, texts: Sequence[str]) -> np.ndarray:
         """int32 [batch, max_text_length] SentencePiece ids, -1 padded (longer texts are cut)."""
@@ -134,6 +145,14 @@ class MuLanTokenizer(MuLanEmbedder):
     def audio_tokens(self, waveforms) -> np.ndarray:
         """int32 [batch, levels] of clips of any length."""
         return self.quantize(self.embed_audio(waveforms))
+
+    def audio_tokens_with_windows(self, waveforms) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(clip tokens int32 [batch, levels], per clip its windows' tokens [windows, levels]):
+        one MuLan pass for the whole-clip condition and the per-window ones of long tracks."""
+        windows = self.embed_audio_windows(waveforms)
+        counts = np.cumsum([len(w) for w in windows])[:-1]
+        window_tokens = np.split(self.quantize(np.concatenate(windows)), counts)
+        return self.quantize(clip_embeddings(windows)), window_tokens
 
     def text_tokens(self, texts: Sequence[str]) -> np.ndarray:
         """int32 [batch, levels] of captions."""
