@@ -26,3 +26,11 @@ def tokenizer_model_dirs(tmp_path_factory):
     from model_dirs import tokenizer_dirs
 
     return tokenizer_dirs(tmp_path_factory.mktemp("tokenizer_models"))
+
+
+@pytest.fixture(scope="session")
+def musiclm_model_dirs(tmp_path_factory, tokenizer_model_dirs):
+    """The five model directories of a random-init tiny MusicLM (generation and export tests)."""
+    from model_dirs import musiclm_dirs
+
+    return musiclm_dirs(tmp_path_factory.mktemp("musiclm_models"), tokenizer_model_dirs)

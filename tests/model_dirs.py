@@ -66,3 +66,34 @@ def tokenizer_dirs(root) -> dict:
                   [f"SoundStreamConfig.sample_rate = {CODEC_SR}", "SEANetConfig.strides = (4, 5, 6)"])
     save_random_model(root / "ss", s, {"audio": (1, 1200)})
     return {"mulan_dir": str(root / "mulan"), "w2v_bert_dir": str(root / "w2v"), "soundstream_dir": str(root / "ss")}
+
+
+def stage_configs():
+    """Random-init tiny semantic / coarse / fine stages on the tokenizer_dirs layout: MuLan 4 x 32,
+    semantic 1 x 16, acoustic 4 x 64; coarse predicts levels 0-1, fine 2-3."""
+    from musiclm_jax.models.stages import StageConfig
+    from musiclm_jax.models.token_layout import TokenLayout
+
+    layout = TokenLayout(streams=(("mulan", 4, 32), ("semantic", 1, 16), ("acoustic", 4, 64)))
+    size = dict(num_layers=1, num_heads=2, head_dim=8, d_model=16, d_ff=32, dropout_rate=0.0, layout=layout)
+    mulan = ("mulan_tokens", "mulan", 0, 4)
+    return {
+        "semantic_stage_dir": StageConfig(conditions=(mulan,), target=("semantic_tokens", "semantic", 0, 1), **size),
+        "coarse_stage_dir": StageConfig(conditions=(mulan, ("semantic_tokens", "semantic", 0, 1)),
+                                        target=("acoustic_tokens", "acoustic", 0, 2), **size),
+        "fine_stage_dir": StageConfig(conditions=(mulan, ("acoustic_tokens", "acoustic", 0, 2)),
+                                      target=("acoustic_tokens", "acoustic", 2, 2), **size),
+    }
+
+
+def musiclm_dirs(root, tokenizer_model_dirs) -> dict:
+    """The five directories `musiclm generate` reads: the tokenizers' (without w2v-BERT) and
+    random-init tiny stages."""
+    from musiclm_jax.models.stages import StageModel
+
+    out = {k: v for k, v in tokenizer_model_dirs.items() if k != "w2v_bert_dir"}
+    for name, config in stage_configs().items():
+        model = StageModel(config)
+        save_random_model(root / name, model, {s.feature: (1, 1) for s in (*config.conditions, config.target)})
+        out[name] = str(root / name)
+    return out

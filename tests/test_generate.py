@@ -6,36 +6,15 @@ import os
 
 import numpy as np
 import pytest
-from model_dirs import CODEC_SR, save_random_model
+from model_dirs import CODEC_SR
 
 from musiclm_jax import generate as gen
 from musiclm_jax.models.musiclm import SamplingSettings
-from musiclm_jax.models.stages import StageConfig, StageModel
-from musiclm_jax.models.token_layout import TokenLayout
-
-LAYOUT = TokenLayout(streams=(("mulan", 4, 32), ("semantic", 1, 16), ("acoustic", 4, 64)))
-SIZE = dict(num_layers=1, num_heads=2, head_dim=8, d_model=16, d_ff=32, dropout_rate=0.0, layout=LAYOUT)
-STAGES = {
-    "semantic_stage_dir": StageConfig(conditions=(("mulan_tokens", "mulan", 0, 4),),
-                                      target=("semantic_tokens", "semantic", 0, 1), **SIZE),
-    "coarse_stage_dir": StageConfig(conditions=(("mulan_tokens", "mulan", 0, 4), ("semantic_tokens", "semantic", 0, 1)),
-                                    target=("acoustic_tokens", "acoustic", 0, 2), **SIZE),
-    "fine_stage_dir": StageConfig(conditions=(("mulan_tokens", "mulan", 0, 4), ("acoustic_tokens", "acoustic", 0, 2)),
-                                  target=("acoustic_tokens", "acoustic", 2, 2), **SIZE),
-}
 
 
 @pytest.fixture(scope="module")
-def dirs(tmp_path_factory, tokenizer_model_dirs):
-    root = tmp_path_factory.mktemp("musiclm")
-    out = dict(tokenizer_model_dirs)
-    out.pop("w2v_bert_dir")  # generation needs no w2v-BERT: the semantic stage emits its tokens
-    for name, config in STAGES.items():
-        model = StageModel(config)
-        shapes = {s.feature: (1, 1) for s in (*config.conditions, config.target)}
-        save_random_model(root / name, model, shapes)
-        out[name] = str(root / name)
-    return out
+def dirs(musiclm_model_dirs):
+    return musiclm_model_dirs
 
 
 @pytest.fixture(scope="module")

@@ -36,9 +36,12 @@ class AcousticTokenizer:
     def from_model_dir(cls, model_dir: str, *, step: Optional[int] = None, num_levels: Optional[int] = None
                        ) -> "AcousticTokenizer":
         """Loads `model_dir/model.json` (written by `musiclm train`) and the checkpoint's params."""
+        from musiclm_jax.export import check_export
+
         config_path = os.path.join(model_dir, "model.json")
         if not os.path.exists(config_path):
             raise FileNotFoundError(f"{config_path} not found: is {model_dir!r} a SoundStream training directory?")
+        check_export(model_dir)  # an export (`musiclm export`) must be intact
         with open(config_path) as f:
             spec = json.load(f)
         if spec.get("model") != "SoundStream":

@@ -16,9 +16,12 @@ def load_model_dir(model_dir: str, expected: str, build: Callable[[dict], object
     """(model, params) of a `musiclm train` directory: model.json names the model (`expected`),
     `build(config_dict)` rebuilds it, and the checkpoint's params are restored onto one device
     (their shapes come from `init_shapes(model)`, traced with eval_shape: nothing is allocated)."""
+    from musiclm_jax.export import check_export
+
     config_path = os.path.join(model_dir, "model.json")
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{config_path} not found: is {model_dir!r} a {expected} training directory?")
+    check_export(model_dir)  # an export (`musiclm export`) must be intact
     with open(config_path) as f:
         spec = json.load(f)
     if spec.get("model") != expected:

@@ -1,0 +1,302 @@
+"""`musiclm export`: trained models -> a self-contained, pickle-free generation bundle.
+
+    export_checkpoint(model_dir, output_dir, dtype='bfloat16')    one model, parameters only
+    export_musiclm(output_dir, mulan_dir=..., ..., seconds=10)    the five models + StableHLO
+
+A params-only export is a directory shaped like a `musiclm train` one (model.json, config.gin,
+the tokenizer artifacts text_vocab/ mulan_rvq/ kmeans/, and checkpoints/<step>/params with no
+optimiser state), so every loader (tokenizers, `musiclm generate`) reads it unchanged. Floating
+parameters may be stored in bfloat16 (half the bytes); they are restored in the dtype the model
+asks for. export.json lists the SHA-256 of every file: a loader refuses an export whose files
+changed (`check_export`), naming the file.
+
+`export_musiclm` also serialises, with `jax.export` (StableHLO, for cpu and tpu), each stage's
+sampling function for every window shape a generation of `seconds` needs, and the codec
+decoder, with a symbolic batch dimension (prompts x candidates). The functions take the
+parameters as arguments, so the bundle holds every weight once. `load_exported_musiclm` runs
+generation through them: no model code is traced or compiled from Python at generation time,
+and the tokens equal those of the training checkpoint for the same seed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from typing import Any, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+EXPORT_FILE = "export.json"
+FUNCTIONS_DIR = "functions"
+COPIED = ("model.json", "config.gin", "text_vocab", "mulan_rvq", "kmeans")
+MODEL_DIRS = ("mulan_dir", "semantic_stage_dir", "coarse_stage_dir", "fine_stage_dir", "soundstream_dir")
+
+
+class ExportError(ValueError):
+    """A missing, incomplete or modified export."""
+
+
+def _load_any(model_dir: str, step: Optional[int]):
+    """(model, params) of any of the five models' directories, by the kind in its model.json."""
+    from musiclm_jax import generate
+    from musiclm_jax.tokenizers import acoustic, mulan, semantic
+
+    kind = _model_kind(model_dir)
+    if kind == "SoundStream":
+        codec = acoustic.AcousticTokenizer.from_model_dir(model_dir, step=step)
+        return kind, codec.model, codec.params
+    loaders = {"StageModel": generate.load_stage, "MuLan": mulan.load_mulan, "W2vBert": semantic.load_w2v_bert}
+    if kind not in loaders:
+        raise ValueError(f"{model_dir}/model.json names an unknown model {kind!r}")
+    model, params = loaders[kind](model_dir, step)
+    return kind, model, params
+
+
+def _model_kind(model_dir: str) -> str:
+    path = os.path.join(model_dir, "model.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: is {model_dir!r} a `musiclm train` directory?")
+    with open(path) as f:
+        return json.load(f).get("model")
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _file_hashes(directory: str) -> dict[str, str]:
+    out = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, directory)
+            if rel != EXPORT_FILE:
+                out[rel] = _sha256(path)
+    return dict(sorted(out.items()))
+
+
+def check_export(directory: str) -> Optional[dict]:
+    """export.json of an export directory after checking every listed file's SHA-256 (None for a
+    training directory, which has no export.json). Raises ExportError naming the first bad file."""
+    path = os.path.join(directory, EXPORT_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+        files = manifest["files"]
+    except (ValueError, KeyError) as e:
+        raise ExportError(f"{path} is not a valid export manifest: {e}") from e
+    for rel, digest in files.items():
+        full = os.path.join(directory, rel)
+        if not os.path.exists(full):
+            raise ExportError(f"export {directory}: {rel} is missing")
+        if _sha256(full) != digest:
+            raise ExportError(f"export {directory}: {rel} does not match its SHA-256 in {EXPORT_FILE} "
+                              "(corrupt or modified); export again")
+    return manifest
+
+
+def _write_manifest(directory: str, info: Mapping[str, Any]) -> dict:
+    manifest = {**info, "files": _file_hashes(directory)}
+    tmp = os.path.join(directory, EXPORT_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(tmp, os.path.join(directory, EXPORT_FILE))  # written last: a crash leaves no manifest
+    return manifest
+
+
+def _fresh_dir(output_dir: str) -> None:
+    if os.path.exists(output_dir) and os.listdir(output_dir):
+        raise FileExistsError(f"{output_dir} exists and is not empty: export into a new directory")
+    os.makedirs(output_dir, exist_ok=True)
+
+
+def export_checkpoint(model_dir: str, output_dir: str, *, step: Optional[int] = None,
+                      dtype: Optional[str] = None) -> dict:
+    """Parameters only (optionally cast to `dtype`, e.g. 'bfloat16') + model.json, config.gin and
+    the tokenizer artifacts of `model_dir`, into the new directory `output_dir`."""
+    import orbax.checkpoint as ocp
+
+    kind, _, params = _load_any(model_dir, step)
+    if step is None:  # the step the loaders restored: the latest
+        step = max(int(d) for d in os.listdir(os.path.join(model_dir, "checkpoints")) if d.isdigit())
+    if dtype is not None:
+        target = jnp.dtype(dtype)
+        params = jax.tree.map(lambda x: x.astype(target) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+    _fresh_dir(output_dir)
+    for name in COPIED:
+        src = os.path.join(model_dir, name)
+        if os.path.isdir(src):
+            shutil.copytree(src, os.path.join(output_dir, name))
+        elif os.path.exists(src):
+            shutil.copy2(src, os.path.join(output_dir, name))
+    manager = ocp.CheckpointManager(os.path.join(output_dir, "checkpoints"), item_names=("params",),
+                                    options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False))
+    manager.save(int(step), args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
+    manager.wait_until_finished()
+    manager.close()
+    return _write_manifest(output_dir, {"model": kind, "source": os.path.abspath(model_dir), "step": int(step),
+                                        "dtype": str(dtype) if dtype else "as trained"})
+
+
+# ---- StableHLO: the samplers and the codec decoder ------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Signature:
+    """One compiled sampler: a stage, the tokens it samples, its settings and its batch's
+    feature shapes without the batch dimension."""
+
+    stage: str
+    num_tokens: int
+    top_k: int
+    top_p: float
+    guidance_scale: float
+    features: tuple  # ((name, shape without batch), ...) sorted
+
+    def file_name(self, index: int) -> str:
+        return f"{self.stage}-{index:03d}.jaxexport"
+
+
+def _signature(stage: str, batch: Mapping[str, np.ndarray], num_tokens: int, settings) -> _Signature:
+    features = tuple(sorted((k, tuple(int(d) for d in np.shape(v)[1:])) for k, v in batch.items()))
+    return _Signature(stage, int(num_tokens), int(settings.top_k), float(settings.top_p),
+                      float(settings.guidance_scale), features)
+
+
+def _plan_signatures(model, texts: Sequence[str], seconds: float, settings) -> list[_Signature]:
+    """Every sampler call a generation of `seconds` makes (the windows' shapes), found by running
+    the generation with samplers that return zeros: nothing is sampled or compiled."""
+    found: list[_Signature] = []
+
+    def fake_run_stage(stage, batch, rng, num_tokens, stage_settings):
+        sig = _signature(stage, batch, num_tokens, stage_settings)
+        if sig not in found:
+            found.append(sig)
+        return np.zeros((len(next(iter(batch.values()))), num_tokens), np.int32)
+
+    real_run, real_decode = model._run_stage, model.codec.decode
+    model._run_stage = fake_run_stage
+    model.codec.decode = lambda codes, num_samples=None: np.zeros((len(codes), num_samples or 1), np.float32)
+    try:
+        model.generate(list(texts), seconds, settings=settings)
+    finally:
+        model._run_stage, model.codec.decode = real_run, real_decode
+    return found
+
+
+def _abstract(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
+
+
+def _export_sampler(model, sig: _Signature, platforms: Sequence[str]) -> bytes:
+    from jax import export
+
+    stage_model, params = model.stages[sig.stage]
+    batch_dim, = export.symbolic_shape("b")
+
+    def sample(params, batch, key_data, temperature):
+        return stage_model.predict_batch(params, batch, jax.random.wrap_key_data(key_data),
+                                         num_target_tokens=sig.num_tokens, temperature=temperature, top_k=sig.top_k,
+                                         top_p=sig.top_p, guidance_scale=sig.guidance_scale)
+
+    batch = {name: jax.ShapeDtypeStruct((batch_dim, *shape), jnp.int32) for name, shape in sig.features}
+    exported = export.export(jax.jit(sample), platforms=tuple(platforms))(
+        _abstract(params), batch, jax.ShapeDtypeStruct((2,), jnp.uint32), jax.ShapeDtypeStruct((), jnp.float32))
+    return exported.serialize()
+
+
+def _export_decoder(codec, levels: int, platforms: Sequence[str]) -> bytes:
+    """The SoundStream decoder with a symbolic batch and a symbolic number of frames."""
+    from jax import export
+
+    batch_dim, frames = export.symbolic_shape("b, f")
+    exported = export.export(jax.jit(codec.model.decode), platforms=tuple(platforms))(
+        _abstract(codec.params), jax.ShapeDtypeStruct((batch_dim, frames, levels), jnp.int32))
+    return exported.serialize()
+
+
+def export_musiclm(output_dir: str, *, mulan_dir: str, semantic_stage_dir: str, coarse_stage_dir: str,
+                   fine_stage_dir: str, soundstream_dir: str, seconds: float, semantic_rate: float = 25.0,
+                   windows: Optional[Mapping[str, Any]] = None, settings: Optional[Mapping[str, Any]] = None,
+                   dtype: Optional[str] = None, platforms: Sequence[str] = ("cpu", "tpu")) -> dict:
+    """The five models as params-only exports (output_dir/<mulan|semantic_stage|...>/) and, in
+    output_dir/functions/, the StableHLO samplers for generations of `seconds` with these
+    windows and settings, and the codec decoder. Returns the bundle's export.json."""
+    from musiclm_jax.generate import load_musiclm
+    from musiclm_jax.models.musiclm import PAPER_SETTINGS, STAGES
+
+    dirs = dict(mulan_dir=mulan_dir, semantic_stage_dir=semantic_stage_dir, coarse_stage_dir=coarse_stage_dir,
+                fine_stage_dir=fine_stage_dir, soundstream_dir=soundstream_dir)
+    settings = {**PAPER_SETTINGS, **(settings or {})}
+    model = load_musiclm(**dirs, semantic_rate=semantic_rate, windows=windows)
+    _fresh_dir(output_dir)
+    for key, directory in dirs.items():
+        export_checkpoint(directory, os.path.join(output_dir, key.removesuffix("_dir")), dtype=dtype)
+    functions = os.path.join(output_dir, FUNCTIONS_DIR)
+    os.makedirs(functions)
+    samplers = []
+    for i, sig in enumerate(_plan_signatures(model, ["a"], seconds, settings)):
+        with open(os.path.join(functions, sig.file_name(i)), "wb") as f:
+            f.write(_export_sampler(model, sig, platforms))
+        samplers.append({**dataclasses.asdict(sig), "file": sig.file_name(i)})
+    levels = model.coarse_levels + model.fine_levels
+    with open(os.path.join(functions, "codec_decode.jaxexport"), "wb") as f:
+        f.write(_export_decoder(model.codec, levels, platforms))
+    info = {"bundle": "musiclm", "seconds": seconds, "semantic_rate": semantic_rate, "platforms": list(platforms),
+            "windows": {s: dataclasses.asdict(model.windows[s]) for s in STAGES},
+            "settings": {s: dataclasses.asdict(settings[s]) for s in STAGES}, "samplers": samplers,
+            "decoder": "codec_decode.jaxexport", "dtype": str(dtype) if dtype else "as trained"}
+    return _write_manifest(output_dir, info)
+
+
+def load_exported_musiclm(export_dir: str):
+    """A MusicLM that samples and decodes through the bundle's StableHLO functions (any batch of
+    prompts x candidates; the lengths, windows and settings it was exported for)."""
+    from jax import export
+
+    from musiclm_jax.generate import load_musiclm
+    from musiclm_jax.models.musiclm import SamplingSettings, Window
+
+    manifest = check_export(export_dir)
+    if manifest is None or manifest.get("bundle") != "musiclm":
+        raise ExportError(f"{export_dir} is not a `musiclm export` bundle (no {EXPORT_FILE} from export_musiclm)")
+    model = load_musiclm(**{k: os.path.join(export_dir, k.removesuffix("_dir")) for k in MODEL_DIRS},
+                         semantic_rate=manifest["semantic_rate"],
+                         windows={s: Window(**w) for s, w in manifest["windows"].items()})
+
+    def read(name):
+        with open(os.path.join(export_dir, FUNCTIONS_DIR, name), "rb") as f:
+            return export.deserialize(bytearray(f.read()))
+
+    samplers = {}
+    for entry in manifest["samplers"]:
+        sig = _Signature(entry["stage"], entry["num_tokens"], entry["top_k"], entry["top_p"], entry["guidance_scale"],
+                         tuple((name, tuple(shape)) for name, shape in entry["features"]))
+        samplers[sig] = read(entry["file"])
+
+    def run_stage(stage, batch, rng, num_tokens, settings):
+        sig = _signature(stage, batch, num_tokens, settings)
+        if sig not in samplers:
+            raise ExportError(f"{export_dir} has no {stage} sampler for {num_tokens} tokens with {sig.features} and "
+                              f"these settings: it was exported for {manifest['seconds']} s with settings "
+                              f"{manifest['settings']}")
+        params = model.stages[stage][1]
+        out = samplers[sig].call(params, {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()},
+                                 jax.random.key_data(rng), jnp.float32(settings.temperature))
+        return np.asarray(out)
+
+    decoder = read(manifest["decoder"])
+    model._run_stage = run_stage
+    model.codec._decode = lambda params, codes: decoder.call(params, codes)
+    model.exported_settings = {s: SamplingSettings(**v) for s, v in manifest["settings"].items()}
+    return model

@@ -1,0 +1,123 @@
+"""`musiclm export`: params-only checkpoints (optionally bfloat16) that the loaders read
+unchanged; StableHLO samplers + codec decoder (cpu and tpu, symbolic batch) whose generation
+equals the training checkpoint's for the same seed; corrupted exports refused; no pickle."""
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+from musiclm_jax import export, generate as gen
+from musiclm_jax.models.musiclm import SamplingSettings
+
+TEXTS = ["a slow sad piano melody", "fast drums and a bright organ"]
+# 0.5 s with the paper's windows is one window per stage; a guided, top-k semantic stage
+SETTINGS = {"semantic": SamplingSettings(1.0, top_k=8, guidance_scale=1.5)}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, musiclm_model_dirs):
+    out = str(tmp_path_factory.mktemp("export") / "bundle")
+    manifest = export.export_musiclm(out, seconds=0.5, settings=SETTINGS, platforms=("cpu", "tpu"), **musiclm_model_dirs)
+    return out, manifest
+
+
+def test_exported_generation_equals_the_training_checkpoint(bundle, musiclm_model_dirs):
+    out, manifest = bundle
+    assert manifest["platforms"] == ["cpu", "tpu"] and len(manifest["samplers"]) == 3
+    exported = export.load_exported_musiclm(out)
+    reference = gen.load_musiclm(**musiclm_model_dirs)
+    a = exported.generate(TEXTS, 0.5, seed=4, settings=SETTINGS, num_candidates=2)
+    b = reference.generate(TEXTS, 0.5, seed=4, settings=SETTINGS, num_candidates=2)
+    np.testing.assert_array_equal(a.semantic_tokens, b.semantic_tokens)
+    np.testing.assert_array_equal(a.acoustic_tokens, b.acoustic_tokens)
+    np.testing.assert_allclose(a.audio, b.audio, atol=1e-5)
+    one = exported.generate(TEXTS[:1], 0.5, seed=4, settings=SETTINGS)  # the batch dimension is symbolic
+    assert one.acoustic_tokens.shape == (1, 100, 4)
+    with pytest.raises(export.ExportError, match="exported for 0.5 s"):
+        exported.generate(TEXTS, 1.0, seed=4, settings=SETTINGS)
+    # the params-only exports load through the ordinary loaders (`musiclm generate` reads them)
+    stage = os.path.join(out, "coarse_stage")
+    items = os.listdir(os.path.join(stage, "checkpoints", "1"))
+    assert "params" in items and "state" not in items  # no optimiser state
+    assert gen.load_stage(stage)[0].config == gen.load_stage(musiclm_model_dirs["coarse_stage_dir"])[0].config
+
+
+def test_bfloat16_export_halves_the_bytes_and_loads(tmp_path, musiclm_model_dirs):
+    src = musiclm_model_dirs["semantic_stage_dir"]
+    f32 = export.export_checkpoint(src, str(tmp_path / "f32"))
+    bf16 = export.export_checkpoint(src, str(tmp_path / "bf16"), dtype="bfloat16")
+    assert bf16["dtype"] == "bfloat16" and f32["step"] == 1
+
+    def param_bytes(d):
+        return sum(p.stat().st_size for p in pathlib.Path(d, "checkpoints").rglob("*") if p.is_file())
+
+    assert param_bytes(tmp_path / "bf16") < 0.75 * param_bytes(tmp_path / "f32")
+    _, params = gen.load_stage(str(tmp_path / "bf16"))
+    _, reference = gen.load_stage(src)
+    for leaf, ref_leaf in zip(_leaves(params), _leaves(reference)):
+        assert leaf.dtype == ref_leaf.dtype  # restored in the dtype the model asks for
+        np.testing.assert_allclose(leaf, ref_leaf, rtol=1e-2, atol=1e-2)  # bfloat16 rounding only
+    with pytest.raises(FileExistsError):
+        export.export_checkpoint(src, str(tmp_path / "bf16"))
+
+
+def _leaves(tree):
+    import jax
+
+    return jax.tree_util.tree_leaves(tree)
+
+
+def test_corrupted_export_is_refused(bundle, tmp_path):
+    import shutil
+
+    out, manifest = bundle
+    copy = tmp_path / "bundle"
+    shutil.copytree(out, copy)
+    sampler = copy / "functions" / manifest["samplers"][0]["file"]
+    data = bytearray(sampler.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    sampler.write_bytes(bytes(data))
+    with pytest.raises(export.ExportError, match=manifest["samplers"][0]["file"]):
+        export.load_exported_musiclm(str(copy))
+    # a params file of a params-only export, read by the ordinary loader
+    stage = copy / "fine_stage"
+    victim = next(p for p in sorted((stage / "checkpoints").rglob("*")) if p.is_file() and p.stat().st_size > 0)
+    victim.write_bytes(victim.read_bytes()[:-1] + b"\0")
+    with pytest.raises(export.ExportError, match="does not match"):
+        gen.load_stage(str(stage))
+    (copy / "export.json").write_text("{not json")
+    with pytest.raises(export.ExportError, match="not a valid export manifest"):
+        export.load_exported_musiclm(str(copy))
+
+
+def test_no_pickle_in_the_package():
+    root = pathlib.Path(export.__file__).parent
+    offenders = [str(p) for p in root.rglob("*.py")
+                 if any(s in p.read_text() for s in ("import pickle", "allow_pickle=True", "cloudpickle", "dill"))]
+    assert offenders == []
+    assert json.loads(json.dumps({"ok": 1}))  # exports are JSON + orbax + StableHLO bytes
+
+
+def test_export_cli_and_gin(tmp_path, musiclm_model_dirs, capsys):
+    """`musiclm export --model_dir --output_dir --dtype` (one model, no gin) and runs/export.gin's
+    bindings (the generate macros, bound to export_musiclm), in-process."""
+    import gin
+
+    from musiclm_jax import gin_utils, main
+
+    out = tmp_path / "mulan"
+    assert main.main(["export", f"--model_dir={musiclm_model_dirs['mulan_dir']}", f"--output_dir={out}",
+                      "--dtype=bfloat16"]) == 0
+    assert "exported MuLan step 1 (bfloat16)" in capsys.readouterr().out
+    assert sorted(os.listdir(out)) == ["checkpoints", "export.json", "model.json", "mulan_rvq", "text_vocab"]
+    assert main.main(["export", f"--model_dir={musiclm_model_dirs['mulan_dir']}", f"--output_dir={out}"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    gin.clear_config()
+    try:
+        gin_utils.parse(["runs/export.gin"], ["EXPORT_DIR = '/x'", "GENERATE_SECONDS = 20.0", "EXPORT_DTYPE = 'bfloat16'"])
+        assert gin.query_parameter("export_musiclm.seconds").scoped_configurable_fn() == 20.0  # the macro
+        assert gin.query_parameter("%EXPORT_PLATFORMS") == ("cpu", "tpu")
+    finally:
+        gin.clear_config()
