@@ -46,3 +46,11 @@ from musiclm_jax.models import musiclm  # noqa: E402
 
 generate = gin_utils.register(generate_lib.generate, "generate")
 SamplingSettings = gin_utils.register(musiclm.SamplingSettings, "SamplingSettings")
+# Export: the five models params-only + StableHLO samplers and codec decoder (runs/export.gin).
+from musiclm_jax import export as export_lib  # noqa: E402
+
+export_musiclm = gin_utils.register(export_lib.export_musiclm, "export_musiclm")
+# The whole recipe on the synthetic source (gin/pipeline/<size>.gin; steps in gin/pipeline/<size>/).
+from musiclm_jax import pipeline as pipeline_lib  # noqa: E402
+
+run_pipeline = gin_utils.register(pipeline_lib.run_pipeline, "run_pipeline")

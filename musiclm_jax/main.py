@@ -14,7 +14,7 @@ import traceback
 from typing import Optional, Sequence
 
 ENTRY_FUNCTIONS = ("train", "evaluate", "compile_for_topology", "inspect_task", "fit_mulan_rvq",
-                   "fit_semantic_kmeans", "precompute_tokens", "generate")
+                   "fit_semantic_kmeans", "precompute_tokens", "generate", "run_pipeline", "export_musiclm")
 MODES = {
     "train": "train a model (resumes from MODEL_DIR)",
     "eval": "evaluate a checkpoint on an eval split",
@@ -24,6 +24,9 @@ MODES = {
     "fit_semantic_kmeans": "fit the semantic-token k-means on a trained w2v-BERT's layer embeddings of a task",
     "precompute": "tokenize a raw-audio task once with the frozen MuLan, w2v-BERT and SoundStream into a token cache",
     "generate": "text -> music: a WAV (+ JSON sidecar, PNG spectrogram) per prompt from the trained models' directories",
+    "export": "--model_dir=D --output_dir=O [--dtype=bfloat16]: one model, params only; with runs/export.gin: "
+              "the five models + StableHLO samplers and codec decoder (cpu, tpu)",
+    "pipeline": "the whole recipe on the synthetic source (train the five models, tokenize, generate, evaluate); resumable",
 }
 
 
@@ -87,10 +90,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help="inspect: seqio task name (else inspect_task.task from gin)")
     p.add_argument("--num_examples", type=int, default=8, help="inspect: how many examples")
     p.add_argument("--output_dir", help="inspect: where the WAVs, spectrograms.png and summary.json go; "
-                                        "generate: where the WAVs go (else generate.output_dir from gin)")
+                                        "generate: where the WAVs go (else generate.output_dir from gin); export: the new export directory")
     p.add_argument("--prompt", action="append", default=[], help="generate: a text prompt (repeatable)")
     p.add_argument("--prompt_file", help="generate: a file of prompts, one per line")
+    p.add_argument("--story", action="append", default=[],
+                   help="generate: story mode, one piece whose text changes: 'SECONDS:TEXT' (repeatable, in order)")
+    p.add_argument("--continue_from", help="generate: an audio file to continue (needs W2V_BERT_DIR in gin)")
     p.add_argument("--split", default="train", help="inspect: train or validation")
+    p.add_argument("--model_dir", help="pipeline: where every model, the music and pipeline_summary.json go")
+    p.add_argument("--size", choices=("tiny", "small"), default="small",
+                   help="pipeline: the packaged pipeline/<size>.gin when no --gin_file is given")
+    p.add_argument("--dtype", help="export: cast floating parameters, e.g. bfloat16 (default: as trained)")
     p.add_argument("--verbose", action="store_true", help="show library logs")
     return p
 
@@ -102,6 +112,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as e:
         return int(e.code)
     args = _parser().parse_args(argv)
+    if args.mode == "pipeline" and not args.model_dir:
+        return _usage_error("pipeline needs --model_dir")
+    if args.mode == "pipeline" and not args.gin_file:
+        args.gin_file = [f"pipeline/{args.size}.gin"]
+    if args.mode == "export" and args.model_dir and not args.gin_file:
+        return _export_one(args)
     if not args.gin_file and args.mode != "inspect":
         return _usage_error("at least one --gin_file is required")
     if args.mode == "inspect" and not args.output_dir:
@@ -213,17 +229,57 @@ def _run_mode(args, configurables, gin_utils) -> int:
         print(f"{summary['shards_run']} shards tokenized, {summary['shards_skipped']} already done; "
               f"cache and summary.json in {summary['output_dir']}")
         return 0
+    if args.mode == "export":
+        kwargs = {"output_dir": args.output_dir} if args.output_dir else {}
+        if args.dtype:
+            kwargs["dtype"] = args.dtype
+        try:
+            manifest = configurables.export_musiclm(**kwargs)
+        except FileExistsError as e:
+            return _usage_error(f"export: {e}")
+        print(f"exported the five models, {len(manifest['samplers'])} samplers and the codec decoder for "
+              f"{manifest['seconds']} s ({', '.join(manifest['platforms'])})")
+        return 0
     if args.mode == "generate":
+        from musiclm_jax import generate as generate_lib
+        from musiclm_jax.audio.io import AudioDecodeError
+
         kwargs = {"output_dir": args.output_dir} if args.output_dir else {}
         try:
+            if args.story:
+                kwargs["story"] = generate_lib.parse_story(args.story)
+            if args.continue_from:
+                kwargs["continue_from"] = args.continue_from
             sidecars = configurables.generate(prompts=args.prompt, prompt_file=args.prompt_file, **kwargs)
-        except ValueError as e:  # an empty prompt, a bad length, stages that do not fit together
+        except (ValueError, AudioDecodeError) as e:  # an empty prompt, a bad length or audio prompt, misfit stages
             return _usage_error(f"generate: {gin_utils.first_line(e)}")
         for s in sidecars:
             score = "" if s["mulan_score"] is None else f" (MuLan score {s['mulan_score']:.3f})"
             print(f"{s['file']}: {s['prompt']!r}{score}")
         return 0
+    if args.mode == "pipeline":
+        try:
+            summary = configurables.run_pipeline(
+                model_dir=args.model_dir, on_start=lambda d: gin_utils.write_config(d, "pipeline_config.gin"))
+        except NoUsableExamplesError as e:
+            return _failed("pipeline", e)
+        print(f"pipeline done; summary in {os.path.join(summary['model_dir'], 'pipeline_summary.json')}")
+        return 0
     raise AssertionError(args.mode)
+
+
+def _export_one(args) -> int:
+    """`musiclm export --model_dir=D --output_dir=O`: one model's params-only export (no gin)."""
+    if not args.output_dir:
+        return _usage_error("export needs --output_dir")
+    from musiclm_jax import export
+
+    try:
+        manifest = export.export_checkpoint(args.model_dir, args.output_dir, dtype=args.dtype)
+    except (FileNotFoundError, FileExistsError, ValueError, TypeError) as e:
+        return _usage_error(f"export: {e}")
+    print(f"exported {manifest['model']} step {manifest['step']} ({manifest['dtype']}) to {args.output_dir}")
+    return 0
 
 
 def run() -> None:

@@ -38,6 +38,16 @@ import flax.linen as nn
 from musiclm_jax.nn.transformer import unscanned
 
 
+def compiler_options() -> Optional[dict]:
+    """XLA options for compiling a sampler on this backend. On CPU (jax 0.10), XLA hands the
+    single-query attention's multiply-reduce over the cache to a YNNPACK reduce fusion costing
+    0.2-0.45 ms per layer per token; keeping YNNPACK to matmuls made batch-1 decoding ~3x faster
+    (bench/bench_generate.py). Other backends: None (their defaults)."""
+    if jax.default_backend() == "cpu":
+        return {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+    return None
+
+
 def init_cache(module: nn.Module, batch_size: int, length: int) -> Any:
     """A zero KV cache (the 'cache' collection) of `length` positions for `module`."""
     def make():

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from musiclm_jax.models import decoding
 from musiclm_jax.models.stages import TARGET_PREFIX_KEY, StageModel
 
 STAGES = ("semantic", "coarse", "fine")
@@ -203,7 +204,7 @@ class MusicLM:
                                            top_k=settings.top_k, top_p=settings.top_p,
                                            guidance_scale=settings.guidance_scale)
 
-            self._samplers[key] = jax.jit(sample)
+            self._samplers[key] = jax.jit(sample, compiler_options=decoding.compiler_options())
         return self._samplers[key]
 
     def _run_stage(self, stage: str, batch: dict, rng, num_tokens: int, settings: SamplingSettings) -> np.ndarray:

@@ -1,0 +1,91 @@
+"""`musiclm pipeline` end to end at the tiny sizes: every step runs in order (five models trained
+on the synthetic source, k-means, RVQ, token cache, generation, attribute adherence), the summary
+and the music are written, and a rerun skips finished steps (no training again)."""
+import json
+import os
+
+import pytest
+import soundfile
+
+from musiclm_jax import main, pipeline
+
+SECONDS = 1.0
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("pipeline"))
+    return model_dir, pipeline.run_pipeline(model_dir=model_dir, size="tiny", seconds=SECONDS, num_prompts=2,
+                                            train_captions_checked=64)
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_runs_end_to_end(run):
+    model_dir, summary = run
+    with open(os.path.join(model_dir, pipeline.SUMMARY_FILE)) as f:
+        assert json.load(f) == json.loads(json.dumps(summary))
+    assert list(summary["wall_s"]) == list(pipeline.STEPS)
+    for step in pipeline.STEPS:
+        assert os.path.exists(pipeline.marker_path(model_dir, step))
+    for name in ("codec", "w2v_bert", "mulan", "semantic_stage", "coarse_stage", "fine_stage"):
+        assert os.listdir(os.path.join(model_dir, name, "checkpoints"))
+    assert os.path.exists(os.path.join(model_dir, "w2v_bert", "kmeans", "kmeans.npz"))
+    assert os.path.exists(os.path.join(model_dir, "mulan", "mulan_rvq", "codebooks.npz"))
+    m = summary["metrics"]
+    assert m["precompute"]["train"]["clips"] == 48 and m["mulan_rvq"]["levels"] == 4
+    for stage in ("semantic_stage", "coarse_stage", "fine_stage"):
+        assert 0 < m[stage]["train"]["loss"] < 20
+    # the music: one WAV (and PNG) per prompt, of the requested length, prompts held out
+    assert len(summary["wavs"]) == 2 and len(summary["pngs"]) == 2
+    for wav, png in zip(summary["wavs"], summary["pngs"]):
+        info = soundfile.info(wav)
+        assert info.frames == int(SECONDS * info.samplerate) and os.path.exists(png)
+    captions = {p["caption"] for p in summary["prompts"]}
+    assert len(captions) == 2
+    # adherence per stated attribute, against chance
+    adherence = m["adherence"]
+    assert {"register", "drums"} <= set(adherence)
+    assert adherence["register"]["chance"] == pytest.approx(1 / 3) and adherence["drums"]["chance"] == 0.5
+    for a in adherence.values():
+        assert 0 <= a["accuracy"] <= 1 and a["n"] >= 1
+
+
+@pytest.mark.slow
+def test_rerun_resumes_without_training_again(run, capsys):
+    model_dir, first = run
+    checkpoints = {name: sorted(os.listdir(os.path.join(model_dir, name, "checkpoints")))
+                   for name in ("codec", "w2v_bert", "mulan", "semantic_stage", "coarse_stage", "fine_stage")}
+    markers = {s: os.path.getmtime(pipeline.marker_path(model_dir, s)) for s in pipeline.STEPS}
+    os.remove(pipeline.marker_path(model_dir, "evaluate"))  # as if stopped during the last step
+    capsys.readouterr()
+    again = pipeline.run_pipeline(model_dir=model_dir, size="tiny", seconds=SECONDS, num_prompts=2,
+                                  train_captions_checked=64)
+    out = capsys.readouterr().out
+    assert out.count("already done") == len(pipeline.STEPS) - 1
+    assert "train step compiled" not in out  # nothing was trained
+    for s in pipeline.STEPS[:-1]:
+        assert os.path.getmtime(pipeline.marker_path(model_dir, s)) == markers[s]
+    assert {name: sorted(os.listdir(os.path.join(model_dir, name, "checkpoints"))) for name in checkpoints} == checkpoints
+    assert again["metrics"]["adherence"] == first["metrics"]["adherence"]  # same music, same detectors
+    assert again["wall_s"]["codec"] == first["wall_s"]["codec"]
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="size"):
+        pipeline.run_pipeline(model_dir=str(tmp_path), size="huge")
+    with pytest.raises(ValueError, match="unknown steps"):
+        pipeline.run_pipeline(model_dir=str(tmp_path), size="tiny", step_bindings={"codek": ["TRAIN_STEPS = 1"]})
+    assert main.main(["pipeline"]) == 2  # no --model_dir
+    assert not os.listdir(tmp_path)
+
+
+def test_prompts_are_held_out_and_state_register_and_drums():
+    prompts = pipeline.held_out_prompts(6, train_examples=500)
+    assert len({p["caption"] for p in prompts}) == 6
+    assert {(p["labels"]["register"], p["labels"]["drums"]) for p in prompts} == {
+        (r, d) for r in ("low", "mid", "high") for d in (True, False)}
+    for p in prompts:
+        assert {"register", "drums"} <= set(p["mentioned"])
+    a = pipeline.adherence(prompts, [p["labels"] for p in prompts])  # a perfect generator
+    assert a["register"]["accuracy"] == 1.0 and a["register"]["shuffled_chance"] == pytest.approx(1 / 3)
+    assert a["drums"]["above_chance"]
