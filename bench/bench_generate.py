@@ -33,12 +33,13 @@ config, KV-cache decoding against the same stage decoded without a cache, and (u
    condition token, i.e. unconditional-equivalent; top-k 102, temperature 1. 256 generated tokens
    per row, batch 1 and 8. Each repeat times ours once, then theirs once.
 
-Variant rows "YNN reduce off" (section 1 at batch 1, section 3): the same computation compiled
-with the XLA:CPU option `xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT` (YNNPACK
-fusions for dots only). jax 0.10.2's default also hands reductions to YNNPACK, and the
-single-query attention's multiply-reduce over the cache (nn/attention.py) then costs ~0.2-0.45 ms
-per layer per token at batch 1 (profiled: most of the per-token time at these sizes). At batch 8
-the option measured no different, so section 1 adds it at batch 1 only.
+"ours" rows are compiled as the library compiles its samplers (models/decoding.compiler_options:
+on CPU the XLA option `xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT`, YNNPACK
+fusions for matmuls only); "XLA default" rows (section 1 at batch 1, section 3) without it.
+jax 0.10.2's default also hands reductions to YNNPACK, and the single-query attention's
+multiply-reduce over the cache (nn/attention.py) then costs ~0.2-0.45 ms per layer per token at
+batch 1 (profiled: most of the per-token time at these sizes). At batch 8 the option measured
+no different, so section 1 adds the variant at batch 1 only.
 
 Every number is the median of --runs timed calls after a warm-up call; this machine drifts 15-30%
 within minutes, so compare ratios taken in one run.
@@ -68,7 +69,10 @@ from musiclm_jax.nn.transformer import count_params, unscanned  # noqa: E402
 from musiclm_jax.training.partitioning import unbox  # noqa: E402
 
 DEFAULT_REF_PYTHON = "/tmp/venv-ref291/bin/python"
-YNN_DOT_ONLY = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+# "ours": the options the library compiles its samplers with (models/decoding.compiler_options:
+# YNNPACK fusions kept to matmuls on CPU); "XLA default": none, for comparison.
+OURS = decoding.compiler_options()
+XLA_DEFAULT = {}
 SEMANTIC_RATE = 25  # semantic tokens per second
 
 # stage: (gin name, window seconds, temperature); token counts follow from the gin's rates.
@@ -164,7 +168,7 @@ def bench_rt(batches: list[int], runs: int, ynn_variant: bool) -> list[dict]:
     rows = []
     for batch in batches:
         # The YNN variant only at batch 1: at batch 8 it measured the same as the default.
-        variants = [("default", None)] + ([("YNN reduce off", YNN_DOT_ONLY)] if ynn_variant and batch == 1 else [])
+        variants = [("ours", OURS)] + ([("XLA default", XLA_DEFAULT)] if ynn_variant and batch == 1 else [])
         fns, info = {}, {}
         for stage in STAGES:
             model, params, data, targets, seconds, temperature = stage_case(stage, batch)
@@ -336,7 +340,7 @@ def bench_ref(ref: Reference | None, batches: list[int], runs: int, ynn_variant:
         model, params, data = equal_case(batch)
         info["ours_params"] = model.param_count()
         fns = {}
-        for label, opts in [("ours", None)] + ([("ours, YNN reduce off", YNN_DOT_ONLY)] if ynn_variant else []):
+        for label, opts in [("ours", OURS)] + ([("ours, XLA default", XLA_DEFAULT)] if ynn_variant else []):
             compiled, _ = compile_sampler(model, params, data, REF_TOKENS, top_k=REF_TOP_K, options=opts)
             fns[label] = lambda c=compiled: c(params, data, jax.random.PRNGKey(1), jnp.float32(1.0))
         if ref:
@@ -361,7 +365,8 @@ def main() -> None:
     p.add_argument("--skip_ref", action="store_true", help="do not time audiolm-pytorch")
     p.add_argument("--skip_nocache", action="store_true", help="skip the (slow) no-cache decoding comparison")
     p.add_argument("--no_ynn_variant", action="store_true",
-                   help="do not add the rows compiled with YNNPACK fusions restricted to dots")
+                   help="do not add the rows compiled with XLA's default options")
+    p.add_argument("--sections", default="1,2,3", help="which sections to run, e.g. 3")
     p.add_argument("--ref_python", default=os.environ.get("MUSICLM_REF_PYTHON", DEFAULT_REF_PYTHON))
     p.add_argument("--ref_threads", type=int, default=2,
                    help="torch threads of the reference (2 as in bench-ref; under CPU contention from other "
@@ -372,12 +377,14 @@ def main() -> None:
     t_start = time.perf_counter()
     print(f"machine: {machine()}; float32; median of {args.runs} interleaved repeats after 1 warm-up", flush=True)
 
-    rt = bench_rt(batches, args.runs, ynn)
-    print("\n## 1. Real-time factor per stage, small config (one window per stage; RT = audio s / compute s)\n")
-    print(table(rt, ["stage", "variant", "batch", "window_s", "tokens/row", "params", "compute_s", "RT", "tokens/s",
-                     "ms/step", "compile_s"]), flush=True)
+    sections = {int(x) for x in args.sections.split(",")}
+    if 1 in sections:
+        rt = bench_rt(batches, args.runs, ynn)
+        print("\n## 1. Real-time factor per stage, small config (one window per stage; RT = audio s / compute s)\n")
+        print(table(rt, ["stage", "variant", "batch", "window_s", "tokens/row", "params", "compute_s", "RT",
+                         "tokens/s", "ms/step", "compile_s"]), flush=True)
 
-    if not args.skip_nocache:
+    if 2 in sections and not args.skip_nocache:
         cases = []
         model, params, data, targets, _, _ = stage_case("semantic", 1)
         cases.append(("semantic small (10 s)", model, params, data, targets, 0))
@@ -388,6 +395,9 @@ def main() -> None:
         print(table(nc, ["stage", "decoder", "batch", "tokens/row", "seconds", "tokens/s", "ms/step", "speedup",
                          "first_call_s", "greedy match"]), flush=True)
 
+    if 3 not in sections:
+        print(f"\ntotal bench time {time.perf_counter() - t_start:.0f} s")
+        return
     ref = None
     if not args.skip_ref:
         if os.path.exists(args.ref_python):
