@@ -268,17 +268,32 @@ def _generate(ctx: _Context, step: str) -> dict:
             "generation_seconds": sidecars[0]["generation_seconds_all_prompts"]}
 
 
-def _evaluate(ctx: _Context, step: str, done: dict) -> dict:
+def _detect(audio: np.ndarray, sample_rate: int) -> dict:
     from musiclm_jax.evaluation import attributes
 
+    d = attributes.detect_all(audio, sample_rate)
+    return {k: (bool(v) if isinstance(v, (bool, np.bool_)) else v) for k, v in d.items()}
+
+
+def _evaluate(ctx: _Context, step: str, done: dict) -> dict:
+    """Adherence of the generated music, and two references on the held-out pieces the prompts
+    describe: the detectors on the pieces themselves and on their codec reconstructions (what
+    the codec lets any generation reach)."""
+    from musiclm_jax.tokenizers.acoustic import AcousticTokenizer
+
     prompts = done["generate"]["metrics"]["prompts"]
-    detected = []
     for p in prompts:
-        audio, sr = _read_wav(p["wav"])
-        d = attributes.detect_all(audio, sr)
-        detected.append({k: (bool(v) if isinstance(v, (bool, np.bool_)) else v) for k, v in d.items()})
-        p["detected"] = detected[-1]
-    result = {"attributes": adherence(prompts, detected), "prompts": prompts}
+        p["detected"] = _detect(*_read_wav(p["wav"]))
+    result = {"attributes": adherence(prompts, [p["detected"] for p in prompts]), "prompts": prompts}
+    pieces = [p for p in prompts if "index" in p]
+    if pieces:
+        codec = AcousticTokenizer.from_model_dir(ctx.dirs["codec"])
+        sr, seconds = codec.sample_rate, ctx.options["seconds"]
+        originals = [synthetic.render(synthetic.SPLIT_SEEDS["validation"], p["index"], sample_rate=sr,
+                                      duration_s=seconds).audio for p in pieces]
+        coded = codec.decode(codec.encode(np.stack(originals)), num_samples=len(originals[0]))
+        result["reference"] = adherence(pieces, [_detect(a, sr) for a in originals])
+        result["codec_ceiling"] = adherence(pieces, [_detect(a, sr) for a in coded])
     _write_json(os.path.join(ctx.model_dir, "adherence.json"), result)
     return result
 
@@ -388,6 +403,9 @@ def _summary(model_dir: str, size: str, done: Mapping[str, dict]) -> dict:
             **{s: {"train": _pick(m[s]["train"], "loss", "accuracy"), "eval": _pick(m[s]["eval"], "loss", "accuracy")}
                for s in ("semantic_stage", "coarse_stage", "fine_stage")},
             "adherence": m["evaluate"]["attributes"],
+            # the detectors on the held-out pieces the prompts describe, and on their codec reconstructions
+            "adherence_reference": m["evaluate"].get("reference", {}),
+            "adherence_codec_ceiling": m["evaluate"].get("codec_ceiling", {}),
         },
         "wavs": [p["wav"] for p in prompts],
         "pngs": [p["png"] for p in prompts],
@@ -400,9 +418,13 @@ def _log_summary(summary: dict) -> None:
     log("pipeline finished: %s of steps in all", format_duration(summary["total_wall_s"]))
     for step, s in summary["wall_s"].items():
         log("  %-16s %s", step, format_duration(s))
+    reference = summary["metrics"]["adherence_reference"]
+    ceiling = summary["metrics"]["adherence_codec_ceiling"]
     for attr, a in summary["metrics"]["adherence"].items():
-        log("  adherence %-12s %.2f over %d prompts (chance %.2f, shuffled %.2f)", attr, a["accuracy"], a["n"],
-            a["chance"], a["shuffled_chance"])
+        refs = (f"; the pieces themselves {reference[attr]['accuracy']:.2f}, their codec reconstructions "
+                f"{ceiling[attr]['accuracy']:.2f}") if attr in reference and attr in ceiling else ""
+        log("  adherence %-12s %.2f over %d prompts (chance %.2f, shuffled %.2f)%s", attr, a["accuracy"], a["n"],
+            a["chance"], a["shuffled_chance"], refs)
     out = os.path.dirname(summary["wavs"][0]) if summary["wavs"] else ""
     log("generated music (WAV + PNG spectrogram + JSON per prompt) in %s; summary in %s", out,
         os.path.join(summary["model_dir"], SUMMARY_FILE))

@@ -48,6 +48,8 @@ def test_tiny_pipeline_runs_end_to_end(run):
     assert adherence["register"]["chance"] == pytest.approx(1 / 3) and adherence["drums"]["chance"] == 0.5
     for a in adherence.values():
         assert 0 <= a["accuracy"] <= 1 and a["n"] >= 1
+    # references: the detectors on the described held-out pieces and on their codec reconstructions
+    assert set(m["adherence_reference"]) == set(adherence) == set(m["adherence_codec_ceiling"])
 
 
 @pytest.mark.slow
