@@ -249,15 +249,18 @@ def _generate(ctx: _Context, step: str) -> dict:
     dirs = dict(mulan_dir=ctx.dirs["mulan"], semantic_stage_dir=ctx.dirs["semantic_stage"],
                 coarse_stage_dir=ctx.dirs["coarse_stage"], fine_stage_dir=ctx.dirs["fine_stage"],
                 soundstream_dir=ctx.dirs["codec"])
-    # Each stage slides a window as long as its training crops, at about half-window strides.
+    # Each stage slides a window as long as its training crops, at a stride of about half a window
+    # (whole frames at the stage's rate), so that every window continues the previous one.
+    codec = AcousticTokenizer.from_model_dir(dirs["soundstream_dir"])
+    rates = {"semantic": 25.0, "coarse": codec.sample_rate / codec.hop_length}
+    rates["fine"] = rates["coarse"]
     windows = {}
     for stage in ("semantic", "coarse", "fine"):
         crop = _crop_seconds(ctx.dirs[f"{stage}_stage"])
         if crop:
-            windows[stage] = Window(crop, max(1.0, float(int(crop // 2))))  # whole seconds: whole frames
+            windows[stage] = Window(crop, max(1, int(crop * rates[stage] / 2)) / rates[stage])
     stages = {s: generate_lib.load_stage(ctx.dirs[f"{s}_stage"]) for s in ("semantic", "coarse", "fine")}
-    model = MusicLM(MuLanTokenizer.from_model_dir(dirs["mulan_dir"]), stages,
-                    AcousticTokenizer.from_model_dir(dirs["soundstream_dir"]), windows=windows)
+    model = MusicLM(MuLanTokenizer.from_model_dir(dirs["mulan_dir"]), stages, codec, windows=windows)
     sidecars = generate_lib.generate(output_dir=ctx.dirs["generated"], seconds=o["seconds"], prompts=texts,
                                      **dirs, max_seconds=max(o["seconds"], 30.0), seed=o["seed"],
                                      num_candidates=o["num_candidates"], settings=o["settings"], model=model)
