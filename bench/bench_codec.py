@@ -17,9 +17,7 @@ because this machine drifts 15-30% within minutes. Medians and ratios are printe
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 
@@ -29,7 +27,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import machine  # noqa: E402
+from machine import ReferenceWorker, machine  # noqa: E402
 
 from musiclm_jax.models.soundstream import SoundStream, SoundStreamConfig  # noqa: E402
 from musiclm_jax.nn.discriminators import DiscriminatorConfig  # noqa: E402
@@ -54,34 +52,6 @@ def audiolm_config(cfg: SoundStreamConfig, **extra) -> dict:
             "channel_mults": list(cfg.seanet.channel_multipliers), "codebook_dim": cfg.seanet.dim,
             "codebook_size": cfg.codebook_size, "num_levels": cfg.num_levels, "sample_rate": cfg.sample_rate,
             "use_local_attn": False, **extra}
-
-
-class Reference:
-    """The reference worker process (bench/ref_codec_worker.py in the reference venv)."""
-
-    def __init__(self, python: str):
-        worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ref_codec_worker.py")
-        # Run from the bench folder: a stray package-less folder in the cwd (e.g. /tmp/attr) can shadow imports.
-        self.proc = subprocess.Popen([python, worker], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     cwd=os.path.dirname(worker), stderr=subprocess.DEVNULL)
-
-    def _ask(self, req: dict) -> dict:
-        self.proc.stdin.write(json.dumps(req) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"reference worker exited (code {self.proc.poll()}) on {req}")
-        return json.loads(line)
-
-    def build(self, name: str, kind: str, config: dict) -> dict:
-        return self._ask({"build": name, "kind": kind, "config": config})
-
-    def time(self, name: str) -> float:
-        return self._ask({"time": name})["seconds"]
-
-    def close(self):
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
 
 
 def timed(fn) -> float:
@@ -142,7 +112,7 @@ def main() -> None:
                    help="python of the reference virtualenv; '' to time ours only")
     p.add_argument("--no_paper_train", action="store_true", help="skip the (slow) paper-config train step")
     args = p.parse_args()
-    ref = Reference(args.ref_python) if args.ref_python and os.path.exists(args.ref_python) else None
+    ref = ReferenceWorker("ref_codec_worker.py", args.ref_python) if args.ref_python and os.path.exists(args.ref_python) else None
     if ref is None:
         print(f"(no reference venv at {args.ref_python!r}: timing ours only)")
     rows = []
@@ -152,7 +122,7 @@ def main() -> None:
         step, ours_params = our_train_step(cfg, batch=4, seconds=1.0)
         refs = {}
         if ref:
-            info = ref.build(f"train_{label}", "audiolm_train", audiolm_config(cfg, batch=4, seconds=1.0))
+            info = ref.build(f"train_{label}", kind="audiolm_train", config=audiolm_config(cfg, batch=4, seconds=1.0))
             refs["audiolm-pytorch"] = lambda n=f"train_{label}": ref.time(n)
         med = interleave(step, refs, args.repeats)
         rows.append((f"train step, {label} config, batch 4 x 1 s (G + D)", "ours", med["ours"], ours_params, None, 4.0))
@@ -163,8 +133,8 @@ def main() -> None:
     roundtrip, ours_params = our_roundtrip(PAPER, 10.0)
     refs = {}
     if ref:
-        a = ref.build("infer_audiolm", "audiolm_infer", audiolm_config(PAPER, seconds=10.0))
-        e = ref.build("infer_encodec", "encodec_infer", {"bandwidth_kbps": 6.0, "seconds": 10.0})
+        a = ref.build("infer_audiolm", kind="audiolm_infer", config=audiolm_config(PAPER, seconds=10.0))
+        e = ref.build("infer_encodec", kind="encodec_infer", config={"bandwidth_kbps": 6.0, "seconds": 10.0})
         refs = {"audiolm-pytorch": lambda: ref.time("infer_audiolm"), "encodec": lambda: ref.time("infer_encodec")}
     med = interleave(roundtrip, refs, args.repeats)
     rows.append(("encode + decode 10 s, paper config (6 kbps), batch 1", "ours", med["ours"], ours_params, None, 10.0))

@@ -47,9 +47,7 @@ within minutes, so compare ratios taken in one run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 
@@ -60,7 +58,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import machine, model_from_gin, table  # noqa: E402
+from machine import ReferenceWorker, machine, model_from_gin, table  # noqa: E402
 
 from musiclm_jax.models import decoding  # noqa: E402
 from musiclm_jax.models.stages import StageConfig, StageModel  # noqa: E402
@@ -305,36 +303,7 @@ def equal_case(batch: int):
     return model, params, data
 
 
-class Reference:
-    """The reference worker process (bench/ref_semantic_worker.py in the reference venv)."""
-
-    def __init__(self, python: str, threads: int = 2):
-        worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ref_semantic_worker.py")
-        # Run from the bench folder: a stray package-less folder in the cwd can shadow imports.
-        self.proc = subprocess.Popen([python, worker], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     cwd=os.path.dirname(worker), stderr=subprocess.DEVNULL,
-                                     env={**os.environ, "REF_THREADS": str(threads)})
-
-    def _ask(self, req: dict) -> dict:
-        self.proc.stdin.write(json.dumps(req) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"reference worker exited (code {self.proc.poll()}) on {req}")
-        return json.loads(line)
-
-    def build(self, name: str, config: dict) -> dict:
-        return self._ask({"build": name, "config": config})
-
-    def time(self, name: str) -> float:
-        return self._ask({"time": name})["seconds"]
-
-    def close(self):
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
-
-
-def bench_ref(ref: Reference | None, batches: list[int], runs: int, ynn_variant: bool) -> tuple[list[dict], dict]:
+def bench_ref(ref: ReferenceWorker | None, batches: list[int], runs: int, ynn_variant: bool) -> tuple[list[dict], dict]:
     rows, info = [], {}
     for batch in batches:
         model, params, data = equal_case(batch)
@@ -345,9 +314,9 @@ def bench_ref(ref: Reference | None, batches: list[int], runs: int, ynn_variant:
             fns[label] = lambda c=compiled: c(params, data, jax.random.PRNGKey(1), jnp.float32(1.0))
         if ref:
             name = f"gen_b{batch}"
-            info["ref"] = ref.build(name, {"dim": 256, "depth": 4, "heads": 4, "num_semantic_tokens": 1024,
-                                           "batch": batch, "max_length": REF_TOKENS, "filter_thres": 0.9,
-                                           "temperature": 1.0, "use_kv_cache": True})
+            info["ref"] = ref.build(name, config={"dim": 256, "depth": 4, "heads": 4, "num_semantic_tokens": 1024,
+                                                  "batch": batch, "max_length": REF_TOKENS, "filter_thres": 0.9,
+                                                  "temperature": 1.0, "use_kv_cache": True})
             fns["audiolm-pytorch (KV cache)"] = lambda n=name: _Seconds(ref.time(n))
         med = interleave(fns, runs)
         theirs = med.get("audiolm-pytorch (KV cache)")
@@ -401,7 +370,7 @@ def main() -> None:
     ref = None
     if not args.skip_ref:
         if os.path.exists(args.ref_python):
-            ref = Reference(args.ref_python, args.ref_threads)
+            ref = ReferenceWorker("ref_semantic_worker.py", args.ref_python, args.ref_threads)
         else:
             print(f"\n(no reference venv at {args.ref_python!r}: timing ours only)")
     rows, info = bench_ref(ref, batches, args.runs, ynn)

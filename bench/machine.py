@@ -1,8 +1,10 @@
 """Shared bench helpers: the machine line every table starts with, median timing, markdown
 tables, models from their gin files, and one trainer step timed with its MFU."""
+import json
 import logging
 import os
 import platform
+import subprocess
 import time
 from typing import Optional
 
@@ -108,3 +110,34 @@ def time_train_step(model, data: dict, runs: int, warmup: int = 2) -> dict:
     seconds = median_time(one, max(0, warmup - 1), runs)
     return {"params": trainer.param_count(), "step_s": seconds, "first_call_s": first,
             "flops": trainer.flops_per_step_per_device}
+
+
+class ReferenceWorker:
+    """A PyTorch reference worker (bench/ref_*_worker.py, the serving side in ref_worker.py)
+    running in the reference virtualenv; JSON lines over its stdin / stdout."""
+
+    def __init__(self, worker: str, python: str, threads: int = 2):
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), worker)
+        # Run from the bench folder: a stray package-less folder in the cwd can shadow imports.
+        self.proc = subprocess.Popen([python, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     cwd=os.path.dirname(path), stderr=subprocess.DEVNULL,
+                                     env={**os.environ, "REF_THREADS": str(threads)})
+
+    def _ask(self, req: dict) -> dict:
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"reference worker exited (code {self.proc.poll()}) on {req}")
+        return json.loads(line)
+
+    def build(self, name: str, **request) -> dict:
+        """Builds case `name` (fields as the worker expects) and returns its info."""
+        return self._ask({"build": name, **request})
+
+    def time(self, name: str) -> float:
+        return self._ask({"time": name})["seconds"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)

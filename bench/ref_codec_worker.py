@@ -16,23 +16,9 @@ EMA: the generator loss (recon + multi-spectral mel + adversarial + feature matc
 commitment) backward, clip to 0.5, Adam step; then the discriminator losses backward and
 Adam steps of the STFT and the 3 multi-scale discriminators (no gradient penalty).
 """
-import json
-import os
-import sys
-import time
-
-os.environ.setdefault("TQDM_DISABLE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
+from ref_worker import nparams, serve  # first: sets the environment before torch is imported
 
 import torch  # noqa: E402
-
-REPLY = sys.stdout
-sys.stdout = sys.stderr  # library prints must not corrupt the reply stream
-
-
-def nparams(module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def audiolm_model(cfg: dict):
@@ -112,23 +98,9 @@ BUILDERS = {"audiolm_train": build_audiolm_train, "audiolm_infer": build_audiolm
 
 
 def main() -> None:
-    torch.set_num_threads(int(os.environ.get("REF_THREADS", "2")))
     torch.manual_seed(0)
-    cases = {}
-    for line in sys.stdin:
-        req = json.loads(line)
-        if "build" in req:
-            fn, params = BUILDERS[req["kind"]](req["config"])
-            fn()  # warm-up
-            cases[req["build"]] = fn
-            reply = {"params": params, "torch": torch.__version__}
-        else:
-            torch.manual_seed(1000)  # same quantizer-dropout draws on every call
-            t = time.perf_counter()
-            cases[req["time"]]()
-            reply = {"seconds": time.perf_counter() - t}
-        REPLY.write(json.dumps(reply) + "\n")
-        REPLY.flush()
+    # the same quantizer-dropout draws on every timed call
+    serve(lambda req: BUILDERS[req["kind"]](req["config"]), build_seed=0, time_seed=1000)
 
 
 if __name__ == "__main__":

@@ -19,28 +19,15 @@ machine's speed drifts 15-30% within minutes). One JSON request per stdin line:
         builds the model (once per distinct model config), runs one untimed generation,
         replies {"params": {...}, "torch": version, "threads": n}.
     {"time": NAME}   generates once (`wrapper.generate(max_length, batch_size, ...)` under
-        inference_mode), replies {"seconds": wall seconds, "tokens": generated tokens}.
+        inference_mode), replies {"seconds": wall seconds}.
 
 Each reply is one JSON line on stdout; anything the libraries print goes to stderr.
 """
-import json
-import os
-import sys
 import tempfile
-import time
 
-os.environ.setdefault("TQDM_DISABLE", "1")  # generate() wraps its loop in tqdm
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
+from ref_worker import nparams, serve  # first: sets the environment before torch is imported
 
 import torch  # noqa: E402
-
-REPLY = sys.stdout
-sys.stdout = sys.stderr  # library prints must not corrupt the reply stream
-
-
-def nparams(module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def local_t5_config_dir() -> str:
@@ -90,24 +77,7 @@ def build(cfg: dict):
 
 
 def main() -> None:
-    torch.set_num_threads(int(os.environ.get("REF_THREADS", "2")))
-    cases = {}
-    for line in sys.stdin:
-        req = json.loads(line)
-        if "build" in req:
-            fn, params = build(req["config"])
-            torch.manual_seed(3000)
-            fn()  # warm-up
-            cases[req["build"]] = (fn, req["config"])
-            reply = {"params": params, "torch": torch.__version__, "threads": torch.get_num_threads()}
-        else:
-            fn, cfg = cases[req["time"]]
-            torch.manual_seed(3001)
-            t = time.perf_counter()
-            fn()
-            reply = {"seconds": time.perf_counter() - t, "tokens": cfg["batch"] * cfg["max_length"]}
-        REPLY.write(json.dumps(reply) + "\n")
-        REPLY.flush()
+    serve(lambda req: build(req["config"]), build_seed=3000, time_seed=3001)
 
 
 if __name__ == "__main__":
