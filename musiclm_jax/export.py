@@ -265,7 +265,7 @@ def load_exported_musiclm(export_dir: str):
     from jax import export
 
     from musiclm_jax.generate import load_musiclm
-    from musiclm_jax.models.musiclm import SamplingSettings, Window
+    from musiclm_jax.models.musiclm import Window
 
     manifest = check_export(export_dir)
     if manifest is None or manifest.get("bundle") != "musiclm":
@@ -298,5 +298,4 @@ def load_exported_musiclm(export_dir: str):
     decoder = read(manifest["decoder"])
     model._run_stage = run_stage
     model.codec._decode = lambda params, codes: decoder.call(params, codes)
-    model.exported_settings = {s: SamplingSettings(**v) for s, v in manifest["settings"].items()}
     return model
