@@ -9,6 +9,8 @@ from musiclm_jax.training import partitioning
 
 train = gin_utils.register(train_lib.train, "train")
 evaluate = gin_utils.register(eval_lib.evaluate, "evaluate")
+# The text-to-music eval task (runs/eval_text_to_music.gin): generate per caption, FAD/KLD/MCC, report.
+evaluate_text_to_music = gin_utils.register(eval_lib.evaluate_text_to_music, "evaluate_text_to_music")
 compile_for_topology = gin_utils.register(aot.compile_for_topology, "compile_for_topology")
 DatasetConfig = gin_utils.register(pipeline.DatasetConfig, "DatasetConfig")
 OptimizerConfig = gin_registry.OptimizerConfig  # registered with the models (see there)

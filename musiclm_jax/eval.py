@@ -78,3 +78,67 @@ def evaluate(
     summaries.log("eval of step %d on %s/%s: %s", step, eval_dataset_cfg.mixture_or_task_name, eval_dataset_cfg.split,
                   ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())))
     return results
+
+
+def evaluate_text_to_music(
+    *,
+    output_dir: str,
+    mulan_dir: str,
+    semantic_stage_dir: str,
+    coarse_stage_dir: str,
+    fine_stage_dir: str,
+    soundstream_dir: str,
+    seconds: float = 4.0,
+    num_items: int = 16,
+    task: Optional[str] = None,
+    split: str = "validation",
+    task_sample_rate: int = 16000,
+    semantic_rate: float = 25.0,
+    windows=None,
+    settings=None,
+    seed: int = 0,
+    num_candidates: int = 1,
+    batch_size: int = 8,
+    embedders: Optional[dict] = None,
+    classifier: Optional[str] = "synthetic_attributes",
+    classifier_kwargs: Optional[dict] = None,
+    num_report_samples: int = 8,
+) -> dict:
+    """`musiclm eval` with runs/eval_text_to_music.gin: generates for `num_items` captions of the
+    eval set (held-out synthetic pieces unless `task`, a captioned raw-audio seqio task such as
+    MusicCaps, is named) and writes metrics, WAVs, TensorBoard and report.html to `output_dir`.
+
+    `embedders`: {name: kwargs} of FAD embedders (evaluation.embedders); 'mulan' with no kwargs
+    is the generating model's MuLan. `classifier`: the KLD classifier's registered name (None:
+    no KLD); the synthetic one is trained into output_dir/attribute_classifier unless
+    `classifier_kwargs` names a `directory` holding one."""
+    from musiclm_jax.evaluation import embedders as embedders_lib
+    from musiclm_jax.evaluation import eval_sets, text_to_music
+    from musiclm_jax.generate import load_musiclm
+
+    if not seconds > 0 or num_items < 2 or batch_size < 1:
+        raise ValueError(f"need seconds > 0, num_items >= 2 (FAD fits covariances) and batch_size >= 1; got "
+                         f"{seconds}, {num_items}, {batch_size}")
+    model = load_musiclm(mulan_dir=mulan_dir, semantic_stage_dir=semantic_stage_dir, coarse_stage_dir=coarse_stage_dir,
+                         fine_stage_dir=fine_stage_dir, soundstream_dir=soundstream_dir, semantic_rate=semantic_rate,
+                         windows=windows)
+    if task:
+        items = eval_sets.task_eval_set(task, split, num_items, seconds, sample_rate=task_sample_rate)
+    else:
+        items = eval_sets.synthetic_eval_set(num_items, seconds, sample_rate=model.codec.sample_rate)
+    fad_embedders = {name: (embedders_lib.MuLanAudioEmbedder(model.mulan) if name == "mulan" and not kwargs
+                            else embedders_lib.get_embedder(name, **kwargs))
+                     for name, kwargs in (embedders if embedders is not None else {"mulan": {}}).items()}
+    kld_classifier = None
+    if classifier:
+        kwargs = {"directory": os.path.join(output_dir, "attribute_classifier"), **(classifier_kwargs or {})} \
+            if classifier == "synthetic_attributes" else dict(classifier_kwargs or {})
+        kld_classifier = text_to_music.get_classifier(classifier, **kwargs)
+    return text_to_music.evaluate(
+        output_dir, items, model=model, seconds=seconds, embedders=fad_embedders, classifier=kld_classifier,
+        seed=seed, settings=settings, num_candidates=num_candidates,
+        batch_size=batch_size, num_report_samples=num_report_samples,
+        title=f"text-to-music eval: {task or 'synthetic held-out'} ({split})",
+        extra={"task": task or "synthetic", "split": split, "models": {
+            "mulan": mulan_dir, "semantic_stage": semantic_stage_dir, "coarse_stage": coarse_stage_dir,
+            "fine_stage": fine_stage_dir, "soundstream": soundstream_dir}})

@@ -34,7 +34,8 @@ def load_musiclm(*, mulan_dir: str, semantic_stage_dir: str, coarse_stage_dir: s
                  soundstream_dir: str, semantic_rate: float = 25.0, windows: Optional[Mapping[str, Window]] = None,
                  w2v_bert_dir: Optional[str] = None) -> MusicLM:
     """The whole model from its five training directories (MuLan with its RVQ in mulan_rvq/);
-    `w2v_bert_dir` (with kmeans/) only to continue audio prompts."""
+    `w2v_bert_dir` (with kmeans/) only to continue audio prompts. `windows`: each stage's
+    sliding Window or (seconds, stride); a stage left out (or None) slides its training crop."""
     from musiclm_jax.tokenizers.acoustic import AcousticTokenizer
     from musiclm_jax.tokenizers.mulan import MuLanTokenizer
     from musiclm_jax.tokenizers.semantic import SemanticTokenizer
@@ -49,8 +50,35 @@ def load_musiclm(*, mulan_dir: str, semantic_stage_dir: str, coarse_stage_dir: s
     stages = {"semantic": load_stage(semantic_stage_dir), "coarse": load_stage(coarse_stage_dir),
               "fine": load_stage(fine_stage_dir)}
     semantic_tokenizer = SemanticTokenizer.from_model_dir(w2v_bert_dir) if w2v_bert_dir else None
-    return MusicLM(MuLanTokenizer.from_model_dir(mulan_dir), stages, AcousticTokenizer.from_model_dir(soundstream_dir),
-                   semantic_rate=semantic_rate, windows=windows, semantic_tokenizer=semantic_tokenizer)
+    codec = AcousticTokenizer.from_model_dir(soundstream_dir)
+    rates = {"semantic": semantic_rate, "coarse": codec.sample_rate / codec.hop_length}
+    rates["fine"] = rates["coarse"]
+    stage_dirs = {"semantic": semantic_stage_dir, "coarse": coarse_stage_dir, "fine": fine_stage_dir}
+    chosen = {**crop_windows(stage_dirs, rates), **{k: w for k, w in (windows or {}).items() if w is not None}}
+    return MusicLM(MuLanTokenizer.from_model_dir(mulan_dir), stages, codec, semantic_rate=semantic_rate,
+                   windows=chosen, semantic_tokenizer=semantic_tokenizer)
+
+
+def training_crop_seconds(stage_dir: str) -> Optional[float]:
+    """The crop a stage was trained on (from the config.gin `musiclm train` wrote), or None."""
+    path = os.path.join(stage_dir, "config.gin")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        match = re.search(r"register_token_task\.crop_seconds = (\d+)", f.read())
+    return float(match.group(1)) if match else None
+
+
+def crop_windows(stage_dirs: Mapping[str, str], rates: Mapping[str, float]) -> dict[str, Window]:
+    """Each stage's default sliding window: as long as its training crops, at a stride of about
+    half a window in whole frames at the stage's token rate (so every window continues the
+    previous one). Stages whose crop is unknown are left out (MusicLM then uses the paper's)."""
+    out = {}
+    for stage, directory in stage_dirs.items():
+        crop = training_crop_seconds(directory)
+        if crop:
+            out[stage] = Window(crop, max(1, int(crop * rates[stage] / 2)) / rates[stage])
+    return out
 
 
 def parse_story(segments: Sequence[str]) -> list[tuple[str, float]]:

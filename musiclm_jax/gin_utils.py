@@ -134,6 +134,15 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
         raise ConfigError(f"bad gin configuration: {first_line(e)}") from e
 
 
+def is_bound(configurable: str, parameter: str = "output_dir") -> bool:
+    """Whether the parsed config binds `configurable.parameter` (which entry function a run file set up)."""
+    try:
+        gin.query_parameter(f"{configurable}.{parameter}")
+    except ValueError:
+        return False
+    return True
+
+
 def write_config(model_dir: str, filename: str = "config.gin") -> str:
     """Writes the operative config (every binding actually used so far) to model_dir."""
     path = os.path.join(model_dir, filename)

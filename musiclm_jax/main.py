@@ -13,11 +13,12 @@ import sys
 import traceback
 from typing import Optional, Sequence
 
-ENTRY_FUNCTIONS = ("train", "evaluate", "compile_for_topology", "inspect_task", "fit_mulan_rvq",
+ENTRY_FUNCTIONS = ("train", "evaluate", "evaluate_text_to_music", "compile_for_topology", "inspect_task", "fit_mulan_rvq",
                    "fit_semantic_kmeans", "precompute_tokens", "generate", "run_pipeline", "export_musiclm")
 MODES = {
     "train": "train a model (resumes from MODEL_DIR)",
-    "eval": "evaluate a checkpoint on an eval split",
+    "eval": "evaluate a checkpoint on an eval split; with runs/eval_text_to_music.gin: the text-to-music eval task "
+            "(generate per caption; FAD, KLD, MCC, adherence, codec metrics; results.json + report.html)",
     "aot": "compile the train step for a TPU topology on this machine and report memory/FLOPs",
     "inspect": "write a raw-audio task's examples as WAVs plus a PNG sheet of spectrograms",
     "fit_mulan_rvq": "fit the MuLan-token RVQ on a trained MuLan's audio embeddings of a task",
@@ -173,9 +174,16 @@ def _run_mode(args, configurables, gin_utils) -> int:
         from musiclm_jax.training.checkpoints import CheckpointError
 
         try:
-            configurables.evaluate(on_start=gin_utils.write_config)
+            if gin_utils.is_bound("evaluate_text_to_music"):
+                results = configurables.evaluate_text_to_music()
+                print(f"text-to-music eval of {results['num_items']} captions: report in "
+                      f"{os.path.join(results['output_dir'], 'report.html')}")
+            else:
+                configurables.evaluate(on_start=gin_utils.write_config)
         except CheckpointError as e:
             return _failed("eval", e)
+        except ValueError as e:  # a bad eval-set size or length, an unknown embedder or classifier
+            return _usage_error(f"eval: {gin_utils.first_line(e)}")
         return 0
     if args.mode == "aot":
         from musiclm_jax.aot import DoesNotFitError

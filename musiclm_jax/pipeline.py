@@ -16,7 +16,7 @@ also runs on its own, e.g. `musiclm train --gin_file=pipeline/small/codec.gin
     coarse_stage     MuLan + semantic -> coarse acoustic tokens         D/coarse_stage
     fine_stage       MuLan + coarse -> fine acoustic tokens             D/fine_stage
     generate         music for prompts held out from training           D/generated
-    evaluate         attribute detectors on the music vs the prompts    D/adherence.json
+    evaluate         FAD, KLD, MCC, adherence of the music; report.html  D/eval
 
 A step is done once D/steps/<step>.json exists (written atomically at its end, with its wall
 time and metrics): a rerun skips done steps, an interrupted training resumes from its orbax
@@ -38,6 +38,9 @@ from typing import Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from musiclm_jax.data import synthetic
+from musiclm_jax.evaluation import text_to_music
+from musiclm_jax.evaluation.eval_sets import held_out_prompts
+from musiclm_jax.json_io import write_json
 from musiclm_jax.training.summaries import format_duration, log
 
 SIZES = ("tiny", "small")
@@ -45,9 +48,9 @@ STEPS = ("codec", "w2v_bert", "semantic_kmeans", "mulan", "mulan_rvq", "precompu
          "coarse_stage", "fine_stage", "generate", "evaluate")
 # Where each model lives under the pipeline's directory.
 DIRS = {"codec": "codec", "w2v_bert": "w2v_bert", "mulan": "mulan", "tokens": "tokens", "semantic_stage": "semantic_stage",
-        "coarse_stage": "coarse_stage", "fine_stage": "fine_stage", "generated": "generated"}
-# Attributes whose adherence is measured, and the detectors' names for them.
-ATTRIBUTES = ("register", "drums", "tempo_class", "loudness", "mode")
+        "coarse_stage": "coarse_stage", "fine_stage": "fine_stage", "generated": "generated", "eval": "eval"}
+# The synthetic attribute classifier behind the pipeline's KLD, per size.
+CLASSIFIER = {"tiny": dict(steps=60, num_examples=32, seconds=1.0), "small": dict(steps=300, num_examples=256, seconds=4.0)}
 SUMMARY_FILE = "pipeline_summary.json"
 # Throughput scalars say nothing about the model; kept out of the summary.
 _NOISE = ("steps_per_sec", "examples_per_sec", "tokens_per_sec", "mfu", "learning_rate")
@@ -59,22 +62,6 @@ def step_gin(size: str, name: str) -> str:
 
 
 # ---- small helpers -------------------------------------------------------------------------------
-
-
-def _write_json(path: str, data) -> None:
-    """Atomic: a temporary file renamed over the target, so a marker is whole or absent."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True, default=_json_default)
-    os.replace(tmp, path)
-
-
-def _json_default(x):
-    if isinstance(x, (np.integer, np.floating, np.bool_)):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
 @contextlib.contextmanager
@@ -116,61 +103,6 @@ def last_scalars(logdir: str) -> dict[str, float]:
 
 
 # ---- prompts held out from training and their attributes ------------------------------------------
-
-
-def mentioned_attributes(labels: dict, caption_rng_seed: tuple) -> list[str]:
-    """The attributes a caption states: changing the label changes the caption drawn with the
-    same random stream (templates leave some slots out)."""
-    base = synthetic.caption_for(labels, np.random.default_rng(list(caption_rng_seed)))
-    out = []
-    for attr in ATTRIBUTES:
-        for value in synthetic.LABEL_VALUES[attr]:
-            if value != labels[attr] and synthetic.caption_for(
-                    {**labels, attr: value}, np.random.default_rng(list(caption_rng_seed))) != base:
-                out.append(attr)
-                break
-    return out
-
-
-def held_out_prompts(num_prompts: int, *, train_examples: int = 0, search: int = 2000) -> list[dict]:
-    """Captions of validation-split pieces (never rendered for training) that state register and
-    drums, spread evenly over the (register, drums) combinations; captions equal to one of the
-    first `train_examples` training captions are skipped. Each: caption, labels, mentioned."""
-    seed = synthetic.SPLIT_SEEDS["validation"]
-    train = set(synthetic.caption_of(synthetic.SPLIT_SEEDS["train"], i) for i in range(train_examples))
-    # Interleaved so that any prefix of the list varies both register and drums.
-    combos = [("low", True), ("mid", False), ("high", True), ("low", False), ("mid", True), ("high", False)]
-    by_combo: dict = {c: [] for c in combos}
-    for index in range(search):
-        labels = synthetic.sample_labels(np.random.default_rng([seed, index, 0]))
-        caption = synthetic.caption_of(seed, index)
-        mentioned = mentioned_attributes(labels, (seed, index, 1))
-        if {"register", "drums"} <= set(mentioned) and caption not in train:
-            by_combo[(labels["register"], labels["drums"])].append(
-                {"caption": caption, "labels": labels, "mentioned": mentioned, "index": index})
-        if all(len(v) * len(combos) >= num_prompts for v in by_combo.values()):
-            break
-    prompts = [by_combo[combos[i % len(combos)]][i // len(combos)] for i in range(num_prompts)]
-    return prompts
-
-
-def adherence(prompts: Sequence[dict], detected: Sequence[dict]) -> dict:
-    """Per attribute, over the prompts that state it: accuracy of the detected label against the
-    prompt's, uniform chance (1 / classes), and the shuffled chance (the accuracy expected if the
-    music were paired with prompts at random: sum over classes of P(prompt) x P(detected))."""
-    out = {}
-    for attr in ATTRIBUTES:
-        pairs = [(p["labels"][attr], d[attr]) for p, d in zip(prompts, detected) if attr in p["mentioned"]]
-        if not pairs:
-            continue
-        want, got = zip(*pairs)
-        values = synthetic.LABEL_VALUES[attr]
-        p_want = np.array([want.count(v) for v in values]) / len(want)
-        p_got = np.array([got.count(v) for v in values]) / len(got)
-        out[attr] = {"n": len(pairs), "accuracy": float(np.mean([w == g for w, g in pairs])),
-                     "chance": 1.0 / len(values), "shuffled_chance": float(p_want @ p_got)}
-        out[attr]["above_chance"] = out[attr]["accuracy"] > max(out[attr]["chance"], out[attr]["shuffled_chance"])
-    return out
 
 
 # ---- the steps ----------------------------------------------------------------------------------
@@ -223,23 +155,8 @@ def _precompute(ctx: _Context, step: str) -> dict:
             "splits": {s: {k: v[k] for k in ("clips", "seconds", "tokens")} for s, v in summary["splits"].items()}}
 
 
-def _crop_seconds(stage_dir: str) -> Optional[float]:
-    """The crop a stage was trained on (its config.gin), its generation window."""
-    import re
-
-    path = os.path.join(stage_dir, "config.gin")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        match = re.search(r"register_token_task\.crop_seconds = (\d+)", f.read())
-    return float(match.group(1)) if match else None
-
-
 def _generate(ctx: _Context, step: str) -> dict:
     from musiclm_jax import generate as generate_lib
-    from musiclm_jax.models.musiclm import MusicLM, Window
-    from musiclm_jax.tokenizers.acoustic import AcousticTokenizer
-    from musiclm_jax.tokenizers.mulan import MuLanTokenizer
 
     o = ctx.options
     prompts = held_out_prompts(o["num_prompts"], train_examples=o["train_captions_checked"])
@@ -249,18 +166,8 @@ def _generate(ctx: _Context, step: str) -> dict:
     dirs = dict(mulan_dir=ctx.dirs["mulan"], semantic_stage_dir=ctx.dirs["semantic_stage"],
                 coarse_stage_dir=ctx.dirs["coarse_stage"], fine_stage_dir=ctx.dirs["fine_stage"],
                 soundstream_dir=ctx.dirs["codec"])
-    # Each stage slides a window as long as its training crops, at a stride of about half a window
-    # (whole frames at the stage's rate), so that every window continues the previous one.
-    codec = AcousticTokenizer.from_model_dir(dirs["soundstream_dir"])
-    rates = {"semantic": 25.0, "coarse": codec.sample_rate / codec.hop_length}
-    rates["fine"] = rates["coarse"]
-    windows = {}
-    for stage in ("semantic", "coarse", "fine"):
-        crop = _crop_seconds(ctx.dirs[f"{stage}_stage"])
-        if crop:
-            windows[stage] = Window(crop, max(1, int(crop * rates[stage] / 2)) / rates[stage])
-    stages = {s: generate_lib.load_stage(ctx.dirs[f"{s}_stage"]) for s in ("semantic", "coarse", "fine")}
-    model = MusicLM(MuLanTokenizer.from_model_dir(dirs["mulan_dir"]), stages, codec, windows=windows)
+    model = generate_lib.load_musiclm(**dirs)  # each stage slides its training crop
+    windows = model.windows
     sidecars = generate_lib.generate(output_dir=ctx.dirs["generated"], seconds=o["seconds"], prompts=texts,
                                      **dirs, max_seconds=max(o["seconds"], 30.0), seed=o["seed"],
                                      num_candidates=o["num_candidates"], settings=o["settings"], model=model)
@@ -271,34 +178,39 @@ def _generate(ctx: _Context, step: str) -> dict:
             "generation_seconds": sidecars[0]["generation_seconds_all_prompts"]}
 
 
-def _detect(audio: np.ndarray, sample_rate: int) -> dict:
-    from musiclm_jax.evaluation import attributes
-
-    d = attributes.detect_all(audio, sample_rate)
-    return {k: (bool(v) if isinstance(v, (bool, np.bool_)) else v) for k, v in d.items()}
-
-
 def _evaluate(ctx: _Context, step: str, done: dict) -> dict:
-    """Adherence of the generated music, and two references on the held-out pieces the prompts
-    describe: the detectors on the pieces themselves and on their codec reconstructions (what
-    the codec lets any generation reach)."""
+    """The text-to-music eval of the generated music (evaluation.text_to_music, into D/eval with
+    report.html): the held-out pieces the prompts describe are the references (FAD, KLD, MCC,
+    adherence beside the pieces' own and their codec reconstructions'). The user's own prompts
+    have no references: their music is only run through the detectors."""
+    from musiclm_jax.evaluation import eval_sets
+    from musiclm_jax.evaluation.embedders import MuLanAudioEmbedder
     from musiclm_jax.tokenizers.acoustic import AcousticTokenizer
+    from musiclm_jax.tokenizers.mulan import MuLanEmbedder
 
     prompts = done["generate"]["metrics"]["prompts"]
-    for p in prompts:
-        p["detected"] = _detect(*_read_wav(p["wav"]))
-    result = {"attributes": adherence(prompts, [p["detected"] for p in prompts]), "prompts": prompts}
-    pieces = [p for p in prompts if "index" in p]
-    if pieces:
-        codec = AcousticTokenizer.from_model_dir(ctx.dirs["codec"])
-        sr, seconds = codec.sample_rate, ctx.options["seconds"]
-        originals = [synthetic.render(synthetic.SPLIT_SEEDS["validation"], p["index"], sample_rate=sr,
-                                      duration_s=seconds).audio for p in pieces]
-        coded = codec.decode(codec.encode(np.stack(originals)), num_samples=len(originals[0]))
-        result["reference"] = adherence(pieces, [_detect(a, sr) for a in originals])
-        result["codec_ceiling"] = adherence(pieces, [_detect(a, sr) for a in coded])
-    _write_json(os.path.join(ctx.model_dir, "adherence.json"), result)
-    return result
+    clips = [_read_wav(p["wav"]) for p in prompts]
+    rate = clips[0][1]
+    if not all("index" in p for p in prompts) or len(prompts) < 2:
+        for p, (audio, sr) in zip(prompts, clips):
+            p["detected"] = eval_sets.detect(audio, sr)
+        return {"prompts": prompts}
+    seconds = ctx.options["seconds"]
+    items = [eval_sets.EvalItem(id=f"validation/{p['index']}", caption=p["caption"], sample_rate=rate,
+                                reference=synthetic.render(synthetic.SPLIT_SEEDS["validation"], p["index"],
+                                                           sample_rate=rate, duration_s=seconds).audio,
+                                labels=p["labels"], mentioned=p["mentioned"]) for p in prompts]
+    mulan = MuLanEmbedder.from_model_dir(ctx.dirs["mulan"])
+    classifier = text_to_music.SyntheticAttributeClassifier(os.path.join(ctx.model_dir, "attribute_classifier"),
+                                                            **CLASSIFIER[ctx.size])
+    results = text_to_music.evaluate(
+        os.path.join(ctx.model_dir, DIRS["eval"]), items, generated=np.stack([a for a, _ in clips]),
+        generated_sample_rate=rate, mulan=mulan, codec=AcousticTokenizer.from_model_dir(ctx.dirs["codec"]),
+        embedders={"mulan": MuLanAudioEmbedder(mulan)}, classifier=classifier, seed=ctx.options["seed"],
+        num_report_samples=len(items), title=f"musiclm pipeline ({ctx.size}): music for held-out captions")
+    for p, row in zip(prompts, results["items"]):
+        p["detected"] = row["detected"]
+    return {**results, "prompts": prompts}
 
 
 def _read_wav(path: str) -> tuple[np.ndarray, int]:
@@ -372,11 +284,11 @@ def run_pipeline(*, model_dir: str, size: str = "small", seconds: float = 4.0, n
         t0 = time.perf_counter()
         metrics = _evaluate(ctx, step, done) if step == "evaluate" else _STEP_FNS[step](ctx, step)
         done[step] = {"step": step, "wall_s": time.perf_counter() - t0, "metrics": metrics}
-        _write_json(marker_path(model_dir, step), done[step])
+        write_json(marker_path(model_dir, step), done[step])
         log("pipeline step %d/%d %s: done in %s (pipeline time so far %s)", i, len(STEPS), step,
             format_duration(done[step]["wall_s"]), format_duration(time.perf_counter() - t_start))
     summary = _summary(model_dir, size, done)
-    _write_json(os.path.join(model_dir, SUMMARY_FILE), summary)
+    write_json(os.path.join(model_dir, SUMMARY_FILE), summary)
     _log_summary(summary)
     return summary
 
@@ -405,13 +317,16 @@ def _summary(model_dir: str, size: str, done: Mapping[str, dict]) -> dict:
             "precompute": m["precompute"]["splits"],
             **{s: {"train": _pick(m[s]["train"], "loss", "accuracy"), "eval": _pick(m[s]["eval"], "loss", "accuracy")}
                for s in ("semantic_stage", "coarse_stage", "fine_stage")},
-            "adherence": m["evaluate"]["attributes"],
+            "adherence": m["evaluate"].get("adherence", {}),
             # the detectors on the held-out pieces the prompts describe, and on their codec reconstructions
-            "adherence_reference": m["evaluate"].get("reference", {}),
-            "adherence_codec_ceiling": m["evaluate"].get("codec_ceiling", {}),
+            "adherence_reference": m["evaluate"].get("adherence_reference", {}),
+            "adherence_codec_ceiling": m["evaluate"].get("adherence_codec_ceiling", {}),
+            # FAD, KLD, MCC and codec metrics of the text-to-music eval (D/eval/results.json, report.html)
+            "text_to_music": text_to_music.scalar_metrics(m["evaluate"]),
         },
         "wavs": [p["wav"] for p in prompts],
         "pngs": [p["png"] for p in prompts],
+        "report": m["evaluate"].get("output_dir") and os.path.join(m["evaluate"]["output_dir"], "report.html"),
         "prompts": [{"caption": p["caption"], "labels": p["labels"], "detected": p.get("detected"),
                      "wav": p["wav"]} for p in prompts],
     }
@@ -428,6 +343,11 @@ def _log_summary(summary: dict) -> None:
                 f"{ceiling[attr]['accuracy']:.2f}") if attr in reference and attr in ceiling else ""
         log("  adherence %-12s %.2f over %d prompts (chance %.2f, shuffled %.2f)%s", attr, a["accuracy"], a["n"],
             a["chance"], a["shuffled_chance"], refs)
+    t2m = summary["metrics"]["text_to_music"]
+    if t2m:
+        log("  text-to-music eval: %s", ", ".join(f"{k} {v:.3g}" for k, v in t2m.items()
+                                                   if not k.startswith("adherence")))
+        log("  eval report (open in a browser): %s", summary["report"])
     out = os.path.dirname(summary["wavs"][0]) if summary["wavs"] else ""
     log("generated music (WAV + PNG spectrogram + JSON per prompt) in %s; summary in %s", out,
         os.path.join(summary["model_dir"], SUMMARY_FILE))

@@ -79,15 +79,3 @@ def test_bad_arguments_are_refused(tmp_path):
         pipeline.run_pipeline(model_dir=str(tmp_path), size="tiny", step_bindings={"codek": ["TRAIN_STEPS = 1"]})
     assert main.main(["pipeline"]) == 2  # no --model_dir
     assert not os.listdir(tmp_path)
-
-
-def test_prompts_are_held_out_and_state_register_and_drums():
-    prompts = pipeline.held_out_prompts(6, train_examples=500)
-    assert len({p["caption"] for p in prompts}) == 6
-    assert {(p["labels"]["register"], p["labels"]["drums"]) for p in prompts} == {
-        (r, d) for r in ("low", "mid", "high") for d in (True, False)}
-    for p in prompts:
-        assert {"register", "drums"} <= set(p["mentioned"])
-    a = pipeline.adherence(prompts, [p["labels"] for p in prompts])  # a perfect generator
-    assert a["register"]["accuracy"] == 1.0 and a["register"]["shuffled_chance"] == pytest.approx(1 / 3)
-    assert a["drums"]["above_chance"]

@@ -1,0 +1,150 @@
+"""Captioned reference clips to evaluate text-to-music on, and attribute adherence.
+
+    synthetic_eval_set(num_items, seconds)       held-out synthetic pieces whose captions state
+                                                 register and drums (labels known: adherence)
+    task_eval_set(task, split, num_items, ...)   any captioned raw-audio seqio task (MusicCaps)
+    adherence(items, detected)                   per attribute: detector agrees with the caption
+
+An `EvalItem` is one caption with the reference audio it describes: FAD compares the
+references' embeddings with the generations', KLD the classifier's label distributions of
+each reference with those of the music generated from its caption.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+import numpy as np
+
+from musiclm_jax.data import synthetic
+
+# Attributes whose adherence is measured, under the detectors' names.
+ATTRIBUTES = ("register", "drums", "tempo_class", "loudness", "mode")
+
+
+@dataclasses.dataclass
+class EvalItem:
+    """A caption, the mono float32 reference clip it describes, and (on the synthetic source)
+    the piece's labels and the attributes its caption states."""
+
+    id: str
+    caption: str
+    reference: np.ndarray
+    sample_rate: int
+    labels: dict = dataclasses.field(default_factory=dict)
+    mentioned: list = dataclasses.field(default_factory=list)
+
+
+def mentioned_attributes(labels: dict, caption_rng_seed: tuple) -> list[str]:
+    """The attributes a caption states: changing the label changes the caption drawn with the
+    same random stream (templates leave some slots out)."""
+    base = synthetic.caption_for(labels, np.random.default_rng(list(caption_rng_seed)))
+    out = []
+    for attr in ATTRIBUTES:
+        for value in synthetic.LABEL_VALUES[attr]:
+            if value != labels[attr] and synthetic.caption_for(
+                    {**labels, attr: value}, np.random.default_rng(list(caption_rng_seed))) != base:
+                out.append(attr)
+                break
+    return out
+
+
+def held_out_prompts(num_prompts: int, *, train_examples: int = 0, search: int = 2000) -> list[dict]:
+    """Captions of validation-split pieces (never rendered for training) that state register and
+    drums, spread evenly over the (register, drums) combinations; captions equal to one of the
+    first `train_examples` training captions are skipped. Each: caption, labels, mentioned, index."""
+    seed = synthetic.SPLIT_SEEDS["validation"]
+    train = set(synthetic.caption_of(synthetic.SPLIT_SEEDS["train"], i) for i in range(train_examples))
+    # Interleaved so that any prefix of the list varies both register and drums.
+    combos = [("low", True), ("mid", False), ("high", True), ("low", False), ("mid", True), ("high", False)]
+    by_combo: dict = {c: [] for c in combos}
+    for index in range(search):
+        labels = synthetic.sample_labels(np.random.default_rng([seed, index, 0]))
+        caption = synthetic.caption_of(seed, index)
+        mentioned = mentioned_attributes(labels, (seed, index, 1))
+        if {"register", "drums"} <= set(mentioned) and caption not in train:
+            by_combo[(labels["register"], labels["drums"])].append(
+                {"caption": caption, "labels": labels, "mentioned": mentioned, "index": index})
+        if all(len(v) * len(combos) >= num_prompts for v in by_combo.values()):
+            break
+    found = sum(len(v) for v in by_combo.values())
+    if any(len(v) * len(combos) < num_prompts for v in by_combo.values()):
+        raise ValueError(f"only {found} of the first {search} validation pieces suit; ask for fewer prompts")
+    return [by_combo[combos[i % len(combos)]][i // len(combos)] for i in range(num_prompts)]
+
+
+def synthetic_eval_set(num_items: int, seconds: float, *, sample_rate: int = 16000,
+                       train_examples: int = 0) -> list[EvalItem]:
+    """`held_out_prompts` rendered: the validation pieces themselves are the references."""
+    if num_items < 2:
+        raise ValueError(f"an eval set needs at least 2 items (FAD fits a covariance), got {num_items}")
+    seed = synthetic.SPLIT_SEEDS["validation"]
+    return [EvalItem(id=f"validation/{p['index']}", caption=p["caption"],
+                     reference=synthetic.render(seed, p["index"], sample_rate=sample_rate, duration_s=seconds).audio,
+                     sample_rate=sample_rate, labels=p["labels"], mentioned=p["mentioned"])
+            for p in held_out_prompts(num_items, train_examples=train_examples)]
+
+
+def task_eval_set(task: str, split: str, num_items: int, seconds: float, *, sample_rate: int) -> list[EvalItem]:
+    """The first `num_items` captioned clips of a raw-audio seqio task (e.g. 'musiccaps' from
+    gin/data/musiccaps.gin), each cut or zero-padded to `seconds`. The task's rate must be
+    `sample_rate`. Clips with an empty caption are skipped."""
+    import seqio
+
+    from musiclm_jax.data import audio_tasks, tasks
+
+    tasks.validate_name(task)
+    ds = seqio.get_mixture_or_task(task).get_dataset(sequence_length=None, split=split, shuffle=False)
+    length = int(round(seconds * sample_rate))
+    items = []
+    with audio_tasks.source_errors():
+        for ex in ds.as_numpy_iterator():
+            caption = ex["caption"].decode() if isinstance(ex["caption"], bytes) else str(ex["caption"])
+            if not caption.strip():
+                continue
+            audio = ex["audio"][: int(ex["audio_length"])] if "audio_length" in ex else ex["audio"]
+            audio = np.pad(audio[:length], (0, max(0, length - len(audio)))).astype(np.float32)
+            ident = ex.get("id", str(len(items)))
+            items.append(EvalItem(id=ident.decode() if isinstance(ident, bytes) else str(ident), caption=caption,
+                                  reference=audio, sample_rate=sample_rate))
+            if len(items) >= num_items:
+                break
+    if len(items) < 2:
+        raise ValueError(f"task {task!r} split {split!r} gave {len(items)} captioned clips; an eval needs >= 2")
+    return items
+
+
+def adherence(items: Sequence, detected: Sequence[dict]) -> dict:
+    """Per attribute, over the items whose caption states it: accuracy of the detected label
+    against the caption's, uniform chance (1 / classes), and the shuffled chance (the accuracy
+    expected if the music were paired with captions at random: sum over classes of
+    P(caption) x P(detected)). `items` are EvalItems or dicts with labels and mentioned."""
+    def field(item, name):
+        return item[name] if isinstance(item, dict) else getattr(item, name)
+
+    out = {}
+    for attr in ATTRIBUTES:
+        pairs = [(field(p, "labels")[attr], d[attr]) for p, d in zip(items, detected) if attr in field(p, "mentioned")]
+        if not pairs:
+            continue
+        want, got = zip(*pairs)
+        values = synthetic.LABEL_VALUES[attr]
+        p_want = np.array([want.count(v) for v in values]) / len(want)
+        p_got = np.array([got.count(v) for v in values]) / len(got)
+        out[attr] = {"n": len(pairs), "accuracy": float(np.mean([w == g for w, g in pairs])),
+                     "chance": 1.0 / len(values), "shuffled_chance": float(p_want @ p_got)}
+        out[attr]["above_chance"] = out[attr]["accuracy"] > max(out[attr]["chance"], out[attr]["shuffled_chance"])
+    return out
+
+
+def detect(audio: np.ndarray, sample_rate: int) -> dict:
+    """The attribute detectors' labels of one clip, JSON-able."""
+    from musiclm_jax.evaluation import attributes
+
+    d = attributes.detect_all(audio, sample_rate)
+    return {k: (bool(v) if isinstance(v, (bool, np.bool_)) else v) for k, v in d.items()}
+
+
+def optional_labels(items: Sequence[EvalItem]) -> Optional[list[dict]]:
+    """The items' labels when every item has them (the synthetic source), else None."""
+    return [i.labels for i in items] if items and all(i.labels for i in items) else None
