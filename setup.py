@@ -39,6 +39,9 @@ EXTRAS_REQUIRE = {
     "test": ["pytest>=8,<10", "pytest-timeout>=2.3"],
     # libtpu: runs on TPU VMs, and compiles for TPU topologies on any host (`musiclm aot`).
     "tpu": [f"jax[tpu]=={JAX_VERSION}"],
+    # `export_tf.export_savedmodel`: a TF SavedModel of an export bundle (TensorFlow comes with
+    # seqio already; the extra names it for installs that only serve).
+    "savedmodel": ["tensorflow>=2.21,<2.22"],
 }
 
 

@@ -104,6 +104,10 @@ def _prepare_libtpu_env() -> None:
     # No TPU metadata server or worker list exists here; keep libtpu from looking for them.
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    if os.environ.get("JAX_PLATFORMS") == "cpu":
+        # Compiling only (no TPU attached): let several `musiclm aot` runs share libtpu instead of
+        # failing on its one-process lockfile.
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
 def compile_for_topology(

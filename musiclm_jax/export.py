@@ -259,20 +259,9 @@ def export_musiclm(output_dir: str, *, mulan_dir: str, semantic_stage_dir: str, 
     return _write_manifest(output_dir, info)
 
 
-def load_exported_musiclm(export_dir: str):
-    """A MusicLM that samples and decodes through the bundle's StableHLO functions (any batch of
-    prompts x candidates; the lengths, windows and settings it was exported for)."""
+def read_functions(export_dir: str, manifest: Mapping) -> tuple[dict, Any]:
+    """The bundle's deserialised functions: ({_Signature: sampler}, codec decoder)."""
     from jax import export
-
-    from musiclm_jax.generate import load_musiclm
-    from musiclm_jax.models.musiclm import Window
-
-    manifest = check_export(export_dir)
-    if manifest is None or manifest.get("bundle") != "musiclm":
-        raise ExportError(f"{export_dir} is not a `musiclm export` bundle (no {EXPORT_FILE} from export_musiclm)")
-    model = load_musiclm(**{k: os.path.join(export_dir, k.removesuffix("_dir")) for k in MODEL_DIRS},
-                         semantic_rate=manifest["semantic_rate"],
-                         windows={s: Window(**w) for s, w in manifest["windows"].items()})
 
     def read(name):
         with open(os.path.join(export_dir, FUNCTIONS_DIR, name), "rb") as f:
@@ -283,6 +272,23 @@ def load_exported_musiclm(export_dir: str):
         sig = _Signature(entry["stage"], entry["num_tokens"], entry["top_k"], entry["top_p"], entry["guidance_scale"],
                          tuple((name, tuple(shape)) for name, shape in entry["features"]))
         samplers[sig] = read(entry["file"])
+    return samplers, read(manifest["decoder"])
+
+
+def load_exported_musiclm(export_dir: str):
+    """A MusicLM that samples and decodes through the bundle's StableHLO functions (any batch of
+    prompts x candidates; the lengths, windows and settings it was exported for)."""
+    from musiclm_jax.generate import load_musiclm
+    from musiclm_jax.models.musiclm import Window
+
+    manifest = check_export(export_dir)
+    if manifest is None or manifest.get("bundle") != "musiclm":
+        raise ExportError(f"{export_dir} is not a `musiclm export` bundle (no {EXPORT_FILE} from export_musiclm)")
+    model = load_musiclm(**{k: os.path.join(export_dir, k.removesuffix("_dir")) for k in MODEL_DIRS},
+                         semantic_rate=manifest["semantic_rate"],
+                         windows={s: Window(**w) for s, w in manifest["windows"].items()})
+
+    samplers, decoder = read_functions(export_dir, manifest)
 
     def run_stage(stage, batch, rng, num_tokens, settings):
         sig = _signature(stage, batch, num_tokens, settings)
@@ -295,7 +301,6 @@ def load_exported_musiclm(export_dir: str):
                                  jax.random.key_data(rng), jnp.float32(settings.temperature))
         return np.asarray(out)
 
-    decoder = read(manifest["decoder"])
     model._run_stage = run_stage
     model.codec._decode = lambda params, codes: decoder.call(params, codes)
     return model
