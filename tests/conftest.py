@@ -34,3 +34,17 @@ def musiclm_model_dirs(tmp_path_factory, tokenizer_model_dirs):
     from model_dirs import musiclm_dirs
 
     return musiclm_dirs(tmp_path_factory.mktemp("musiclm_models"), tokenizer_model_dirs)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory):
+    """`musiclm pipeline` at the tiny sizes, run once per session: (model directory, summary).
+    test_pipeline checks it end to end; other tests read its trained models (copy before writing)."""
+    from musiclm_jax import pipeline
+
+    model_dir = str(tmp_path_factory.mktemp("pipeline"))
+    return model_dir, pipeline.run_pipeline(model_dir=model_dir, size="tiny", seconds=PIPELINE_SECONDS, num_prompts=2,
+                                            train_captions_checked=64)
+
+
+PIPELINE_SECONDS = 1.0

@@ -233,34 +233,30 @@ def test_rvq_save_load_round_trip(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_train_fit_rvq_eval_and_tokenizer(tmp_path):
-    """`musiclm train` (caption vocabulary trained and stored with the model), `musiclm
-    fit_mulan_rvq`, `musiclm eval` (retrieval over the pool), then the tokenizer from the directory."""
+def test_cli_fit_rvq_eval_and_tokenizer(tmp_path, tiny_pipeline):
+    """On the tiny pipeline's trained MuLan (its caption vocabulary stored with the model):
+    `musiclm fit_mulan_rvq`, `musiclm eval` (retrieval over the pool), then the tokenizer."""
     import json
     import os
+    import shutil
 
     from cli import musiclm
 
     model_dir = tmp_path / "mulan"
-    small = ["--gin.mulan_task/SyntheticSource.num_examples=64", "--gin.mulan_task/SyntheticSource.duration_s=2.0",
-             "--gin.mulan_task/SyntheticSource.num_validation_examples=32", "--gin.BATCH_SIZE_PER_DEVICE=8",
-             f"--gin.MODEL_DIR='{model_dir}'"]
-    r = musiclm("train", "--gin_file=experiments/mulan_tiny.gin", "--gin.TRAIN_STEPS=4", "--gin.EVAL_PERIOD=4",
-                "--gin.EVAL_STEPS=2", *small)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "retrieval_pool 16" in r.stdout
+    shutil.copytree(os.path.join(tiny_pipeline[0], "mulan"), model_dir)
+    shutil.rmtree(model_dir / "mulan_rvq")
     assert os.path.exists(model_dir / "text_vocab" / "captions.model")
-    r = musiclm("fit_mulan_rvq", "--gin_file=experiments/mulan_tiny.gin", "--gin.RVQ_EXAMPLES=32",
-                "--gin.RVQ_EVAL_EXAMPLES=8", *small)
+    flags = ["--gin_file=pipeline/tiny/mulan.gin", f"--gin.MODEL_DIR='{model_dir}'"]
+    r = musiclm("fit_mulan_rvq", *flags, "--gin.RVQ_EXAMPLES=32", "--gin.RVQ_EVAL_EXAMPLES=8")
     assert r.returncode == 0, r.stderr[-3000:]
     info = json.load(open(model_dir / "mulan_rvq" / "rvq.json"))
     assert info["levels"] == 4 and info["num_examples"] == 32 and set(info["reconstruction_cosine"]) == {
         "train", "validation"}
-    r = musiclm("eval", "--gin_file=runs/eval.gin", "--gin_file=experiments/mulan_tiny.gin", "--gin.EVAL_STEPS=2",
-                *small)
+    r = musiclm("eval", "--gin_file=runs/eval.gin", *flags, "--gin.EVAL_STEPS=2")
     assert r.returncode == 0, r.stderr[-3000:]
-    metrics = json.load(open(model_dir / "eval-4.json"))["metrics"]
-    assert metrics["retrieval_pool"] == 16 and 0 <= metrics["text_to_audio_recall@1"] <= 1
+    step = max(int(d) for d in os.listdir(model_dir / "checkpoints") if d.isdigit())
+    metrics = json.load(open(model_dir / f"eval-{step}.json"))["metrics"]
+    assert metrics["retrieval_pool"] == 8 and 0 <= metrics["text_to_audio_recall@1"] <= 1
 
     tok = mulan_tok.MuLanTokenizer.from_model_dir(str(model_dir))
     clips = [np.random.default_rng(i).standard_normal(n).astype(np.float32) * 0.1 for i, n in enumerate((9000, 50000))]

@@ -9,14 +9,12 @@ import soundfile
 
 from musiclm_jax import main, pipeline
 
-SECONDS = 1.0
+from conftest import PIPELINE_SECONDS as SECONDS
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    model_dir = str(tmp_path_factory.mktemp("pipeline"))
-    return model_dir, pipeline.run_pipeline(model_dir=model_dir, size="tiny", seconds=SECONDS, num_prompts=2,
-                                            train_captions_checked=64)
+def run(tiny_pipeline):
+    return tiny_pipeline
 
 
 @pytest.mark.slow
