@@ -115,3 +115,24 @@ def test_prompts_are_held_out_and_state_register_and_drums():
     a = eval_sets.adherence(prompts, [p["labels"] for p in prompts])  # a perfect generator
     assert a["register"]["accuracy"] == 1.0 and a["register"]["shuffled_chance"] == pytest.approx(1 / 3)
     assert a["drums"]["above_chance"]
+
+
+def test_task_eval_set_reads_a_captioned_audio_task(tmp_path):
+    """Any captioned raw-audio task (MusicCaps in practice) gives eval items: captions kept,
+    clips cut or zero-padded to the eval length, uncaptioned clips skipped."""
+    from musiclm_jax.audio.io import write_wav
+    from musiclm_jax.data import audio_tasks
+    from musiclm_jax.data.sources import ManifestSource
+
+    sr, lines = 16000, []
+    for i, (seconds, caption) in enumerate([(0.5, "a short bell"), (2.0, "a long organ chord"), (1.0, ""),
+                                            (1.5, "soft strings")]):
+        write_wav(tmp_path / f"{i}.wav", 0.1 * np.sin(np.arange(int(seconds * sr)) * 0.05), sr)
+        lines.append(json.dumps({"path": f"{i}.wav", "caption": caption, "split": "validation"}))
+    (tmp_path / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    name = audio_tasks.register_audio_task("test_eval_captions", ManifestSource(tmp_path / "manifest.jsonl",
+                                                                                 sample_rate=sr))
+    items = eval_sets.task_eval_set(name, "validation", 3, 1.0, sample_rate=sr)
+    assert [i.caption for i in items] == ["a short bell", "a long organ chord", "soft strings"]
+    assert all(len(i.reference) == sr and i.sample_rate == sr and not i.labels for i in items)
+    assert np.all(items[0].reference[sr // 2 + 1:] == 0) and np.any(items[1].reference[-100:] != 0)
