@@ -92,7 +92,6 @@ def evaluate_text_to_music(
     num_items: int = 16,
     task: Optional[str] = None,
     split: str = "validation",
-    task_sample_rate: int = 16000,
     semantic_rate: float = 25.0,
     windows=None,
     settings=None,
@@ -123,7 +122,7 @@ def evaluate_text_to_music(
                          fine_stage_dir=fine_stage_dir, soundstream_dir=soundstream_dir, semantic_rate=semantic_rate,
                          windows=windows)
     if task:
-        items = eval_sets.task_eval_set(task, split, num_items, seconds, sample_rate=task_sample_rate)
+        items = eval_sets.task_eval_set(task, split, num_items, seconds)
     else:
         items = eval_sets.synthetic_eval_set(num_items, seconds, sample_rate=model.codec.sample_rate)
     fad_embedders = {name: (embedders_lib.MuLanAudioEmbedder(model.mulan) if name == "mulan" and not kwargs

@@ -132,7 +132,7 @@ def test_task_eval_set_reads_a_captioned_audio_task(tmp_path):
     (tmp_path / "manifest.jsonl").write_text("\n".join(lines) + "\n")
     name = audio_tasks.register_audio_task("test_eval_captions", ManifestSource(tmp_path / "manifest.jsonl",
                                                                                  sample_rate=sr))
-    items = eval_sets.task_eval_set(name, "validation", 3, 1.0, sample_rate=sr)
+    items = eval_sets.task_eval_set(name, "validation", 3, 1.0)  # the rate is the source's
     assert [i.caption for i in items] == ["a short bell", "a long organ chord", "soft strings"]
     assert all(len(i.reference) == sr and i.sample_rate == sr and not i.labels for i in items)
     assert np.all(items[0].reference[sr // 2 + 1:] == 0) and np.any(items[1].reference[-100:] != 0)

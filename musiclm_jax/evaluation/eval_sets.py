@@ -85,15 +85,20 @@ def synthetic_eval_set(num_items: int, seconds: float, *, sample_rate: int = 160
             for p in held_out_prompts(num_items, train_examples=train_examples)]
 
 
-def task_eval_set(task: str, split: str, num_items: int, seconds: float, *, sample_rate: int) -> list[EvalItem]:
+def task_eval_set(task: str, split: str, num_items: int, seconds: float, *,
+                  sample_rate: Optional[int] = None) -> list[EvalItem]:
     """The first `num_items` captioned clips of a raw-audio seqio task (e.g. 'musiccaps' from
-    gin/data/musiccaps.gin), each cut or zero-padded to `seconds`. The task's rate must be
-    `sample_rate`. Clips with an empty caption are skipped."""
+    gin/data/musiccaps.gin), each cut or zero-padded to `seconds`. `sample_rate`: the task's
+    rate (default: its source's). Clips with an empty caption are skipped."""
     import seqio
 
     from musiclm_jax.data import audio_tasks, tasks
 
     tasks.validate_name(task)
+    if sample_rate is None:
+        sample_rate = getattr(audio_tasks.source_of(task), "sample_rate", None)
+        if not sample_rate:
+            raise ValueError(f"the sample rate of task {task!r} is unknown; pass sample_rate")
     ds = seqio.get_mixture_or_task(task).get_dataset(sequence_length=None, split=split, shuffle=False)
     length = int(round(seconds * sample_rate))
     items = []
