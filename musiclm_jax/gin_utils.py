@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.resources
+import importlib.util  # noqa: F401  (gin's resource reader calls it without importing it)
 import inspect
 import os
 import pathlib
