@@ -24,6 +24,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 
 GiB = 1024**3
@@ -74,7 +75,8 @@ def compile_one(config: str, topology: str, mesh: str, bindings: list[str]) -> d
         used = re.search(r"Used ([\d.]+)([MGT]) of ([\d.]+)([MGT]) hbm", str(e))
         scale = {"M": 1 / 1024, "G": 1, "T": 1024}
         return dict(status="does not fit" if "RESOURCE_EXHAUSTED" in str(e) else "error", error=msg,
-                    chips=chips, global_batch=batch, mesh={"data": chips // (fsdp * model), "fsdp": fsdp, "model": model},
+                    chips=chips, global_batch=batch,
+                    mesh={"data": chips // (fsdp * model), "fsdp": fsdp, "model": model},
                     per_chip_gib=float(used[1]) * scale[used[2]] if used else None,
                     hbm_gib=float(used[3]) * scale[used[4]] if used else None,
                     compile_s=time.perf_counter() - t)
@@ -87,22 +89,40 @@ def compile_one(config: str, topology: str, mesh: str, bindings: list[str]) -> d
     return out
 
 
-def run_one(config: str, topology: str, mesh: str, bindings: list[str], timeout_s: float) -> dict:
+def _rss_gib(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024**2
+    except (OSError, StopIteration):
+        return 0.0
+
+
+def run_one(config: str, topology: str, mesh: str, bindings: list[str], timeout_s: float, max_rss_gib: float) -> dict:
+    """The compile in a subprocess, killed past timeout_s or max_rss_gib of host memory."""
     cmd = [sys.executable, os.path.abspath(__file__), "--one", config, topology, mesh,
            *(f"--gin={b}" for b in bindings)]
     t = time.perf_counter()
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
-                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
-    except subprocess.TimeoutExpired:
-        return dict(status="error", error=f"timed out after {timeout_s:.0f} s", wall_s=time.perf_counter() - t)
-    lines = [line for line in p.stdout.splitlines() if line.startswith(MARK)]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        killed, peak = None, 0.0
+        while p.poll() is None:
+            time.sleep(2)
+            peak = max(peak, _rss_gib(p.pid))
+            if time.perf_counter() - t > timeout_s or peak > max_rss_gib:
+                p.kill()
+                p.wait()
+                killed = (f"killed after {(time.perf_counter() - t) / 60:.1f} min: "
+                          + (f"host memory over {max_rss_gib:g} GiB" if peak > max_rss_gib else "timed out"))
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    lines = [line for line in stdout.splitlines() if line.startswith(MARK)]
     if lines:
         result = json.loads(lines[-1][len(MARK):])
-    else:  # the worker died (killed for memory, a crash): keep the end of what it said
-        tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
-        result = dict(status="error", error=f"worker exit {p.returncode}: " + " | ".join(tail))
-    result["wall_s"] = time.perf_counter() - t
+    else:  # killed or crashed: keep the end of what it said
+        tail = (stderr or stdout).strip().splitlines()[-3:]
+        result = dict(status="error", error=killed or f"worker exit {p.returncode}: " + " | ".join(tail))
+    result.update(wall_s=time.perf_counter() - t, host_peak_rss_gib=peak)
     return result
 
 
@@ -126,7 +146,9 @@ def table(results: dict) -> str:
         kind = r.get("device_kind", "")
         gib = r.get("per_chip_gib")
         mem = (f"{gib:.2f}" if gib is not None else "?") + (f" of {r['hbm_gib']:.0f}" if r.get("hbm_gib") else "")
-        mem += {"fits": " fits", "does not fit": " **does not fit**"}.get(r["status"], " **error**")
+        mem += {"fits": " fits", "does not fit": " **does not fit**"}.get(r["status"], "")
+        if r["status"] == "error":
+            mem = f"**error**: {r['error'][:90]}"
         flops = r.get("flops_per_step")
         lines.append("| " + " | ".join([
             config, f"{topology} ({r.get('chips', '?')} x {kind or '?'})",
@@ -147,6 +169,7 @@ def main() -> None:
     p.add_argument("--out", default="/tmp/aot_results.json")
     p.add_argument("--stop_after_min", type=float, default=None, help="start no new compile after this")
     p.add_argument("--timeout_min", type=float, default=40.0, help="per compile")
+    p.add_argument("--max_rss_gib", type=float, default=14.0, help="kill a compile past this much host memory")
     p.add_argument("--table_only", action="store_true")
     p.add_argument("--one", nargs=3, metavar=("CONFIG", "TOPOLOGY", "MESH"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -167,7 +190,7 @@ def main() -> None:
                     print(f"stop_after_min reached; not starting {key}", file=sys.stderr)
                     continue
                 print(f"compiling {key} ...", file=sys.stderr, flush=True)
-                r = run_one(config, topology, mesh, args.gin, args.timeout_min * 60)
+                r = run_one(config, topology, mesh, args.gin, args.timeout_min * 60, args.max_rss_gib)
                 results[key] = r
                 save(results, args.out)
                 print(f"  {r['status']}: {r.get('per_chip_gib') or 0:.2f} GiB/chip, {r['wall_s'] / 60:.1f} min"
