@@ -2,7 +2,9 @@
 needed): per-chip HBM, TFLOP/step/chip, the compiler's estimated step time and the roofline
 step time, for each config x topology x mesh. Every compile runs in its own subprocess (one at a
 time; a paper compile takes minutes and GiBs of host memory). Each result is written to --out
-as soon as it finishes; a rerun skips the entries already there. Ends with a markdown table.
+as soon as it finishes; a rerun skips the entries already there. A compile that passes
+--max_rss_gib of host memory or --timeout_min is killed and recorded as an error (the
+soundstream paper compile passed 21 GiB). Ends with a markdown table.
 
     JAX_PLATFORMS=cpu nice -n 19 python bench/bench_aot.py --out /tmp/aot_results.json \
         --configs semantic_stage/paper,coarse_stage/paper \
@@ -13,8 +15,8 @@ Meshes: `dp` = (data=all chips, fsdp=1, model=1); `fsdp` = (data=1, fsdp=all chi
 `fsdp=F,model=M` = (data=rest, fsdp=F, model=M). The global batch is the config's
 BATCH_SIZE_PER_DEVICE x (data x fsdp), the same for dp and fsdp.
 
-v4 topologies are described with chip_config_name='megacore' (one device per chip, as a v4 VM
-runs): libtpu's default for 'v4:2x2x1' is one device per TensorCore, 8 for 4 chips.
+v4 topologies are described as megacore (one device per chip, as a v4 VM runs; see
+musiclm_jax/aot.py).
 """
 from __future__ import annotations
 
@@ -41,19 +43,11 @@ def compile_one(config: str, topology: str, mesh: str, bindings: list[str]) -> d
     import gin
     from jax.experimental import topologies
 
-    from musiclm_jax import configurables, gin_utils
+    from musiclm_jax import aot, configurables, gin_utils
 
-    get_desc = topologies.get_topology_desc
-
-    def megacore_v4(topology_name="", platform=None, **kw):
-        if topology_name.startswith("v4:"):
-            kw.setdefault("chip_config_name", "megacore")
-        return get_desc(topology_name=topology_name, platform=platform, **kw)
-
-    topologies.get_topology_desc = megacore_v4  # compile_for_topology looks it up at call time
-    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
-    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-    chips = len(megacore_v4(topology, platform="tpu").devices)
+    aot._prepare_libtpu_env()
+    chips = len(topologies.get_topology_desc(topology_name=topology, platform="tpu",
+                                             **aot._chip_config(topology)).devices)
     if mesh == "dp":
         fsdp, model = 1, 1
     elif mesh == "fsdp":

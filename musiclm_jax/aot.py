@@ -100,6 +100,12 @@ class AotReport:
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def _chip_config(topology: str) -> dict:
+    """v4 VMs run megacore (one device per chip, both TensorCores); libtpu otherwise describes
+    'v4:2x2x1' as 8 devices, one per core, and a v4-8 compile would assume 8 chips' memory."""
+    return {"chip_config_name": "megacore"} if topology.startswith("v4:") else {}
+
+
 def _prepare_libtpu_env() -> None:
     # No TPU metadata server or worker list exists here; keep libtpu from looking for them.
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
@@ -133,7 +139,7 @@ def compile_for_topology(
     from musiclm_jax.training.trainer import Trainer
 
     try:
-        topo = topologies.get_topology_desc(platform="tpu", topology_name=topology)
+        topo = topologies.get_topology_desc(platform="tpu", topology_name=topology, **_chip_config(topology))
     except Exception as e:  # libtpu missing, or an unknown topology name
         raise RuntimeError(
             f"cannot get TPU topology {topology!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__} "

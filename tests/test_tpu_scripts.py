@@ -25,7 +25,8 @@ def _run(argv):
 ])
 def test_commands_for_a_pod_slice(acc, gcloud_type, runtime, topology, fsdp):
     assert _run(["preflight", f"--accelerator={acc}", "--gin_file=models/semantic_stage/paper.gin"]) == [
-        f"musiclm aot --gin_file=models/semantic_stage/paper.gin --topology={topology}"]
+        f"musiclm aot --gin_file=models/semantic_stage/paper.gin --topology={topology} "
+        f"--gin.FSDP_PARALLELISM={fsdp} --gin.MODEL_PARALLELISM=1"]  # the mesh launch trains with
     assert _run(["create", f"--accelerator={acc}", *WHERE]) == [
         f"gcloud compute tpus tpu-vm create mlm --zone=us-west4-a --project=proj --accelerator-type={gcloud_type} "
         f"--version={runtime}"]
