@@ -1,4 +1,5 @@
-"""`musiclm eval`: metrics of a checkpoint on an eval split (keyword-only entry function)."""
+"""`musiclm eval`: metrics of a checkpoint on an eval split (`evaluate`), or the text-to-music
+eval task of the five trained models (`evaluate_text_to_music`). Keyword-only entry functions."""
 from __future__ import annotations
 
 import json
