@@ -180,10 +180,18 @@ def test_acoustic_tokenizer_round_trip(tmp_path):
         AcousticTokenizer.from_model_dir(str(tmp_path / "nowhere"))
 
 
-def test_codec_eval_reports_each_bitrate_and_plots(tmp_path):
-    model = SoundStream(tiny_config())
+@pytest.fixture(scope="module")
+def eval_codec():
+    """(model, trainer, state) of a reconstruction-only tiny codec at hop 40 (400 Hz), one
+    residual unit per block: shared by the eval tests (eval and media never run a discriminator)."""
+    seanet = SEANetConfig(channels=8, strides=(2, 4, 5), channel_multipliers=(2, 4, 8), dim=16, dilations=(1,))
+    model = SoundStream(tiny_config(discriminator_start_step=-1, discriminators=NO_GAN_DISCRIMINATORS, seanet=seanet))
     trainer = make_trainer(model, devices=jax.devices()[:1])
-    state = trainer.init_state(trainer.rng(0))
+    return model, trainer, trainer.init_state(trainer.rng(0))
+
+
+def test_codec_eval_reports_each_bitrate_and_plots(tmp_path, eval_codec):
+    model, trainer, state = eval_codec
     metrics = jax.device_get(trainer.eval_step(state.params, trainer.partitioner.global_batch({"audio": clips(0, 8)})))
     from musiclm_jax.evaluation.codec import quality_by_levels
 
@@ -198,16 +206,14 @@ def test_codec_eval_reports_each_bitrate_and_plots(tmp_path):
     assert image.shape[0] > 200 and image[..., :3].std() > 0.05
 
 
-def test_eval_media_reaches_tensorboard_and_files(tmp_path):
+def test_eval_media_reaches_tensorboard_and_files(tmp_path, eval_codec):
     """Eval audio (input, reconstructions) as TensorBoard audio, spectrogram sheets as images and PNGs, WAVs."""
     import soundfile
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from musiclm_jax.training import summaries
 
-    model = SoundStream(tiny_config())
-    trainer = make_trainer(model, devices=jax.devices()[:1])
-    state = trainer.init_state(trainer.rng(0))
+    model, trainer, state = eval_codec
     batch = trainer.partitioner.global_batch({"audio": clips(0, 8)})
     media = jax.device_get(trainer.media_step(state.params, batch))
     assert set(media) == {"input", "reconstruction", "reconstruction_1_level"}
