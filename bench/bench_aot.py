@@ -29,6 +29,9 @@ import sys
 import tempfile
 import time
 
+import machine  # bench/machine.py
+from musiclm_jax.json_io import write_json
+
 GiB = 1024**3
 MARK = "AOT_RESULT "
 
@@ -120,37 +123,28 @@ def run_one(config: str, topology: str, mesh: str, bindings: list[str], timeout_
     return result
 
 
-def save(results: dict, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(tmp, path)
-
-
 def table(results: dict) -> str:
     def ms(s):
         return f"{s * 1e3:,.0f} ms" if s else "none"
 
-    cols = ["config", "topology", "mesh (data, fsdp, model)", "global batch", "GiB/chip (HBM)", "TFLOP/step/chip",
-            "compiler est. step", "roofline step", "compile min"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    rows = []
     for key, r in results.items():
         config, topology, mesh = key.split("|")[:3]
         m = r.get("mesh") or {}
-        kind = r.get("device_kind", "")
         gib = r.get("per_chip_gib")
         mem = (f"{gib:.2f}" if gib is not None else "?") + (f" of {r['hbm_gib']:.0f}" if r.get("hbm_gib") else "")
         mem += {"fits": " fits", "does not fit": " **does not fit**"}.get(r["status"], "")
         if r["status"] == "error":
             mem = f"**error**: {r['error'][:90]}"
         flops = r.get("flops_per_step")
-        lines.append("| " + " | ".join([
-            config, f"{topology} ({r.get('chips', '?')} x {kind or '?'})",
-            f"{mesh}: ({m.get('data', '?')}, {m.get('fsdp', '?')}, {m.get('model', '?')})",
-            str(r.get("global_batch", "-")), mem, f"{flops / 1e12:.1f}" if flops else "-",
-            ms(r.get("estimated_step_seconds")), ms(r.get("roofline_step_seconds")),
-            f"{(r.get('compile_s') or r.get('wall_s') or 0) / 60:.1f}"]) + " |")
-    return "\n".join(lines)
+        rows.append({
+            "config": config, "topology": f"{topology} ({r.get('chips', '?')} x {r.get('device_kind') or '?'})",
+            "mesh (data, fsdp, model)": f"{mesh}: ({m.get('data', '?')}, {m.get('fsdp', '?')}, {m.get('model', '?')})",
+            "global batch": str(r.get("global_batch", "-")), "GiB/chip (HBM)": mem,
+            "TFLOP/step/chip": f"{flops / 1e12:.1f}" if flops else "-",
+            "compiler est. step": ms(r.get("estimated_step_seconds")), "roofline step": ms(r.get("roofline_step_seconds")),
+            "compile min": f"{(r.get('compile_s') or r.get('wall_s') or 0) / 60:.1f}"})
+    return machine.table(rows) if rows else "(no results)"
 
 
 def main() -> None:
@@ -186,7 +180,7 @@ def main() -> None:
                 print(f"compiling {key} ...", file=sys.stderr, flush=True)
                 r = run_one(config, topology, mesh, args.gin, args.timeout_min * 60, args.max_rss_gib)
                 results[key] = r
-                save(results, args.out)
+                write_json(args.out, results)
                 print(f"  {r['status']}: {r.get('per_chip_gib') or 0:.2f} GiB/chip, {r['wall_s'] / 60:.1f} min"
                       + (f" ({r['error']})" if r.get("error") else ""), file=sys.stderr, flush=True)
     print(table(results))

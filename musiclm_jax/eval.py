@@ -131,8 +131,9 @@ def evaluate_text_to_music(
                      for name, kwargs in (embedders if embedders is not None else {"mulan": {}}).items()}
     kld_classifier = None
     if classifier:
-        kwargs = {"directory": os.path.join(output_dir, "attribute_classifier"), **(classifier_kwargs or {})} \
-            if classifier == "synthetic_attributes" else dict(classifier_kwargs or {})
+        kwargs = dict(classifier_kwargs or {})
+        if classifier == "synthetic_attributes":  # trained once, kept with the eval
+            kwargs.setdefault("directory", os.path.join(output_dir, "attribute_classifier"))
         kld_classifier = text_to_music.get_classifier(classifier, **kwargs)
     return text_to_music.evaluate(
         output_dir, items, model=model, seconds=seconds, embedders=fad_embedders, classifier=kld_classifier,

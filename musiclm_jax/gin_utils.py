@@ -135,7 +135,7 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
         raise ConfigError(f"bad gin configuration: {first_line(e)}") from e
 
 
-def is_bound(configurable: str, parameter: str = "output_dir") -> bool:
+def is_bound(configurable: str, parameter: str) -> bool:
     """Whether the parsed config binds `configurable.parameter` (which entry function a run file set up)."""
     try:
         gin.query_parameter(f"{configurable}.{parameter}")

@@ -174,10 +174,12 @@ def _run_mode(args, configurables, gin_utils) -> int:
         from musiclm_jax.training.checkpoints import CheckpointError
 
         try:
-            if gin_utils.is_bound("evaluate_text_to_music"):
+            if gin_utils.is_bound("evaluate_text_to_music", "output_dir"):
+                from musiclm_jax.evaluation.report import REPORT_FILE
+
                 results = configurables.evaluate_text_to_music()
                 print(f"text-to-music eval of {results['num_items']} captions: report in "
-                      f"{os.path.join(results['output_dir'], 'report.html')}")
+                      f"{os.path.join(results['output_dir'], REPORT_FILE)}")
             else:
                 configurables.evaluate(on_start=gin_utils.write_config)
         except CheckpointError as e:

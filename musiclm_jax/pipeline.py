@@ -37,7 +37,6 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from musiclm_jax.data import synthetic
 from musiclm_jax.evaluation import text_to_music
 from musiclm_jax.evaluation.eval_sets import held_out_prompts
 from musiclm_jax.json_io import write_json
@@ -195,11 +194,7 @@ def _evaluate(ctx: _Context, step: str, done: dict) -> dict:
         for p, (audio, sr) in zip(prompts, clips):
             p["detected"] = eval_sets.detect(audio, sr)
         return {"prompts": prompts}
-    seconds = ctx.options["seconds"]
-    items = [eval_sets.EvalItem(id=f"validation/{p['index']}", caption=p["caption"], sample_rate=rate,
-                                reference=synthetic.render(synthetic.SPLIT_SEEDS["validation"], p["index"],
-                                                           sample_rate=rate, duration_s=seconds).audio,
-                                labels=p["labels"], mentioned=p["mentioned"]) for p in prompts]
+    items = [eval_sets.synthetic_item(p, ctx.options["seconds"], rate) for p in prompts]
     mulan = MuLanEmbedder.from_model_dir(ctx.dirs["mulan"])
     classifier = text_to_music.SyntheticAttributeClassifier(os.path.join(ctx.model_dir, "attribute_classifier"),
                                                             **CLASSIFIER[ctx.size])
@@ -326,7 +321,8 @@ def _summary(model_dir: str, size: str, done: Mapping[str, dict]) -> dict:
         },
         "wavs": [p["wav"] for p in prompts],
         "pngs": [p["png"] for p in prompts],
-        "report": m["evaluate"].get("output_dir") and os.path.join(m["evaluate"]["output_dir"], "report.html"),
+        "report": m["evaluate"].get("output_dir") and os.path.join(m["evaluate"]["output_dir"],
+                                                                   text_to_music.REPORT_FILE),
         "prompts": [{"caption": p["caption"], "labels": p["labels"], "detected": p.get("detected"),
                      "wav": p["wav"]} for p in prompts],
     }

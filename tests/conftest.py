@@ -36,6 +36,9 @@ def musiclm_model_dirs(tmp_path_factory, tokenizer_model_dirs):
     return musiclm_dirs(tmp_path_factory.mktemp("musiclm_models"), tokenizer_model_dirs)
 
 
+PIPELINE_SECONDS = 1.0
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory):
     """`musiclm pipeline` at the tiny sizes, run once per session: (model directory, summary).
@@ -45,6 +48,3 @@ def tiny_pipeline(tmp_path_factory):
     model_dir = str(tmp_path_factory.mktemp("pipeline"))
     return model_dir, pipeline.run_pipeline(model_dir=model_dir, size="tiny", seconds=PIPELINE_SECONDS, num_prompts=2,
                                             train_captions_checked=64)
-
-
-PIPELINE_SECONDS = 1.0

@@ -132,17 +132,17 @@ def test_tf_savedmodel_runs_the_bundles_functions(bundle, tmp_path):
     assert len(info["samplers"]) == len(manifest["samplers"])
     loaded = tf.saved_model.load(str(tmp_path / "savedmodel"))
     samplers, decoder = export.read_functions(out, manifest)
-    params = export.load_exported_musiclm(out)
+    model = export.load_exported_musiclm(out)
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 8, size=(3, 7, info["decode_levels"]), dtype=np.int32)  # batch and frames symbolic
     np.testing.assert_allclose(loaded.decode(tf.constant(codes)).numpy(),
-                               np.asarray(decoder.call(params.codec.params, codes)), atol=1e-5)
+                               np.asarray(decoder.call(model.codec.params, codes)), atol=1e-5)
     entry, (sig, fn) = info["samplers"][-1], list(samplers.items())[-1]
     batch = {k: rng.integers(0, 4, size=(2, *shape), dtype=np.int32) for k, shape in entry["features"].items()}
     key = np.asarray(jax.random.key_data(jax.random.key(3)))
     tokens = getattr(loaded, entry["function"])({k: tf.constant(v) for k, v in batch.items()}, tf.constant(key),
                                                 tf.constant(0.7))
     np.testing.assert_array_equal(tokens.numpy(),
-                                  np.asarray(fn.call(params.stages[sig.stage][1], batch, key, np.float32(0.7))))
+                                  np.asarray(fn.call(model.stages[sig.stage][1], batch, key, np.float32(0.7))))
     with pytest.raises(FileExistsError):
         export_tf.export_savedmodel(out, str(tmp_path / "savedmodel"))

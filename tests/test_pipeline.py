@@ -1,5 +1,5 @@
 """`musiclm pipeline` end to end at the tiny sizes: every step runs in order (five models trained
-on the synthetic source, k-means, RVQ, token cache, generation, attribute adherence), the summary
+on the synthetic source, k-means, RVQ, token cache, generation, the text-to-music eval), the summary
 and the music are written, and a rerun skips finished steps (no training again)."""
 import json
 import os
@@ -12,14 +12,9 @@ from musiclm_jax import main, pipeline
 from conftest import PIPELINE_SECONDS as SECONDS
 
 
-@pytest.fixture(scope="module")
-def run(tiny_pipeline):
-    return tiny_pipeline
-
-
 @pytest.mark.slow
-def test_tiny_pipeline_runs_end_to_end(run):
-    model_dir, summary = run
+def test_tiny_pipeline_runs_end_to_end(tiny_pipeline):
+    model_dir, summary = tiny_pipeline
     with open(os.path.join(model_dir, pipeline.SUMMARY_FILE)) as f:
         assert json.load(f) == json.loads(json.dumps(summary))
     assert list(summary["wall_s"]) == list(pipeline.STEPS)
@@ -48,11 +43,16 @@ def test_tiny_pipeline_runs_end_to_end(run):
         assert 0 <= a["accuracy"] <= 1 and a["n"] >= 1
     # references: the detectors on the described held-out pieces and on their codec reconstructions
     assert set(m["adherence_reference"]) == set(adherence) == set(m["adherence_codec_ceiling"])
+    # the text-to-music eval of that music, with its report page
+    t2m = m["text_to_music"]
+    assert {"fad/mulan", "fad_codec/mulan", "kld", "mcc", "mcc_reference", "codec/bitrate_kbps"} <= set(t2m)
+    assert t2m["kld"] >= 0 and -1 <= t2m["mcc"] <= 1
+    assert os.path.exists(summary["report"]) and os.path.dirname(summary["report"]) == os.path.join(model_dir, "eval")
 
 
 @pytest.mark.slow
-def test_rerun_resumes_without_training_again(run, capsys):
-    model_dir, first = run
+def test_rerun_resumes_without_training_again(tiny_pipeline, capsys):
+    model_dir, first = tiny_pipeline
     checkpoints = {name: sorted(os.listdir(os.path.join(model_dir, name, "checkpoints")))
                    for name in ("codec", "w2v_bert", "mulan", "semantic_stage", "coarse_stage", "fine_stage")}
     markers = {s: os.path.getmtime(pipeline.marker_path(model_dir, s)) for s in pipeline.STEPS}

@@ -73,16 +73,20 @@ def held_out_prompts(num_prompts: int, *, train_examples: int = 0, search: int =
     return [by_combo[combos[i % len(combos)]][i // len(combos)] for i in range(num_prompts)]
 
 
+def synthetic_item(prompt: dict, seconds: float, sample_rate: int) -> EvalItem:
+    """A `held_out_prompts` entry with its validation piece rendered as the reference."""
+    audio = synthetic.render(synthetic.SPLIT_SEEDS["validation"], prompt["index"], sample_rate=sample_rate,
+                             duration_s=seconds).audio
+    return EvalItem(id=f"validation/{prompt['index']}", caption=prompt["caption"], reference=audio,
+                    sample_rate=sample_rate, labels=prompt["labels"], mentioned=prompt["mentioned"])
+
+
 def synthetic_eval_set(num_items: int, seconds: float, *, sample_rate: int = 16000,
                        train_examples: int = 0) -> list[EvalItem]:
     """`held_out_prompts` rendered: the validation pieces themselves are the references."""
     if num_items < 2:
         raise ValueError(f"an eval set needs at least 2 items (FAD fits a covariance), got {num_items}")
-    seed = synthetic.SPLIT_SEEDS["validation"]
-    return [EvalItem(id=f"validation/{p['index']}", caption=p["caption"],
-                     reference=synthetic.render(seed, p["index"], sample_rate=sample_rate, duration_s=seconds).audio,
-                     sample_rate=sample_rate, labels=p["labels"], mentioned=p["mentioned"])
-            for p in held_out_prompts(num_items, train_examples=train_examples)]
+    return [synthetic_item(p, seconds, sample_rate) for p in held_out_prompts(num_items, train_examples=train_examples)]
 
 
 def task_eval_set(task: str, split: str, num_items: int, seconds: float, *,

@@ -68,12 +68,17 @@ def kld(reference: np.ndarray, generated: np.ndarray, eps: float = 1e-8) -> floa
     return float(np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=1)))
 
 
-def mcc(text_embeddings: np.ndarray, audio_embeddings: np.ndarray) -> float:
-    """MuLan cycle consistency: the mean cosine between each caption's text embedding and the
-    audio embedding of the music generated from it."""
+def pair_cosines(text_embeddings: np.ndarray, audio_embeddings: np.ndarray) -> np.ndarray:
+    """Cosine of each caption's text embedding with the audio embedding of its clip: [clips]."""
     t, a = np.asarray(text_embeddings, np.float64), np.asarray(audio_embeddings, np.float64)
     if t.shape != a.shape or t.ndim != 2:
         raise ValueError(f"text and audio embeddings must both be [clips, D], got {t.shape} and {a.shape}")
     t = t / np.linalg.norm(t, axis=1, keepdims=True)
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    return float(np.mean(np.sum(t * a, axis=1)))
+    return np.sum(t * a, axis=1)
+
+
+def mcc(text_embeddings: np.ndarray, audio_embeddings: np.ndarray) -> float:
+    """MuLan cycle consistency: the mean cosine between each caption's text embedding and the
+    audio embedding of the music generated from it."""
+    return float(np.mean(pair_cosines(text_embeddings, audio_embeddings)))

@@ -10,9 +10,11 @@ from __future__ import annotations
 import datetime
 import html
 import os
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional
 
 import numpy as np
+
+REPORT_FILE = "report.html"
 
 # What each headline metric means and which way is better.
 _EXPLAIN = {
@@ -232,7 +234,7 @@ def write_report(output_dir: str, results: Mapping, *, references: np.ndarray, g
     body.append(f"<h2>Samples ({len(samples)} of {results['num_items']})</h2>")
     body.extend(samples)
     body.append(_SCRIPT + "</body></html>")
-    path = os.path.join(output_dir, "report.html")
+    path = os.path.join(output_dir, REPORT_FILE)
     with open(path, "w") as f:
         f.write("\n".join(body))
     return path

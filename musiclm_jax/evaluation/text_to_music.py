@@ -28,11 +28,11 @@ import numpy as np
 
 from musiclm_jax.evaluation import metrics
 from musiclm_jax.evaluation.eval_sets import EvalItem, adherence, detect
+from musiclm_jax.evaluation.report import REPORT_FILE
 from musiclm_jax.json_io import write_json
 from musiclm_jax.training.summaries import log
 
 RESULTS_FILE = "results.json"
-REPORT_FILE = "report.html"
 
 
 def _resample_all(clips: Sequence[np.ndarray], rate: int, target: int) -> list[np.ndarray]:
@@ -138,7 +138,6 @@ def evaluate(output_dir: str, items: Sequence[EvalItem], *, model=None, seconds:
     `model`: a MusicLM (its MuLan and codec serve MCC and the codec metrics unless `mulan` /
     `codec` are given); `embedders`: {name: object with fad_points(clips, sample_rate)};
     `classifier`: an object with `label_distributions` (see register_classifier) for KLD, or None."""
-    from musiclm_jax.audio.io import write_wav
     from musiclm_jax.evaluation import report
 
     items = list(items)
@@ -161,18 +160,17 @@ def evaluate(output_dir: str, items: Sequence[EvalItem], *, model=None, seconds:
     if generated is None:
         generated, scores = generate_for_items(model, items, seconds, seed=seed, settings=settings,
                                                num_candidates=num_candidates, batch_size=batch_size)
-        gen_rate = model.codec.sample_rate
+        rate = model.codec.sample_rate
         elapsed = time.perf_counter() - t0
         results["generation"] = {"wall_s": elapsed, "realtime_factor": len(items) * seconds / elapsed,
                                  "batch_size": batch_size, "num_candidates": num_candidates}
     else:
-        gen_rate = int(generated_sample_rate or ref_rate)
+        rate = int(generated_sample_rate or ref_rate)
     generated = np.asarray(generated, np.float32)
     if generated.ndim != 2 or len(generated) != len(items):
         raise ValueError(f"generated audio must be [{len(items)}, samples], got {generated.shape}")
     # Everything below compares clips at one rate (the generations'), cut to one length.
-    references = _fit_length(_resample_all([i.reference for i in items], ref_rate, gen_rate), generated.shape[1])
-    rate = gen_rate
+    references = _fit_length(_resample_all([i.reference for i in items], ref_rate, rate), generated.shape[1])
 
     coded = None
     if codec is not None:
@@ -180,55 +178,17 @@ def evaluate(output_dir: str, items: Sequence[EvalItem], *, model=None, seconds:
         if codec.sample_rate != rate:
             raise ValueError(f"the codec runs at {codec.sample_rate} Hz, the generations are at {rate} Hz")
         results["codec"], coded = codec_metrics(codec, references)
-
-    results["fad"], results["fad_codec"], points = {}, {}, {}
-    for name, embedder in (embedders or {}).items():
-        log("eval: FAD with the %s embedder", name)
-        ref_points = embedder.fad_points(list(references), rate)
-        gen_points = embedder.fad_points(list(generated), rate)
-        results["fad"][name] = metrics.fad(ref_points, gen_points)
-        points[name] = (ref_points, gen_points)
-        if coded is not None:
-            results["fad_codec"][name] = metrics.fad(ref_points, embedder.fad_points(list(coded), rate))
-
+    points = _fad(results, embedders or {}, references, generated, coded, rate)
     if classifier is not None:
         log("eval: KLD of the attribute classifier's label distributions")
         results["kld"] = kld_by_label_set(classifier, references, generated, rate)
-
     if mulan is not None:
         log("eval: MuLan cycle consistency")
-        text = mulan.embed_text([i.caption for i in items])
-        gen_audio = mulan.embed_audio(_resample_all(generated, rate, mulan.sample_rate))
-        ref_audio = mulan.embed_audio(_resample_all(references, rate, mulan.sample_rate))
-        results["mcc"] = metrics.mcc(text, gen_audio)
-        results["mcc_reference"] = metrics.mcc(text, ref_audio)
-        scores = np.sum(text * gen_audio, axis=1) / (
-            np.linalg.norm(text, axis=1) * np.linalg.norm(gen_audio, axis=1))
-
+        scores = _mcc(results, mulan, [i.caption for i in items], references, generated, rate)
     detected = [detect(a, rate) for a in generated]
-    labelled = [i for i in items if i.labels]
-    if labelled:
-        log("eval: attribute adherence on %d labelled captions", len(labelled))
-        keep = [k for k, i in enumerate(items) if i.labels]
-        results["adherence"] = adherence(labelled, [detected[k] for k in keep])
-        results["adherence_reference"] = adherence(labelled, [detect(references[k], rate) for k in keep])
-        if coded is not None:
-            results["adherence_codec_ceiling"] = adherence(labelled, [detect(coded[k], rate) for k in keep])
-
-    audio_dir = os.path.join(output_dir, "audio")
-    os.makedirs(audio_dir, exist_ok=True)
-    per_item = []
-    for k, item in enumerate(items):
-        row = {"id": item.id, "caption": item.caption, "labels": item.labels, "mentioned": item.mentioned,
-               "detected": detected[k], "generated_wav": os.path.join("audio", f"{k:03d}_generated.wav")}
-        write_wav(os.path.join(output_dir, row["generated_wav"]), generated[k], rate)
-        if k < num_report_samples:
-            row["reference_wav"] = os.path.join("audio", f"{k:03d}_reference.wav")
-            write_wav(os.path.join(output_dir, row["reference_wav"]), references[k], rate)
-        if scores is not None:
-            row["mulan_score"] = float(scores[k])
-        per_item.append(row)
-    results["items"] = per_item
+    _adherence(results, items, detected, references, coded, rate)
+    results["items"] = _write_items(output_dir, items, generated, references, rate, detected, scores,
+                                    num_report_samples)
     results["eval_wall_s"] = time.perf_counter() - t0
 
     write_json(os.path.join(output_dir, RESULTS_FILE), results)
@@ -239,6 +199,68 @@ def evaluate(output_dir: str, items: Sequence[EvalItem], *, model=None, seconds:
     log("eval: %s; report in %s", ", ".join(f"{k} {v:.4g}" for k, v in headline.items()),
         os.path.join(output_dir, REPORT_FILE))
     return results
+
+
+def _fad(results: dict, embedders: Mapping[str, object], references: np.ndarray, generated: np.ndarray,
+         coded: Optional[np.ndarray], rate: int) -> dict:
+    """FAD (and FAD of the codec reconstructions) per embedder into results; returns the
+    embedders' points {name: (references, generated)} for the report's picture."""
+    results["fad"], results["fad_codec"], points = {}, {}, {}
+    for name, embedder in embedders.items():
+        log("eval: FAD with the %s embedder", name)
+        points[name] = (embedder.fad_points(list(references), rate), embedder.fad_points(list(generated), rate))
+        results["fad"][name] = metrics.fad(*points[name])
+        if coded is not None:
+            results["fad_codec"][name] = metrics.fad(points[name][0], embedder.fad_points(list(coded), rate))
+    return points
+
+
+def _mcc(results: dict, mulan, captions: Sequence[str], references: np.ndarray, generated: np.ndarray,
+         rate: int) -> np.ndarray:
+    """MCC of the generations and of the references into results; returns each generation's
+    MuLan score (its cosine with its caption)."""
+    text = mulan.embed_text(list(captions))
+    gen_audio = mulan.embed_audio(_resample_all(generated, rate, mulan.sample_rate))
+    ref_audio = mulan.embed_audio(_resample_all(references, rate, mulan.sample_rate))
+    results["mcc"] = metrics.mcc(text, gen_audio)
+    results["mcc_reference"] = metrics.mcc(text, ref_audio)
+    return metrics.pair_cosines(text, gen_audio)
+
+
+def _adherence(results: dict, items: Sequence[EvalItem], detected: Sequence[dict], references: np.ndarray,
+               coded: Optional[np.ndarray], rate: int) -> None:
+    """Adherence of the generations, the references and their codec reconstructions, over the
+    items whose labels are known."""
+    keep = [k for k, i in enumerate(items) if i.labels]
+    if not keep:
+        return
+    log("eval: attribute adherence on %d labelled captions", len(keep))
+    labelled = [items[k] for k in keep]
+    results["adherence"] = adherence(labelled, [detected[k] for k in keep])
+    results["adherence_reference"] = adherence(labelled, [detect(references[k], rate) for k in keep])
+    if coded is not None:
+        results["adherence_codec_ceiling"] = adherence(labelled, [detect(coded[k], rate) for k in keep])
+
+
+def _write_items(output_dir: str, items: Sequence[EvalItem], generated: np.ndarray, references: np.ndarray,
+                 rate: int, detected: Sequence[dict], scores: Optional[np.ndarray], num_samples: int) -> list[dict]:
+    """Every generation's WAV (and the first `num_samples` references') under output_dir/audio;
+    returns the per-item rows of results.json (paths relative to output_dir)."""
+    from musiclm_jax.audio.io import write_wav
+
+    os.makedirs(os.path.join(output_dir, "audio"), exist_ok=True)
+    rows = []
+    for k, item in enumerate(items):
+        row = {"id": item.id, "caption": item.caption, "labels": item.labels, "mentioned": item.mentioned,
+               "detected": detected[k], "generated_wav": os.path.join("audio", f"{k:03d}_generated.wav")}
+        write_wav(os.path.join(output_dir, row["generated_wav"]), generated[k], rate)
+        if k < num_samples:
+            row["reference_wav"] = os.path.join("audio", f"{k:03d}_reference.wav")
+            write_wav(os.path.join(output_dir, row["reference_wav"]), references[k], rate)
+        if scores is not None:
+            row["mulan_score"] = float(scores[k])
+        rows.append(row)
+    return rows
 
 
 def scalar_metrics(results: Mapping) -> dict[str, float]:
