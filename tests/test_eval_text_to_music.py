@@ -51,11 +51,11 @@ def test_a_perfect_generator_scores_the_references_own_numbers(tmp_path, items, 
     from musiclm_jax.tokenizers.mulan import MuLanEmbedder
 
     mulan = MuLanEmbedder.from_model_dir(musiclm_model_dirs["mulan_dir"])
-    common = dict(mulan=mulan, codec=AcousticTokenizer.from_model_dir(musiclm_model_dirs["soundstream_dir"]),
-                  embedders={"mulan": MuLanAudioEmbedder(mulan)}, generated_sample_rate=CODEC_SR,
+    common = dict(mulan=mulan, embedders={"mulan": MuLanAudioEmbedder(mulan)}, generated_sample_rate=CODEC_SR,
                   classifier=text_to_music.SyntheticAttributeClassifier(None, **CLASSIFIER), num_report_samples=1)
     references = np.stack([i.reference for i in items])
-    same = text_to_music.evaluate(str(tmp_path / "same"), items, generated=references, **common)
+    codec = AcousticTokenizer.from_model_dir(musiclm_model_dirs["soundstream_dir"])
+    same = text_to_music.evaluate(str(tmp_path / "same"), items, generated=references, codec=codec, **common)
     assert same["fad"]["mulan"] == pytest.approx(0.0, abs=1e-4)
     assert same["kld"]["mean"] == pytest.approx(0.0, abs=1e-6)
     assert same["mcc"] == pytest.approx(same["mcc_reference"])
