@@ -517,12 +517,25 @@ class SyntheticExample(Example):
     score: Optional[Score] = None  # what the audio was rendered from (frame-level pitch labels)
 
 
+def labels_of(seed: int, index: int) -> dict:
+    """The labels of example `index` of the stream `seed`, without sampling its score."""
+    return sample_labels(_rng(seed, index))
+
+
+def labels_of_id(example_id: str) -> dict:
+    """The labels of a rendered example from its id, 'synthetic-<seed>-<index>' (as `render` names it)."""
+    prefix, seed, index = example_id.rsplit("-", 2)
+    if prefix != "synthetic":
+        raise ValueError(f"{example_id!r} is not a synthetic example id ('synthetic-<seed>-<index>')")
+    return labels_of(int(seed), int(index))
+
+
 def caption_of(seed: int, index: int) -> str:
     """The caption of example `index` of the stream `seed` without sampling the score or rendering
     audio: `sample_score` draws the labels first from `_rng(seed, index)`, so they are known from
     that draw alone, and the caption has its own stream. Equals `render(seed, index).caption` at
     any sample rate and duration."""
-    return caption_for(sample_labels(_rng(seed, index)), _rng(seed, index, stream=1))
+    return caption_for(labels_of(seed, index), _rng(seed, index, stream=1))
 
 
 def render(seed: int, index: int, *, sample_rate: int = 16000, duration_s: float = 10.0) -> SyntheticExample:

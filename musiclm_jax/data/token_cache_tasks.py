@@ -117,6 +117,15 @@ def _parse_fn(cache_dir: str, split: str):
     return parse, info["num_shards"]
 
 
+def read_cache(cache_dir: str, split: str):
+    """Every cached clip of `split`, whole and uncropped, as dicts of numpy arrays (captions and
+    ids as str), in shard order: for analyses of the tokens outside a seqio task."""
+    parse, num_shards = _parse_fn(cache_dir, split)
+    files = [shard_path(cache_dir, split, i, num_shards) for i in range(num_shards)]
+    for ex in tf.data.TFRecordDataset(files).map(parse).as_numpy_iterator():
+        yield {k: v.decode() if isinstance(v, bytes) else v for k, v in ex.items()}
+
+
 def _crop_at(ex: dict, start, seconds: int, rates: dict, mulan_windows: Optional[dict] = None) -> dict:
     out = dict(ex)
     for key, rate in rates.items():

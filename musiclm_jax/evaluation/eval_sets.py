@@ -59,7 +59,7 @@ def held_out_prompts(num_prompts: int, *, train_examples: int = 0, search: int =
     combos = [("low", True), ("mid", False), ("high", True), ("low", False), ("mid", True), ("high", False)]
     by_combo: dict = {c: [] for c in combos}
     for index in range(search):
-        labels = synthetic.sample_labels(np.random.default_rng([seed, index, 0]))
+        labels = synthetic.labels_of(seed, index)
         caption = synthetic.caption_of(seed, index)
         mentioned = mentioned_attributes(labels, (seed, index, 1))
         if {"register", "drums"} <= set(mentioned) and caption not in train:

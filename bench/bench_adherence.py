@@ -1,0 +1,219 @@
+"""Does the small pipeline's music follow the prompt? Adherence link by link, with p-values.
+
+For --num_prompts captions of held-out synthetic pieces that state register and drums (balanced
+over the six register x drums combinations), the pipeline's models generate --seconds of music,
+and each attribute is checked at every link of the chain:
+
+  mulan     the prompt's MuLan text tokens        probe fit on cached audio MuLan tokens
+  semantic  the semantic stage's tokens           probe fit on cached semantic tokens
+  coarse    the coarse stage's acoustic tokens    probe fit on cached coarse acoustic tokens
+  audio     the decoded music                     the DSP attribute detectors (the pipeline's
+                                                  adherence) and the learned attribute classifier
+
+(probes: evaluation/token_probes.py, logistic regressions on token statistics of the labelled
+training clips in the pipeline's token cache). Beside each link, the same measurement on the
+held-out pieces themselves (their real tokens; their audio; their codec reconstruction) is that
+link's ceiling. Every accuracy has a one-sided binomial p-value against uniform chance.
+
+    python bench/bench_adherence.py --pipeline_dir=/tmp/musiclm           # a finished pipeline
+    python bench/bench_adherence.py --pipeline_dir=/tmp/adherence --train  # trains it first
+
+--train runs (or resumes) `musiclm pipeline` with the longer training of ADHERENCE_BINDINGS,
+which the 20-minute main job has no time for. Writes adherence.json and adherence_links.png
+into --pipeline_dir/adherence_bench.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from machine import machine, table  # noqa: E402  (bench/machine.py)
+
+ATTRIBUTES = ("register", "drums")
+# Longer training than the main job's (pipeline/small/*.gin): the codec's reconstructions must
+# keep register, the stages need more clips and steps to carry the MuLan condition.
+ADHERENCE_BINDINGS = {
+    "codec": ["TRAIN_STEPS = 2500", "EVAL_PERIOD = 500"],
+    "precompute": ["pipeline_clips/SyntheticSource.num_examples = 1280", "PRECOMPUTE_SHARDS = 8"],
+    "semantic_stage": ["TRAIN_STEPS = 1000", "EVAL_PERIOD = 1000"],
+    "coarse_stage": ["TRAIN_STEPS = 800", "EVAL_PERIOD = 800"],
+}
+
+
+def binomial_p(successes: int, n: int, chance: float) -> float:
+    from scipy.stats import binomtest
+
+    return float(binomtest(successes, n, chance, alternative="greater").pvalue)
+
+
+def score(prompts: list[dict], predicted: list[dict]) -> dict:
+    """{attribute: accuracy, n, chance, p} of predicted labels against the prompts' labels."""
+    from musiclm_jax.data import synthetic
+
+    out = {}
+    for attr in ATTRIBUTES:
+        hits = [str(pred[attr]) == str(p["labels"][attr]) for p, pred in zip(prompts, predicted)]
+        chance = 1.0 / len(synthetic.LABEL_VALUES[attr])
+        out[attr] = {"accuracy": float(np.mean(hits)), "n": len(hits), "chance": chance,
+                     "p": binomial_p(int(np.sum(hits)), len(hits), chance)}
+    return out
+
+
+def training_tokens(cache_dir: str) -> tuple[dict, list[dict], dict]:
+    """The token cache's train split: ({stream: tokens}, labels per clip, codebook sizes)."""
+    from musiclm_jax.data import synthetic, token_cache_tasks
+
+    clips = list(token_cache_tasks.read_cache(cache_dir, "train"))
+    meta = token_cache_tasks.load_cache_meta(cache_dir)
+    frames = {k: min(len(c[f"{k}_tokens"]) for c in clips) for k in ("semantic", "acoustic")}
+    tokens = {"mulan": np.stack([c["mulan_tokens"] for c in clips]),
+              "semantic": np.stack([c["semantic_tokens"][:frames["semantic"]] for c in clips]),
+              "acoustic": np.stack([c["acoustic_tokens"][:frames["acoustic"]] for c in clips])}
+    return tokens, [synthetic.labels_of_id(c["id"]) for c in clips], meta["codebook_sizes"]
+
+
+def reference_tokens(model, semantic_tokenizer, audio: np.ndarray) -> dict:
+    """The held-out pieces' own tokens from the pipeline's three tokenizers."""
+    return {"mulan": np.asarray(model.mulan.audio_tokens(audio)),
+            "semantic": np.asarray(semantic_tokenizer.tokenize(audio)),
+            "acoustic": np.asarray(model.codec.encode(audio))}
+
+
+def generate(model, prompts: list[dict], seconds: float, batch: int, seed: int) -> dict:
+    """Generated tokens and audio for the prompts, in batches."""
+    parts = []
+    for i in tqdm(range(0, len(prompts), batch), desc="generate", unit="batch"):
+        g = model.generate([p["caption"] for p in prompts[i:i + batch]], seconds, seed=seed + i)
+        parts.append({"mulan": g.mulan_tokens, "semantic": g.semantic_tokens, "acoustic": g.acoustic_tokens,
+                      "audio": g.audio})
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(ATTRIBUTES), figsize=(5.5 * len(ATTRIBUTES), 3.6), sharey=True)
+    for ax, attr in zip(np.atleast_1d(axes), ATTRIBUTES):
+        x = np.arange(len(rows))
+        ax.bar(x - 0.2, [r[f"{attr}_ref"] for r in rows], 0.4, label="held-out pieces (ceiling)", color="#bbb")
+        ax.bar(x + 0.2, [r[f"{attr}_gen"] for r in rows], 0.4, label="generated from the prompt", color="#2a6")
+        ax.axhline(rows[0][f"{attr}_chance"], color="k", ls="--", lw=1, label="chance")
+        ax.set_xticks(x, [r["link"] for r in rows], rotation=20, fontsize=8)
+        ax.set_title(attr)
+        ax.set_ylim(0, 1)
+    np.atleast_1d(axes)[0].set_ylabel("accuracy")
+    np.atleast_1d(axes)[0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pipeline_dir", required=True)
+    parser.add_argument("--train", action="store_true", help="run/resume the pipeline with ADHERENCE_BINDINGS first")
+    parser.add_argument("--num_prompts", type=int, default=96)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    from musiclm_jax import pipeline
+    from musiclm_jax.evaluation import eval_sets, text_to_music, token_probes
+    from musiclm_jax.generate import load_musiclm
+    from musiclm_jax.json_io import write_json
+    from musiclm_jax.tokenizers.semantic import SemanticTokenizer
+
+    d = os.path.abspath(args.pipeline_dir)
+    t0 = time.perf_counter()
+    if args.train:
+        pipeline.run_pipeline(model_dir=d, size="small", num_prompts=24, step_bindings=ADHERENCE_BINDINGS)
+    train_wall = time.perf_counter() - t0
+    dirs = {k: os.path.join(d, v) for k, v in pipeline.DIRS.items()}
+    model = load_musiclm(mulan_dir=dirs["mulan"], semantic_stage_dir=dirs["semantic_stage"],
+                         coarse_stage_dir=dirs["coarse_stage"], fine_stage_dir=dirs["fine_stage"],
+                         soundstream_dir=dirs["codec"])
+    semantic_tokenizer = SemanticTokenizer.from_model_dir(dirs["w2v_bert"])
+    coarse = model.coarse_levels
+
+    # Probes on the training clips' cached tokens (coarse levels only: what the coarse stage makes).
+    tokens, labels, sizes = training_tokens(dirs["tokens"])
+    tokens["acoustic"] = tokens["acoustic"][..., :coarse]
+    probes = token_probes.fit_probes(tokens, labels, codebook_sizes=sizes, attributes=ATTRIBUTES)
+
+    prompts = eval_sets.held_out_prompts(args.num_prompts, train_examples=2000)
+    sr = model.codec.sample_rate
+    reference = np.stack([eval_sets.synthetic_item(p, args.seconds, sr).reference for p in prompts])
+    t1 = time.perf_counter()
+    gen = generate(model, prompts, args.seconds, args.batch, args.seed)
+    gen_wall = time.perf_counter() - t1
+    ref_tok = reference_tokens(model, semantic_tokenizer, reference)
+    ref_tok["acoustic"] = ref_tok["acoustic"][..., :coarse]
+    gen["acoustic"] = gen["acoustic"][..., :coarse]
+    codec_audio = np.asarray(model.codec.decode(model.codec.encode(reference), num_samples=reference.shape[1]))
+
+    probe_gen = token_probes.predict(probes, gen)
+    probe_ref = token_probes.predict(probes, ref_tok)
+    detect = lambda clips: [eval_sets.detect(a, sr) for a in tqdm(clips, desc="detectors", unit="clip")]  # noqa: E731
+    classifier = text_to_music.SyntheticAttributeClassifier(os.path.join(d, "attribute_classifier"),
+                                                            **pipeline.CLASSIFIER["small"])
+
+    def classify(clips):
+        dists = classifier.label_distributions(clips, sr)
+        values = {a: classifier.config.classes[classifier.config.attributes.index(a)] for a in ATTRIBUTES}
+        return [{a: values[a][int(dists[a][i].argmax())] for a in ATTRIBUTES} for i in range(len(clips))]
+
+    links = [
+        ("MuLan tokens", "text tokens (probe)", probe_gen["mulan"], "audio tokens (probe)", probe_ref["mulan"]),
+        ("semantic tokens", "generated (probe)", probe_gen["semantic"], "real (probe)", probe_ref["semantic"]),
+        ("coarse tokens", "generated (probe)", probe_gen["acoustic"], "real (probe)", probe_ref["acoustic"]),
+        ("audio: detectors", "generated", detect(gen["audio"]), "codec reconstruction", detect(codec_audio)),
+        ("audio: classifier", "generated", classify(gen["audio"]), "codec reconstruction", classify(codec_audio)),
+    ]
+    ceiling_pieces = {"audio: detectors": score(prompts, detect(reference)),
+                      "audio: classifier": score(prompts, classify(reference))}
+    rows, results = [], {}
+    for link, gen_name, gen_pred, ref_name, ref_pred in links:
+        g, r = score(prompts, gen_pred), score(prompts, ref_pred)
+        results[link] = {"generated": g, "reference": r, "generated_what": gen_name, "reference_what": ref_name,
+                         "pieces": ceiling_pieces.get(link)}
+        row = {"link": link}
+        for attr in ATTRIBUTES:
+            row[f"{attr}_gen"] = g[attr]["accuracy"]
+            row[f"{attr}_p"] = g[attr]["p"]
+            row[f"{attr}_ref"] = r[attr]["accuracy"]
+            row[f"{attr}_chance"] = g[attr]["chance"]
+        rows.append(row)
+
+    out_dir = os.path.join(d, "adherence_bench")
+    os.makedirs(out_dir, exist_ok=True)
+    plot(rows, os.path.join(out_dir, "adherence_links.png"))
+    write_json(os.path.join(out_dir, "adherence.json"), {
+        "machine": machine(), "pipeline_dir": d, "num_prompts": len(prompts), "seconds": args.seconds,
+        "train_wall_s": train_wall, "generate_wall_s": gen_wall, "links": results,
+        "probe_train_accuracy": {f"{s}/{a}": p.train_accuracy for (s, a), p in probes.items()},
+        "bindings": ADHERENCE_BINDINGS if args.train else None})
+    print(f"\n{machine()}; {len(prompts)} held-out prompts x {args.seconds:g} s; pipeline {d}")
+    chances = ", ".join(f"{a} {rows[0][a + '_chance']:.2f}" for a in ATTRIBUTES)
+    print(f"gen = generated from the prompt, p = one-sided binomial p against chance ({chances}); "
+          "ref = the held-out pieces' own tokens / codec reconstructions (the link's ceiling)")
+    shown = [{"link": r["link"], **{f"{a} {k}": format(r[f"{a}_{k}"], ".3g" if k == "p" else ".2f")
+                                    for a in ATTRIBUTES for k in ("gen", "p", "ref")}} for r in rows]
+    print(table(shown))
+    for link in ("audio: detectors", "audio: classifier"):
+        print(f"the pieces themselves, {link}: " + ", ".join(
+            f"{a} {ceiling_pieces[link][a]['accuracy']:.2f}" for a in ATTRIBUTES))
+    print(f"\nwrote {out_dir}/adherence.json and adherence_links.png")
+
+
+if __name__ == "__main__":
+    main()
