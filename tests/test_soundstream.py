@@ -3,6 +3,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -231,3 +232,28 @@ def test_eval_media_reaches_tensorboard_and_files(tmp_path, eval_codec):
 
     sheet = matplotlib.image.imread(tmp_path / "media" / "example_0.png")
     assert sheet.shape[0] > 300 and sheet[..., :3].std() > 0.05  # three spectrogram rows, not blank
+
+
+def test_frozen_tokens_trains_only_the_decoder():
+    """Decoder fine-tuning: the encoder and codebooks (hence every token) stay as they were,
+    even with Adam momentum left from earlier training; the decoder learns."""
+    seanet = SEANetConfig(channels=8, strides=(4,), channel_multipliers=(2,), dim=16, dilations=(1,))
+    model = SoundStream(tiny_config(discriminator_start_step=-1, quantizer_dropout=False, frozen_tokens=True,
+                                    discriminators=NO_GAN_DISCRIMINATORS, seanet=seanet))
+    trainer = make_trainer(model, devices=jax.devices()[:1], samples=2000)
+    batches = [clips(i, 8, samples=2000) for i in range(4)]
+    state, _ = run(trainer, batches[:1])  # the first step k-means-initialises the codebooks
+    # As if resumed from ordinary training: non-zero Adam moments for every parameter.
+    state = state.replace(opt_state=jax.tree.map(lambda x: jnp.full_like(x, 0.01) if x.ndim else x, state.opt_state))
+    before = jax.device_get(state.params)
+    audio = clips(9, 4, samples=2000)
+    codes = model.encode(state.params, audio)
+    state, metrics = run(trainer, batches[1:], state=state)
+    after = jax.device_get(state.params)
+    for b, a in ((before["generator"]["encoder"], after["generator"]["encoder"]), (before["codebooks"], after["codebooks"])):
+        for x, y in zip(jax.tree.leaves(b), jax.tree.leaves(a)):
+            np.testing.assert_array_equal(x, y)
+    assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(before["generator"]["decoder"]),
+                                                        jax.tree.leaves(after["generator"]["decoder"])))
+    np.testing.assert_array_equal(codes, model.encode(state.params, audio))
+    assert np.isfinite(metrics["loss"])

@@ -54,6 +54,10 @@ class SoundStreamConfig:
     # Optimiser overrides per network (fields of OptimizerConfig), e.g. a slower discriminator.
     generator_optimizer: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     discriminator_optimizer: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # Decoder fine-tuning: the encoder and codebooks stay exactly as restored, so every token
+    # already computed with this codec (precompute caches, stages trained on them) stays valid;
+    # only the decoder (and the discriminators) train. Resume a trained codec with it on.
+    frozen_tokens: bool = False
 
     def __post_init__(self):
         if self.adversarial_loss not in ("hinge", "lsgan"):
@@ -165,6 +169,8 @@ class SoundStream(BaseModel):
     # ---- losses --------------------------------------------------------------------------
     def _generator_loss(self, gen_params, params, audio, num_levels, step, sample_rng, with_gan: bool = True):
         cfg = self.config
+        if cfg.frozen_tokens:  # no gradient work for an encoder that will not change
+            gen_params = {**gen_params, "encoder": jax.lax.stop_gradient(gen_params["encoder"])}
         full = {**params, "generator": gen_params}
         latents = self.encode_latents(full, audio)
         q = quantizer.quantize(params["codebooks"], latents, num_active_levels=num_levels, rng=sample_rng)
@@ -259,6 +265,8 @@ class SoundStream(BaseModel):
 
             g_updates, g_opt = optimizers["generator"].update(g_grads, state.opt_state["generator"], params["generator"])
             new_gen = optax.apply_updates(params["generator"], g_updates)
+            if cfg.frozen_tokens:  # Adam's momentum would still move it
+                new_gen = {**new_gen, "encoder": params["generator"]["encoder"]}
             d_updates, d_opt = optimizers["discriminator"].update(
                 d_grads, state.opt_state["discriminator"], params["discriminator"])
             new_disc = optax.apply_updates(params["discriminator"], d_updates)
@@ -273,6 +281,8 @@ class SoundStream(BaseModel):
             vectors = math.prod(q.codes.shape[:-1])
             threshold = cfg.dead_code_fraction * vectors / cfg.codebook_size
             new_cb, dead = quantizer.restart_dead_codes(new_cb, q.samples, r_restart, threshold=threshold)
+            if cfg.frozen_tokens:
+                new_cb = codebooks
 
             new_state = state.replace(
                 step=state.step + 1,
