@@ -18,14 +18,19 @@ link's ceiling. Every accuracy has a one-sided binomial p-value against uniform 
     python bench/bench_adherence.py --pipeline_dir=/tmp/musiclm           # a finished pipeline
     python bench/bench_adherence.py --pipeline_dir=/tmp/adherence --train  # trains it first
 
---train runs (or resumes) `musiclm pipeline` with the longer training of ADHERENCE_BINDINGS,
-which the 20-minute main job has no time for. Writes adherence.json and adherence_links.png
-into --pipeline_dir/adherence_bench.
+--train first runs (or resumes) `musiclm pipeline` with the longer stage training of
+ADHERENCE_BINDINGS, then fine-tunes the codec's decoder (DECODER_FINETUNE: encoder and codebooks
+frozen, so the token cache and the stages stay valid) into D/codec_decoder_finetuned; the music
+is decoded with that decoder when it exists (--codec_dir overrides). The 20-minute main job has
+no time for either. Writes adherence.json and adherence_links.png into D/adherence_bench.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -36,14 +41,27 @@ from tqdm import tqdm  # noqa: E402
 from machine import machine, table  # noqa: E402  (bench/machine.py)
 
 ATTRIBUTES = ("register", "drums")
-# Longer training than the main job's (pipeline/small/*.gin): the codec's reconstructions must
-# keep register, the stages need more clips and steps to carry the MuLan condition.
-ADHERENCE_BINDINGS = {
-    "codec": ["TRAIN_STEPS = 2500", "EVAL_PERIOD = 500"],
-    "precompute": ["pipeline_clips/SyntheticSource.num_examples = 1280", "PRECOMPUTE_SHARDS = 8"],
-    "semantic_stage": ["TRAIN_STEPS = 1000", "EVAL_PERIOD = 1000"],
-    "coarse_stage": ["TRAIN_STEPS = 800", "EVAL_PERIOD = 800"],
-}
+# Longer stage training than the main job's (pipeline/small/*.gin, 200 steps each): the stages
+# need it to carry the MuLan condition.
+ADHERENCE_BINDINGS = {"semantic_stage": ["TRAIN_STEPS = 1000"], "coarse_stage": ["TRAIN_STEPS = 800"]}
+# The main job's codec (1,000 steps) keeps too little pitch for register to survive decoding;
+# its decoder trains on to this many steps with a decaying learning rate, tokens unchanged.
+DECODER_FINETUNE = ["TRAIN_STEPS = 3500", "EVAL_PERIOD = 500", "SoundStreamConfig.frozen_tokens = True",
+                    "OptimizerConfig.schedule = 'cosine'"]
+FINETUNED_CODEC = "codec_decoder_finetuned"
+
+
+def finetune_decoder(pipeline_dir: str) -> str:
+    """Trains (or resumes) D/codec's decoder into D/codec_decoder_finetuned with `musiclm train`."""
+    out = os.path.join(pipeline_dir, FINETUNED_CODEC)
+    if not os.path.exists(out):
+        shutil.copytree(os.path.join(pipeline_dir, "codec"), out + ".tmp")
+        os.replace(out + ".tmp", out)
+    cmd = [sys.executable, "-m", "musiclm_jax.main", "train", "--gin_file=pipeline/small/codec.gin",
+           f"--gin.MODEL_DIR={out!r}"] + [f"--gin.{b.replace(' ', '')}" for b in DECODER_FINETUNE]
+    print("decoder fine-tuning:", " ".join(cmd[2:]), flush=True)
+    subprocess.run(cmd, check=True)
+    return out
 
 
 def binomial_p(successes: int, n: int, chance: float) -> float:
@@ -125,6 +143,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--codec_dir", help="decode with this codec (same tokens as D/codec); default "
+                        f"D/{FINETUNED_CODEC} when it exists, else D/codec")
     args = parser.parse_args()
 
     from musiclm_jax import pipeline
@@ -137,11 +157,13 @@ def main() -> None:
     t0 = time.perf_counter()
     if args.train:
         pipeline.run_pipeline(model_dir=d, size="small", num_prompts=24, step_bindings=ADHERENCE_BINDINGS)
+        finetune_decoder(d)
     train_wall = time.perf_counter() - t0
     dirs = {k: os.path.join(d, v) for k, v in pipeline.DIRS.items()}
+    codec_dir = args.codec_dir or next(c for c in (os.path.join(d, FINETUNED_CODEC), dirs["codec"]) if os.path.isdir(c))
     model = load_musiclm(mulan_dir=dirs["mulan"], semantic_stage_dir=dirs["semantic_stage"],
                          coarse_stage_dir=dirs["coarse_stage"], fine_stage_dir=dirs["fine_stage"],
-                         soundstream_dir=dirs["codec"])
+                         soundstream_dir=codec_dir)
     semantic_tokenizer = SemanticTokenizer.from_model_dir(dirs["w2v_bert"])
     coarse = model.coarse_levels
 
@@ -198,11 +220,12 @@ def main() -> None:
     os.makedirs(out_dir, exist_ok=True)
     plot(rows, os.path.join(out_dir, "adherence_links.png"))
     write_json(os.path.join(out_dir, "adherence.json"), {
-        "machine": machine(), "pipeline_dir": d, "num_prompts": len(prompts), "seconds": args.seconds,
+        "machine": machine(), "pipeline_dir": d, "codec_dir": codec_dir, "num_prompts": len(prompts),
+        "seconds": args.seconds,
         "train_wall_s": train_wall, "generate_wall_s": gen_wall, "links": results,
         "probe_train_accuracy": {f"{s}/{a}": p.train_accuracy for (s, a), p in probes.items()},
-        "bindings": ADHERENCE_BINDINGS if args.train else None})
-    print(f"\n{machine()}; {len(prompts)} held-out prompts x {args.seconds:g} s; pipeline {d}")
+        "bindings": {"pipeline": ADHERENCE_BINDINGS, "decoder_finetune": DECODER_FINETUNE} if args.train else None})
+    print(f"\n{machine()}; {len(prompts)} held-out prompts x {args.seconds:g} s; pipeline {d}; codec {codec_dir}")
     chances = ", ".join(f"{a} {rows[0][a + '_chance']:.2f}" for a in ATTRIBUTES)
     print(f"gen = generated from the prompt, p = one-sided binomial p against chance ({chances}); "
           "ref = the held-out pieces' own tokens / codec reconstructions (the link's ceiling)")
