@@ -55,6 +55,7 @@ def finetune_decoder(pipeline_dir: str) -> str:
     """Trains (or resumes) D/codec's decoder into D/codec_decoder_finetuned with `musiclm train`."""
     out = os.path.join(pipeline_dir, FINETUNED_CODEC)
     if not os.path.exists(out):
+        shutil.rmtree(out + ".tmp", ignore_errors=True)  # left by an interrupted copy
         shutil.copytree(os.path.join(pipeline_dir, "codec"), out + ".tmp")
         os.replace(out + ".tmp", out)
     cmd = [sys.executable, "-m", "musiclm_jax.main", "train", "--gin_file=pipeline/small/codec.gin",
@@ -71,15 +72,15 @@ def binomial_p(successes: int, n: int, chance: float) -> float:
 
 
 def score(prompts: list[dict], predicted: list[dict]) -> dict:
-    """{attribute: accuracy, n, chance, p} of predicted labels against the prompts' labels."""
-    from musiclm_jax.data import synthetic
+    """eval_sets.adherence of predicted labels for ATTRIBUTES (accuracy, n, chance, shuffled
+    chance), plus p: the one-sided binomial p-value of the accuracy against uniform chance."""
+    from musiclm_jax.evaluation import eval_sets
 
-    out = {}
-    for attr in ATTRIBUTES:
-        hits = [str(pred[attr]) == str(p["labels"][attr]) for p, pred in zip(prompts, predicted)]
-        chance = 1.0 / len(synthetic.LABEL_VALUES[attr])
-        out[attr] = {"accuracy": float(np.mean(hits)), "n": len(hits), "chance": chance,
-                     "p": binomial_p(int(np.sum(hits)), len(hits), chance)}
+    items = [{"labels": p["labels"], "mentioned": [a for a in ATTRIBUTES if a in p["mentioned"]]} for p in prompts]
+    typed = [{a: {"True": True, "False": False}.get(pred[a], pred[a]) for a in ATTRIBUTES} for pred in predicted]
+    out = eval_sets.adherence(items, typed)
+    for a in out.values():
+        a["p"] = binomial_p(int(round(a["accuracy"] * a["n"])), a["n"], a["chance"])
     return out
 
 
@@ -96,11 +97,16 @@ def training_tokens(cache_dir: str) -> tuple[dict, list[dict], dict]:
     return tokens, [synthetic.labels_of_id(c["id"]) for c in clips], meta["codebook_sizes"]
 
 
-def reference_tokens(model, semantic_tokenizer, audio: np.ndarray) -> dict:
-    """The held-out pieces' own tokens from the pipeline's three tokenizers."""
-    return {"mulan": np.asarray(model.mulan.audio_tokens(audio)),
-            "semantic": np.asarray(semantic_tokenizer.tokenize(audio)),
-            "acoustic": np.asarray(model.codec.encode(audio))}
+def reference_tokens(model, semantic_tokenizer, audio: np.ndarray, sample_rate: int) -> dict:
+    """The held-out pieces' own tokens from the pipeline's three tokenizers (each at its rate)."""
+    from musiclm_jax.audio.io import resample
+
+    def at(rate):
+        return np.stack([resample(a, sample_rate, rate) for a in audio])
+
+    return {"mulan": np.asarray(model.mulan.audio_tokens(at(model.mulan.sample_rate))),
+            "semantic": np.asarray(semantic_tokenizer.tokenize(at(semantic_tokenizer.sample_rate))),
+            "acoustic": np.asarray(model.codec.encode(at(model.codec.sample_rate)))}
 
 
 def generate(model, prompts: list[dict], seconds: float, batch: int, seed: int) -> dict:
@@ -178,7 +184,7 @@ def main() -> None:
     t1 = time.perf_counter()
     gen = generate(model, prompts, args.seconds, args.batch, args.seed)
     gen_wall = time.perf_counter() - t1
-    ref_tok = reference_tokens(model, semantic_tokenizer, reference)
+    ref_tok = reference_tokens(model, semantic_tokenizer, reference, sr)
     ref_tok["acoustic"] = ref_tok["acoustic"][..., :coarse]
     gen["acoustic"] = gen["acoustic"][..., :coarse]
     codec_audio = np.asarray(model.codec.decode(model.codec.encode(reference), num_samples=reference.shape[1]))

@@ -58,6 +58,9 @@ def train(
         os.path.join(model_dir, "checkpoints"), save_every=checkpoint_period, keep=keep_checkpoints, async_save=async_checkpointing
     )
     latest = ckpt.latest_step()
+    if getattr(getattr(model, "config", None), "frozen_tokens", False) and latest is None and not restore_params_from:
+        raise ValueError(f"frozen_tokens fine-tunes the decoder of a trained codec, but {model_dir} has no "
+                         "checkpoint to resume and restore_params_from is not set")
     start_batch = latest or 0  # one batch per step; checked against the stored position below
     data = BatchIterator(train_dataset_cfg, start_batch=start_batch)
     first = next(data)

@@ -132,14 +132,16 @@ def test_kth_largest_equals_top_k_with_ties_infinities_and_signed_zeros():
     rng = np.random.default_rng(0)
     rows = [rng.normal(size=1028), np.round(rng.normal(size=1028) * 2),  # many ties
             np.concatenate([np.full(1000, -np.inf), rng.normal(size=28)]), np.array([0.0, -0.0, -1.0, 2.0, -0.0, 0.0])]
+    bisect = jax.jit(decoding._kth_largest_by_bisection, static_argnums=1)  # the CPU path on any backend
+    public = jax.jit(decoding.kth_largest, static_argnums=1)
     for row in rows:
         x = jnp.asarray(np.stack([row, -row]), jnp.float32)
         for k in sorted({1, 2, 5, 102, len(row) // 2, len(row)} & set(range(1, len(row) + 1))):
-            want = jax.lax.top_k(x, k)[0][..., -1:]
-            got = jax.jit(decoding.kth_largest, static_argnums=1)(x, k)
-            np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=f"k={k}")
+            want = np.asarray(jax.lax.top_k(x, k)[0][..., -1:])
+            for fn in (bisect, public):  # bit for bit: signed zeros too
+                np.testing.assert_array_equal(np.asarray(fn(x, k)).view(np.uint32), want.view(np.uint32), err_msg=f"k={k}")
     x = jnp.asarray(rng.normal(size=(2, 3, 50)), jnp.bfloat16)  # any leading shape and float dtype
-    np.testing.assert_array_equal(decoding.kth_largest(x, 7), jax.lax.top_k(x, 7)[0][..., -1:])
+    np.testing.assert_array_equal(decoding._kth_largest_by_bisection(x, 7), jax.lax.top_k(x, 7)[0][..., -1:])
 
 
 def test_filter_logits_top_k_top_p():

@@ -234,21 +234,29 @@ def test_eval_media_reaches_tensorboard_and_files(tmp_path, eval_codec):
     assert sheet.shape[0] > 300 and sheet[..., :3].std() > 0.05  # three spectrogram rows, not blank
 
 
-def test_frozen_tokens_trains_only_the_decoder():
+def test_frozen_tokens_trains_only_the_decoder(tmp_path):
     """Decoder fine-tuning: the encoder and codebooks (hence every token) stay as they were,
-    even with Adam momentum left from earlier training; the decoder learns."""
+    even with Adam momentum left from earlier training; the decoder learns. A codec that was
+    never trained is refused."""
+    from musiclm_jax.train import train
+
     seanet = SEANetConfig(channels=8, strides=(4,), channel_multipliers=(2,), dim=16, dilations=(1,))
     model = SoundStream(tiny_config(discriminator_start_step=-1, quantizer_dropout=False, frozen_tokens=True,
                                     discriminators=NO_GAN_DISCRIMINATORS, seanet=seanet))
+    with pytest.raises(ValueError, match="decoder of a trained codec"):
+        train(model=model, model_dir=str(tmp_path / "fresh"), train_steps=1, train_dataset_cfg=None)
     trainer = make_trainer(model, devices=jax.devices()[:1], samples=2000)
-    batches = [clips(i, 8, samples=2000) for i in range(4)]
-    state, _ = run(trainer, batches[:1])  # the first step k-means-initialises the codebooks
-    # As if resumed from ordinary training: non-zero Adam moments for every parameter.
-    state = state.replace(opt_state=jax.tree.map(lambda x: jnp.full_like(x, 0.01) if x.ndim else x, state.opt_state))
+    state = trainer.init_state(trainer.rng(0))
+    # As if trained before: k-means-initialised codebooks and non-zero Adam moments everywhere.
+    kmeans = jax.jit(lambda p, x, r: quantizer.kmeans_init(p["codebooks"], model.encode_latents(p, x), r,
+                                                           iters=model.config.kmeans_iters))
+    codebooks = kmeans(state.params, clips(0, 8, samples=2000), trainer.rng(1))
+    state = state.replace(params={**state.params, "codebooks": codebooks},
+                          opt_state=jax.tree.map(lambda x: jnp.full_like(x, 0.01) if x.ndim else x, state.opt_state))
     before = jax.device_get(state.params)
     audio = clips(9, 4, samples=2000)
     codes = model.encode(state.params, audio)
-    state, metrics = run(trainer, batches[1:], state=state)
+    state, metrics = run(trainer, [clips(i, 8, samples=2000) for i in range(3)], state=state)
     after = jax.device_get(state.params)
     for b, a in ((before["generator"]["encoder"], after["generator"]["encoder"]), (before["codebooks"], after["codebooks"])):
         for x, y in zip(jax.tree.leaves(b), jax.tree.leaves(a)):
@@ -256,4 +264,4 @@ def test_frozen_tokens_trains_only_the_decoder():
     assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(before["generator"]["decoder"]),
                                                         jax.tree.leaves(after["generator"]["decoder"])))
     np.testing.assert_array_equal(codes, model.encode(state.params, audio))
-    assert np.isfinite(metrics["loss"])
+    assert np.isfinite(metrics["loss"]) and float(metrics["dead_codes_l0"]) == 0.0

@@ -68,3 +68,5 @@ def test_labels_of_id_matches_rendered_examples():
     assert synthetic.labels_of_id(ex.id) == synthetic.labels_of(0, 5) == ex.labels
     with pytest.raises(ValueError, match="not a synthetic example id"):
         synthetic.labels_of_id("clip-0-5")
+    with pytest.raises(ValueError, match="not a synthetic example id"):
+        synthetic.labels_of_id("synthetic5")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -524,10 +525,10 @@ def labels_of(seed: int, index: int) -> dict:
 
 def labels_of_id(example_id: str) -> dict:
     """The labels of a rendered example from its id, 'synthetic-<seed>-<index>' (as `render` names it)."""
-    prefix, seed, index = example_id.rsplit("-", 2)
-    if prefix != "synthetic":
+    match = re.fullmatch(r"synthetic-(\d+)-(\d+)", example_id)
+    if not match:
         raise ValueError(f"{example_id!r} is not a synthetic example id ('synthetic-<seed>-<index>')")
-    return labels_of(int(seed), int(index))
+    return labels_of(int(match.group(1)), int(match.group(2)))
 
 
 def caption_of(seed: int, index: int) -> str:

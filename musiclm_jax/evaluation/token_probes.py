@@ -17,24 +17,28 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-# Stream -> how a clip's tokens become a feature vector.
+# The token streams a probe reads (see `features` for how each becomes a feature vector).
 STREAMS = ("mulan", "semantic", "acoustic")
 
 
 def features(stream: str, tokens: np.ndarray, codebook_size: int) -> np.ndarray:
-    """[clips, dims] features of `tokens`: MuLan [clips, levels] -> one-hot per level; semantic
-    [clips, frames] -> code histogram; acoustic [clips, frames, levels] -> a histogram per level."""
+    """[clips, dims] float32 features of `tokens`: MuLan [clips, levels] -> one-hot per level;
+    semantic [clips, frames] -> code histogram; acoustic [clips, frames, levels] -> a histogram
+    per level (counted, so memory is clips x levels x codes at any codebook size)."""
     tokens = np.asarray(tokens)
+    if stream not in STREAMS:
+        raise ValueError(f"unknown stream {stream!r}; streams: {STREAMS}")
     if tokens.size and (tokens.min() < 0 or tokens.max() >= codebook_size):
         raise ValueError(f"{stream} tokens must lie in [0, {codebook_size}), got [{tokens.min()}, {tokens.max()}]")
     if stream == "mulan":
-        return np.eye(codebook_size, dtype=np.float32)[tokens].reshape(len(tokens), -1)
-    if stream == "semantic":
+        tokens = tokens[:, None, :]  # one "frame" per clip: the histogram is the one-hot code
+    elif stream == "semantic":
         tokens = tokens[..., None]
-    elif stream != "acoustic":
-        raise ValueError(f"unknown stream {stream!r}; streams: {STREAMS}")
-    onehot = np.eye(codebook_size, dtype=np.float32)[tokens]  # [clips, frames, levels, codes]
-    return onehot.mean(axis=1).reshape(len(tokens), -1)
+    clips, frames, levels = tokens.shape
+    # A code's bin: (clip, level, code) flattened; bincount counts them in one pass.
+    bins = (np.arange(clips)[:, None, None] * levels + np.arange(levels)) * codebook_size + tokens
+    counts = np.bincount(bins.ravel(), minlength=clips * levels * codebook_size)
+    return (counts.reshape(clips, levels * codebook_size) / frames).astype(np.float32)
 
 
 @dataclasses.dataclass
@@ -70,8 +74,9 @@ def fit_probes(tokens: Mapping[str, np.ndarray], labels: Sequence[Mapping], *, c
 
 
 def predict(probes: Mapping[tuple[str, str], Probe], tokens: Mapping[str, np.ndarray]) -> dict[str, list[dict]]:
-    """{stream: per clip {attribute: predicted label}} for the streams in `tokens` with probes;
-    labels come back typed as the synthetic source's (drums as bool)."""
+    """{stream: per clip {attribute: predicted label}} for the streams in `tokens` with probes.
+    Probes compare labels as strings; 'True' / 'False' come back as bools (the synthetic
+    source's drums), every other label as a string."""
     out: dict[str, list[dict]] = {}
     for (stream, attr), probe in probes.items():
         if stream not in tokens:

@@ -56,7 +56,8 @@ class SoundStreamConfig:
     discriminator_optimizer: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     # Decoder fine-tuning: the encoder and codebooks stay exactly as restored, so every token
     # already computed with this codec (precompute caches, stages trained on them) stays valid;
-    # only the decoder (and the discriminators) train. Resume a trained codec with it on.
+    # only the decoder (and the discriminators) train. Needs a trained codec: resume its
+    # MODEL_DIR or start from it with train's restore_params_from.
     frozen_tokens: bool = False
 
     def __post_init__(self):
@@ -246,12 +247,14 @@ class SoundStream(BaseModel):
             audio = batch["audio"]
             params = state.params
             codebooks = params["codebooks"]
-            # k-means initialisation of the codebooks from the first batch's latents.
-            codebooks = jax.lax.cond(
-                codebooks["initialized"] < 0.5,
-                lambda cb: quantizer.kmeans_init(
-                    cb, jax.lax.stop_gradient(self.encode_latents(params, audio)), r_kmeans, iters=cfg.kmeans_iters),
-                lambda cb: cb, codebooks)
+            # k-means initialisation of the codebooks from the first batch's latents (frozen
+            # tokens: the restored codebooks are used as they are).
+            if not cfg.frozen_tokens:
+                codebooks = jax.lax.cond(
+                    codebooks["initialized"] < 0.5,
+                    lambda cb: quantizer.kmeans_init(
+                        cb, jax.lax.stop_gradient(self.encode_latents(params, audio)), r_kmeans, iters=cfg.kmeans_iters),
+                    lambda cb: cb, codebooks)
             params = {**params, "codebooks": codebooks}
             levels = quantizer.quantizer_dropout_levels(r_levels, cfg.num_levels) if cfg.quantizer_dropout else None
 
@@ -277,12 +280,13 @@ class SoundStream(BaseModel):
             d_opt = keep(d_opt, state.opt_state["discriminator"])
 
             # Codebooks: EMA of assignments, then restart the codes that fell out of use.
-            new_cb = quantizer.ema_update(codebooks, q.counts, q.sums, decay=cfg.ema_decay)
-            vectors = math.prod(q.codes.shape[:-1])
-            threshold = cfg.dead_code_fraction * vectors / cfg.codebook_size
-            new_cb, dead = quantizer.restart_dead_codes(new_cb, q.samples, r_restart, threshold=threshold)
             if cfg.frozen_tokens:
-                new_cb = codebooks
+                new_cb, dead = codebooks, jnp.zeros((cfg.num_levels,), jnp.int32)
+            else:
+                new_cb = quantizer.ema_update(codebooks, q.counts, q.sums, decay=cfg.ema_decay)
+                vectors = math.prod(q.codes.shape[:-1])
+                threshold = cfg.dead_code_fraction * vectors / cfg.codebook_size
+                new_cb, dead = quantizer.restart_dead_codes(new_cb, q.samples, r_restart, threshold=threshold)
 
             new_state = state.replace(
                 step=state.step + 1,
