@@ -27,6 +27,7 @@ INSTALL_REQUIRES = [
     "librosa>=0.11,<0.12",
     "soundfile>=0.13",  # libsndfile >= 1.1 decodes mp3 too
     "scipy>=1.11",
+    "scikit-learn>=1.5,<2",  # the token probes (evaluation/token_probes.py); librosa needs it too
     "numpy>=2.0,<3",
     "tqdm>=4.66",
     "absl-py>=2.1",
