@@ -144,7 +144,7 @@ def plot(rows: list[dict], path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline_dir", required=True)
-    parser.add_argument("--train", action="store_true", help="run/resume the pipeline with ADHERENCE_BINDINGS first")
+    parser.add_argument("--train", action="store_true", help="first run/resume the pipeline with ADHERENCE_BINDINGS, then the decoder fine-tune")
     parser.add_argument("--num_prompts", type=int, default=96)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--batch", type=int, default=16)

@@ -44,8 +44,8 @@ def test_probes_read_attributes_from_tokens_and_not_from_noise():
     # Tokens that carry no attribute: the probes fall to about chance on new clips.
     noise, noise_labels = _clips(np.random.default_rng(2), 240, informative=False)
     probes = token_probes.fit_probes(noise, noise_labels, codebook_sizes=SIZES, attributes=("register",))
-    predicted = token_probes.predict(probes, _clips(np.random.default_rng(3), 300, informative=False)[0])
-    fresh_labels = _clips(np.random.default_rng(3), 300, informative=False)[1]
+    fresh, fresh_labels = _clips(np.random.default_rng(3), 300, informative=False)
+    predicted = token_probes.predict(probes, fresh)
     assert all(_accuracy(predicted[s], fresh_labels, "register") < 0.5 for s in SIZES)
 
 
