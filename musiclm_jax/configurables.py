@@ -4,7 +4,7 @@ The library is gin-free; everything gin may bind is named here, type-checked whe
 """
 from musiclm_jax import aot, eval as eval_lib, gin_utils, inspect_data, train as train_lib
 from musiclm_jax.data import audio_tasks, pipeline, sources, synthetic, text_vocab
-from musiclm_jax.models import gin_registry  # model configurables (and the optimizer)
+from musiclm_jax import gin_registry  # model configurables (and the optimizer)
 from musiclm_jax.training import partitioning
 
 train = gin_utils.register(train_lib.train, "train")

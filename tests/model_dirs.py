@@ -34,7 +34,7 @@ def gin_model(model_gin, name, bindings=()):
     import gin
 
     from musiclm_jax import gin_utils
-    from musiclm_jax.models import gin_registry
+    from musiclm_jax import gin_registry
 
     gin.clear_config()
     try:

@@ -275,7 +275,7 @@ def test_paper_config_sizes():
     import gin
 
     from musiclm_jax import gin_utils
-    from musiclm_jax.models import gin_registry
+    from musiclm_jax import gin_registry
     from musiclm_jax.nn.transformer import count_params
 
     gin.clear_config()

@@ -16,7 +16,7 @@ def tiny_w2v_bert() -> W2vBert:
     import gin
 
     from musiclm_jax import gin_utils
-    from musiclm_jax.models import gin_registry
+    from musiclm_jax import gin_registry
 
     gin.clear_config()
     try:

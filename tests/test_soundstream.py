@@ -194,7 +194,7 @@ def eval_codec():
 def test_codec_eval_reports_each_bitrate_and_plots(tmp_path, eval_codec):
     model, trainer, state = eval_codec
     metrics = jax.device_get(trainer.eval_step(state.params, trainer.partitioner.global_batch({"audio": clips(0, 8)})))
-    from musiclm_jax.evaluation.codec import quality_by_levels
+    from musiclm_jax.models.soundstream import quality_by_levels
 
     rows = quality_by_levels(metrics)
     assert [r["levels"] for r in rows] == [1, 2, 4]

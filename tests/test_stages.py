@@ -11,7 +11,7 @@ import pytest
 
 from musiclm_jax import gin_utils
 from musiclm_jax.data.token_tasks import permuted_copy_batch
-from musiclm_jax.models import gin_registry
+from musiclm_jax import gin_registry
 from musiclm_jax.models.base import dummy_batch
 from musiclm_jax.models.stages import StageConfig, StageModel, StreamSpec
 from musiclm_jax.models.token_layout import BOS_ID, NULL_COND_ID, PAD_ID, TokenLayout

@@ -25,7 +25,7 @@ def _gin_model(path: str) -> W2vBert:
     import gin
 
     from musiclm_jax import gin_utils
-    from musiclm_jax.models import gin_registry
+    from musiclm_jax import gin_registry
 
     gin.clear_config()
     try:

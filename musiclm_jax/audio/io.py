@@ -6,8 +6,9 @@ mp3 falls back to `librosa.load`, i.e. audioread, which needs ffmpeg or GStreame
 machine. Only the requested [start_s, end_s] frames are decoded (seek + read), so cropping
 a 10 s MusicCaps clip out of a long track does not decode the track.
 
-Every failure is an `AudioDecodeError` whose `category` is a bad-input category of
-`musiclm_jax.data.bad_input`, so sources can count it without parsing messages.
+Every failure is an `AudioDecodeError` whose `category` is one of the decode-failure
+categories below (which `musiclm_jax.data.bad_input` counts), so sources can count it without
+parsing messages.
 """
 from __future__ import annotations
 
@@ -18,7 +19,15 @@ import struct
 import numpy as np
 import soundfile as sf
 
-from musiclm_jax.data import bad_input
+# Why a file cannot become a clip (the bad-input categories of decoding; data.bad_input counts them).
+CORRUPT = "corrupt"
+TRUNCATED = "truncated"
+EMPTY_FILE = "empty_file"
+SILENT = "silent"
+NON_FINITE = "non_finite"
+UNKNOWN_EXTENSION = "unknown_extension"
+MISSING_FILE = "missing_file"
+SILENT_PEAK = 1e-4  # a clip whose peak is below this is silent
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 _RESAMPLE_TYPE = "soxr_hq"
@@ -26,7 +35,7 @@ _PEAK_CEILING = 1.0
 
 
 class AudioDecodeError(Exception):
-    """A file that cannot become a usable clip; `category` is a bad_input category."""
+    """A file that cannot become a usable clip; `category` is one of the categories above."""
 
     def __init__(self, category: str, path: str | os.PathLike, detail: str):
         self.category = category
@@ -75,11 +84,11 @@ def load_audio(
     channels = frames.shape[1]
     if not np.all(np.isfinite(frames)):
         bad = int(np.size(frames) - np.count_nonzero(np.isfinite(frames)))
-        raise AudioDecodeError(bad_input.NON_FINITE, path, f"{bad} NaN/Inf samples")
+        raise AudioDecodeError(NON_FINITE, path, f"{bad} NaN/Inf samples")
     mono = frames.mean(axis=1, dtype=np.float32) if channels > 1 else frames[:, 0]
     peak = float(np.max(np.abs(mono))) if mono.size else 0.0
-    if peak < bad_input.SILENT_PEAK:
-        raise AudioDecodeError(bad_input.SILENT, path, f"peak {peak:.2e} < {bad_input.SILENT_PEAK:g}")
+    if peak < SILENT_PEAK:
+        raise AudioDecodeError(SILENT, path, f"peak {peak:.2e} < {SILENT_PEAK:g}")
     resampled = file_sr != sample_rate
     if resampled:
         mono = resample(mono, file_sr, sample_rate)
@@ -98,12 +107,12 @@ def load_audio(
 def _check_file(path: str) -> None:
     """The cheap checks that need no decoder: exists, non-empty, known extension."""
     if not os.path.isfile(path):
-        raise AudioDecodeError(bad_input.MISSING_FILE, path, "no such file")
+        raise AudioDecodeError(MISSING_FILE, path, "no such file")
     if os.path.getsize(path) == 0:
-        raise AudioDecodeError(bad_input.EMPTY_FILE, path, "zero-length file")
+        raise AudioDecodeError(EMPTY_FILE, path, "zero-length file")
     ext = os.path.splitext(path)[1].lower()
     if ext not in AUDIO_EXTENSIONS:
-        raise AudioDecodeError(bad_input.UNKNOWN_EXTENSION, path, f"extension {ext!r} not in {AUDIO_EXTENSIONS}")
+        raise AudioDecodeError(UNKNOWN_EXTENSION, path, f"extension {ext!r} not in {AUDIO_EXTENSIONS}")
     if ext == ".wav":
         _check_riff_size(path)
 
@@ -118,7 +127,7 @@ def _check_riff_size(path: str) -> None:
     actual = os.path.getsize(path)
     # Streaming writers leave 0 or 0xFFFFFFFF when they never patch the header.
     if declared not in (8, 0xFFFFFFFF + 8) and actual < declared:
-        raise AudioDecodeError(bad_input.TRUNCATED, path, f"RIFF header declares {declared} bytes, file has {actual}")
+        raise AudioDecodeError(TRUNCATED, path, f"RIFF header declares {declared} bytes, file has {actual}")
 
 
 def _read_frames(path: str, start_s: float | None, end_s: float | None) -> tuple[np.ndarray, int, int]:
@@ -128,7 +137,7 @@ def _read_frames(path: str, start_s: float | None, end_s: float | None) -> tuple
     try:
         f = sf.SoundFile(path)
     except (sf.LibsndfileError, RuntimeError) as e:
-        raise AudioDecodeError(bad_input.CORRUPT, path, f"cannot open: {e}") from e
+        raise AudioDecodeError(CORRUPT, path, f"cannot open: {e}") from e
     with f:
         sr, total = f.samplerate, f.frames
         start, stop = _crop_frames(path, sr, total, start_s, end_s)
@@ -138,10 +147,10 @@ def _read_frames(path: str, start_s: float | None, end_s: float | None) -> tuple
             frames = f.read(stop - start, dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError) as e:
             # libsndfile cannot tell a cut FLAC/OGG stream from a damaged one.
-            raise AudioDecodeError(bad_input.CORRUPT, path, f"decode failed (damaged or truncated stream): {e}") from e
+            raise AudioDecodeError(CORRUPT, path, f"decode failed (damaged or truncated stream): {e}") from e
     if frames.shape[0] < stop - start:
         raise AudioDecodeError(
-            bad_input.TRUNCATED, path, f"decoded {frames.shape[0]} of the {stop - start} frames the header promises")
+            TRUNCATED, path, f"decoded {frames.shape[0]} of the {stop - start} frames the header promises")
     return frames, sr, total
 
 
@@ -153,7 +162,7 @@ def _crop_frames(path: str, sr: int, total: int, start_s: float | None, end_s: f
     if stop > total:
         hint = " (already-cropped files need already_cropped=True)" if start >= total else ""
         raise AudioDecodeError(
-            bad_input.TRUNCATED, path, f"clip needs up to {stop / sr:.2f} s, file has {total / sr:.2f} s{hint}")
+            TRUNCATED, path, f"clip needs up to {stop / sr:.2f} s, file has {total / sr:.2f} s{hint}")
     return start, stop
 
 
@@ -167,10 +176,10 @@ def _read_with_audioread(path: str, start_s: float | None, end_s: float | None) 
         y, sr = librosa.load(path, sr=None, mono=False, offset=offset, duration=duration, dtype=np.float32)
         total = int(round(librosa.get_duration(path=path) * sr))
     except Exception as e:  # audioread raises backend-specific errors
-        raise AudioDecodeError(bad_input.CORRUPT, path, f"audioread could not decode: {e}") from e
+        raise AudioDecodeError(CORRUPT, path, f"audioread could not decode: {e}") from e
     frames = np.atleast_2d(y).T
     if end_s is not None and frames.shape[0] < int(round(duration * sr)):
-        raise AudioDecodeError(bad_input.TRUNCATED, path,
+        raise AudioDecodeError(TRUNCATED, path,
                                f"clip needs up to {end_s:.2f} s, file has {total / sr:.2f} s")
     return np.ascontiguousarray(frames), int(sr), total
 

@@ -1,12 +1,13 @@
-"""Log-mel spectrogram sheets: one row per clip, for people who would rather look than read.
+"""Pictures for people who would rather look than read.
 
-Used by `musiclm inspect` (examples of a task) and at eval (inputs over their
-reconstructions, as PNG files and TensorBoard images).
+Log-mel spectrogram sheets, one row per clip: used by `musiclm inspect` (examples of a task)
+and at eval (inputs over their reconstructions, as PNG files and TensorBoard images). A codec's
+quality against its bitrate: written at each SoundStream eval.
 """
 from __future__ import annotations
 
 import textwrap
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -42,3 +43,29 @@ def spectrogram_sheet(rows: Sequence[tuple[str, np.ndarray, int]], path: Optiona
         fig.savefig(path, dpi=80)
     plt.close(fig)
     return image
+
+
+def quality_vs_bitrate(rows: Sequence[Mapping[str, float]], path: str, title: str = "codec") -> str:
+    """Rows of {levels, bitrate_kbps, si_sdr, mel_distance} -> a PNG of two panels against kbps:
+    SI-SDR (dB, higher is better) and mel distance (lower is better)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kbps = [r["bitrate_kbps"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    panels = (("si_sdr", "SI-SDR (dB)", "SI-SDR (higher is better)", "C0"),
+              ("mel_distance", "multi-scale mel distance", "mel distance (lower is better)", "C1"))
+    for ax, (key, ylabel, name, colour) in zip(axes, panels):
+        values = [r[key] for r in rows]
+        ax.plot(kbps, values, "o-", color=colour)
+        ax.set(xlabel="bitrate (kbps)", ylabel=ylabel, title=name)
+        ax.grid(alpha=0.3)
+        for r, x, y in zip(rows, kbps, values):
+            ax.annotate(f"{r['levels']}q", (x, y), fontsize=8, textcoords="offset points", xytext=(3, 3))
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

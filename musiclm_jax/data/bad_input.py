@@ -31,15 +31,12 @@ from __future__ import annotations
 import collections
 import logging
 
+# Decoding's categories are defined where decoding fails (audio.io); the rest are the sources'.
+from musiclm_jax.audio.io import (
+    CORRUPT, EMPTY_FILE, MISSING_FILE, NON_FINITE, SILENT, SILENT_PEAK, TRUNCATED, UNKNOWN_EXTENSION)
+
 logger = logging.getLogger(__name__)
 
-CORRUPT = "corrupt"
-TRUNCATED = "truncated"
-EMPTY_FILE = "empty_file"
-SILENT = "silent"
-NON_FINITE = "non_finite"
-UNKNOWN_EXTENSION = "unknown_extension"
-MISSING_FILE = "missing_file"
 MISSING_CAPTION = "missing_caption"
 RESAMPLED = "resampled"
 DOWNMIXED = "downmixed"
@@ -53,7 +50,6 @@ CATEGORIES = (
 # Categories whose example is kept after the repair (missing_caption depends on the source).
 REPAIR_CATEGORIES = frozenset({RESAMPLED, DOWNMIXED})
 
-SILENT_PEAK = 1e-4
 DEFAULT_LOG_LIMIT = 20
 _EXAMPLES_IN_SUMMARY = 3
 

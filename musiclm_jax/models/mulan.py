@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from musiclm_jax.audio.mel import log_mel
-from musiclm_jax.models import config_io
+from musiclm_jax.nn import config_io
 from musiclm_jax.models.base import Batch, BaseModel, Metrics, Variables
 from musiclm_jax.nn.encoders import EncoderConfig, ResNetAudioEncoder, ResNetConfig, SpectrogramTransformer, TextEncoder
 

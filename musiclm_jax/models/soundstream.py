@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
@@ -22,7 +23,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from musiclm_jax.models import codec_losses, config_io
+from musiclm_jax.audio import plots
+from musiclm_jax.models import codec_losses
+from musiclm_jax.nn import config_io
 from musiclm_jax.models.base import Batch, BaseModel, Metrics, Variables
 from musiclm_jax.nn import quantizer
 from musiclm_jax.nn.discriminators import Discriminators, DiscriminatorConfig
@@ -106,6 +109,14 @@ def eval_levels(num_levels: int) -> list[int]:
     """1, 2, 4, ... and all levels: the bitrates a codec evaluation reports."""
     levels = [2**i for i in range(num_levels.bit_length()) if 2**i < num_levels]
     return levels + [num_levels]
+
+
+def quality_by_levels(metrics: Mapping[str, float]) -> list[dict]:
+    """The per-level eval metrics (`mel_distance_q{n}`, `si_sdr_q{n}`, `bitrate_kbps_q{n}`) as
+    rows [{levels, bitrate_kbps, si_sdr, mel_distance}] sorted by levels."""
+    levels = sorted({int(m.group(1)) for k in metrics for m in [re.fullmatch(r"si_sdr_q(\d+)", k)] if m})
+    return [{"levels": n, "bitrate_kbps": float(metrics[f"bitrate_kbps_q{n}"]), "si_sdr": float(metrics[f"si_sdr_q{n}"]),
+             "mel_distance": float(metrics[f"mel_distance_q{n}"])} for n in levels]
 
 
 class SoundStream(BaseModel):
@@ -233,9 +244,10 @@ class SoundStream(BaseModel):
                 "reconstruction_1_level": self.decode(params, codes[..., :1])}
 
     def write_eval_report(self, metrics, output_dir: str, step: int) -> None:
-        from musiclm_jax.evaluation.codec import plot_quality_vs_bitrate
-
-        plot_quality_vs_bitrate(metrics, f"{output_dir}/codec-quality-{step}.png", title=f"SoundStream step {step}")
+        rows = quality_by_levels(metrics)
+        if not rows:
+            raise ValueError("no per-level codec metrics (si_sdr_q<n>) to plot")
+        plots.quality_vs_bitrate(rows, f"{output_dir}/codec-quality-{step}.png", title=f"SoundStream step {step}")
 
     # ---- the GAN step --------------------------------------------------------------------
     def custom_train_step(self, optimizers: Mapping[str, optax.GradientTransformation], schedule: Callable):

@@ -28,7 +28,7 @@ from musiclm_jax.models import decoding
 from musiclm_jax.models.base import Batch, BaseModel, Metrics, Variables
 from musiclm_jax.models.token_layout import BOS_ID, NULL_COND_ID, TokenLayout
 from musiclm_jax.nn.transformer import DecoderStack, TransformerConfig, count_params
-from musiclm_jax.models import config_io
+from musiclm_jax.nn import config_io
 
 
 class StreamSpec(NamedTuple):

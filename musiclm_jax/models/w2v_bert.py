@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 
 from musiclm_jax.audio.mel import log_mel
-from musiclm_jax.models import config_io
+from musiclm_jax.nn import config_io
 from musiclm_jax.models.base import Batch, BaseModel, Metrics, Variables
 from musiclm_jax.nn.conformer import ConformerConfig, ConformerStack
 

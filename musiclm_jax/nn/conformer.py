@@ -45,7 +45,7 @@ import jax.numpy as jnp
 from musiclm_jax.nn.attention import MultiHeadAttention
 from musiclm_jax.nn.position import causal_relative_position_bucket
 from musiclm_jax.nn.transformer import NEG_INF, REMAT_POLICIES, _kernel_init, remat_policy
-from musiclm_jax.models import config_io
+from musiclm_jax.nn import config_io
 
 Array = jax.Array
 

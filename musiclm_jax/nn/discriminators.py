@@ -17,7 +17,7 @@ import numpy as np
 
 from musiclm_jax.nn.seanet import Conv
 from musiclm_jax.nn.signal import hann_window, stft
-from musiclm_jax.models import config_io
+from musiclm_jax.nn import config_io
 
 Array = jax.Array
 DiscOutput = Tuple[Array, List[Array]]

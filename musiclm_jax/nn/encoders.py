@@ -27,7 +27,7 @@ import flax.linen as nn
 
 from musiclm_jax.nn.attention import MultiHeadAttention
 from musiclm_jax.nn.transformer import NEG_INF, REMAT_POLICIES, _kernel_init, remat_policy
-from musiclm_jax.models import config_io
+from musiclm_jax.nn import config_io
 
 Array = jax.Array
 

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from musiclm_jax.nn.grouped_conv import grouped_conv1d
-from musiclm_jax.models import config_io
+from musiclm_jax.nn import config_io
 
 Array = jax.Array
 

@@ -21,7 +21,7 @@ import flax.linen as nn
 
 from musiclm_jax.nn.attention import MultiHeadAttention
 from musiclm_jax.nn.position import RelativePositionBias
-from musiclm_jax.models import config_io
+from musiclm_jax.nn import config_io
 
 Array = jax.Array
 

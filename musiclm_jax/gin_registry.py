@@ -1,6 +1,6 @@
 """Registers the model classes with gin (the library itself does not depend on gin).
 
-Gin files `import musiclm_jax.models.gin_registry`, then bind e.g. `StageConfig.num_layers`
+Gin files `import musiclm_jax.gin_registry`, then bind e.g. `StageConfig.num_layers`
 and `MODEL = @StageModel()`. Names are also reachable with their module prefix
 (`musiclm_jax.models.StageConfig`).
 """
