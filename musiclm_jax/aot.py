@@ -134,7 +134,7 @@ def compile_for_topology(
     _prepare_libtpu_env()
     from jax.experimental import topologies
 
-    from musiclm_jax.data.pipeline import input_shapes as make_input_shapes
+    from musiclm_jax.data.input_pipeline import input_shapes as make_input_shapes
     from musiclm_jax.training import mfu
     from musiclm_jax.training.trainer import Trainer
 

@@ -3,7 +3,7 @@
 The library is gin-free; everything gin may bind is named here, type-checked when called.
 """
 from musiclm_jax import aot, eval as eval_lib, gin_utils, inspect_data, train as train_lib
-from musiclm_jax.data import audio_tasks, pipeline, sources, synthetic, text_vocab
+from musiclm_jax.data import audio_tasks, input_pipeline, sources, synthetic, text_vocab
 from musiclm_jax import gin_registry  # model configurables (and the optimizer)
 from musiclm_jax.training import partitioning
 
@@ -12,7 +12,7 @@ evaluate = gin_utils.register(eval_lib.evaluate, "evaluate")
 # The text-to-music eval task (runs/eval_text_to_music.gin): generate per caption, FAD/KLD/MCC, report.
 evaluate_text_to_music = gin_utils.register(eval_lib.evaluate_text_to_music, "evaluate_text_to_music")
 compile_for_topology = gin_utils.register(aot.compile_for_topology, "compile_for_topology")
-DatasetConfig = gin_utils.register(pipeline.DatasetConfig, "DatasetConfig")
+DatasetConfig = gin_utils.register(input_pipeline.DatasetConfig, "DatasetConfig")
 OptimizerConfig = gin_registry.OptimizerConfig  # registered with the models (see there)
 Partitioner = gin_utils.register(partitioning.Partitioner, "Partitioner")
 global_batch_size = gin_utils.register(gin_utils.global_batch_size, "global_batch_size")

@@ -9,7 +9,7 @@ from typing import Optional
 import jax
 import numpy as np
 
-from musiclm_jax.data.pipeline import BatchIterator, DatasetConfig
+from musiclm_jax.data.input_pipeline import BatchIterator, DatasetConfig
 from musiclm_jax.models.base import BaseModel
 from musiclm_jax.training import checkpoints, summaries
 from musiclm_jax.training.optimizers import OptimizerConfig

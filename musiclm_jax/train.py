@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
-from musiclm_jax.data.pipeline import BatchIterator, DatasetConfig
+from musiclm_jax.data.input_pipeline import BatchIterator, DatasetConfig
 from musiclm_jax.eval import eval_media, run_eval_batches
 from musiclm_jax.models.base import BaseModel
 from musiclm_jax.training import checkpoints, mfu, summaries

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from musiclm_jax.data import token_tasks
-from musiclm_jax.data.pipeline import DatasetConfig
+from musiclm_jax.data.input_pipeline import DatasetConfig
 from musiclm_jax.models.base import BaseModel
 from musiclm_jax.models.stages import StageModel
 from musiclm_jax.training import checkpoints
