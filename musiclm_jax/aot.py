@@ -14,6 +14,8 @@ from typing import Mapping, Optional, Sequence
 from musiclm_jax.models.base import BaseModel
 from musiclm_jax.training.optimizers import OptimizerConfig
 from musiclm_jax.training.partitioning import DEFAULT_LOGICAL_AXIS_RULES, LogicalRules, Partitioner
+from musiclm_jax.training import mfu
+from musiclm_jax.training.trainer import Trainer
 
 GiB = 1024**3
 # HBM per chip.
@@ -135,8 +137,6 @@ def compile_for_topology(
     from jax.experimental import topologies
 
     from musiclm_jax.data.input_pipeline import input_shapes as make_input_shapes
-    from musiclm_jax.training import mfu
-    from musiclm_jax.training.trainer import Trainer
 
     try:
         topo = topologies.get_topology_desc(platform="tpu", topology_name=topology, **_chip_config(topology))

@@ -20,7 +20,6 @@ and the tokens equal those of the training checkpoint for the same seed.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -30,46 +29,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-EXPORT_FILE = "export.json"
+from musiclm_jax import model_io
+from musiclm_jax.generate import load_musiclm
+from musiclm_jax.models.musiclm import PAPER_SETTINGS, STAGES, Window
+from musiclm_jax.model_io import EXPORT_FILE, ExportError, check_export  # noqa: F401  (re-exported)
+
 FUNCTIONS_DIR = "functions"
 COPIED = ("model.json", "config.gin", "text_vocab", "mulan_rvq", "kmeans")
 MODEL_DIRS = ("mulan_dir", "semantic_stage_dir", "coarse_stage_dir", "fine_stage_dir", "soundstream_dir")
-
-
-class ExportError(ValueError):
-    """A missing, incomplete or modified export."""
-
-
-def _load_any(model_dir: str, step: Optional[int]):
-    """(model, params) of any of the five models' directories, by the kind in its model.json."""
-    from musiclm_jax import generate
-    from musiclm_jax.tokenizers import acoustic, mulan, semantic
-
-    kind = _model_kind(model_dir)
-    if kind == "SoundStream":
-        codec = acoustic.AcousticTokenizer.from_model_dir(model_dir, step=step)
-        return kind, codec.model, codec.params
-    loaders = {"StageModel": generate.load_stage, "MuLan": mulan.load_mulan, "W2vBert": semantic.load_w2v_bert}
-    if kind not in loaders:
-        raise ValueError(f"{model_dir}/model.json names an unknown model {kind!r}")
-    model, params = loaders[kind](model_dir, step)
-    return kind, model, params
-
-
-def _model_kind(model_dir: str) -> str:
-    path = os.path.join(model_dir, "model.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: is {model_dir!r} a `musiclm train` directory?")
-    with open(path) as f:
-        return json.load(f).get("model")
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _file_hashes(directory: str) -> dict[str, str]:
@@ -79,30 +46,8 @@ def _file_hashes(directory: str) -> dict[str, str]:
             path = os.path.join(root, name)
             rel = os.path.relpath(path, directory)
             if rel != EXPORT_FILE:
-                out[rel] = _sha256(path)
+                out[rel] = model_io.sha256(path)
     return dict(sorted(out.items()))
-
-
-def check_export(directory: str) -> Optional[dict]:
-    """export.json of an export directory after checking every listed file's SHA-256 (None for a
-    training directory, which has no export.json). Raises ExportError naming the first bad file."""
-    path = os.path.join(directory, EXPORT_FILE)
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
-        files = manifest["files"]
-    except (ValueError, KeyError) as e:
-        raise ExportError(f"{path} is not a valid export manifest: {e}") from e
-    for rel, digest in files.items():
-        full = os.path.join(directory, rel)
-        if not os.path.exists(full):
-            raise ExportError(f"export {directory}: {rel} is missing")
-        if _sha256(full) != digest:
-            raise ExportError(f"export {directory}: {rel} does not match its SHA-256 in {EXPORT_FILE} "
-                              "(corrupt or modified); export again")
-    return manifest
 
 
 def _write_manifest(directory: str, info: Mapping[str, Any]) -> dict:
@@ -126,9 +71,10 @@ def export_checkpoint(model_dir: str, output_dir: str, *, step: Optional[int] = 
     the tokenizer artifacts of `model_dir`, into the new directory `output_dir`."""
     import orbax.checkpoint as ocp
 
-    kind, _, params = _load_any(model_dir, step)
-    if step is None:  # the step the loaders restored: the latest
-        step = max(int(d) for d in os.listdir(os.path.join(model_dir, "checkpoints")) if d.isdigit())
+    if step is None:
+        step = model_io.latest_step(model_dir)
+    kind = model_io.read_spec(model_dir)["model"]
+    _, params = model_io.load(model_dir, step)
     if dtype is not None:
         target = jnp.dtype(dtype)
         params = jax.tree.map(lambda x: x.astype(target) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
@@ -232,8 +178,6 @@ def export_musiclm(output_dir: str, *, mulan_dir: str, semantic_stage_dir: str, 
     """The five models as params-only exports (output_dir/<mulan|semantic_stage|...>/) and, in
     output_dir/functions/, the StableHLO samplers for generations of `seconds` with these
     windows and settings, and the codec decoder. Returns the bundle's export.json."""
-    from musiclm_jax.generate import load_musiclm
-    from musiclm_jax.models.musiclm import PAPER_SETTINGS, STAGES
 
     dirs = dict(mulan_dir=mulan_dir, semantic_stage_dir=semantic_stage_dir, coarse_stage_dir=coarse_stage_dir,
                 fine_stage_dir=fine_stage_dir, soundstream_dir=soundstream_dir)
@@ -278,8 +222,6 @@ def read_functions(export_dir: str, manifest: Mapping) -> tuple[dict, Any]:
 def load_exported_musiclm(export_dir: str):
     """A MusicLM that samples and decodes through the bundle's StableHLO functions (any batch of
     prompts x candidates; the lengths, windows and settings it was exported for)."""
-    from musiclm_jax.generate import load_musiclm
-    from musiclm_jax.models.musiclm import Window
 
     manifest = check_export(export_dir)
     if manifest is None or manifest.get("bundle") != "musiclm":

@@ -16,18 +16,14 @@ import re
 import time
 from typing import Mapping, Optional, Sequence
 
+from musiclm_jax import model_io
+from musiclm_jax.audio.io import load_audio, write_wav
+from musiclm_jax.audio.plots import spectrogram_sheet
 from musiclm_jax.models.musiclm import PAPER_SETTINGS, STAGES, MusicLM, SamplingSettings, Window
-from musiclm_jax.models.stages import StageConfig, StageModel
-
-
-def load_stage(model_dir: str, step: Optional[int] = None) -> tuple[StageModel, dict]:
-    """(StageModel, params) of a stage's `musiclm train` directory (model.json + checkpoint)."""
-    from musiclm_jax.tokenizers.loading import load_model_dir
-
-    def shapes(model: StageModel):  # parameter shapes do not depend on the sequence length
-        return {s.feature: (1, 1) for s in (*model.config.conditions, model.config.target)}
-
-    return load_model_dir(model_dir, "StageModel", lambda c: StageModel(StageConfig.from_dict(c)), shapes, step)
+from musiclm_jax.tokenizers.acoustic import AcousticTokenizer
+from musiclm_jax.tokenizers.mulan import MuLanTokenizer
+from musiclm_jax.tokenizers.semantic import SemanticTokenizer
+from musiclm_jax.training.summaries import log
 
 
 def load_musiclm(*, mulan_dir: str, semantic_stage_dir: str, coarse_stage_dir: str, fine_stage_dir: str,
@@ -36,10 +32,6 @@ def load_musiclm(*, mulan_dir: str, semantic_stage_dir: str, coarse_stage_dir: s
     """The whole model from its five training directories (MuLan with its RVQ in mulan_rvq/);
     `w2v_bert_dir` (with kmeans/) only to continue audio prompts. `windows`: each stage's
     sliding Window or (seconds, stride); a stage left out (or None) slides its training crop."""
-    from musiclm_jax.tokenizers.acoustic import AcousticTokenizer
-    from musiclm_jax.tokenizers.mulan import MuLanTokenizer
-    from musiclm_jax.tokenizers.semantic import SemanticTokenizer
-
     dirs = {"mulan_dir": mulan_dir, "semantic_stage_dir": semantic_stage_dir, "coarse_stage_dir": coarse_stage_dir,
             "fine_stage_dir": fine_stage_dir, "soundstream_dir": soundstream_dir}
     if w2v_bert_dir is not None:
@@ -47,8 +39,9 @@ def load_musiclm(*, mulan_dir: str, semantic_stage_dir: str, coarse_stage_dir: s
     for name, d in dirs.items():
         if not d or not os.path.isdir(d):
             raise FileNotFoundError(f"{name}={d!r} is not a directory (a `musiclm train` MODEL_DIR)")
-    stages = {"semantic": load_stage(semantic_stage_dir), "coarse": load_stage(coarse_stage_dir),
-              "fine": load_stage(fine_stage_dir)}
+    stages = {"semantic": model_io.load(semantic_stage_dir, kind="StageModel"),
+              "coarse": model_io.load(coarse_stage_dir, kind="StageModel"),
+              "fine": model_io.load(fine_stage_dir, kind="StageModel")}
     semantic_tokenizer = SemanticTokenizer.from_model_dir(w2v_bert_dir) if w2v_bert_dir else None
     codec = AcousticTokenizer.from_model_dir(soundstream_dir)
     rates = {"semantic": semantic_rate, "coarse": codec.sample_rate / codec.hop_length}
@@ -117,10 +110,6 @@ def generate(*, output_dir: str, seconds: float, prompts: Sequence[str] = (), pr
              story: Sequence[tuple[str, float]] = (), continue_from: Optional[str] = None,
              w2v_bert_dir: Optional[str] = None, model: Optional[MusicLM] = None) -> list[dict]:
     """Generates every prompt (or the one story); returns the sidecars written (one per output)."""
-    from musiclm_jax.audio.io import load_audio, write_wav
-    from musiclm_jax.audio.plots import spectrogram_sheet
-    from musiclm_jax.training.summaries import log
-
     if story:
         if prompts or prompt_file:
             raise ValueError("give either prompts or a story, not both")

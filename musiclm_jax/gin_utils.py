@@ -6,6 +6,7 @@ short names (`train`, `evaluate`, `DatasetConfig`, ...) for the gin files in gin
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import importlib.resources
 import importlib.util  # noqa: F401  (gin's resource reader calls it without importing it)
@@ -122,8 +123,17 @@ def first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+# Modules that gin files import, under the names they had before (a user's own gin file may
+# still import the old one).
+RENAMED_MODULES = {"musiclm_jax.models.gin_registry": "musiclm_jax.gin_registry"}
+
+
 def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
-    """Parses gin files (searched in the packaged gin/ folder too) and KEY=VALUE bindings."""
+    """Parses gin files (searched in the packaged gin/ folder too) and KEY=VALUE bindings.
+
+    Raises ConfigError for a missing file, a bad binding, or a macro bound here (`NAME = ...`)
+    that no parsed gin file reads: a misspelled macro must not leave the default in force.
+    """
     for path in gin_search_paths():
         gin.add_config_file_search_path(path)
     for f in gin_files:
@@ -131,8 +141,41 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
             raise ConfigError(f"gin file not found: {f} (searched . and {', '.join(gin_search_paths())})")
     try:
         gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)
+    except ImportError as e:
+        renamed = [f"{old} is now {new}" for old, new in RENAMED_MODULES.items() if old in str(e)]
+        raise ConfigError(f"bad gin configuration: {first_line(e)}" + "".join(f"; {r}" for r in renamed)) from e
     except (ValueError, KeyError, SyntaxError, IOError) as e:
         raise ConfigError(f"bad gin configuration: {first_line(e)}") from e
+    check_macros_read(bindings)
+
+
+def _macro_names(value: Any, out: set[str]) -> None:
+    """Adds the macros (`%NAME`) that a bound value refers to, at any depth."""
+    if isinstance(value, gin.config.ConfigurableReference):
+        if value.config_key[1] == "gin.macro":
+            out.add(value.config_key[0])
+    elif isinstance(value, (list, tuple, set)):
+        for v in value:
+            _macro_names(v, out)
+    elif isinstance(value, dict):
+        for v in (*value.keys(), *value.values()):
+            _macro_names(v, out)
+
+
+def check_macros_read(bindings: Sequence[str]) -> None:
+    """ConfigError naming the first macro bound in `bindings` that no binding of the parsed
+    config refers to, with the closest macro that is read. (Gin has no public API for the
+    parsed bindings; `gin.config._CONFIG` maps (scope, configurable) -> {parameter: value}.)"""
+    read: set[str] = set()
+    for params in gin.config._CONFIG.values():
+        for value in params.values():
+            _macro_names(value, read)
+    for binding in bindings:
+        name = binding.partition("=")[0].strip()
+        if name and "." not in name and "/" not in name and name not in read:
+            close = difflib.get_close_matches(name, sorted(read), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"--gin.{name}: no gin file reads the macro {name}{hint}")
 
 
 def is_bound(configurable: str, parameter: str) -> bool:

@@ -35,11 +35,18 @@ import os
 import time
 from typing import Callable, Mapping, Optional, Sequence
 
+import gin
 import numpy as np
+import soundfile
 
-from musiclm_jax.evaluation import text_to_music
+from musiclm_jax import generate as generate_lib
+from musiclm_jax import gin_utils
+from musiclm_jax.evaluation import eval_sets, text_to_music
+from musiclm_jax.evaluation.embedders import MuLanAudioEmbedder
 from musiclm_jax.evaluation.eval_sets import held_out_prompts
 from musiclm_jax.json_io import write_json
+from musiclm_jax.tokenizers.acoustic import AcousticTokenizer
+from musiclm_jax.tokenizers.mulan import MuLanEmbedder
 from musiclm_jax.training.summaries import format_duration, log
 
 SIZES = ("tiny", "small")
@@ -63,19 +70,24 @@ def step_gin(size: str, name: str) -> str:
 # ---- small helpers -------------------------------------------------------------------------------
 
 
+class _Configurables:
+    """The entry functions a step's gin file registers (`import musiclm_jax.configurables`), by
+    name (`c.train()`), looked up in gin's registry: this module never imports the gin layer,
+    which registers this module's own entry function."""
+
+    def __getattr__(self, name: str) -> Callable:
+        return gin.get_configurable(name)
+
+
 @contextlib.contextmanager
 def _gin_config(gin_files: Sequence[str], bindings: Sequence[str]):
     """A fresh gin configuration for one step (cleared after it, also on error); yields the
     registered configurables. Clearing is safe inside a gin-configured run_pipeline: its own
     arguments were bound when it was called."""
-    import gin
-
-    from musiclm_jax import configurables, gin_utils
-
     gin.clear_config()
     try:
         gin_utils.parse(list(gin_files), list(bindings))
-        yield configurables
+        yield _Configurables()
     finally:
         gin.clear_config()
 
@@ -101,9 +113,6 @@ def last_scalars(logdir: str) -> dict[str, float]:
     return {k: v for k, (_, v) in sorted(out.items()) if k not in _NOISE}
 
 
-# ---- prompts held out from training and their attributes ------------------------------------------
-
-
 # ---- the steps ----------------------------------------------------------------------------------
 
 
@@ -124,8 +133,6 @@ class _Context:
 
 
 def _train(ctx: _Context, step: str) -> dict:
-    from musiclm_jax import gin_utils
-
     model_dir = ctx.dirs[step]
     macros = {"MODEL_DIR": model_dir}
     if step.endswith("_stage"):
@@ -155,8 +162,6 @@ def _precompute(ctx: _Context, step: str) -> dict:
 
 
 def _generate(ctx: _Context, step: str) -> dict:
-    from musiclm_jax import generate as generate_lib
-
     o = ctx.options
     prompts = held_out_prompts(o["num_prompts"], train_examples=o["train_captions_checked"])
     texts = o["prompts"] or [p["caption"] for p in prompts]
@@ -182,11 +187,6 @@ def _evaluate(ctx: _Context, step: str, done: dict) -> dict:
     report.html): the held-out pieces the prompts describe are the references (FAD, KLD, MCC,
     adherence beside the pieces' own and their codec reconstructions'). The user's own prompts
     have no references: their music is only run through the detectors."""
-    from musiclm_jax.evaluation import eval_sets
-    from musiclm_jax.evaluation.embedders import MuLanAudioEmbedder
-    from musiclm_jax.tokenizers.acoustic import AcousticTokenizer
-    from musiclm_jax.tokenizers.mulan import MuLanEmbedder
-
     prompts = done["generate"]["metrics"]["prompts"]
     clips = [_read_wav(p["wav"]) for p in prompts]
     rate = clips[0][1]
@@ -209,8 +209,6 @@ def _evaluate(ctx: _Context, step: str, done: dict) -> dict:
 
 
 def _read_wav(path: str) -> tuple[np.ndarray, int]:
-    import soundfile
-
     audio, sr = soundfile.read(path, dtype="float32")
     return (audio if audio.ndim == 1 else audio.mean(axis=1)), int(sr)
 

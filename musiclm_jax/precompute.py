@@ -47,6 +47,10 @@ import tensorflow as tf
 
 from musiclm_jax.data import token_cache_tasks as layout
 from musiclm_jax.data.bad_input import BadInputReport, NoUsableExamplesError
+from musiclm_jax.audio.io import resample
+from musiclm_jax.tokenizers.acoustic import AcousticTokenizer
+from musiclm_jax.tokenizers.mulan import MuLanTokenizer
+from musiclm_jax.tokenizers.semantic import SemanticTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +71,6 @@ class _Tokenizers:
     """The three frozen tokenizers, loaded once per worker."""
 
     def __init__(self, mulan_dir: str, w2v_bert_dir: str, soundstream_dir: str):
-        from musiclm_jax.tokenizers.acoustic import AcousticTokenizer
-        from musiclm_jax.tokenizers.mulan import MuLanTokenizer
-        from musiclm_jax.tokenizers.semantic import SemanticTokenizer
-
         self.mulan = MuLanTokenizer.from_model_dir(mulan_dir)
         self.semantic = SemanticTokenizer.from_model_dir(w2v_bert_dir)
         self.acoustic = AcousticTokenizer.from_model_dir(soundstream_dir)
@@ -89,8 +89,6 @@ class _Tokenizers:
 
     def tokenize(self, clips: Sequence[np.ndarray], sample_rate: int) -> list[Optional[dict]]:
         """Tokens of each clip, or None where a tokenizer rejects it (ValueError)."""
-        from musiclm_jax.audio.io import resample
-
         at = {sr: [resample(c, sample_rate, sr) for c in clips] for sr in
               {self.mulan.sample_rate, self.semantic.sample_rate, self.acoustic.sample_rate}}
         try:

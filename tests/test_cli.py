@@ -22,6 +22,8 @@ TINY = "--gin_file=experiments/local_tiny.gin"
         (["--gin.TRAIN_STEPS='many'"], "train_steps"),
         (["--gin.OptimizerConfig.learning_rate='fast'"], "learning_rate"),
         (["--gin.StageConfig.cond_dropout_rate=1.5"], "cond_dropout_rate"),
+        # a macro that no gin file reads: refused, naming the one meant (not 300 default steps)
+        (["--gin.TRAIN_STPES=2"], "did you mean TRAIN_STEPS"),
     ],
 )
 def test_bad_binding_exits_2_with_one_line(tmp_path, args, culprit):

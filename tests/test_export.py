@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from musiclm_jax import export, generate as gen
+from musiclm_jax import export, generate as gen, model_io
 from musiclm_jax.models.musiclm import SamplingSettings
 
 TEXTS = ["a slow sad piano melody", "fast drums and a bright organ"]
@@ -40,7 +40,7 @@ def test_exported_generation_equals_the_training_checkpoint(bundle, musiclm_mode
     stage = os.path.join(out, "coarse_stage")
     items = os.listdir(os.path.join(stage, "checkpoints", "1"))
     assert "params" in items and "state" not in items  # no optimiser state
-    assert gen.load_stage(stage)[0].config == gen.load_stage(musiclm_model_dirs["coarse_stage_dir"])[0].config
+    assert model_io.load(stage, kind="StageModel")[0].config == model_io.load(musiclm_model_dirs["coarse_stage_dir"], kind="StageModel")[0].config
 
 
 def test_bfloat16_export_halves_the_bytes_and_loads(tmp_path, musiclm_model_dirs):
@@ -53,8 +53,8 @@ def test_bfloat16_export_halves_the_bytes_and_loads(tmp_path, musiclm_model_dirs
         return sum(p.stat().st_size for p in pathlib.Path(d, "checkpoints").rglob("*") if p.is_file())
 
     assert param_bytes(tmp_path / "bf16") < 0.75 * param_bytes(tmp_path / "f32")
-    _, params = gen.load_stage(str(tmp_path / "bf16"))
-    _, reference = gen.load_stage(src)
+    _, params = model_io.load(str(tmp_path / "bf16"), kind="StageModel")
+    _, reference = model_io.load(src, kind="StageModel")
     for leaf, ref_leaf in zip(_leaves(params), _leaves(reference)):
         assert leaf.dtype == ref_leaf.dtype  # restored in the dtype the model asks for
         np.testing.assert_allclose(leaf, ref_leaf, rtol=1e-2, atol=1e-2)  # bfloat16 rounding only
@@ -85,7 +85,7 @@ def test_corrupted_export_is_refused(bundle, tmp_path):
     victim = next(p for p in sorted((stage / "checkpoints").rglob("*")) if p.is_file() and p.stat().st_size > 0)
     victim.write_bytes(victim.read_bytes()[:-1] + b"\0")
     with pytest.raises(export.ExportError, match="does not match"):
-        gen.load_stage(str(stage))
+        model_io.load(str(stage), kind="StageModel")
     (copy / "export.json").write_text("{not json")
     with pytest.raises(export.ExportError, match="not a valid export manifest"):
         export.load_exported_musiclm(str(copy))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from model_dirs import CODEC_SR
 
-from musiclm_jax import generate as gen
+from musiclm_jax import generate as gen, model_io
 from musiclm_jax.models.musiclm import SamplingSettings
 
 
@@ -63,7 +63,7 @@ def test_generate_writes_wav_json_png_and_refuses_bad_input(tmp_path, dirs, musi
     with pytest.raises(FileNotFoundError, match="coarse_stage_dir"):
         gen.generate(output_dir=str(bad), seconds=1.0, prompts=["ok"], **{**dirs, "coarse_stage_dir": str(tmp_path / "no")})
     with pytest.raises(ValueError, match="StageModel"):  # a MuLan directory where a stage belongs
-        gen.load_stage(dirs["mulan_dir"])
+        model_io.load(dirs["mulan_dir"], kind="StageModel")
     assert not bad.exists()
 
 

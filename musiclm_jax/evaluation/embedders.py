@@ -23,6 +23,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from musiclm_jax.audio.io import resample
+from musiclm_jax.tokenizers.mulan import MuLanEmbedder
+
 VGGISH_RATE = 16000
 _CONVS = ("conv1", "conv2", "conv3/conv3_1", "conv3/conv3_2", "conv4/conv4_1", "conv4/conv4_2")
 _POOL_AFTER = ("conv1", "conv2", "conv3/conv3_2", "conv4/conv4_2")
@@ -53,8 +56,6 @@ def vggish_mel_matrix(num_bands: int = 64, num_bins: int = 257, sample_rate: int
 
 def vggish_examples(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
     """float32 [examples, 96, 64] log-mel patches of a mono clip (none if shorter than 0.975 s)."""
-    from musiclm_jax.audio.io import resample
-
     x = resample(np.asarray(waveform, np.float32), sample_rate, VGGISH_RATE).astype(np.float64)
     window, hop, n_fft = 400, 160, 512
     if len(x) < window:
@@ -180,13 +181,9 @@ class MuLanAudioEmbedder:
 
     @classmethod
     def from_model_dir(cls, model_dir: str) -> "MuLanAudioEmbedder":
-        from musiclm_jax.tokenizers.mulan import MuLanEmbedder
-
         return cls(MuLanEmbedder.from_model_dir(model_dir))
 
     def fad_points(self, clips: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
-        from musiclm_jax.audio.io import resample
-
         rate = self.embedder.sample_rate
         return self.embedder.embed_audio([resample(np.asarray(c, np.float32), sample_rate, rate) for c in clips])
 

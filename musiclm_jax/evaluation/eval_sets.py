@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from musiclm_jax.data import synthetic
+from musiclm_jax.evaluation import attributes
 
 # Attributes whose adherence is measured, under the detectors' names.
 ATTRIBUTES = ("register", "drums", "tempo_class", "loudness", "mode")
@@ -148,8 +149,6 @@ def adherence(items: Sequence, detected: Sequence[dict]) -> dict:
 
 def detect(audio: np.ndarray, sample_rate: int) -> dict:
     """The attribute detectors' labels of one clip, JSON-able."""
-    from musiclm_jax.evaluation import attributes
-
     d = attributes.detect_all(audio, sample_rate)
     return {k: (bool(v) if isinstance(v, (bool, np.bool_)) else v) for k, v in d.items()}
 

@@ -14,6 +14,8 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from musiclm_jax.audio.plots import spectrogram_sheet
+
 REPORT_FILE = "report.html"
 
 # What each headline metric means and which way is better.
@@ -198,8 +200,6 @@ def write_report(output_dir: str, results: Mapping, *, references: np.ndarray, g
                  num_samples: int = 8) -> str:
     """Writes output_dir/report.html and its plots (plots/*.png); the WAVs named in
     results['items'] must already be in output_dir. Returns the page's path."""
-    from musiclm_jax.audio.plots import spectrogram_sheet
-
     plots_dir = os.path.join(output_dir, "plots")
     os.makedirs(plots_dir, exist_ok=True)
     figures = [plot_adherence(results, os.path.join(plots_dir, "adherence.png")),

@@ -31,13 +31,18 @@ from musiclm_jax.evaluation.eval_sets import EvalItem, adherence, detect
 from musiclm_jax.evaluation.report import REPORT_FILE
 from musiclm_jax.json_io import write_json
 from musiclm_jax.training.summaries import log
+from musiclm_jax.audio.io import resample
+from musiclm_jax.audio.io import write_wav
+from musiclm_jax.evaluation import attributes
+from musiclm_jax.evaluation import report
+from musiclm_jax.evaluation.attributes import predict_label_distributions
+from musiclm_jax.models.codec_losses import mel_distance, si_sdr
+from musiclm_jax.training import summaries
 
 RESULTS_FILE = "results.json"
 
 
 def _resample_all(clips: Sequence[np.ndarray], rate: int, target: int) -> list[np.ndarray]:
-    from musiclm_jax.audio.io import resample
-
     return [resample(np.asarray(c, np.float32), rate, target) for c in clips]
 
 
@@ -67,8 +72,6 @@ def codec_metrics(codec, clips: np.ndarray) -> tuple[dict, np.ndarray]:
     `codec` (an AcousticTokenizer) at all its levels; returns (metrics, reconstructions)."""
     import jax.numpy as jnp
 
-    from musiclm_jax.models.codec_losses import mel_distance, si_sdr
-
     coded = codec.decode(codec.encode(clips), num_samples=clips.shape[1])
     x, y = jnp.asarray(clips), jnp.asarray(coded)
     config = codec.model.config
@@ -84,8 +87,6 @@ class SyntheticAttributeClassifier:
 
     def __init__(self, directory: Optional[str] = None, *, steps: int = 300, num_examples: int = 256,
                  seconds: float = 4.0):
-        from musiclm_jax.evaluation import attributes
-
         if directory and os.path.exists(os.path.join(directory, "config.json")):
             self.params, self.config = attributes.load_classifier(directory)
             return
@@ -97,8 +98,6 @@ class SyntheticAttributeClassifier:
             attributes.save_classifier(directory, self.params, self.config)
 
     def label_distributions(self, clips: np.ndarray, sample_rate: int) -> dict[str, np.ndarray]:
-        from musiclm_jax.evaluation.attributes import predict_label_distributions
-
         return predict_label_distributions(self.params, self.config, clips, sample_rate)
 
 
@@ -138,8 +137,6 @@ def evaluate(output_dir: str, items: Sequence[EvalItem], *, model=None, seconds:
     `model`: a MusicLM (its MuLan and codec serve MCC and the codec metrics unless `mulan` /
     `codec` are given); `embedders`: {name: object with fad_points(clips, sample_rate)};
     `classifier`: an object with `label_distributions` (see register_classifier) for KLD, or None."""
-    from musiclm_jax.evaluation import report
-
     items = list(items)
     if len(items) < 2:
         raise ValueError(f"an eval needs at least 2 captioned clips (FAD fits covariances), got {len(items)}")
@@ -246,8 +243,6 @@ def _write_items(output_dir: str, items: Sequence[EvalItem], generated: np.ndarr
                  rate: int, detected: Sequence[dict], scores: Optional[np.ndarray], num_samples: int) -> list[dict]:
     """Every generation's WAV (and the first `num_samples` references') under output_dir/audio;
     returns the per-item rows of results.json (paths relative to output_dir)."""
-    from musiclm_jax.audio.io import write_wav
-
     os.makedirs(os.path.join(output_dir, "audio"), exist_ok=True)
     rows = []
     for k, item in enumerate(items):
@@ -282,8 +277,6 @@ def scalar_metrics(results: Mapping) -> dict[str, float]:
 
 
 def _write_tensorboard(logdir: str, results: Mapping, samples: np.ndarray, sample_rate: int) -> None:
-    from musiclm_jax.training import summaries
-
     writer = summaries.create_writer(logdir)
     writer.write_scalars(0, scalar_metrics(results))
     if len(samples):

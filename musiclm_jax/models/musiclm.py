@@ -37,6 +37,7 @@ import numpy as np
 
 from musiclm_jax.models import decoding
 from musiclm_jax.models.stages import TARGET_PREFIX_KEY, StageModel
+from musiclm_jax.audio.io import resample
 
 STAGES = ("semantic", "coarse", "fine")
 
@@ -319,7 +320,6 @@ class MusicLM:
         levels = self.coarse_levels + self.fine_levels
         if audio is None:
             return _Prompt(0.0, np.zeros((rows, 0), np.int32), np.zeros((rows, 0, levels), np.int32))
-        from musiclm_jax.audio.io import resample
 
         if self.semantic_tokenizer is None:
             raise ValueError("continuing an audio prompt needs the semantic tokenizer (w2v-BERT + k-means)")
@@ -352,8 +352,6 @@ class MusicLM:
 
     def mulan_scores(self, texts: Sequence[str], audio: np.ndarray) -> np.ndarray:
         """MuLan cosine of each clip with its text (clips grouped per text in order): [len(audio)]."""
-        from musiclm_jax.audio.io import resample
-
         if self.codec.sample_rate != self.mulan.sample_rate:
             audio = [resample(a, self.codec.sample_rate, self.mulan.sample_rate) for a in audio]
         a = self.mulan.embed_audio(list(audio))

@@ -10,17 +10,15 @@ trimmed back (frames = ceil(samples / hop)). Encoding and decoding are jitted pe
 from __future__ import annotations
 
 import functools
-import json
 import math
-import os
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musiclm_jax.models.soundstream import SoundStream, SoundStreamConfig
-from musiclm_jax.training import checkpoints
+from musiclm_jax import model_io
+from musiclm_jax.models.soundstream import SoundStream
 
 
 class AcousticTokenizer:
@@ -35,28 +33,9 @@ class AcousticTokenizer:
     @classmethod
     def from_model_dir(cls, model_dir: str, *, step: Optional[int] = None, num_levels: Optional[int] = None
                        ) -> "AcousticTokenizer":
-        """Loads `model_dir/model.json` (written by `musiclm train`) and the checkpoint's params."""
-        from musiclm_jax.export import check_export
-
-        config_path = os.path.join(model_dir, "model.json")
-        if not os.path.exists(config_path):
-            raise FileNotFoundError(f"{config_path} not found: is {model_dir!r} a SoundStream training directory?")
-        check_export(model_dir)  # an export (`musiclm export`) must be intact
-        with open(config_path) as f:
-            spec = json.load(f)
-        if spec.get("model") != "SoundStream":
-            raise ValueError(f"{config_path} describes a {spec.get('model')!r} model, not SoundStream")
-        model = SoundStream(SoundStreamConfig.from_dict(spec["config"]))
-        hop = model.config.hop_length
-        # Parameter shapes do not depend on the length; the discriminators need a few windows.
-        init_samples = hop * math.ceil(4 * model.config.discriminators.stft_window / hop)
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                                jax.eval_shape(lambda: _unboxed_params(model, init_samples)))
-        source = os.path.join(model_dir, "checkpoints")
-        if step is not None:
-            source = os.path.join(source, str(step))
-        params, _ = checkpoints.restore_params(source, abstract)
+        """Loads `model_dir/model.json` (written by `musiclm train`) and the checkpoint's params
+        (`step`, else the latest); `num_levels` keeps the first levels of the RVQ (a lower bitrate)."""
+        model, params = model_io.load(model_dir, step, kind="SoundStream")
         return cls(model, params, num_levels=num_levels)
 
     @property
@@ -88,9 +67,3 @@ class AcousticTokenizer:
             raise ValueError(f"codes must lie in [0, {self.model.config.codebook_size})")
         audio = np.asarray(self._decode(self.params, jnp.asarray(c)))
         return audio if num_samples is None else audio[:, :num_samples]
-
-
-def _unboxed_params(model: SoundStream, samples: int):
-    from musiclm_jax.training.partitioning import unbox
-
-    return unbox(model.get_initial_variables(jax.random.PRNGKey(0), {"audio": (1, samples)})["params"])

@@ -24,19 +24,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musiclm_jax.models.mulan import MuLan, MuLanConfig, cycle_consistency, window_starts
+from musiclm_jax import model_io
+from musiclm_jax.models.mulan import MuLan, cycle_consistency, window_starts
+from musiclm_jax.models.soundstream import eval_levels
 from musiclm_jax.nn import quantizer
-from musiclm_jax.tokenizers.loading import load_model_dir, task_clips
+from musiclm_jax.tokenizers.clips import task_clips
+from musiclm_jax.training.summaries import log
 
 RVQ_DIR = "mulan_rvq"
 VOCAB_PATH = os.path.join("text_vocab", "captions.model")
-
-
-def load_mulan(model_dir: str, step: Optional[int] = None) -> tuple[MuLan, dict]:
-    """The MuLan of `model_dir` (model.json written by `musiclm train`) and its params."""
-    return load_model_dir(
-        model_dir, "MuLan", lambda d: MuLan(MuLanConfig.from_dict(d)),
-        lambda m: {"audio": (1, m.config.window_samples), "text_tokens": (1, m.config.max_text_length)}, step)
 
 
 def clip_embeddings(window_embeddings: Sequence[np.ndarray]) -> np.ndarray:
@@ -56,9 +52,9 @@ class MuLanEmbedder:
 
     @classmethod
     def from_model_dir(cls, model_dir: str, *, step: Optional[int] = None, **kwargs) -> "MuLanEmbedder":
-        from musiclm_jax.data.text_vocab import load_caption_vocabulary
+        from musiclm_jax.data.text_vocab import load_caption_vocabulary  # seqio: loaded when needed
 
-        model, params = load_mulan(model_dir, step)
+        model, params = model_io.load(model_dir, step, kind="MuLan")
         vocab_path = os.path.join(model_dir, VOCAB_PATH)
         vocabulary = load_caption_vocabulary(vocab_path) if os.path.exists(vocab_path) else None
         return cls(model, params, vocabulary, **kwargs)
@@ -175,8 +171,6 @@ def fit_rvq(embeddings: np.ndarray, *, levels: int, codebook_size: int, iters: i
 
 def rvq_reconstruction_cosine(codebooks: dict, embeddings: np.ndarray) -> dict[int, float]:
     """Mean cosine between embeddings and their RVQ reconstruction with 1, 2, 4, ... and all levels."""
-    from musiclm_jax.models.soundstream import eval_levels
-
     x = jnp.asarray(embeddings, jnp.float32)
     total = int(codebooks["embed"].shape[0])
     out = {}
@@ -216,8 +210,6 @@ def fit_mulan_rvq(*, model_dir: str, task: str, split: str = "train", num_exampl
     """Embeds up to `num_examples` clips of `task` with the MuLan of `model_dir`, fits the RVQ of
     its config (rvq_levels x rvq_codebook_size), reports reconstruction cosines (train and the
     eval split) and saves to `output_dir` (default MODEL_DIR/mulan_rvq). Returns the info dict."""
-    from musiclm_jax.training.summaries import log
-
     embedder = MuLanEmbedder.from_model_dir(model_dir, step=step)
     c = embedder.model.config
     output_dir = output_dir or os.path.join(model_dir, RVQ_DIR)

@@ -23,16 +23,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musiclm_jax.models.w2v_bert import W2vBert, W2vBertConfig
+from musiclm_jax import model_io
+from musiclm_jax.data import synthetic
+from musiclm_jax.models.w2v_bert import W2vBert
 from musiclm_jax.tokenizers import kmeans
-from musiclm_jax.tokenizers.loading import load_model_dir, task_clips
+from musiclm_jax.tokenizers.clips import task_clips
+from musiclm_jax.training.summaries import log
 
 KMEANS_DIR = "kmeans"
-
-
-def load_w2v_bert(model_dir: str, step: Optional[int] = None) -> tuple[W2vBert, dict]:
-    return load_model_dir(model_dir, "W2vBert", lambda d: W2vBert(W2vBertConfig.from_dict(d)),
-                          lambda m: {"audio": (1, m.config.sample_rate)}, step)
 
 
 class W2vBertEmbedder:
@@ -89,7 +87,7 @@ class SemanticTokenizer(W2vBertEmbedder):
     @classmethod
     def from_model_dir(cls, model_dir: str, *, step: Optional[int] = None, kmeans_dir: Optional[str] = None
                        ) -> "SemanticTokenizer":
-        model, params = load_w2v_bert(model_dir, step)
+        model, params = model_io.load(model_dir, step, kind="W2vBert")
         centroids, info = kmeans.load_kmeans(kmeans_dir or os.path.join(model_dir, KMEANS_DIR))
         return cls(model, params, centroids, info.get("layer"))
 
@@ -133,9 +131,7 @@ def fit_semantic_kmeans(*, model_dir: str, task: str, num_clusters: int = 1024, 
     """Fits k-means (mini-batch, k-means++ seeded) on the frame embeddings of `layer` (default the
     model's `embedding_layer`) of up to `num_examples` clips of `task`, reports the mean squared
     distance to the nearest centroid on train and held-out frames, saves MODEL_DIR/kmeans/."""
-    from musiclm_jax.training.summaries import log
-
-    model, params = load_w2v_bert(model_dir, step)
+    model, params = model_io.load(model_dir, step, kind="W2vBert")
     embedder = W2vBertEmbedder(model, params, layer)
     output_dir = output_dir or os.path.join(model_dir, KMEANS_DIR)
     batches = _point_batches(embedder, task_clips(task, split, num_examples), batch_points, log)
@@ -183,8 +179,6 @@ def synthetic_frame_labels(example, num_frames: int, frame_rate: float) -> dict[
     """Per-frame labels of a synthetic example (data/synthetic.py) at the token frame rate:
     the sounding melody note's pitch class and MIDI pitch (-1 in rests) at each frame's centre,
     and the clip's instrument (its index in synthetic.INSTRUMENTS) on every frame."""
-    from musiclm_jax.data import synthetic
-
     if getattr(example, "score", None) is None:
         raise ValueError(f"{example.id} has no score: frame labels need a synthetic example")
     pitch = example.score.melody_pitch_at((np.arange(num_frames) + 0.5) / frame_rate)

@@ -1,0 +1,145 @@
+"""Model directories, read back one way: what `musiclm train` and `musiclm export` write.
+
+    model, params = model_io.load("/runs/semantic")                  # any registered kind
+    model, params = model_io.load(d, step=500, kind="MuLan")         # refuses another kind
+
+`model.json` names the model's kind (its class: StageModel, MuLan, W2vBert, SoundStream) and
+holds its config. The registry `KINDS` knows, per kind, how to rebuild the model from that config
+and the smallest input shapes that give its parameter shapes; parameters are restored onto one
+device from `checkpoints/<step>/` (the latest unless `step` is given). An export directory
+(`musiclm export`, with export.json) is checked file by file (SHA-256) before anything is read,
+so a corrupt or modified export fails naming the file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from typing import Callable, Mapping, Optional, Sequence
+
+import jax
+
+from musiclm_jax.models.base import BaseModel
+from musiclm_jax.models.mulan import MuLan, MuLanConfig
+from musiclm_jax.models.soundstream import SoundStream, SoundStreamConfig
+from musiclm_jax.models.stages import StageConfig, StageModel
+from musiclm_jax.models.w2v_bert import W2vBert, W2vBertConfig
+from musiclm_jax.training import checkpoints
+from musiclm_jax.training.partitioning import unbox
+
+MODEL_FILE = "model.json"
+EXPORT_FILE = "export.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """How to rebuild one kind of model: `build(config_dict)` and `init_shapes(model)`, the input
+    shapes its parameters are initialised from (traced with eval_shape: nothing is allocated)."""
+
+    build: Callable[[Mapping], BaseModel]
+    init_shapes: Callable[[BaseModel], Mapping[str, Sequence[int]]]
+
+
+def _stage_shapes(model: StageModel):  # parameter shapes do not depend on the sequence length
+    return {s.feature: (1, 1) for s in (*model.config.conditions, model.config.target)}
+
+
+def _codec_shapes(model: SoundStream):  # any length; the discriminators need a few windows
+    hop = model.config.hop_length
+    return {"audio": (1, hop * math.ceil(4 * model.config.discriminators.stft_window / hop))}
+
+
+KINDS: dict[str, Kind] = {
+    "StageModel": Kind(lambda c: StageModel(StageConfig.from_dict(c)), _stage_shapes),
+    "MuLan": Kind(lambda c: MuLan(MuLanConfig.from_dict(c)),
+                  lambda m: {"audio": (1, m.config.window_samples), "text_tokens": (1, m.config.max_text_length)}),
+    "W2vBert": Kind(lambda c: W2vBert(W2vBertConfig.from_dict(c)), lambda m: {"audio": (1, m.config.sample_rate)}),
+    "SoundStream": Kind(lambda c: SoundStream(SoundStreamConfig.from_dict(c)), _codec_shapes),
+}
+
+
+class ExportError(ValueError):
+    """A missing, incomplete or modified export."""
+
+
+def read_spec(model_dir: str) -> dict:
+    """model.json of a model directory ({"model": kind, "config": {...}}), after checking an
+    export's files. Raises FileNotFoundError (no model.json) or ExportError."""
+    path = os.path.join(model_dir, MODEL_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: is {model_dir!r} a `musiclm train` directory?")
+    check_export(model_dir)
+    with open(path) as f:
+        return json.load(f)
+
+
+def load(model_dir: str, step: Optional[int] = None, *, kind: Optional[str] = None) -> tuple[BaseModel, dict]:
+    """(model, params) of a `musiclm train` (or params-only export) directory.
+
+    Args:
+      model_dir: the directory with model.json and checkpoints/.
+      step: the checkpoint step to restore; None for the latest.
+      kind: if given, the kind model.json must name (e.g. "StageModel"), else ValueError.
+    Returns:
+      The rebuilt model and its parameters (unboxed, on one local device).
+    """
+    spec = read_spec(model_dir)
+    name = spec.get("model")
+    if kind is not None and name != kind:
+        raise ValueError(f"{os.path.join(model_dir, MODEL_FILE)} describes a {name!r} model, not {kind}")
+    if name not in KINDS:
+        raise ValueError(f"{os.path.join(model_dir, MODEL_FILE)} names an unknown model {name!r} "
+                         f"(known: {', '.join(sorted(KINDS))})")
+    model = KINDS[name].build(spec["config"])
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def init():
+        return unbox(model.get_initial_variables(jax.random.PRNGKey(0), KINDS[name].init_shapes(model))["params"])
+
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), jax.eval_shape(init))
+    source = os.path.join(model_dir, "checkpoints")
+    if step is not None:
+        source = os.path.join(source, str(step))
+    params, _ = checkpoints.restore_params(source, abstract)
+    return model, params
+
+
+def latest_step(model_dir: str) -> int:
+    """The newest checkpoint step of a model directory."""
+    steps = [int(d) for d in os.listdir(os.path.join(model_dir, "checkpoints")) if d.isdigit()]
+    if not steps:
+        raise FileNotFoundError(f"{model_dir}/checkpoints holds no checkpoint")
+    return max(steps)
+
+
+# ---- export integrity --------------------------------------------------------------------------
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_export(directory: str) -> Optional[dict]:
+    """export.json of an export directory after checking every listed file's SHA-256 (None for a
+    training directory, which has no export.json). Raises ExportError naming the first bad file."""
+    path = os.path.join(directory, EXPORT_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+        files = manifest["files"]
+    except (ValueError, KeyError) as e:
+        raise ExportError(f"{path} is not a valid export manifest: {e}") from e
+    for rel, digest in files.items():
+        full = os.path.join(directory, rel)
+        if not os.path.exists(full):
+            raise ExportError(f"export {directory}: {rel} is missing")
+        if sha256(full) != digest:
+            raise ExportError(f"export {directory}: {rel} does not match its SHA-256 in {EXPORT_FILE} "
+                              "(corrupt or modified); export again")
+    return manifest
