@@ -37,7 +37,7 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest>=8,<10", "pytest-timeout>=2.3"],
+    "test": ["pytest>=8,<10", "pytest-timeout>=2.3", "ruff>=0.17,<0.18"],  # ruff: lint + format check in CI
     # libtpu: runs on TPU VMs, and compiles for TPU topologies on any host (`musiclm aot`).
     "tpu": [f"jax[tpu]=={JAX_VERSION}"],
     # `export_tf.export_savedmodel`: a TF SavedModel of an export bundle (TensorFlow comes with
