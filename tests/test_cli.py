@@ -131,3 +131,26 @@ def test_aot_compiles_tiny_for_tpu_and_reports_memory():
     r = musiclm("aot", "--gin_file=models/semantic_stage/tiny.gin", "--topology=v5e:2x2",
                 "--gin.BATCH_SIZE_PER_DEVICE=65536", "--gin.TASK_FEATURE_LENGTHS={'mulan_tokens': 12, 'semantic_tokens': 1024}")
     assert r.returncode == 3 and "DoesNotFit" in r.stderr and "TPU v5 lite" in r.stderr, (r.stdout[-2000:], r.stderr[-2000:])
+
+
+def test_gin_names_its_renamed_modules_and_unread_macros(tmp_path):
+    """In process (no CLI start-up): an old module name in a user's gin file is named with its
+    replacement; a macro bound on the command line that no gin file reads is refused."""
+    import gin
+
+    from musiclm_jax import gin_utils
+
+    old = tmp_path / "old.gin"
+    old.write_text("import musiclm_jax.models.gin_registry\n")
+    try:
+        with pytest.raises(gin_utils.ConfigError, match="is now musiclm_jax.gin_registry"):
+            gin_utils.parse([str(old)], [])
+        gin.clear_config()
+        ok = tmp_path / "ok.gin"
+        ok.write_text("import musiclm_jax.gin_registry\nSTEPS = 3\nOptimizerConfig.warmup_steps = %STEPS\n")
+        gin_utils.parse([str(ok)], ["STEPS = 4"])  # read: fine
+        gin.clear_config()
+        with pytest.raises(gin_utils.ConfigError, match="STEPZ.*did you mean STEPS"):
+            gin_utils.parse([str(ok)], ["STEPZ = 4"])
+    finally:
+        gin.clear_config()

@@ -55,7 +55,7 @@ def test_a_perfect_generator_scores_the_references_own_numbers(tmp_path, items, 
                   classifier=text_to_music.SyntheticAttributeClassifier(None, **CLASSIFIER), num_report_samples=1)
     references = np.stack([i.reference for i in items])
     codec = AcousticTokenizer.from_model_dir(musiclm_model_dirs["soundstream_dir"])
-    same = text_to_music.evaluate(str(tmp_path / "same"), items, generated=references, codec=codec, **common)
+    same = text_to_music.generate_and_score(str(tmp_path / "same"), items, generated=references, codec=codec, **common)
     assert same["fad"]["mulan"] == pytest.approx(0.0, abs=1e-4)
     assert same["kld"]["mean"] == pytest.approx(0.0, abs=1e-6)
     assert same["mcc"] == pytest.approx(same["mcc_reference"])
@@ -63,11 +63,11 @@ def test_a_perfect_generator_scores_the_references_own_numbers(tmp_path, items, 
     assert {"register", "drums"} <= set(same["adherence"])
     assert same["fad_codec"]["mulan"] > 0 and same["codec"]["bitrate_kbps"] > 0  # the codec is lossy
     # The same clips, each paired with another caption: the set (FAD) is unchanged, the pairs (KLD) are not.
-    swapped = text_to_music.evaluate(str(tmp_path / "swapped"), items, generated=references[[1, 2, 3, 0]], **common)
+    swapped = text_to_music.generate_and_score(str(tmp_path / "swapped"), items, generated=references[[1, 2, 3, 0]], **common)
     assert swapped["fad"]["mulan"] == pytest.approx(0.0, abs=1e-4)
     assert swapped["kld"]["mean"] > 0.05
     with pytest.raises(ValueError, match="at least 2"):
-        text_to_music.evaluate(str(tmp_path / "one"), items[:1], generated=references[:1], **common)
+        text_to_music.generate_and_score(str(tmp_path / "one"), items[:1], generated=references[:1], **common)
 
 
 @pytest.mark.slow

@@ -126,8 +126,8 @@ def kld_by_label_set(classifier, reference: np.ndarray, generated: np.ndarray, s
     return out
 
 
-def evaluate(output_dir: str, items: Sequence[EvalItem], *, model=None, seconds: Optional[float] = None,
-             generated: Optional[np.ndarray] = None, generated_sample_rate: Optional[int] = None,
+def generate_and_score(output_dir: str, items: Sequence[EvalItem], *, model=None, seconds: Optional[float] = None,
+                       generated: Optional[np.ndarray] = None, generated_sample_rate: Optional[int] = None,
              mulan=None, codec=None, embedders: Optional[Mapping[str, object]] = None, classifier=None,
              seed: int = 0, settings=None, num_candidates: int = 1, batch_size: int = 8,
              num_report_samples: int = 8, title: str = "text-to-music eval", extra: Optional[dict] = None) -> dict:
