@@ -132,7 +132,31 @@ def compile_for_topology(
     check_fits: bool = True,
 ) -> AotReport:
     """Compiles the model's train step for `topology` (e.g. 'v5e:4x4') and reports memory and
-    cost per chip. Raises DoesNotFitError when `check_fits` and it exceeds the chip's HBM."""
+    cost per chip.
+
+    Args:
+      model: the model whose train step is compiled.
+      topology: a libtpu topology name, e.g. 'v5e:4x4', 'v4:2x2x2', 'v5p:2x2x2' (v4 as megacore:
+        one device per chip).
+      task_feature_lengths: {feature: length, or (frames, levels)} of one example, as in training.
+      batch_size_per_device: examples per data-parallel shard; the global batch is this times the
+        mesh's data-parallel size (the axes 'activation_batch' maps to).
+      optimizer: the optimiser whose state the step carries.
+      ici_mesh_shape: ('data', 'fsdp', 'model') sizes within a slice; -1 fills the remaining devices.
+      dcn_mesh_shape: the same across slices (no -1).
+      logical_axis_rules: logical axis names -> mesh axes.
+      microbatches: gradient-accumulation microbatches per step; the global batch must divide into them.
+      check_fits: raise DoesNotFitError when the step does not fit; else the report says so (`fits`).
+    Returns:
+      An AotReport: per-chip bytes of arguments, outputs (and those aliased to donated arguments),
+      temporaries and code, the chip's HBM (None for an unknown device kind), FLOPs per step per
+      chip, HBM bytes accessed, and step-time estimates (the compiler's, and a roofline over FLOPs
+      and bytes), each None when unknown.
+    Raises:
+      RuntimeError: libtpu is missing (the `tpu` extra) or `topology` is not a known name.
+      DoesNotFitError: `check_fits` and the step exceeds the chip's HBM (XLA's own out-of-memory
+        check or the memory analysis).
+    """
     _prepare_libtpu_env()
     from jax.experimental import topologies
 

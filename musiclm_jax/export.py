@@ -68,7 +68,23 @@ def _fresh_dir(output_dir: str) -> None:
 def export_checkpoint(model_dir: str, output_dir: str, *, step: Optional[int] = None,
                       dtype: Optional[str] = None) -> dict:
     """Parameters only (optionally cast to `dtype`, e.g. 'bfloat16') + model.json, config.gin and
-    the tokenizer artifacts of `model_dir`, into the new directory `output_dir`."""
+    the tokenizer artifacts of `model_dir`, into the new directory `output_dir`.
+
+    Args:
+      model_dir: a `musiclm train` directory of any kind (StageModel, MuLan, W2vBert, SoundStream).
+      output_dir: the new directory: absent or empty. Gets model.json, config.gin, text_vocab/,
+        mulan_rvq/ and kmeans/ (those `model_dir` has), checkpoints/<step>/params and, last, export.json.
+      step: the checkpoint to export; None for the latest.
+      dtype: cast floating parameters to this dtype (integer ones are kept); None stores them as trained.
+    Returns:
+      The export.json written: model (the kind), source (absolute `model_dir`), step, dtype ('as
+      trained' when None) and files ({relative path: SHA-256} of every other file).
+    Raises:
+      FileNotFoundError: `model_dir` has no model.json or no checkpoint.
+      FileExistsError: `output_dir` exists and is not empty (checked after the parameters are loaded).
+      ValueError: model.json names an unknown kind of model.
+      ExportError: `model_dir` is itself an export whose files changed.
+    """
     import orbax.checkpoint as ocp
 
     if step is None:
@@ -177,7 +193,32 @@ def export_musiclm(output_dir: str, *, mulan_dir: str, semantic_stage_dir: str, 
                    dtype: Optional[str] = None, platforms: Sequence[str] = ("cpu", "tpu")) -> dict:
     """The five models as params-only exports (output_dir/<mulan|semantic_stage|...>/) and, in
     output_dir/functions/, the StableHLO samplers for generations of `seconds` with these
-    windows and settings, and the codec decoder. Returns the bundle's export.json."""
+    windows and settings, and the codec decoder. Returns the bundle's export.json.
+
+    Args:
+      output_dir: the new bundle directory: absent or empty. Each model goes to its directory
+        argument's name without `_dir` (mulan/, semantic_stage/, coarse_stage/, fine_stage/,
+        soundstream/), the functions to functions/ (<stage>-NNN.jaxexport, codec_decode.jaxexport).
+      mulan_dir: as `generate.load_musiclm`.
+      semantic_stage_dir: as `generate.load_musiclm`.
+      coarse_stage_dir: as `generate.load_musiclm`.
+      fine_stage_dir: as `generate.load_musiclm`.
+      soundstream_dir: as `generate.load_musiclm`. No w2v-BERT: a bundle cannot continue audio.
+      seconds: the generation length the samplers are exported for (it fixes every window's shape).
+      semantic_rate: semantic tokens per second, as `generate.load_musiclm`.
+      windows: per-stage sliding windows, as `generate.load_musiclm`.
+      settings: per-stage SamplingSettings over PAPER_SETTINGS; top-k, top-p and the guidance scale
+        are compiled into the samplers, the temperature stays an argument.
+      dtype: as `export_checkpoint`, for all five models.
+      platforms: the platforms the functions are lowered for (jax.export names, e.g. 'cpu', 'tpu').
+    Returns:
+      The bundle's export.json: bundle ('musiclm'), seconds, semantic_rate, platforms, windows,
+      settings, samplers (each signature and its file), decoder, dtype and files ({relative path:
+      SHA-256}).
+    Raises:
+      FileExistsError: `output_dir` exists and is not empty.
+      FileNotFoundError, ValueError: as `generate.load_musiclm`.
+    """
 
     dirs = dict(mulan_dir=mulan_dir, semantic_stage_dir=semantic_stage_dir, coarse_stage_dir=coarse_stage_dir,
                 fine_stage_dir=fine_stage_dir, soundstream_dir=soundstream_dir)
@@ -221,7 +262,19 @@ def read_functions(export_dir: str, manifest: Mapping) -> tuple[dict, Any]:
 
 def load_exported_musiclm(export_dir: str):
     """A MusicLM that samples and decodes through the bundle's StableHLO functions (any batch of
-    prompts x candidates; the lengths, windows and settings it was exported for)."""
+    prompts x candidates; the lengths, windows and settings it was exported for).
+
+    Args:
+      export_dir: a bundle written by `export_musiclm`.
+    Returns:
+      The MusicLM (for `generate.generate(model=...)`), with the exported windows and no semantic
+      tokenizer (it cannot continue audio). Any temperature works; a window shape or top-k / top-p
+      / guidance scale the bundle has no sampler for raises ExportError when sampled, naming the
+      seconds and settings it was exported for.
+    Raises:
+      ExportError: `export_dir` is not a `musiclm export` bundle, or one of its files is missing or
+        modified.
+    """
 
     manifest = check_export(export_dir)
     if manifest is None or manifest.get("bundle") != "musiclm":

@@ -29,9 +29,25 @@ from musiclm_jax.training.summaries import log
 def load_musiclm(*, mulan_dir: str, semantic_stage_dir: str, coarse_stage_dir: str, fine_stage_dir: str,
                  soundstream_dir: str, semantic_rate: float = 25.0, windows: Optional[Mapping[str, Window]] = None,
                  w2v_bert_dir: Optional[str] = None) -> MusicLM:
-    """The whole model from its five training directories (MuLan with its RVQ in mulan_rvq/);
-    `w2v_bert_dir` (with kmeans/) only to continue audio prompts. `windows`: each stage's
-    sliding Window or (seconds, stride); a stage left out (or None) slides its training crop."""
+    """The whole model from its five training directories (MuLan with its RVQ in mulan_rvq/).
+
+    Args:
+      mulan_dir: MuLan's `musiclm train` directory, with its RVQ in mulan_rvq/ (`musiclm fit_mulan_rvq`).
+      semantic_stage_dir: the semantic stage's directory (a StageModel).
+      coarse_stage_dir: the coarse acoustic stage's directory (a StageModel).
+      fine_stage_dir: the fine acoustic stage's directory (a StageModel).
+      soundstream_dir: the SoundStream codec's directory; its sample_rate / hop_length is the acoustic rate.
+      semantic_rate: semantic tokens per second (w2v-BERT's frame rate; 25 at the paper config).
+      windows: each stage's sliding Window or (seconds, stride); a stage left out (or None) slides its
+        training crop (read from its config.gin; the paper's window when that is unknown).
+      w2v_bert_dir: w2v-BERT's directory (with kmeans/), only to continue audio prompts.
+    Returns:
+      A MusicLM with every model at its latest checkpoint.
+    Raises:
+      FileNotFoundError: a directory is missing (or has no model.json, or the RVQ / k-means is not fitted).
+      ValueError: a model.json names another kind of model, or the parts do not fit together (e.g. a
+        stage trained on another codec).
+    """
     dirs = {"mulan_dir": mulan_dir, "semantic_stage_dir": semantic_stage_dir, "coarse_stage_dir": coarse_stage_dir,
             "fine_stage_dir": fine_stage_dir, "soundstream_dir": soundstream_dir}
     if w2v_bert_dir is not None:
@@ -109,7 +125,46 @@ def generate(*, output_dir: str, seconds: float, prompts: Sequence[str] = (), pr
              settings: Optional[Mapping[str, SamplingSettings]] = None, windows: Optional[Mapping[str, Window]] = None,
              story: Sequence[tuple[str, float]] = (), continue_from: Optional[str] = None,
              w2v_bert_dir: Optional[str] = None, model: Optional[MusicLM] = None) -> list[dict]:
-    """Generates every prompt (or the one story); returns the sidecars written (one per output)."""
+    """Generates every prompt (or the one story); returns the sidecars written (one per output).
+
+    Args:
+      output_dir: where each output's NNN_<prompt>.wav, .json sidecar and .png spectrogram go (created
+        if missing; NNN is the prompt's index, <prompt> its text with each run of characters other
+        than [A-Za-z0-9] as '_', at most 50 characters).
+      seconds: length of the new music per prompt, in (0, max_seconds]; with a story, replaced by the
+        segments' sum.
+      prompts: the texts, one piece each.
+      prompt_file: a file with one prompt per line (blank lines skipped), read after `prompts`.
+      mulan_dir: as `load_musiclm`; the five directories are also recorded in each sidecar.
+      semantic_stage_dir: as `load_musiclm`.
+      coarse_stage_dir: as `load_musiclm`.
+      fine_stage_dir: as `load_musiclm`.
+      soundstream_dir: as `load_musiclm`.
+      semantic_rate: semantic tokens per second, as `load_musiclm`.
+      max_seconds: the longest `seconds` accepted.
+      seed: the sampling seed: same seed, models and settings, same tokens.
+      num_candidates: samples per prompt; the one with the best MuLan text-audio cosine is written.
+      settings: per-stage SamplingSettings over PAPER_SETTINGS (the paper's temperatures).
+      windows: per-stage sliding windows, as `load_musiclm`.
+      story: [(text, seconds), ...] in order, instead of prompts: one piece whose text changes after
+        each segment's seconds; its prompt (file name, sidecar) is the texts joined by " | ".
+      continue_from: an audio file to continue; the written audio starts with its codec reconstruction
+        (prompt_seconds long) before the `seconds` of new music.
+      w2v_bert_dir: w2v-BERT's directory (with kmeans/), needed by `continue_from`.
+      model: an already loaded MusicLM (e.g. `export.load_exported_musiclm`); the directories are then
+        only recorded, and `semantic_rate` and `windows` are unused.
+    Returns:
+      The sidecars, one dict per output in prompt order (also written as NNN_<prompt>.json): prompt,
+      seed, seconds, sample_rate, num_candidates, mulan_score (None with one candidate), per-stage
+      settings and windows, models (the directories), generation_seconds_all_prompts, file (the WAV's
+      path); with a story also story, with `continue_from` also continue_from and prompt_seconds.
+    Raises:
+      ValueError: prompts and a story both given, no prompt, an empty prompt or story segment,
+        `seconds` outside (0, max_seconds], `continue_from` without `w2v_bert_dir`, or a model
+        directory of the wrong kind.
+      FileNotFoundError: a model directory is missing.
+      AudioDecodeError: `continue_from` cannot be read.
+    """
     if story:
         if prompts or prompt_file:
             raise ValueError("give either prompts or a story, not both")

@@ -45,7 +45,22 @@ def _safe_name(text: str) -> str:
 
 def inspect_task(*, task: str, num_examples: int, output_dir: str, split: str = "train",
                  seed: Optional[int] = 0) -> InspectSummary:
-    """Writes `num_examples` of `task` (in order, unshuffled) to `output_dir`."""
+    """Writes `num_examples` of `task` (in order, unshuffled) to `output_dir`.
+
+    Args:
+      task: a registered raw-audio seqio task or mixture.
+      num_examples: how many examples, from the first (fewer when the split has fewer).
+      output_dir: created if missing; gets NNN_<id>.wav per example, spectrograms.png (one sheet,
+        each spectrogram titled 'id: caption') and summary.json.
+      split: the split to read.
+      seed: seeds the task's random preprocessing (e.g. a cropping task's crop); the order is fixed.
+    Returns:
+      The InspectSummary (also written as summary.json): task, split, count, durations_s,
+      sample_rates and files (per example: wav, id, caption, duration_s, sample_rate).
+    Raises:
+      ValueError: `num_examples` <= 0, an unknown task, a split the task lacks, a task without an
+        'audio' feature, or a split that yields no example.
+    """
     if num_examples <= 0:
         raise ValueError(f"num_examples must be positive, got {num_examples}")
     tasks.validate_name(task)

@@ -198,7 +198,7 @@ def _evaluate(ctx: _Context, step: str, done: dict) -> dict:
     mulan = MuLanEmbedder.from_model_dir(ctx.dirs["mulan"])
     classifier = text_to_music.SyntheticAttributeClassifier(os.path.join(ctx.model_dir, "attribute_classifier"),
                                                             **CLASSIFIER[ctx.size])
-    results = text_to_music.evaluate(
+    results = text_to_music.generate_and_score(
         os.path.join(ctx.model_dir, DIRS["eval"]), items, generated=np.stack([a for a, _ in clips]),
         generated_sample_rate=rate, mulan=mulan, codec=AcousticTokenizer.from_model_dir(ctx.dirs["codec"]),
         embedders={"mulan": MuLanAudioEmbedder(mulan)}, classifier=classifier, seed=ctx.options["seed"],
@@ -242,11 +242,31 @@ def run_pipeline(*, model_dir: str, size: str = "small", seconds: float = 4.0, n
     """Runs (or resumes) every step into `model_dir` and returns the summary written to
     model_dir/pipeline_summary.json.
 
-    `size`: 'tiny' (the test suite's, ~a minute) or 'small' (the CPU demo, ~20 minutes on 2 cores).
-    `seconds`, `num_prompts`: length and number of the generated pieces; the prompts are
-    captions of held-out pieces unless `prompts` are given (then adherence is not measured).
-    `step_bindings`: extra gin bindings per step, e.g. {'codec': ['TRAIN_STEPS = 100']}.
-    `settings`: per-stage SamplingSettings (default the paper's temperatures)."""
+    Args:
+      model_dir: the pipeline's directory D (made absolute; the layout is in the module docstring).
+        A step with a marker in D/steps/ is skipped, whatever the other arguments now say.
+      size: 'tiny' (the test suite's, ~a minute) or 'small' (the CPU demo, ~20 minutes on 2 cores):
+        the gin files gin/pipeline/<size>/ and the size of the eval's attribute classifier.
+      seconds: length of each generated piece.
+      num_prompts: number of generated pieces, when the prompts are captions of held-out pieces.
+      prompts: the user's own prompts instead of held-out captions (then adherence is not measured:
+        their music has no references and only runs through the detectors).
+      seed: seed of generation and of the eval.
+      num_candidates: samples per prompt, the best by MuLan score kept (as `generate.generate`).
+      settings: per-stage SamplingSettings (default the paper's temperatures).
+      step_bindings: extra gin bindings per step, e.g. {'codec': ['TRAIN_STEPS = 100']}.
+      train_captions_checked: held-out captions equal to one of the first this many training
+        captions are not used as prompts.
+      on_start: called with the absolute `model_dir` once it exists, before the first step (the CLI
+        writes its gin config there).
+    Returns:
+      The summary: model_dir, size, wall_s per step, total_wall_s, metrics (per model, adherence
+      and its references, text_to_music: FAD, KLD, MCC), wavs, pngs, report (report.html's path,
+      or None without references) and prompts (caption, labels, detected attributes, wav).
+    Raises:
+      ValueError: an unknown `size`, `step_bindings` naming unknown steps, `seconds` <= 0 or
+        `num_prompts` < 1.
+    """
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
     unknown = sorted(set(step_bindings or {}) - set(STEPS))

@@ -323,8 +323,30 @@ def precompute_tokens(*, task: str, splits: Sequence[str] = ("train", "validatio
                       mulan_dir: str, w2v_bert_dir: str, soundstream_dir: str, num_shards: int = 8,
                       beam_args: Sequence[str] = ()) -> dict:
     """Tokenises the clips of `task` (a raw-audio seqio task) into the cache at `output_dir`
-    and returns the summary (also written to output_dir/summary.json). `beam_args`: Beam
-    pipeline options (default the in-process DirectRunner)."""
+    and returns the summary (also written to output_dir/summary.json).
+
+    Args:
+      task: a registered raw-audio seqio task or mixture; its clips are tokenised whole.
+      splits: the task's splits to tokenise; a split already finished in `output_dir` is skipped.
+      output_dir: the cache (local or GCS): per split <split>.tfrecord-NNNNN-of-NNNNN shards and
+        seqio's info/stats files, per-shard counts in shards/, precompute.json (models, rates,
+        levels, shard counts), COMPLETED and summary.json.
+      mulan_dir: MuLan's directory (model.json, mulan_rvq/codebooks.npz).
+      w2v_bert_dir: w2v-BERT's directory (model.json, kmeans/kmeans.npz).
+      soundstream_dir: SoundStream's directory (model.json).
+      num_shards: input shards per split, the units of work and of resumption (shard i: the clips
+        whose index is i mod num_shards); a split must keep the count it was started with.
+      beam_args: Beam pipeline options (default the in-process DirectRunner).
+    Returns:
+      The summary: task, output_dir, splits ({split: clips, seconds, tokens per feature, skipped
+      inputs by reason, and the rates, levels, codebook_sizes, sample_rates and mulan_windows of
+      the models}), shards_run, shards_skipped, splits_skipped and wall_s.
+    Raises:
+      ValueError: `num_shards` <= 0, an unknown task, a split the task lacks, a cache made from
+        another task, other model dirs or another shard count, or shards that disagree on the models.
+      FileNotFoundError: a model dir lacks one of the files above.
+      NoUsableExamplesError: a split has no usable clip.
+    """
     from musiclm_jax.data import audio_tasks, tasks
 
     if num_shards <= 0:

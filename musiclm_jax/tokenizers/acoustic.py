@@ -22,6 +22,16 @@ from musiclm_jax.models.soundstream import SoundStream
 
 
 class AcousticTokenizer:
+    """A frozen SoundStream as waveform <-> RVQ codes, for any input length.
+
+    Args:
+      model: the SoundStream.
+      params: its parameters.
+      num_levels: keep the first levels of the RVQ (a lower bitrate); None for all the model's.
+    Raises:
+      ValueError: `num_levels` outside [1, the model's num_levels].
+    """
+
     def __init__(self, model: SoundStream, params, *, num_levels: Optional[int] = None):
         levels = num_levels or model.config.num_levels
         if not 1 <= levels <= model.config.num_levels:
@@ -33,8 +43,19 @@ class AcousticTokenizer:
     @classmethod
     def from_model_dir(cls, model_dir: str, *, step: Optional[int] = None, num_levels: Optional[int] = None
                        ) -> "AcousticTokenizer":
-        """Loads `model_dir/model.json` (written by `musiclm train`) and the checkpoint's params
-        (`step`, else the latest); `num_levels` keeps the first levels of the RVQ (a lower bitrate)."""
+        """Loads `model_dir/model.json` (written by `musiclm train`) and the checkpoint's params.
+
+        Args:
+          model_dir: a SoundStream `musiclm train` directory or params-only export.
+          step: the checkpoint step; None for the latest.
+          num_levels: keeps the first levels of the RVQ (a lower bitrate); None for all.
+        Returns:
+          The tokenizer.
+        Raises:
+          FileNotFoundError: `model_dir` has no model.json.
+          ValueError: model.json names another kind of model, or `num_levels` is out of range.
+          ExportError: `model_dir` is an export whose files changed.
+        """
         model, params = model_io.load(model_dir, step, kind="SoundStream")
         return cls(model, params, num_levels=num_levels)
 
@@ -47,7 +68,16 @@ class AcousticTokenizer:
         return self.model.config.sample_rate
 
     def encode(self, waveforms) -> np.ndarray:
-        """int32 [batch, ceil(samples / hop), num_levels] for float waveforms [batch, samples]."""
+        """int32 [batch, ceil(samples / hop), num_levels] for float waveforms [batch, samples].
+
+        Args:
+          waveforms: float [batch, samples] at `sample_rate` (a 1-D clip is a batch of one);
+            zero-padded to a whole number of hops.
+        Returns:
+          int32 codes [batch, ceil(samples / hop), num_levels], each in [0, codebook_size).
+        Raises:
+          ValueError: not [batch, samples], or no samples.
+        """
         x = np.asarray(waveforms, np.float32)
         if x.ndim == 1:
             x = x[None]
@@ -58,7 +88,19 @@ class AcousticTokenizer:
         return np.asarray(self._encode(self.params, jnp.asarray(x)))
 
     def decode(self, codes, num_samples: Optional[int] = None) -> np.ndarray:
-        """float32 waveforms [batch, frames * hop] (or trimmed to `num_samples`)."""
+        """float32 waveforms [batch, frames * hop] (or trimmed to `num_samples`).
+
+        Args:
+          codes: int [batch, frames, levels]: the first `levels` RVQ levels (at most the model's),
+            each code in [0, codebook_size).
+          num_samples: keep the first this many samples (e.g. the length `encode` was given); None
+            keeps frames * hop.
+        Returns:
+          float32 waveforms [batch, frames * hop or num_samples] at `sample_rate`.
+        Raises:
+          ValueError: codes not [batch, frames, levels], more levels than the model has, or a code
+            out of range.
+        """
         c = np.asarray(codes, np.int32)
         if c.ndim != 3 or c.shape[-1] > self.model.config.num_levels:
             raise ValueError(f"decode expects codes [batch, frames, levels <= {self.model.config.num_levels}], "

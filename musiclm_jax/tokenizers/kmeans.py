@@ -130,9 +130,26 @@ def fit_minibatch_kmeans(
 ) -> KMeansState:
     """Mini-batch k-means over `batches` ([B, D] arrays, one pass, at most `max_steps`).
 
-    Seeds with greedy k-means++ on `init_points`, or else on the first batch (which is then also
-    the first step). Deterministic given `seed` and the batch order. `progress(step,
-    batch_mean_sq_distance)` is called after each step (it waits for the device).
+    Deterministic given `seed` and the batch order.
+
+    Args:
+      batches: float [B, D] arrays (B may vary), read once; may be endless when `max_steps` is set.
+      k: the number of centroids, an integer >= 1 (at most the number of init points).
+      seed: seeds the greedy k-means++ seeding.
+      init_points: float [N >= k, D] to seed on; None seeds on the first batch, which is then also
+        the first step.
+      max_steps: at most this many steps (one per batch); None runs until `batches` ends.
+      mesh: shards each batch over its 'data' and 'fsdp' axes (padded to a multiple of the shard
+        count with rows of weight 0) and replicates the centroids; None for one device.
+      progress: `progress(step, batch_mean_sq_distance)` is called after each step (it waits for
+        the device).
+    Returns:
+      The KMeansState: centroids float32 [k, D], counts int64 [k], num_points, num_steps and
+      inertia_history (per step, the batch's mean squared distance before its update).
+    Raises:
+      ValueError: `k` not an integer >= 1, `max_steps` < 0, no batch and no `init_points`, fewer
+        init points than `k`, a mesh with neither 'data' nor 'fsdp', or a batch that is empty, not
+        [N, D], of another dim or not finite.
     """
     k = _check_k(k)
     if max_steps is not None and max_steps < 0:

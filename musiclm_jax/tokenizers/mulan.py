@@ -42,7 +42,16 @@ def clip_embeddings(window_embeddings: Sequence[np.ndarray]) -> np.ndarray:
 
 
 class MuLanEmbedder:
-    """Audio and text embeddings of a frozen MuLan (no RVQ needed)."""
+    """Audio and text embeddings of a frozen MuLan (no RVQ needed).
+
+    Args:
+      model: the MuLan.
+      params: its parameters.
+      vocabulary: the caption SentencePiece vocabulary (text_vocab/captions.model); None embeds
+        audio only (text raises FileNotFoundError).
+      window_batch: audio windows (or texts) per call; the last batch is padded to it, so one
+        compiled function serves any number of clips.
+    """
 
     def __init__(self, model: MuLan, params, vocabulary=None, *, window_batch: int = 16):
         self.model, self.params, self.vocabulary = model, params, vocabulary
@@ -52,6 +61,20 @@ class MuLanEmbedder:
 
     @classmethod
     def from_model_dir(cls, model_dir: str, *, step: Optional[int] = None, **kwargs) -> "MuLanEmbedder":
+        """The MuLan of a model directory, with its caption vocabulary when it has one.
+
+        Args:
+          model_dir: a MuLan `musiclm train` directory or params-only export (model.json,
+            checkpoints/, and text_vocab/captions.model if text is to be embedded).
+          step: the checkpoint step; None for the latest.
+          **kwargs: as the constructor (`window_batch`).
+        Returns:
+          The embedder (without a vocabulary when `model_dir` has none).
+        Raises:
+          FileNotFoundError: `model_dir` has no model.json.
+          ValueError: model.json names another kind of model.
+          ExportError: `model_dir` is an export whose files changed.
+        """
         from musiclm_jax.data.text_vocab import load_caption_vocabulary  # seqio: loaded when needed
 
         model, params = model_io.load(model_dir, step, kind="MuLan")
@@ -65,12 +88,29 @@ class MuLanEmbedder:
 
     def embed_audio(self, waveforms: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """Unit-norm float32 [batch, D] for clips (a [B, T] array or a list of 1-D clips of any
-        length): the average of the clip's window embeddings (`embed_audio_windows`)."""
+        length): the average of the clip's window embeddings (`embed_audio_windows`).
+
+        Args:
+          waveforms: clips at `sample_rate`: a [B, T] array, a list of 1-D clips of any length, or
+            one 1-D clip (a batch of one).
+        Returns:
+          Unit-norm float32 [batch, D] (D = the config's embed_dim, 128 in the paper config).
+        Raises:
+          ValueError: no clip, or a clip that is empty or not 1-D.
+        """
         return clip_embeddings(self.embed_audio_windows(waveforms))
 
     def embed_audio_windows(self, waveforms: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
         """Per clip, unit-norm float32 [windows, D]: windows of `window_seconds` every
-        `hop_seconds` from the start (the last one zero-padded), as `models.mulan.window_starts`."""
+        `hop_seconds` from the start (the last one zero-padded), as `models.mulan.window_starts`.
+
+        Args:
+          waveforms: as `embed_audio`.
+        Returns:
+          A list with one unit-norm float32 [windows, D] per clip (a clip shorter than a window has one).
+        Raises:
+          ValueError: no clip, or a clip that is empty or not 1-D.
+        """
         if isinstance(waveforms, np.ndarray) and waveforms.ndim == 1:
             waveforms = waveforms[None]
         clips = [np.asarray(w, np.float32) for w in waveforms]
@@ -90,7 +130,16 @@ class MuLanEmbedder:
         return np.split(embs, np.cumsum(counts)[:-1])
 
     def text_ids(self, texts: Sequence[str]) -> np.ndarray:
-        """int32 [batch, max_text_length] SentencePiece ids, -1 padded (longer texts are cut)."""
+        """int32 [batch, max_text_length] SentencePiece ids, -1 padded (longer texts are cut).
+
+        Args:
+          texts: captions (one str is a batch of one).
+        Returns:
+          int32 [batch, max_text_length] ids, -1 after each text's end.
+        Raises:
+          FileNotFoundError: this MuLan has no caption vocabulary.
+          ValueError: an empty (or non-str) text.
+        """
         if self.vocabulary is None:
             raise FileNotFoundError(f"this MuLan has no caption vocabulary ({VOCAB_PATH} in its model dir)")
         if isinstance(texts, str):
@@ -105,7 +154,15 @@ class MuLanEmbedder:
         return out
 
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit-norm float32 [batch, D] for captions."""
+        """Unit-norm float32 [batch, D] for captions.
+
+        Args:
+          texts: captions (one str is a batch of one).
+        Returns:
+          Unit-norm float32 [batch, D].
+        Raises:
+          FileNotFoundError, ValueError: as `text_ids`.
+        """
         return self._run_in_batches(self.text_ids(texts), self._embed_text)
 
     def _run_in_batches(self, x: np.ndarray, fn) -> np.ndarray:
@@ -117,7 +174,16 @@ class MuLanEmbedder:
 
 
 class MuLanTokenizer(MuLanEmbedder):
-    """MuLan embeddings quantized by the frozen RVQ: 12 tokens per clip or text."""
+    """MuLan embeddings quantized by the frozen RVQ: 12 tokens per clip or text.
+
+    Args:
+      model: as MuLanEmbedder.
+      params: as MuLanEmbedder.
+      vocabulary: as MuLanEmbedder.
+      codebooks: the RVQ as `load_rvq` returns it (embed [levels, codebook_size, D], cluster_size,
+        embed_sum, initialized); its levels are the tokens per clip (12 in the paper config).
+      **kwargs: as MuLanEmbedder (`window_batch`).
+    """
 
     def __init__(self, model: MuLan, params, vocabulary, codebooks: dict, **kwargs):
         super().__init__(model, params, vocabulary, **kwargs)
@@ -127,6 +193,20 @@ class MuLanTokenizer(MuLanEmbedder):
     @classmethod
     def from_model_dir(cls, model_dir: str, *, step: Optional[int] = None, rvq_dir: Optional[str] = None,
                        **kwargs) -> "MuLanTokenizer":
+        """The MuLan of a model directory with its fitted RVQ.
+
+        Args:
+          model_dir: as `MuLanEmbedder.from_model_dir`.
+          step: the checkpoint step; None for the latest.
+          rvq_dir: the RVQ's directory (codebooks.npz, rvq.json); None for model_dir/mulan_rvq.
+          **kwargs: as the constructor (`window_batch`).
+        Returns:
+          The tokenizer.
+        Raises:
+          FileNotFoundError: no model.json, or no codebooks.npz (fit the RVQ first: `fit_mulan_rvq`).
+          ValueError: model.json names another kind of model, or codebooks.npz is not a MuLan RVQ.
+          ExportError: `model_dir` is an export whose files changed.
+        """
         embedder = MuLanEmbedder.from_model_dir(model_dir, step=step)
         codebooks, _ = load_rvq(rvq_dir or os.path.join(model_dir, RVQ_DIR))
         return cls(embedder.model, embedder.params, embedder.vocabulary, codebooks, **kwargs)
@@ -136,22 +216,53 @@ class MuLanTokenizer(MuLanEmbedder):
         return int(self.codebooks["embed"].shape[0])
 
     def quantize(self, embeddings: np.ndarray) -> np.ndarray:
+        """RVQ codes of embeddings.
+
+        Args:
+          embeddings: float [..., D] MuLan embeddings (audio or text).
+        Returns:
+          int32 [..., levels] codes.
+        """
         return np.asarray(self._encode(self.codebooks, jnp.asarray(embeddings, jnp.float32)))
 
     def audio_tokens(self, waveforms) -> np.ndarray:
-        """int32 [batch, levels] of clips of any length."""
+        """int32 [batch, levels] of clips of any length.
+
+        Args:
+          waveforms: as `embed_audio`.
+        Returns:
+          int32 [batch, levels]: the RVQ codes of each clip's embedding (the training condition M_A).
+        Raises:
+          ValueError: as `embed_audio`.
+        """
         return self.quantize(self.embed_audio(waveforms))
 
     def audio_tokens_with_windows(self, waveforms) -> tuple[np.ndarray, list[np.ndarray]]:
         """(clip tokens int32 [batch, levels], per clip its windows' tokens [windows, levels]):
-        one MuLan pass for the whole-clip condition and the per-window ones of long tracks."""
+        one MuLan pass for the whole-clip condition and the per-window ones of long tracks.
+
+        Args:
+          waveforms: as `embed_audio`.
+        Returns:
+          (int32 [batch, levels] as `audio_tokens`, a list of int32 [windows, levels], one per clip).
+        Raises:
+          ValueError: as `embed_audio`.
+        """
         windows = self.embed_audio_windows(waveforms)
         counts = np.cumsum([len(w) for w in windows])[:-1]
         window_tokens = np.split(self.quantize(np.concatenate(windows)), counts)
         return self.quantize(clip_embeddings(windows)), window_tokens
 
     def text_tokens(self, texts: Sequence[str]) -> np.ndarray:
-        """int32 [batch, levels] of captions."""
+        """int32 [batch, levels] of captions.
+
+        Args:
+          texts: captions (one str is a batch of one).
+        Returns:
+          int32 [batch, levels]: the RVQ codes of each text's embedding (the generation condition M_T).
+        Raises:
+          FileNotFoundError, ValueError: as `MuLanEmbedder.text_ids`.
+        """
         return self.quantize(self.embed_text(texts))
 
 
@@ -209,7 +320,25 @@ def fit_mulan_rvq(*, model_dir: str, task: str, split: str = "train", num_exampl
                   output_dir: Optional[str] = None, seed: int = 0, step: Optional[int] = None) -> dict:
     """Embeds up to `num_examples` clips of `task` with the MuLan of `model_dir`, fits the RVQ of
     its config (rvq_levels x rvq_codebook_size), reports reconstruction cosines (train and the
-    eval split) and saves to `output_dir` (default MODEL_DIR/mulan_rvq). Returns the info dict."""
+    eval split) and saves to `output_dir` (default MODEL_DIR/mulan_rvq). Returns the info dict.
+
+    Args:
+      model_dir: MuLan's `musiclm train` directory.
+      task: a registered raw-audio seqio task; its clips are embedded whole.
+      split: the split the RVQ is fitted on.
+      num_examples: at most this many clips of `split`; None for all.
+      eval_split: a held-out split the reconstruction cosine is also measured on; None for none.
+      num_eval_examples: at most this many clips of `eval_split`.
+      output_dir: where codebooks.npz and rvq.json are written; None for MODEL_DIR/mulan_rvq.
+      seed: seeds the k-means++ initialisation.
+      step: MuLan's checkpoint step; None for the latest.
+    Returns:
+      The info dict (also rvq.json): task, split, num_examples (clips embedded), levels,
+      codebook_size, seed, and reconstruction_cosine ({split: {levels used, as a str: mean cosine}}
+      for 1, 2, 4, ... and all levels, on `split` and `eval_split`).
+    Raises:
+      ValueError: an unknown task, or a split with no clips to embed (or fewer than 2 to fit on).
+    """
     embedder = MuLanEmbedder.from_model_dir(model_dir, step=step)
     c = embedder.model.config
     output_dir = output_dir or os.path.join(model_dir, RVQ_DIR)

@@ -34,7 +34,14 @@ KMEANS_DIR = "kmeans"
 
 
 class W2vBertEmbedder:
-    """Frame embeddings [frames, D] of one MLM-module layer, for clips of any length."""
+    """Frame embeddings [frames, D] of one MLM-module layer, for clips of any length.
+
+    Args:
+      model: the w2v-BERT.
+      params: its parameters.
+      layer: the MLM-module layer (1-based) whose output is embedded; None for the config's
+        `embedding_layer` (the 7th in the paper config).
+    """
 
     def __init__(self, model: W2vBert, params, layer: Optional[int] = None):
         self.model, self.params = model, params
@@ -53,7 +60,16 @@ class W2vBertEmbedder:
         return math.ceil(num_samples / self.samples_per_frame)
 
     def embed_batch(self, waveforms: np.ndarray) -> np.ndarray:
-        """[B, T] float -> float32 [B, ceil(T / samples_per_frame), D]."""
+        """[B, T] float -> float32 [B, ceil(T / samples_per_frame), D].
+
+        Args:
+          waveforms: float [B, T] at `sample_rate`, zero-padded to whole frames plus one (so the
+            last real frame's window is complete).
+        Returns:
+          float32 [B, ceil(T / samples_per_frame), D] (D = the MLM module's d_model).
+        Raises:
+          ValueError: not [B, T], or T == 0.
+        """
         x = np.asarray(waveforms, np.float32)
         if x.ndim != 2 or x.shape[1] == 0:
             raise ValueError(f"expected waveforms [batch, samples], got shape {x.shape}")
@@ -63,6 +79,16 @@ class W2vBertEmbedder:
         return np.asarray(self._embed(self.params, jnp.asarray(x)), np.float32)[:, :frames]
 
     def embed_clips(self, clips: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
+        """Frame embeddings of each clip.
+
+        Args:
+          clips: at `sample_rate`: a [B, T] array (one call), a list of 1-D clips of any length
+            (one call each, so no padding attends into a shorter clip's frames), or one 1-D clip.
+        Returns:
+          A list with one float32 [ceil(T_i / samples_per_frame), D] per clip.
+        Raises:
+          ValueError: a clip that is empty or not 1-D.
+        """
         if isinstance(clips, np.ndarray) and clips.ndim == 2:
             return list(self.embed_batch(clips))
         if isinstance(clips, np.ndarray) and clips.ndim == 1:
@@ -77,6 +103,17 @@ class W2vBertEmbedder:
 
 
 class SemanticTokenizer(W2vBertEmbedder):
+    """Semantic tokens: each frame embedding's nearest k-means centroid.
+
+    Args:
+      model: the w2v-BERT.
+      params: its parameters.
+      centroids: float [K, d_model] k-means centroids of `layer`'s frames (K = codebook_size).
+      layer: the layer the k-means was fitted on; None for the config's `embedding_layer`.
+    Raises:
+      ValueError: the centroids' dim is not the model's d_model.
+    """
+
     def __init__(self, model: W2vBert, params, centroids: np.ndarray, layer: Optional[int] = None):
         super().__init__(model, params, layer)
         if centroids.shape[1] != model.config.d_model:
@@ -87,6 +124,20 @@ class SemanticTokenizer(W2vBertEmbedder):
     @classmethod
     def from_model_dir(cls, model_dir: str, *, step: Optional[int] = None, kmeans_dir: Optional[str] = None
                        ) -> "SemanticTokenizer":
+        """The w2v-BERT of a model directory with its fitted k-means (and the layer it was fitted on).
+
+        Args:
+          model_dir: a W2vBert `musiclm train` directory or params-only export.
+          step: the checkpoint step; None for the latest.
+          kmeans_dir: the k-means' directory (kmeans.npz, kmeans.json); None for model_dir/kmeans.
+        Returns:
+          The tokenizer, embedding the layer kmeans.json names (else the config's `embedding_layer`).
+        Raises:
+          FileNotFoundError: no model.json, or no kmeans.npz (fit it first: `fit_semantic_kmeans`).
+          ValueError: model.json names another kind of model, kmeans.npz or kmeans.json is
+            unreadable, or the centroids do not fit the model.
+          ExportError: `model_dir` is an export whose files changed.
+        """
         model, params = model_io.load(model_dir, step, kind="W2vBert")
         centroids, info = kmeans.load_kmeans(kmeans_dir or os.path.join(model_dir, KMEANS_DIR))
         return cls(model, params, centroids, info.get("layer"))
@@ -96,7 +147,16 @@ class SemanticTokenizer(W2vBertEmbedder):
         return int(self.centroids.shape[0])
 
     def tokenize(self, waveforms: Sequence[np.ndarray] | np.ndarray) -> np.ndarray | list[np.ndarray]:
-        """int32 [B, frames] for an array [B, T]; a list of int32 [frames_i] for a list of clips."""
+        """int32 [B, frames] for an array [B, T]; a list of int32 [frames_i] for a list of clips.
+
+        Args:
+          waveforms: as `embed_clips`.
+        Returns:
+          For an array [B, T], int32 [B, ceil(T / samples_per_frame)]; else a list of int32
+          [frames_i], one per clip. Tokens lie in [0, codebook_size).
+        Raises:
+          ValueError: as `embed_clips`.
+        """
         embs = self.embed_clips(waveforms)
         tokens = [kmeans.assign(self.centroids, e) for e in embs]
         if isinstance(waveforms, np.ndarray) and waveforms.ndim == 2:
@@ -130,7 +190,32 @@ def fit_semantic_kmeans(*, model_dir: str, task: str, num_clusters: int = 1024, 
                         output_dir: Optional[str] = None, seed: int = 0, step: Optional[int] = None) -> dict:
     """Fits k-means (mini-batch, k-means++ seeded) on the frame embeddings of `layer` (default the
     model's `embedding_layer`) of up to `num_examples` clips of `task`, reports the mean squared
-    distance to the nearest centroid on train and held-out frames, saves MODEL_DIR/kmeans/."""
+    distance to the nearest centroid on train and held-out frames, saves MODEL_DIR/kmeans/.
+
+    Args:
+      model_dir: w2v-BERT's `musiclm train` directory.
+      task: a registered raw-audio seqio task; its clips are embedded whole.
+      num_clusters: k, the number of semantic tokens.
+      layer: the MLM-module layer (1-based) whose frames are clustered; None for the model's
+        `embedding_layer`. Saved in kmeans.json, so the tokenizer embeds the same layer.
+      split: the split fitted on.
+      num_examples: at most this many clips of `split`; None for all.
+      batch_points: frames per mini-batch step (the last partial batch is dropped unless it is the
+        only one); the first batch seeds k-means++, so it needs at least `num_clusters` frames.
+      eval_split: a held-out split the distance and the clusters used are measured on; None for none.
+      num_eval_examples: at most this many clips of `eval_split` (their frames held in memory at once).
+      output_dir: where kmeans.npz and kmeans.json are written; None for MODEL_DIR/kmeans.
+      seed: seeds the k-means++ initialisation.
+      step: w2v-BERT's checkpoint step; None for the latest.
+    Returns:
+      The info dict (also in kmeans.json, beside k, dim, num_points, num_steps, inertia_history):
+      task, split, layer, num_clusters, model_dir (absolute), seed, train_mean_sq_distance (the
+      mean of the last 5 steps' batch mean squared distances, each before its update) and, with
+      `eval_split`, held_out_mean_sq_distance and held_out_clusters_used.
+    Raises:
+      ValueError: an unknown task, a split with no clips, or a first batch of fewer than
+        `num_clusters` frames.
+    """
     model, params = model_io.load(model_dir, step, kind="W2vBert")
     embedder = W2vBertEmbedder(model, params, layer)
     output_dir = output_dir or os.path.join(model_dir, KMEANS_DIR)
