@@ -1,16 +1,52 @@
 """Gin registrations of the library's entry functions and configs (imported by gin files).
 
 The library is gin-free; everything gin may bind is named here, type-checked when called.
+The model classes and the optimiser are registered in `gin_registry` (model gin files need
+only that module, never the data stack).
 """
-from musiclm_jax import aot, eval as eval_lib, gin_utils, inspect_data, train as train_lib
-from musiclm_jax.data import audio_tasks, input_pipeline, sources, synthetic, text_vocab
-from musiclm_jax import gin_registry  # model configurables (and the optimizer)
+import inspect
+from typing import Any, Callable, Mapping
+
+from musiclm_jax import aot, gin_registry, gin_utils, inspect_data, precompute
+from musiclm_jax import eval as eval_lib
+from musiclm_jax import export as export_lib
+from musiclm_jax import generate as generate_lib
+from musiclm_jax import pipeline as pipeline_lib
+from musiclm_jax import train as train_lib
+from musiclm_jax.data import audio_tasks, input_pipeline, sources, synthetic, text_vocab, token_cache_tasks
+from musiclm_jax.models import musiclm
+from musiclm_jax.tokenizers import mulan as mulan_tokenizer
+from musiclm_jax.tokenizers import semantic as semantic_tokenizer
 from musiclm_jax.training import partitioning
+
+# What generate, export_musiclm and evaluate_text_to_music take to build the model: bound once,
+# as the mapping MUSICLM_MODELS of runs/musiclm_models.gin, to their argument `models`.
+MUSICLM_MODEL_ARGS = ("mulan_dir", "semantic_stage_dir", "coarse_stage_dir", "fine_stage_dir", "soundstream_dir",
+                      "semantic_rate", "windows")
+
+
+def _taking_models(fn: Callable) -> Callable:
+    """`fn` with its MUSICLM_MODEL_ARGS given as one mapping, `models`."""
+    signature = inspect.signature(fn)
+    kept = [p for name, p in signature.parameters.items() if name not in MUSICLM_MODEL_ARGS]
+    models = inspect.Parameter("models", inspect.Parameter.KEYWORD_ONLY, annotation=Mapping[str, Any])
+
+    def wrapper(*, models: Mapping[str, Any], **kwargs):
+        unknown = sorted(set(models) - set(MUSICLM_MODEL_ARGS))
+        if unknown:
+            raise gin_utils.ConfigError(f"{fn.__name__}.models: unknown keys {unknown}; known: {list(MUSICLM_MODEL_ARGS)}")
+        return fn(**models, **kwargs)
+
+    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+    wrapper.__signature__ = signature.replace(parameters=[*kept, models])
+    wrapper.__annotations__ = {k: v for k, v in fn.__annotations__.items() if k not in MUSICLM_MODEL_ARGS}
+    return wrapper
+
 
 train = gin_utils.register(train_lib.train, "train")
 evaluate = gin_utils.register(eval_lib.evaluate, "evaluate")
 # The text-to-music eval task (runs/eval_text_to_music.gin): generate per caption, FAD/KLD/MCC, report.
-evaluate_text_to_music = gin_utils.register(eval_lib.evaluate_text_to_music, "evaluate_text_to_music")
+evaluate_text_to_music = gin_utils.register(_taking_models(eval_lib.evaluate_text_to_music), "evaluate_text_to_music")
 compile_for_topology = gin_utils.register(aot.compile_for_topology, "compile_for_topology")
 DatasetConfig = gin_utils.register(input_pipeline.DatasetConfig, "DatasetConfig")
 OptimizerConfig = gin_registry.OptimizerConfig  # registered with the models (see there)
@@ -28,31 +64,17 @@ FolderSource = gin_utils.register(sources.FolderSource, "FolderSource")
 #   mulan_task/register_audio_task.text_vocabulary = @caption_vocabulary()
 caption_vocabulary = gin_utils.register(text_vocab.caption_vocabulary, "caption_vocabulary")
 # MuLan tokens: the RVQ fitted on a trained MuLan's audio embeddings.
-from musiclm_jax.tokenizers import mulan as mulan_tokenizer  # noqa: E402
-
 fit_mulan_rvq = gin_utils.register(mulan_tokenizer.fit_mulan_rvq, "fit_mulan_rvq")
 # Semantic tokens: k-means of a trained w2v-BERT's layer embeddings.
-from musiclm_jax.tokenizers import semantic as semantic_tokenizer  # noqa: E402
-
 fit_semantic_kmeans = gin_utils.register(semantic_tokenizer.fit_semantic_kmeans, "fit_semantic_kmeans")
 # Token precompute: the three frozen tokenizers over a raw-audio task, into a seqio token cache,
 # and token tasks that crop it (TASK = @register_token_task()).
-from musiclm_jax import precompute  # noqa: E402
-from musiclm_jax.data import token_cache_tasks  # noqa: E402
-
 precompute_tokens = gin_utils.register(precompute.precompute_tokens, "precompute_tokens")
 register_token_task = gin_utils.register(token_cache_tasks.register_token_task, "register_token_task")
 # Text -> music from the trained models' directories (runs/generate.gin).
-from musiclm_jax import generate as generate_lib  # noqa: E402
-from musiclm_jax.models import musiclm  # noqa: E402
-
-generate = gin_utils.register(generate_lib.generate, "generate")
+generate = gin_utils.register(_taking_models(generate_lib.generate), "generate")
 SamplingSettings = gin_utils.register(musiclm.SamplingSettings, "SamplingSettings")
 # Export: the five models params-only + StableHLO samplers and codec decoder (runs/export.gin).
-from musiclm_jax import export as export_lib  # noqa: E402
-
-export_musiclm = gin_utils.register(export_lib.export_musiclm, "export_musiclm")
+export_musiclm = gin_utils.register(_taking_models(export_lib.export_musiclm), "export_musiclm")
 # The whole recipe on the synthetic source (gin/pipeline/<size>.gin; steps in gin/pipeline/<size>/).
-from musiclm_jax import pipeline as pipeline_lib  # noqa: E402
-
 run_pipeline = gin_utils.register(pipeline_lib.run_pipeline, "run_pipeline")

@@ -135,6 +135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import gin
 
     from musiclm_jax import configurables, gin_utils
+    from musiclm_jax.data.bad_input import NoUsableExamplesError
 
     gin_files = list(args.gin_file)
     if args.mode == "aot":
@@ -142,6 +143,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         gin_utils.parse(gin_files, bindings)
         return _run_mode(args, configurables, gin_utils)
+    except NoUsableExamplesError as e:  # a data problem, already counted and summarised
+        return _failed(args.mode, e)
     except gin_utils.ConfigError as e:
         return _usage_error(gin_utils.first_line(e))
     except FileNotFoundError as e:  # a data file or folder named in the config
@@ -161,7 +164,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _run_mode(args, configurables, gin_utils) -> int:
-    from musiclm_jax.data.bad_input import NoUsableExamplesError
     from musiclm_jax.training.trainer import NonFiniteError
 
     if args.mode == "train":
@@ -203,36 +205,27 @@ def _run_mode(args, configurables, gin_utils) -> int:
         try:
             summary = configurables.inspect_task(num_examples=args.num_examples, output_dir=args.output_dir,
                                                  split=args.split, **kwargs)
-        except NoUsableExamplesError as e:
-            return _failed("inspect", e)
+        except NoUsableExamplesError:
+            raise
         except ValueError as e:  # unknown task or split, bad count: the user's input
             return _usage_error(f"inspect: {gin_utils.first_line(e)}")
         print(summary.table())
         print(f"wrote {summary.count} WAVs, spectrograms.png and summary.json to {args.output_dir}")
         return 0
     if args.mode == "fit_mulan_rvq":
-        try:
-            info = configurables.fit_mulan_rvq()
-        except NoUsableExamplesError as e:
-            return _failed("fit_mulan_rvq", e)
+        info = configurables.fit_mulan_rvq()
         cosines = info["reconstruction_cosine"]
         print(f"fitted a {info['levels']} x {info['codebook_size']} RVQ on {info['num_examples']} clips; "
               f"reconstruction cosine by levels: {cosines}")
         return 0
     if args.mode == "fit_semantic_kmeans":
-        try:
-            info = configurables.fit_semantic_kmeans()
-        except NoUsableExamplesError as e:
-            return _failed("fit_semantic_kmeans", e)
+        info = configurables.fit_semantic_kmeans()
         held_out = info.get("held_out_mean_sq_distance", float("nan"))
         print(f"fitted {info['num_clusters']} clusters on layer {info['layer']}; mean squared distance "
               f"train {info['train_mean_sq_distance']:.4g}, held-out {held_out:.4g}")
         return 0
     if args.mode == "precompute":
-        try:
-            summary = configurables.precompute_tokens()
-        except NoUsableExamplesError as e:
-            return _failed("precompute", e)
+        summary = configurables.precompute_tokens()
         for split, s in summary["splits"].items():
             print(f"{split}: {s['clips']} clips, {s['seconds']:.1f} s of audio, tokens {s['tokens']}, "
                   f"skipped {s['skipped'] or 'none'}")
@@ -268,11 +261,8 @@ def _run_mode(args, configurables, gin_utils) -> int:
             print(f"{s['file']}: {s['prompt']!r}{score}")
         return 0
     if args.mode == "pipeline":
-        try:
-            summary = configurables.run_pipeline(
-                model_dir=args.model_dir, on_start=lambda d: gin_utils.write_config(d, "pipeline_config.gin"))
-        except NoUsableExamplesError as e:
-            return _failed("pipeline", e)
+        summary = configurables.run_pipeline(
+            model_dir=args.model_dir, on_start=lambda d: gin_utils.write_config(d, "pipeline_config.gin"))
         print(f"pipeline done; summary in {os.path.join(summary['model_dir'], 'pipeline_summary.json')}")
         return 0
     raise AssertionError(args.mode)
