@@ -268,7 +268,7 @@ def test_remat_and_unscanned_layers_match_plain(plain_grads, policy, scan):
 def test_gin_configs(size, layers, d_model, target_len):
     gin.clear_config()
     try:
-        gin.parse_config_files_and_bindings(
+        gin_utils.parse(  # sets the packaged search path: tiny.gin and small.gin include paper.gin
             [str(GIN_DIR / f"{size}.gin")],
             [
                 "stage_gin_probe.model = %MODEL",
