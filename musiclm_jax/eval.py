@@ -7,45 +7,15 @@ import os
 from typing import Optional
 
 import jax
-import numpy as np
 
 from musiclm_jax.data.input_pipeline import BatchIterator, DatasetConfig
 from musiclm_jax.models.base import BaseModel
 from musiclm_jax.training import checkpoints, summaries
+from musiclm_jax.training.actions import eval_media, run_eval_batches
 from musiclm_jax.training.optimizers import OptimizerConfig
 from musiclm_jax.run_setup import global_shapes, start_run
 from musiclm_jax.training.partitioning import Partitioner
 from musiclm_jax.training.trainer import Trainer
-
-
-def run_eval_batches(trainer: Trainer, params, cfg: DatasetConfig, num_batches: int) -> dict[str, float]:
-    """Mean of the eval metrics over the first `num_batches` batches of `cfg`'s split
-    (counts, named num_*, are summed), plus the model's metrics of its `eval_outputs` gathered
-    over all those batches."""
-    totals: dict[str, float] = {}
-    outputs: dict[str, list] = {}
-    n = 0
-    for batch in BatchIterator(cfg, repeat=False):
-        global_batch = trainer.partitioner.global_batch(batch)
-        metrics = jax.device_get(trainer.eval_step(params, global_batch))
-        for k, v in metrics.items():
-            totals[k] = totals.get(k, 0.0) + float(v)
-        for k, v in jax.device_get(trainer.outputs_step(params, global_batch)).items():
-            outputs.setdefault(k, []).append(np.asarray(v))
-        n += 1
-        if n >= num_batches:
-            break
-    if n == 0:
-        raise ValueError(f"split {cfg.split!r} of {cfg.mixture_or_task_name!r} yielded no full batch of {cfg.batch_size}")
-    results = {k: v if k.startswith("num_") else v / n for k, v in totals.items()}
-    if outputs:
-        results.update(trainer.model.summarize_eval_outputs({k: np.concatenate(v) for k, v in outputs.items()}))
-    return results
-
-
-def eval_media(trainer: Trainer, params, local_batch) -> dict:
-    """The model's eval waveforms for one batch, on the host."""
-    return jax.device_get(trainer.media_step(params, trainer.partitioner.global_batch(local_batch)))
 
 
 def evaluate(
@@ -65,7 +35,9 @@ def evaluate(
     trainer = Trainer(model, partitioner, OptimizerConfig(), total_steps=1, input_shapes=global_shapes(first))
     source = checkpoint_path or os.path.join(model_dir, "checkpoints")
     params, step = checkpoints.restore_params(source, trainer.abstract_state.params)
-    results = run_eval_batches(trainer, params, eval_dataset_cfg, eval_steps)
+    cfg = eval_dataset_cfg
+    results = run_eval_batches(trainer, params, BatchIterator(cfg, repeat=False), eval_steps,
+                               f"split {cfg.split!r} of {cfg.mixture_or_task_name!r} in batches of {cfg.batch_size}")
     writer = summaries.create_writer(os.path.join(model_dir, "eval"))
     writer.write_scalars(step, results)
     summaries.write_eval_media(writer, step, eval_media(trainer, params, first), model.media_sample_rate(),

@@ -5,23 +5,25 @@ parameters from `restore_params_from` (fine-tuning), else a fresh sharded init.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import jax
 import numpy as np
 
 from musiclm_jax.data.input_pipeline import BatchIterator, DatasetConfig
-from musiclm_jax.eval import eval_media, run_eval_batches
 from musiclm_jax.models.base import BaseModel
 from musiclm_jax.training import checkpoints, mfu, summaries
+from musiclm_jax.training.actions import (ActionMode, BaseAction, EvalMedia, EvalWarnings, PeriodicEval, StepContext,
+                                          TerminateOnNaN, run_actions)
 from musiclm_jax.training.optimizers import OptimizerConfig
 from musiclm_jax.run_setup import global_shapes, start_run
 from musiclm_jax.training.partitioning import Partitioner
 from musiclm_jax.training.train_state import TrainState
-from musiclm_jax.training.trainer import NonFiniteError, Trainer
+from musiclm_jax.training.trainer import Trainer
 
 
 def train(
@@ -44,11 +46,14 @@ def train(
     restore_params_from: Optional[str] = None,
     peak_flops_per_device: Optional[float] = None,
     on_start: Optional[Callable[[str], None]] = None,
+    actions: Sequence[BaseAction] = (),
 ) -> TrainState:
     """Trains `model` for `train_steps` steps (resuming from model_dir) and returns the state.
 
-    Raises NonFiniteError if the loss or gradients stop being finite; the last good
-    checkpoint is then the latest one in model_dir.
+    After each step the loop runs its actions (training/actions.py): the NaN/Inf stop, and with
+    `eval_dataset_cfg` and `eval_period` the periodic eval with its media and the model's
+    warnings; then `actions`, the caller's own. Raises NonFiniteError if the loss or gradients
+    stop being finite; the last good checkpoint is then the latest one in model_dir.
     """
     if train_steps <= 0:
         raise ValueError(f"train_steps must be positive, got {train_steps}")
@@ -58,9 +63,10 @@ def train(
         os.path.join(model_dir, "checkpoints"), save_every=checkpoint_period, keep=keep_checkpoints, async_save=async_checkpointing
     )
     latest = ckpt.latest_step()
-    if getattr(getattr(model, "config", None), "frozen_tokens", False) and latest is None and not restore_params_from:
-        raise ValueError(f"frozen_tokens fine-tunes the decoder of a trained codec, but {model_dir} has no "
-                         "checkpoint to resume and restore_params_from is not set")
+    needs_trained = model.requires_trained_params()
+    if needs_trained and latest is None and not restore_params_from:
+        raise ValueError(f"{needs_trained}, but {model_dir} has no checkpoint to resume and "
+                         "restore_params_from is not set")
     start_batch = latest or 0  # one batch per step; checked against the stored position below
     data = BatchIterator(train_dataset_cfg, start_batch=start_batch)
     first = next(data)
@@ -101,62 +107,62 @@ def train(
 
     writer = summaries.create_writer(os.path.join(model_dir, "train"))
     eval_writer = summaries.create_writer(os.path.join(model_dir, "eval")) if eval_dataset_cfg else None
+    actions = [*default_actions(eval_dataset_cfg, eval_writer, eval_period=eval_period, eval_steps=eval_steps),
+               *actions]
     progress = summaries.ProgressLine(train_steps, start_step)
     rng = trainer.rng(seed + 1)
     examples_per_step = next(iter(input_shapes.values()))[0]
     tokens_per_step = sum(int(np.prod(s)) for s in input_shapes.values())
+    window_t, window_steps = time.perf_counter(), 0
+
+    def log_step(ctx: StepContext) -> None:
+        nonlocal window_t, window_steps
+        values = {k: float(v) for k, v in jax.device_get(ctx.metrics).items() if k != "finite"}
+        dt = (time.perf_counter() - window_t) / window_steps
+        values["steps_per_sec"] = 1.0 / dt
+        values["examples_per_sec"] = examples_per_step / dt
+        values["tokens_per_sec"] = tokens_per_step / dt
+        if flops:
+            values["mfu"] = flops / dt / peak
+        writer.write_scalars(ctx.step, values)
+        summaries.log(progress.line(ctx.step, values))
+        window_t, window_steps = time.perf_counter(), 0
+
+    def save_step(ctx: StepContext) -> None:
+        # One batch per step; the iterator itself has already read ahead by one.
+        ckpt.save(ctx.step, ctx.state, {**data.state(), "batches_consumed": ctx.step})
 
     batch = first
-    media_batch = None  # the first eval batch, listened to at every eval
-    eval_history: list[dict] = []  # every eval's results, for the model's warnings
-    pending = None  # (step, metrics) of the previous step, read one step late to keep dispatch async
-    window_t, window_steps = time.perf_counter(), 0
     step = start_step
     try:
         while step < train_steps:
             state, metrics = step_fn(state, partitioner.global_batch(batch), rng)
             step += 1
             window_steps += 1
-            if pending is not None:
-                _check_finite(*pending, ckpt)
-            pending = (step, metrics)
             if step < train_steps:
                 batch = next(data)
-
-            if step % log_period == 0 or step == train_steps:
-                _check_finite(*pending, ckpt)
-                values = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "finite"}
-                dt = (time.perf_counter() - window_t) / window_steps
-                values["steps_per_sec"] = 1.0 / dt
-                values["examples_per_sec"] = examples_per_step / dt
-                values["tokens_per_sec"] = tokens_per_step / dt
-                if flops:
-                    values["mfu"] = flops / dt / peak
-                writer.write_scalars(step, values)
-                summaries.log(progress.line(step, values))
-                window_t, window_steps = time.perf_counter(), 0
-
-            if ckpt.should_save(step) or step == train_steps:
-                _check_finite(*pending, ckpt)  # never save a step that did not apply
-                # One batch per step; the iterator itself has already read ahead by one.
-                ckpt.save(step, state, {**data.state(), "batches_consumed": step})
-
-            if eval_dataset_cfg and eval_period and (step % eval_period == 0 or step == train_steps):
-                results = run_eval_batches(trainer, trainer.eval_params(state), eval_dataset_cfg, eval_steps)
-                eval_writer.write_scalars(step, results)
-                if media_batch is None:
-                    media_batch = next(BatchIterator(eval_dataset_cfg, repeat=False))
-                summaries.write_eval_media(eval_writer, step, eval_media(trainer, trainer.eval_params(state), media_batch),
-                                           model.media_sample_rate())
-                summaries.log("eval at step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())))
-                eval_history.append(results)
-                warning = model.eval_warning(eval_history)
-                if warning:
-                    summaries.warn_loudly(warning)
-                    eval_writer.write_texts(step, {"warning": warning})
+            log_now = step % log_period == 0 or step == train_steps
+            save_now = ckpt.should_save(step) or step == train_steps
+            ctx = StepContext(step, train_steps, state, metrics, trainer, ckpt, commit=log_now or save_now)
+            stoppers = run_actions(actions, ActionMode.GUARD, ctx)  # never log or save a step that did not apply
+            if log_now:
+                log_step(ctx)
+            if save_now:
+                save_step(ctx)
+            stoppers += run_actions(actions, ActionMode.TRAIN, ctx)
+            if ctx.eval_results is not None:
+                stoppers += run_actions(actions, ActionMode.TRAIN_EVAL, ctx)
                 window_t = time.perf_counter()
-        if pending is not None:
-            _check_finite(*pending, ckpt)
+            if stoppers and step < train_steps:  # ended early: recorded as the last step
+                summaries.log("training ended at step %d by %s", step, ", ".join(type(a).__name__ for a in stoppers))
+                if not ctx.commit:
+                    ctx.commit = True
+                    run_actions(actions, ActionMode.GUARD, ctx)
+                if not log_now:
+                    log_step(ctx)
+                if not save_now:
+                    save_step(ctx)
+                break
     finally:
         ckpt.close()
         writer.flush()
@@ -165,12 +171,15 @@ def train(
     return state
 
 
-def _check_finite(step: int, metrics: dict, ckpt: checkpoints.Checkpointer) -> None:
-    if not bool(jax.device_get(metrics["finite"])):
-        ckpt.wait()
-        latest = ckpt.latest_step()
-        where = f"the latest checkpoint is step {latest} in {ckpt.directory}" if latest is not None else "no checkpoint was written"
-        raise NonFiniteError(
-            f"loss or gradients are not finite at step {step} (loss={float(metrics['loss'])}, "
-            f"grad_norm={float(metrics['grad_norm'])}); training stopped without applying that update; {where}"
-        )
+def default_actions(eval_dataset_cfg: Optional[DatasetConfig], eval_writer, *, eval_period: int,
+                    eval_steps: int) -> list[BaseAction]:
+    """The actions every run has: the NaN/Inf stop; with an eval split and a period, the periodic
+    eval, its media and the model's warnings."""
+    actions: list[BaseAction] = [TerminateOnNaN()]
+    if eval_dataset_cfg and eval_period:
+        cfg = eval_dataset_cfg
+        batches = functools.partial(BatchIterator, cfg, repeat=False)
+        name = f"split {cfg.split!r} of {cfg.mixture_or_task_name!r} in batches of {cfg.batch_size}"
+        actions += [PeriodicEval(batches, period=eval_period, num_batches=eval_steps, writer=eval_writer, name=name),
+                    EvalMedia(batches, eval_writer), EvalWarnings(eval_writer)]
+    return actions

@@ -1,4 +1,5 @@
-"""Trainer: sharded steps agree with one device, checkpoints restore on any mesh, NaN stops."""
+"""Trainer: sharded steps agree with one device, checkpoints restore on any mesh, NaN stops; the
+loop's actions (NaN stop, periodic eval, eval media and warnings, a caller's own)."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,9 @@ from musiclm_jax.data import token_tasks
 from musiclm_jax.data.input_pipeline import DatasetConfig
 from musiclm_jax.models.base import BaseModel
 from musiclm_jax.models.stages import StageModel
+from musiclm_jax.training import actions as actions_lib
 from musiclm_jax.training import checkpoints
+from musiclm_jax.training.actions import ActionMode, BaseAction
 from musiclm_jax.training.optimizers import OptimizerConfig, make_schedule
 from musiclm_jax.training.partitioning import Partitioner, create_mesh
 from musiclm_jax.training.trainer import NonFiniteError, Trainer
@@ -140,3 +143,108 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
     trainer = Trainer(BlowsUp(), Partitioner(devices=jax.devices()[:1]), opt, total_steps=50, input_shapes=SHAPES)
     state, _ = ckpt.restore(latest, trainer.abstract_state)
     assert np.isfinite(float(state.params["p"])) and float(state.params["p"]) < 5.0
+
+
+# ---- the loop's actions (training/actions.py) ---------------------------------------------------
+
+TOKENS = {"mulan_tokens": 12, "semantic_tokens": 24}
+GENTLE = OptimizerConfig(learning_rate=1e-2, schedule="constant", warmup_steps=0, weight_decay=0.0, clip_grad_norm=None)
+
+
+class Recorder(BaseAction):
+    """Notes (step, commit, has eval results) each time it runs; asks to stop at `stop_at`."""
+
+    def __init__(self, mode, period, stop_at=None):
+        self.mode, self.period, self.stop_at, self.seen = mode, period, stop_at, []
+
+    def run(self, ctx):
+        self.seen.append((ctx.step, ctx.commit, ctx.eval_results))
+        return ctx.step == self.stop_at
+
+
+def test_terminate_on_nan_checks_one_step_late_and_names_the_latest_checkpoint(tmp_path):
+    import optax
+
+    from musiclm_jax.training.train_state import TrainState
+
+    ckpt = checkpoints.Checkpointer(str(tmp_path), save_every=1, async_save=False)
+    ckpt.save(4, TrainState.create({"p": jnp.zeros(())}, optax.sgd(1.0)), {"batches_consumed": 4})
+    action = actions_lib.TerminateOnNaN()
+    assert action.mode is ActionMode.GUARD and action.period == 1
+
+    def ctx(step, finite, commit=False):
+        metrics = {"finite": jnp.asarray(finite), "loss": jnp.asarray(1.0 if finite else np.nan),
+                   "grad_norm": jnp.asarray(np.inf)}
+        return actions_lib.StepContext(step, 10, None, metrics, None, ckpt, commit=commit)
+
+    assert action.run(ctx(5, True)) is False
+    assert action.run(ctx(6, False)) is False  # read one step late: the next step is already dispatched
+    with pytest.raises(NonFiniteError) as err:
+        action.run(ctx(7, True))
+    assert str(err.value) == (
+        "loss or gradients are not finite at step 6 (loss=nan, grad_norm=inf); training stopped without applying "
+        f"that update; the latest checkpoint is step 4 in {tmp_path}")
+    # A step the loop is about to log or save is checked before it is recorded.
+    with pytest.raises(NonFiniteError, match="at step 8 "):
+        actions_lib.TerminateOnNaN().run(ctx(8, False, commit=True))
+    ckpt.close()
+    empty = checkpoints.Checkpointer(str(tmp_path / "empty"))
+    bad = actions_lib.StepContext(1, 10, None, ctx(1, False).metrics, None, empty, commit=True)
+    with pytest.raises(NonFiniteError, match="no checkpoint was written"):
+        actions_lib.TerminateOnNaN().run(bad)
+    empty.close()
+
+
+def test_custom_actions_run_at_their_period_and_can_end_training(tmp_path, capsys):
+    from musiclm_jax.train import train
+
+    cfg = DatasetConfig("permuted_copy_32", TOKENS, batch_size=8)
+    every_third = Recorder(ActionMode.TRAIN, 3, stop_at=9)
+    guard = Recorder(ActionMode.GUARD, 1)
+    never = Recorder(ActionMode.TRAIN, 0)
+    state = train(model=BlowsUp(), model_dir=str(tmp_path), train_steps=20, train_dataset_cfg=cfg, optimizer=GENTLE,
+                  checkpoint_period=100, log_period=5, partitioner=Partitioner(devices=jax.devices()[:1]),
+                  actions=[every_third, guard, never])
+    assert [s for s, _, _ in every_third.seen] == [3, 6, 9] and never.seen == []
+    # Guards run after every step, told which steps the loop logs or saves; the step an action
+    # ended training at is checked again before it is recorded as the last.
+    assert [(s, c) for s, c, _ in guard.seen] == [(s, s == 5) for s in range(1, 10)] + [(9, True)]
+    assert int(state.step) == 9
+    assert checkpoints.Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [9]
+    out = capsys.readouterr().out
+    assert "training ended at step 9 by Recorder" in out and "step 9/20" in out
+
+
+class Audible(BlowsUp):
+    """BlowsUp with eval media and a warning from the second eval on."""
+
+    def eval_media(self, params, batch):
+        tone = jnp.sin(jnp.arange(4000) * 0.3) * 0.5 + params["p"]
+        return {"input": jnp.broadcast_to(tone, (2, 4000))}
+
+    def media_sample_rate(self):
+        return 8000
+
+    def eval_warning(self, history):
+        return f"STUCK after {len(history)} evals" if len(history) >= 2 else None
+
+
+def test_periodic_eval_writes_scalars_media_and_warnings(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from musiclm_jax.train import train
+
+    cfg = DatasetConfig("permuted_copy_32", TOKENS, batch_size=8)
+    eval_cfg = DatasetConfig("permuted_copy_32", TOKENS, batch_size=8, split="validation", shuffle=False)
+    after_eval = Recorder(ActionMode.TRAIN_EVAL, 1)
+    train(model=Audible(), model_dir=str(tmp_path), train_steps=4, train_dataset_cfg=cfg, optimizer=GENTLE,
+          eval_dataset_cfg=eval_cfg, eval_period=2, eval_steps=1, checkpoint_period=100, log_period=2,
+          partitioner=Partitioner(devices=jax.devices()[:1]), actions=[after_eval])
+    assert [s for s, _, _ in after_eval.seen] == [2, 4]
+    assert all(set(r) == {"loss"} and np.isfinite(r["loss"]) for _, _, r in after_eval.seen)
+    out = capsys.readouterr().out
+    assert "eval at step 2: loss " in out and "eval at step 4: loss " in out
+    assert out.count("!! WARNING: STUCK after") == 1 and "STUCK after 2 evals" in out
+    acc = EventAccumulator(str(tmp_path / "eval"), size_guidance={"tensors": 0, "scalars": 0}).Reload()
+    tags = set(acc.Tags()["tensors"]) | set(acc.Tags()["scalars"])
+    assert {"loss", "audio/input", "spectrogram/example_0", "spectrogram/example_1", "warning"} <= tags

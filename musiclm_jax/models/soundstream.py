@@ -233,6 +233,12 @@ class SoundStream(BaseModel):
         out["loss"] = out[f"mel_distance_q{cfg.num_levels}"]
         return out
 
+    def requires_trained_params(self) -> Optional[str]:
+        """frozen_tokens keeps the encoder and codebooks as restored: a fresh init has none."""
+        if self.config.frozen_tokens:
+            return "frozen_tokens fine-tunes the decoder of a trained codec"
+        return None
+
     def media_sample_rate(self) -> int:
         return self.config.sample_rate
 

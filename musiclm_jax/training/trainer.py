@@ -31,6 +31,12 @@ def _is_count(name: str) -> bool:
 
 
 class Trainer:
+    """One model's sharded state and compiled steps on a partitioner's mesh.
+
+    Built from abstract shapes only: nothing is initialised or compiled until asked
+    (`init_state`, `train_step`, `eval_step`, ...).
+    """
+
     def __init__(
         self,
         model: BaseModel,
@@ -41,6 +47,20 @@ class Trainer:
         input_shapes: Mapping[str, Sequence[int]],
         microbatches: int = 1,
     ):
+        """Builds the abstract state, its shardings and the optimiser; compiles nothing.
+
+        Args:
+          model: the model (only its BaseModel interface is used).
+          partitioner: the mesh and logical-axis rules.
+          optimizer: the run's optimiser settings (per group overrides come from the model).
+          total_steps: the run's length, for the learning-rate schedule.
+          input_shapes: global batch shapes {feature: (batch, ...)}.
+          microbatches: gradient accumulation: the batch is split into this many parts.
+
+        Raises:
+          ValueError: the batch does not divide into the microbatches or the data-parallel
+            shards.
+        """
         self.model = model
         self.partitioner = partitioner
         self.optimizer_cfg = optimizer
@@ -75,20 +95,31 @@ class Trainer:
         return TrainState.create(variables["params"], self.tx, use_ema=self.optimizer_cfg.ema_decay is not None)
 
     def init_state(self, rng: jax.Array) -> TrainState:
+        """A fresh state, initialised directly into its shardings.
+
+        Args:
+          rng: the init PRNG key (`rng(seed)`).
+
+        Returns:
+          The TrainState at step 0.
+        """
         init = self.partitioner.compile(
             lambda r: unbox(self._boxed_init(r)), self.partitioner.replicated, self.state_shardings
         )
         return init(rng)
 
     def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
+        """Returns the global batch as ShapeDtypeStructs with the batch shardings (for lowering)."""
         dummy = jax.eval_shape(lambda: dummy_batch(self.model, self.input_shapes))
         return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_shardings[k]) for k, v in dummy.items()}
 
     def param_count(self) -> int:
+        """Returns the number of model parameters."""
         return sum(x.size for x in jax.tree.leaves(self.abstract_state.params))
 
     def model_info(self) -> str:
-        """Parameter count, every parameter's shape, dtype, logical axes and mesh sharding."""
+        """Returns the text of MODEL_DIR/model-info.txt: the parameter count, the mesh, and every
+        parameter's shape, dtype, logical axes and mesh sharding."""
         lines = [f"parameters: {self.param_count():,}", f"mesh: {dict(self.partitioner.mesh.shape)}", ""]
         flat_abstract = jax.tree_util.tree_flatten_with_path(self.abstract_state.params)[0]
         flat_logical = jax.tree.leaves(self.logical_specs.params, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
@@ -152,6 +183,10 @@ class Trainer:
         return new_state, metrics
 
     def train_step_fn(self):
+        """Returns the uncompiled `(state, batch, rng) -> (state, metrics)`: the model's
+        `custom_train_step`, else the default one (gradient of `loss_fn`, optax update, EMA).
+        A step whose loss or gradients are not finite leaves the state unchanged and reports
+        `finite` False in its metrics."""
         custom = self.model.custom_train_step(self.group_optimizers or {"params": self.tx}, self.schedule)
         return custom or self._train_step_fn
 
@@ -164,7 +199,7 @@ class Trainer:
         )
 
     def lower_train_step(self):
-        """The train step lowered on abstract inputs (for FLOPs, memory analysis, AOT)."""
+        """Returns the train step lowered on abstract inputs (for FLOPs, memory analysis, AOT)."""
         rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=self.partitioner.replicated)
         return self._jitted_train_step().lower(self.abstract_state, self.abstract_batch(), rng)
 
@@ -177,11 +212,12 @@ class Trainer:
         return self._train_step
 
     def rng(self, seed: int) -> jax.Array:
+        """Returns PRNGKey(seed), replicated over the mesh."""
         return jax.device_put(jax.random.PRNGKey(seed), self.partitioner.replicated)
 
     @property
     def eval_step(self):
-        """Compiled `(params, batch) -> metrics`."""
+        """Compiled `(params, batch) -> model.eval_fn(...)`, replicated."""
         if self._eval_step is None:
             self._eval_step = self.partitioner.compile(
                 self.model.eval_fn,
@@ -218,4 +254,5 @@ class Trainer:
         return flops / self.partitioner.mesh.size if flops else None
 
     def eval_params(self, state: TrainState):
+        """Returns the parameters to evaluate: the EMA ones when the state keeps them."""
         return state.ema_params if state.ema_params is not None else state.params
