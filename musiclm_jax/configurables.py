@@ -44,7 +44,7 @@ def _taking_models(fn: Callable) -> Callable:
 
 
 train = gin_utils.register(train_lib.train, "train")
-evaluate = gin_utils.register(eval_lib.evaluate, "evaluate")
+evaluate = gin_utils.register(eval_lib.evaluate_checkpoint, "evaluate")  # the `eval` mode
 # The text-to-music eval task (runs/eval_text_to_music.gin): generate per caption, FAD/KLD/MCC, report.
 evaluate_text_to_music = gin_utils.register(_taking_models(eval_lib.evaluate_text_to_music), "evaluate_text_to_music")
 compile_for_topology = gin_utils.register(aot.compile_for_topology, "compile_for_topology")

@@ -16,9 +16,12 @@ from musiclm_jax.training.optimizers import OptimizerConfig
 from musiclm_jax.run_setup import global_shapes, start_run
 from musiclm_jax.training.partitioning import Partitioner
 from musiclm_jax.training.trainer import Trainer
+from musiclm_jax.evaluation import embedders as embedders_lib
+from musiclm_jax.evaluation import eval_sets, text_to_music
+from musiclm_jax.generate import load_musiclm
 
 
-def evaluate(
+def evaluate_checkpoint(
     *,
     model: BaseModel,
     model_dir: str,
@@ -28,8 +31,22 @@ def evaluate(
     partitioner: Optional[Partitioner] = None,
     on_start=None,
 ) -> dict[str, float]:
-    """Restores the parameters (checkpoint_path, else model_dir's latest checkpoint), runs
-    `eval_steps` batches, writes eval summaries and `eval-<step>.json` to model_dir."""
+    """The `eval` mode: a checkpoint's metrics on an eval split.
+
+    Args:
+      model: the model the checkpoint was trained as.
+      model_dir: the training directory; eval summaries (eval/), `eval-<step>.json`, the eval media
+        (`eval-<step>-media/`) and the model's own eval report are written here.
+      eval_dataset_cfg: the eval split and its batches.
+      eval_steps: how many batches to average over (fewer if the split ends first).
+      checkpoint_path: a checkpoints/ directory or one step's directory; default model_dir's latest.
+      partitioner: the mesh and rules (default: every device on the data axis).
+      on_start: called with the model dir once it exists (the CLI writes config.gin).
+    Returns:
+      {metric: mean over the batches}.
+    Raises:
+      CheckpointError: no checkpoint to restore. ValueError: the split yields no full batch.
+    """
     model_dir, partitioner = start_run(model_dir, partitioner, on_start)
     first = next(BatchIterator(eval_dataset_cfg, repeat=False))
     trainer = Trainer(model, partitioner, OptimizerConfig(), total_steps=1, input_shapes=global_shapes(first))
@@ -77,17 +94,29 @@ def evaluate_text_to_music(
     num_report_samples: int = 8,
 ) -> dict:
     """`musiclm eval` with runs/eval_text_to_music.gin: generates for `num_items` captions of the
-    eval set (held-out synthetic pieces unless `task`, a captioned raw-audio seqio task such as
-    MusicCaps, is named) and writes metrics, WAVs, TensorBoard and report.html to `output_dir`.
+    eval set and writes metrics, WAVs, TensorBoard and report.html to `output_dir`.
 
-    `embedders`: {name: kwargs} of FAD embedders (evaluation.embedders); 'mulan' with no kwargs
-    is the generating model's MuLan. `classifier`: the KLD classifier's registered name (None:
-    no KLD); the synthetic one is trained into output_dir/attribute_classifier unless
-    `classifier_kwargs` names a `directory` holding one."""
-    from musiclm_jax.evaluation import embedders as embedders_lib
-    from musiclm_jax.evaluation import eval_sets, text_to_music
-    from musiclm_jax.generate import load_musiclm
-
+    Args:
+      output_dir: where results.json, the WAVs, tensorboard/ and report.html go.
+      mulan_dir, semantic_stage_dir, coarse_stage_dir, fine_stage_dir, soundstream_dir,
+        semantic_rate, windows: the model, as `generate.load_musiclm` takes it.
+      seconds: length of each reference clip and generation.
+      num_items: captions to generate for (at least 2: FAD fits covariances).
+      task, split: a captioned raw-audio seqio task (e.g. MusicCaps) and its split; task None:
+        held-out synthetic pieces, whose labels make attribute adherence measurable.
+      settings, num_candidates, seed, batch_size: sampling, as `generate` takes them; batch_size
+        captions are generated together.
+      embedders: {name: kwargs} of FAD embedders (evaluation.embedders); 'mulan' with no kwargs is
+        the generating model's MuLan.
+      classifier: the KLD classifier's registered name (None: no KLD); the synthetic one is
+        trained into output_dir/attribute_classifier unless `classifier_kwargs` names a
+        `directory` holding one.
+      num_report_samples: audio players on the report page.
+    Returns:
+      The results (as results.json), with `output_dir` and `num_items`.
+    Raises:
+      ValueError: a bad length, item count or batch size, an unknown embedder or classifier.
+    """
     if not seconds > 0 or num_items < 2 or batch_size < 1:
         raise ValueError(f"need seconds > 0, num_items >= 2 (FAD fits covariances) and batch_size >= 1; got "
                          f"{seconds}, {num_items}, {batch_size}")
@@ -107,7 +136,7 @@ def evaluate_text_to_music(
         if classifier == "synthetic_attributes":  # trained once, kept with the eval
             kwargs.setdefault("directory", os.path.join(output_dir, "attribute_classifier"))
         kld_classifier = text_to_music.get_classifier(classifier, **kwargs)
-    return text_to_music.evaluate(
+    return text_to_music.generate_and_score(
         output_dir, items, model=model, seconds=seconds, embedders=fad_embedders, classifier=kld_classifier,
         seed=seed, settings=settings, num_candidates=num_candidates,
         batch_size=batch_size, num_report_samples=num_report_samples,

@@ -1,6 +1,6 @@
 """Text-to-music evaluation (MusicLM section 5.1): generate for each caption, then measure.
 
-    results = evaluate(output_dir, items, model=musiclm, seconds=4.0)
+    results = generate_and_score(output_dir, items, model=musiclm, seconds=4.0)
 
 Metrics, in results.json, TensorBoard (output_dir/tensorboard) and report.html:
 - `fad/<embedder>`: Frechet Audio Distance between the references' and the generations'
