@@ -123,7 +123,16 @@ def unbox(boxed_tree: Any) -> Any:
 
 class Partitioner:
     """Owns the mesh and the logical rules; turns logical specs into shardings and
-    compiles functions with explicit in/out shardings."""
+    compiles functions with explicit in/out shardings.
+
+    Args:
+      ici_mesh_shape: ('data', 'fsdp', 'model') sizes within a slice; one -1 fills with the
+        devices left.
+      dcn_mesh_shape: the same across slices (multi-slice pods); no -1.
+      logical_axis_rules: (logical name, mesh axis or axes or None) pairs, first match wins
+        (gin: partitioning/default.gin).
+      devices: the devices to lay out (default: all of them).
+    """
 
     def __init__(
         self,
@@ -143,6 +152,7 @@ class Partitioner:
         return int(np.prod([self.mesh.shape[a] for a in axes]))
 
     def logical_to_sharding(self, logical_specs: Any) -> Any:
+        """A tree of logical PartitionSpecs -> the same tree of NamedShardings on this mesh."""
         return nn.logical_to_mesh_sharding(logical_specs, self.mesh, self.logical_axis_rules)
 
     def shardings_for(self, abstract_tree: Any, logical_specs: Any) -> Any:
@@ -162,6 +172,7 @@ class Partitioner:
         return jax.tree.map(fit, abstract_tree, shardings)
 
     def sharding(self, *logical_axes) -> NamedSharding:
+        """The sharding of one array whose dimensions carry these logical names (None: replicated)."""
         return self.logical_to_sharding(PartitionSpec(*logical_axes))
 
     @property
@@ -169,6 +180,7 @@ class Partitioner:
         return NamedSharding(self.mesh, PartitionSpec())
 
     def batch_sharding(self, ndim: int) -> NamedSharding:
+        """An input batch's sharding: the first dimension over the data-parallel axes."""
         return self.sharding("activation_batch", *([None] * (ndim - 1)))
 
     def rules_context(self):
@@ -176,6 +188,15 @@ class Partitioner:
         return nn.logical_axis_rules(self.logical_axis_rules)
 
     def compile(self, fn: Callable, in_shardings, out_shardings, donate_argnums=()) -> Callable:
+        """`fn` jitted with explicit shardings, called under this mesh and its logical rules.
+
+        Args:
+          fn: the function to compile.
+          in_shardings, out_shardings: as jax.jit takes them.
+          donate_argnums: arguments whose buffers the outputs may reuse (the train state).
+        Returns:
+          A callable with the jitted function's signature, and `.lower(*args)` for AOT.
+        """
         jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=donate_argnums)
 
         def call(*args):
