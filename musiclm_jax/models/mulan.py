@@ -26,9 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from musiclm_jax.audio.mel import log_mel
-from musiclm_jax.nn import config_io
+from musiclm_jax.nn import axes, config_io
 from musiclm_jax.models.base import Batch, BaseModel, Metrics, Variables
 from musiclm_jax.nn.encoders import EncoderConfig, ResNetAudioEncoder, ResNetConfig, SpectrogramTransformer, TextEncoder
+from musiclm_jax.nn.layers import dense, l2_normalize
 
 AUDIO_ENCODERS = ("resnet", "transformer")
 LOSSES = ("softmax", "sigmoid")
@@ -100,16 +101,6 @@ class MuLanConfig:
         return cls(**d)
 
 
-def _projection(dim: int, name: str) -> nn.Dense:
-    return nn.Dense(dim, use_bias=False, name=name,
-                    kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", None)))
-
-
-def _l2_normalize(x: jax.Array) -> jax.Array:
-    x = x.astype(jnp.float32)
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), 1e-12))
-
-
 class MuLanTowers(nn.Module):
     config: MuLanConfig
 
@@ -120,9 +111,9 @@ class MuLanTowers(nn.Module):
         else:
             self.audio_tower = SpectrogramTransformer(c.spectrogram_transformer, c.patch_frames, c.patch_mels,
                                                       c.max_patches)
-        self.audio_proj = _projection(c.embed_dim, "audio_proj")
+        self.audio_proj = dense(c.embed_dim, (axes.EMBED, None), "audio_proj")
         self.text_tower = TextEncoder(c.text_encoder, c.vocab_size, c.max_text_length)
-        self.text_proj = _projection(c.embed_dim, "text_proj")
+        self.text_proj = dense(c.embed_dim, (axes.EMBED, None), "text_proj")
         scale_init = math.log(1.0 / c.init_temperature) if c.loss == "softmax" else math.log(10.0)
         self.logit_scale = self.param("logit_scale", nn.with_logical_partitioning(
             nn.initializers.constant(scale_init), ()), ())
@@ -142,11 +133,11 @@ class MuLanTowers(nn.Module):
             h = self.audio_tower(mel)
         else:
             h = self.audio_tower(mel, deterministic=deterministic)
-        return _l2_normalize(self.audio_proj(h))
+        return l2_normalize(self.audio_proj(h))
 
     def embed_text(self, ids: jax.Array, deterministic: bool = True) -> jax.Array:
         """[B, L] ids (negative = padding) -> unit-norm float32 [B, embed_dim]."""
-        return _l2_normalize(self.text_proj(self.text_tower(ids, deterministic=deterministic)))
+        return l2_normalize(self.text_proj(self.text_tower(ids, deterministic=deterministic)))
 
     def __call__(self, audio, ids, deterministic: bool = True):
         scale = self.logit_scale

@@ -27,8 +27,9 @@ import jax.numpy as jnp
 from musiclm_jax.models import decoding
 from musiclm_jax.models.base import Batch, BaseModel, Metrics, Variables
 from musiclm_jax.models.token_layout import BOS_ID, NULL_COND_ID, TokenLayout
-from musiclm_jax.nn.transformer import DecoderStack, TransformerConfig, count_params
 from musiclm_jax.nn import config_io
+from musiclm_jax.nn.stack import RelPosStackConfig
+from musiclm_jax.nn.transformer import DecoderStack, TransformerConfig, count_params
 
 
 class StreamSpec(NamedTuple):
@@ -46,33 +47,29 @@ TARGET_PREFIX_KEY = "target_prefix"
 
 
 @dataclasses.dataclass(frozen=True)
-class StageConfig:
-    """A token stage: streams, transformer size, regularisation. Defaults = paper semantic stage."""
+class StageConfig(RelPosStackConfig):
+    """A token stage: streams, transformer size (the fields of nn/stack.py's configs),
+    regularisation. Defaults = paper semantic stage."""
 
-    layout: TokenLayout = TokenLayout()
-    conditions: tuple = (StreamSpec("mulan_tokens", "mulan", 0, 12),)
-    target: tuple = StreamSpec("semantic_tokens", "semantic", 0, 1)
+    # The paper's sizes (the fields are RelPosStackConfig's).
     num_layers: int = 24
     num_heads: int = 16
     head_dim: int = 64
     d_model: int = 1024
     d_ff: int = 4096
     dropout_rate: float = 0.1
-    relpos_num_buckets: int = 32
-    relpos_max_distance: int = 128
-    dtype: Any = "float32"
-    param_dtype: Any = "float32"
-    scan_layers: bool = True
-    remat_policy: str = "none"
+    layout: TokenLayout = TokenLayout()
+    conditions: tuple = (StreamSpec("mulan_tokens", "mulan", 0, 12),)
+    target: tuple = StreamSpec("semantic_tokens", "semantic", 0, 1)
     cond_dropout_rate: float = 0.1
     z_loss: float = 0.0
 
     def __post_init__(self):
+        super().__post_init__()  # sizes, dtypes, dropout and remat policy
         conditions = tuple(StreamSpec(*c) for c in self.conditions)
         target = StreamSpec(*self.target)
         object.__setattr__(self, "conditions", conditions)
         object.__setattr__(self, "target", target)
-        config_io.normalize_dtypes(self)
         for spec in (*conditions, target):
             # Raises a clear error for an unknown stream or level span.
             self.layout.level_ranges(spec.stream, spec.first_level, spec.num_levels)
@@ -80,7 +77,6 @@ class StageConfig:
             raise ValueError(f"StageConfig.cond_dropout_rate must be in [0, 1], got {self.cond_dropout_rate}")
         if self.z_loss < 0:
             raise ValueError(f"StageConfig.z_loss must be >= 0, got {self.z_loss}")
-        self.transformer_config()  # validates sizes, dropout and remat policy
 
     def to_dict(self) -> dict:
         return config_io.to_plain(self)
@@ -98,21 +94,8 @@ class StageConfig:
         return cls(**d)
 
     def transformer_config(self) -> TransformerConfig:
-        return TransformerConfig(
-            vocab_size=self.layout.vocab_size,
-            num_layers=self.num_layers,
-            num_heads=self.num_heads,
-            head_dim=self.head_dim,
-            d_model=self.d_model,
-            d_ff=self.d_ff,
-            dropout_rate=self.dropout_rate,
-            relpos_num_buckets=self.relpos_num_buckets,
-            relpos_max_distance=self.relpos_max_distance,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            scan_layers=self.scan_layers,
-            remat_policy=self.remat_policy,
-        )
+        sizes = {f.name: getattr(self, f.name) for f in dataclasses.fields(RelPosStackConfig)}
+        return TransformerConfig(vocab_size=self.layout.vocab_size, **sizes)
 
 
 def _flat_length(shape: Sequence[int], spec: StreamSpec) -> int:

@@ -52,12 +52,11 @@ import jax
 import jax.numpy as jnp
 
 from musiclm_jax.audio.mel import log_mel
-from musiclm_jax.nn import config_io
+from musiclm_jax.nn import axes, config_io
 from musiclm_jax.models.base import Batch, BaseModel, Metrics, Variables
 from musiclm_jax.nn.conformer import ConformerConfig, ConformerStack
-
-EMBED_ACT = ("activation_batch", "activation_length", "activation_embed")
-NEG_INF = -1e9
+from musiclm_jax.nn.initializers import he_normal
+from musiclm_jax.nn.layers import NEG_INF, dense, l2_normalize, masked_mean, norm
 
 # The paper's w2v-BERT XL: 12 contrastive + 12 MLM conformer layers, d 1024 (~600M params).
 PAPER_CONFORMER = ConformerConfig(num_layers=12, num_heads=8, head_dim=128, d_model=1024, d_ff=4096,
@@ -184,16 +183,6 @@ def sample_negatives(rng: jax.Array, mask: jax.Array, num_negatives: int) -> tup
     return idx, valid
 
 
-def _l2_normalize(x: jax.Array) -> jax.Array:
-    x = x.astype(jnp.float32)
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), 1e-12))
-
-
-def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
-    m = mask.astype(jnp.float32)
-    return jnp.sum(x.astype(jnp.float32) * m) / jnp.maximum(jnp.sum(m), 1.0)
-
-
 def contrastive_loss(context: jax.Array, quantized: jax.Array, mask: jax.Array, neg_idx: jax.Array,
                      neg_valid: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
     """wav2vec 2.0's InfoNCE at masked frames: -log softmax over [true, negatives] of cos / kappa.
@@ -202,7 +191,7 @@ def contrastive_loss(context: jax.Array, quantized: jax.Array, mask: jax.Array, 
     Returns (mean loss over masked frames, fraction of masked frames whose true target scores
     strictly above every negative). Similarities are all-pairs per utterance [B, T, T] then
     gathered: O(T^2 D) compute, but never a [B, T, K, D] tensor of negatives."""
-    c, q = _l2_normalize(context), _l2_normalize(quantized)
+    c, q = l2_normalize(context), l2_normalize(quantized)
     sims = jnp.einsum("btd,bsd->bts", c, q, precision=jax.lax.Precision.HIGHEST)
     pos = jnp.diagonal(sims, axis1=1, axis2=2)  # [B, T]
     neg = jnp.take_along_axis(sims, neg_idx, axis=-1)  # [B, T, K]
@@ -210,7 +199,7 @@ def contrastive_loss(context: jax.Array, quantized: jax.Array, mask: jax.Array, 
     logits = jnp.concatenate([pos[..., None], neg], axis=-1) / temperature
     ce = jax.nn.logsumexp(logits, axis=-1) - logits[..., 0]
     correct = logits[..., 0] > jnp.max(logits[..., 1:], axis=-1)
-    return _masked_mean(ce, mask), _masked_mean(correct, mask)
+    return masked_mean(ce, mask), masked_mean(correct, mask)
 
 
 def diversity_loss(probs: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -243,36 +232,28 @@ class W2vBertNet(nn.Module):
             return nn.Conv(c.subsampler_channels, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=dt,
                            param_dtype=pdt, name=name,
                            kernel_init=nn.with_logical_partitioning(
-                               nn.initializers.variance_scaling(2.0, "fan_in", "normal"),
-                               ("conv_height", "conv_width", "conv_in", "conv_out")),
-                           bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))
-
-        def dense(features, axes, name, dtype=dt):
-            return nn.Dense(features, dtype=dtype, param_dtype=pdt, name=name,
-                            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
-                            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]))
+                               he_normal(), (axes.CONV_HEIGHT, axes.CONV_WIDTH, axes.CONV_IN, axes.CONV_OUT)),
+                           bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes.CONV_OUT,)))
 
         self.subsample_conv1 = conv("subsample_conv1")
         self.subsample_conv2 = conv("subsample_conv2")
-        self.feature_proj = dense(c.d_model, (None, "embed"), "feature_proj")
-        self.feature_norm = nn.LayerNorm(
-            epsilon=1e-6, dtype=dt, param_dtype=pdt, name="feature_norm",
-            scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+        biased = dict(use_bias=True, param_dtype=pdt)
+        self.feature_proj = dense(c.d_model, (None, axes.EMBED), "feature_proj", dtype=dt, **biased)
+        self.feature_norm = norm("feature_norm", dtype=dt, param_dtype=pdt)
         # The quantizer works in float32 whatever the activation dtype.
         # No bias: the input is centred, and a bias would add back a component shared by all frames.
         self.quantizer_kernel = self.param(
-            "quantizer_kernel", nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", None)),
+            "quantizer_kernel", nn.with_logical_partitioning(nn.initializers.lecun_normal(), (axes.EMBED, None)),
             (c.d_model, c.codebook_dim), jnp.float32)
         self.codebook = self.param("codebook", nn.with_logical_partitioning(nn.initializers.normal(1.0),
-                                                                            ("vocab", None)),
+                                                                            (axes.VOCAB, None)),
                                    (c.codebook_size, c.codebook_dim), jnp.float32)
         self.mask_embedding = self.param("mask_embedding", nn.with_logical_partitioning(
-            nn.initializers.uniform(1.0), ("embed",)), (c.d_model,), pdt)
+            nn.initializers.uniform(1.0), (axes.EMBED,)), (c.d_model,), pdt)
         self.contrastive = ConformerStack(c.contrastive, name="contrastive")
-        self.context_proj = dense(c.codebook_dim, ("embed", None), "context_proj", jnp.float32)
+        self.context_proj = dense(c.codebook_dim, (axes.EMBED, None), "context_proj", dtype=jnp.float32, **biased)
         self.mlm = ConformerStack(c.mlm, name="mlm")
-        self.mlm_head = dense(c.codebook_size, ("embed", "vocab"), "mlm_head", jnp.float32)
+        self.mlm_head = dense(c.codebook_size, (axes.EMBED, axes.VOCAB), "mlm_head", dtype=jnp.float32, **biased)
         self.input_dropout = nn.Dropout(rate=c.contrastive.dropout_rate)
 
     def log_mel(self, audio: jax.Array) -> jax.Array:
@@ -287,13 +268,12 @@ class W2vBertNet(nn.Module):
         """audio [B, samples] -> [B, T, d_model] (T = config.num_frames(samples))."""
         c = self.config
         mel = self.log_mel(audio)
-        h = nn.with_logical_constraint(mel.astype(c.contrastive.dtype)[..., None],
-                                       ("activation_batch", "activation_length", None, None))
+        h = nn.with_logical_constraint(mel.astype(c.contrastive.dtype)[..., None], axes.IMAGE_ACT)
         h = nn.relu(self.subsample_conv1(h))
         h = nn.relu(self.subsample_conv2(h))  # [B, T, mels / 4, C]
         h = h.reshape(h.shape[0], h.shape[1], -1)
         h = self.feature_norm(self.feature_proj(h))
-        return nn.with_logical_constraint(h, EMBED_ACT)
+        return nn.with_logical_constraint(h, axes.EMBED_ACT)
 
     def quantize(self, features: jax.Array):
         """Nearest code in cosine space -> (target ids int32 [B, T], code vectors float32 [B, T, dim]
@@ -304,10 +284,10 @@ class W2vBertNet(nn.Module):
             x = jax.lax.stop_gradient(x)
         if c.center_quantizer_input:
             x = x - jnp.mean(x, axis=1, keepdims=True)
-        z = _l2_normalize(jnp.einsum("btd,dk->btk", x, self.quantizer_kernel))
-        codebook = _l2_normalize(self.codebook)
+        z = l2_normalize(jnp.einsum("btd,dk->btk", x, self.quantizer_kernel))
+        codebook = l2_normalize(self.codebook)
         sims = jnp.einsum("btd,kd->btk", z, codebook, precision=jax.lax.Precision.HIGHEST)
-        sims = nn.with_logical_constraint(sims, ("activation_batch", "activation_length", "activation_vocab"))
+        sims = nn.with_logical_constraint(sims, axes.VOCAB_ACT)
         ids = jnp.argmax(sims, axis=-1).astype(jnp.int32)
         code = jnp.take(codebook, ids, axis=0)
         vq_loss = (jnp.mean(jnp.sum(jnp.square(jax.lax.stop_gradient(z) - code), -1))
@@ -328,8 +308,7 @@ class W2vBertNet(nn.Module):
         logits = self.mlm_head(m.astype(jnp.float32))
         return {"codes": codes, "quantized": quantized, "code_similarities": sims, "vq_loss": vq_loss,
                 "context": context,
-                "mlm_logits": nn.with_logical_constraint(logits, ("activation_batch", "activation_length",
-                                                                  "activation_vocab"))}
+                "mlm_logits": nn.with_logical_constraint(logits, axes.VOCAB_ACT)}
 
     def embed(self, audio: jax.Array, return_layers: bool = False) -> jax.Array:
         """Unmasked, deterministic: the MLM module's output [B, T, d] (its last layer), or every
@@ -383,8 +362,8 @@ class W2vBert(BaseModel):
         targets = jax.lax.stop_gradient(out["codes"])
         logits = out["mlm_logits"]
         ce = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-        l_mlm = _masked_mean(ce, mask)
-        mlm_acc = _masked_mean(jnp.argmax(logits, axis=-1) == targets, mask)
+        l_mlm = masked_mean(ce, mask)
+        mlm_acc = masked_mean(jnp.argmax(logits, axis=-1) == targets, mask)
         loss = (c.contrastive_weight * l_con + c.diversity_weight * l_div + c.codebook_weight * out["vq_loss"]
                 + c.mlm_weight * l_mlm)
         metrics = {

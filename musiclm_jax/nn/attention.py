@@ -24,19 +24,10 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from musiclm_jax.nn import axes
+from musiclm_jax.nn.initializers import default_kernel_init
+
 Array = jax.Array
-
-BATCH, LENGTH, HEADS, KV, EMBED = (
-    "activation_batch",
-    "activation_length",
-    "activation_heads",
-    "activation_kv",
-    "activation_embed",
-)
-
-
-def _default_kernel_init():
-    return nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
 
 
 class MultiHeadAttention(nn.Module):
@@ -52,7 +43,7 @@ class MultiHeadAttention(nn.Module):
     @nn.compact
     def __call__(self, x: Array, bias: Array, *, deterministic: bool = True, decode: bool = False) -> Array:
         """x: [batch, length, embed]; bias: float32, broadcastable to [batch, heads, length, keys]."""
-        kernel_init = self.kernel_init or _default_kernel_init()
+        kernel_init = self.kernel_init or default_kernel_init()
         d_model = x.shape[-1]
 
         # Explicit kernels rather than nn.DenseGeneral: DenseGeneral initialises a flattened
@@ -60,15 +51,15 @@ class MultiHeadAttention(nn.Module):
         def qkv(name):
             kernel = self.param(
                 name,
-                nn.with_logical_partitioning(kernel_init, ("embed", "heads", "kv")),
+                nn.with_logical_partitioning(kernel_init, (axes.EMBED, axes.HEADS, axes.KV)),
                 (d_model, self.num_heads, self.head_dim),
                 self.param_dtype,
             )
             return jnp.einsum("bld,dhk->blhk", x.astype(self.dtype), kernel.astype(self.dtype))
 
-        query = nn.with_logical_constraint(qkv("query"), (BATCH, LENGTH, HEADS, KV))
-        key = nn.with_logical_constraint(qkv("key"), (BATCH, LENGTH, HEADS, KV))
-        value = nn.with_logical_constraint(qkv("value"), (BATCH, LENGTH, HEADS, KV))
+        query = nn.with_logical_constraint(qkv("query"), axes.HEADS_ACT)
+        key = nn.with_logical_constraint(qkv("key"), axes.HEADS_ACT)
+        value = nn.with_logical_constraint(qkv("value"), axes.HEADS_ACT)
 
         if decode:
             initialized = self.has_variable("cache", "cached_key")
@@ -108,12 +99,12 @@ class MultiHeadAttention(nn.Module):
         else:
             weights = weights.astype(self.dtype)
             out = jnp.einsum("bhqk,bkhd->bqhd", weights, value.astype(self.dtype))
-        out = nn.with_logical_constraint(out, (BATCH, LENGTH, HEADS, KV))
+        out = nn.with_logical_constraint(out, axes.HEADS_ACT)
         out_kernel = self.param(
             "out",
-            nn.with_logical_partitioning(kernel_init, ("heads", "kv", "embed")),
+            nn.with_logical_partitioning(kernel_init, (axes.HEADS, axes.KV, axes.EMBED)),
             (self.num_heads, self.head_dim, d_model),
             self.param_dtype,
         )
         out = jnp.einsum("blhk,hkd->bld", out, out_kernel.astype(self.dtype))
-        return nn.with_logical_constraint(out, (BATCH, LENGTH, EMBED))
+        return nn.with_logical_constraint(out, axes.EMBED_ACT)

@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
+from musiclm_jax.nn import axes, config_io
 from musiclm_jax.nn.seanet import Conv
 from musiclm_jax.nn.signal import hann_window, stft
-from musiclm_jax.nn import config_io
 
 Array = jax.Array
 DiscOutput = Tuple[Array, List[Array]]
@@ -142,7 +142,7 @@ class Discriminators(nn.Module):
     def __call__(self, waveform: Array) -> List[DiscOutput]:
         if waveform.ndim != 2:
             raise ValueError(f"Discriminators expect a [batch, samples] waveform, got shape {waveform.shape}")
-        waveform = nn.with_logical_constraint(waveform, ("activation_batch", "activation_length"))
+        waveform = nn.with_logical_constraint(waveform, (axes.ACT_BATCH, axes.ACT_LENGTH))
         outs = [STFTDiscriminator(self.config, name="stft")(waveform)]
         outs.extend(MultiScaleWaveDiscriminator(self.config, name="wave")(waveform))
         return outs

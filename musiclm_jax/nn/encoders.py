@@ -9,11 +9,8 @@ spectrogram (patch) transformer and a bottleneck ResNet on log-mel.
 Pooled outputs are float32 whatever the activation dtype (the contrastive loss wants them
 so). The 128-d projections into the shared space belong to the MuLan model, not here.
 
-Logical axis names follow nn/transformer.py and nn/attention.py: weights 'embed', 'mlp',
-'heads', 'kv', 'vocab', 'layers' (scanned stack); convs ('conv_height', 'conv_width',
-'conv_in', 'conv_out') as in nn/seanet.py; position tables and the patch-input axis are
-None (small, replicated). Activations: 'activation_batch', 'activation_length',
-'activation_embed', 'activation_mlp'.
+Logical axis names are nn/axes.py's; position tables and the patch-input axis are None
+(small, replicated).
 """
 from __future__ import annotations
 
@@ -25,14 +22,13 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from musiclm_jax.nn import axes, config_io
 from musiclm_jax.nn.attention import MultiHeadAttention
-from musiclm_jax.nn.transformer import NEG_INF, REMAT_POLICIES, _kernel_init, remat_policy
-from musiclm_jax.nn import config_io
+from musiclm_jax.nn.initializers import he_normal
+from musiclm_jax.nn.layers import NEG_INF, Mlp, dense, masked_mean, norm
+from musiclm_jax.nn.stack import StackConfig, stack_layers
 
 Array = jax.Array
-
-EMBED_ACT = ("activation_batch", "activation_length", "activation_embed")
-POOLED_ACT = ("activation_batch", "activation_embed")
 
 
 # ----------------------------------------------------------------------------------------
@@ -41,85 +37,13 @@ POOLED_ACT = ("activation_batch", "activation_embed")
 
 
 @dataclasses.dataclass(frozen=True)
-class EncoderConfig:
-    """Bidirectional pre-norm encoder. `dtype` = activations, `param_dtype` = weights."""
-
-    num_layers: int = 2
-    num_heads: int = 4
-    head_dim: int = 16
-    d_model: int = 64
-    d_ff: int = 256
-    dropout_rate: float = 0.0
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    scan_layers: bool = True
-    remat_policy: str = "none"
-
-    def __post_init__(self):
-        config_io.normalize_dtypes(self)
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"unknown remat_policy {self.remat_policy!r}; expected one of {REMAT_POLICIES}")
-        config_io.check_positive_ints(self, "num_layers", "num_heads", "head_dim", "d_model", "d_ff")
-        if not 0.0 <= self.dropout_rate < 1.0:
-            raise ValueError(f"EncoderConfig.dropout_rate must be in [0, 1), got {self.dropout_rate}")
-
-
-def _layer_norm(cfg: EncoderConfig, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(
-        epsilon=1e-6,
-        dtype=cfg.dtype,
-        param_dtype=cfg.param_dtype,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-        name=name,
-    )
-
-
-def _dense(cfg: EncoderConfig, features: int, axes: tuple, name: str, use_bias: bool = False) -> nn.Dense:
-    return nn.Dense(
-        features,
-        use_bias=use_bias,
-        dtype=cfg.dtype,
-        param_dtype=cfg.param_dtype,
-        kernel_init=nn.with_logical_partitioning(_kernel_init(), axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]),
-        name=name,
-    )
-
-
-def masked_mean(x: Array, mask: Optional[Array]) -> Array:
-    """Mean of x [B, L, d] over positions where mask [B, L] is True -> float32 [B, d].
-
-    A row with no True position gives zeros (the count is clamped to 1), never NaN.
-    """
-    x = x.astype(jnp.float32)
-    if mask is None:
-        return jnp.mean(x, axis=1)
-    m = mask.astype(jnp.float32)[..., None]
-    return jnp.sum(x * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
-
-
-class EncoderMlp(nn.Module):
-    """wo(gelu(wi(x))), no biases (like the attention projections)."""
-
-    config: EncoderConfig
-    deterministic: bool = True
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        cfg = self.config
-        act_axes = ("activation_batch", "activation_length", "activation_mlp")
-        h = nn.with_logical_constraint(_dense(cfg, cfg.d_ff, ("embed", "mlp"), "wi")(x), act_axes)
-        h = nn.gelu(h, approximate=True)
-        h = nn.Dropout(rate=cfg.dropout_rate)(h, deterministic=self.deterministic)
-        out = _dense(cfg, cfg.d_model, ("mlp", "embed"), "wo")(h)
-        return nn.with_logical_constraint(out, EMBED_ACT)
+class EncoderConfig(StackConfig):
+    """Bidirectional pre-norm encoder: the StackConfig fields (nn/stack.py)."""
 
 
 class EncoderLayer(nn.Module):
-    """Pre-norm layer: x + drop(attn(norm(x), bias)), then x + drop(mlp(norm(x))).
-
-    Returns (x, None) so that it can be the body of `nn.scan`.
+    """Pre-norm layer: x + drop(attn(norm(x), bias)), then x + drop(mlp(norm(x))) (LayerNorm,
+    GELU feed-forward without biases). Returns (x, None) so that it can be the body of `nn.scan`.
     """
 
     config: EncoderConfig
@@ -128,8 +52,8 @@ class EncoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, bias: Array):
         cfg = self.config
-        x = nn.with_logical_constraint(x, EMBED_ACT)
-        h = _layer_norm(cfg, "pre_attention_norm")(x)
+        x = nn.with_logical_constraint(x, axes.EMBED_ACT)
+        h = norm("pre_attention_norm", **cfg.dtypes)(x)
         h = MultiHeadAttention(
             num_heads=cfg.num_heads,
             head_dim=cfg.head_dim,
@@ -140,10 +64,10 @@ class EncoderLayer(nn.Module):
         )(h, bias, deterministic=self.deterministic)
         h = nn.Dropout(rate=cfg.dropout_rate)(h, deterministic=self.deterministic)
         x = x + h
-        h = _layer_norm(cfg, "pre_mlp_norm")(x)
-        h = EncoderMlp(cfg, deterministic=self.deterministic, name="mlp")(h)
+        h = norm("pre_mlp_norm", **cfg.dtypes)(x)
+        h = Mlp(cfg, deterministic=self.deterministic, name="mlp")(h)
         h = nn.Dropout(rate=cfg.dropout_rate)(h, deterministic=self.deterministic)
-        x = nn.with_logical_constraint(x + h, EMBED_ACT)
+        x = nn.with_logical_constraint(x + h, axes.EMBED_ACT)
         return x, None
 
 
@@ -152,7 +76,7 @@ class TransformerEncoder(nn.Module):
     -> [B, L, d_model] (after a final LayerNorm).
 
     Padded positions are masked as keys only: their own outputs are computed but
-    meaningless, so callers pool with the same mask (see `masked_mean`).
+    meaningless, so callers pool with the same mask (see nn/layers.masked_mean).
     """
 
     config: EncoderConfig
@@ -170,33 +94,17 @@ class TransformerEncoder(nn.Module):
             # Additive key bias [B, 1, 1, L]; NEG_INF is finite, so an all-padding row gives a
             # uniform softmax rather than NaN.
             bias = jnp.where(mask[:, None, None, :], 0.0, NEG_INF).astype(jnp.float32)
-        x = nn.with_logical_constraint(x.astype(cfg.dtype), EMBED_ACT)
-
-        layer_cls = EncoderLayer
-        if cfg.remat_policy != "none":
-            layer_cls = nn.remat(layer_cls, policy=remat_policy(cfg.remat_policy), prevent_cse=not cfg.scan_layers)
-        if cfg.scan_layers:
-            scanned = nn.scan(
-                layer_cls,
-                variable_axes={"params": 0},
-                split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast,),
-                length=cfg.num_layers,
-                metadata_params={nn.PARTITION_NAME: "layers"},
-            )
-            x, _ = scanned(cfg, deterministic=deterministic, name="layers")(x, bias)
-        else:
-            for i in range(cfg.num_layers):
-                x, _ = layer_cls(cfg, deterministic=deterministic, name=f"layers_{i}")(x, bias)
-        x = _layer_norm(cfg, "final_norm")(x)
-        return nn.with_logical_constraint(x, EMBED_ACT)
+        x = nn.with_logical_constraint(x.astype(cfg.dtype), axes.EMBED_ACT)
+        x, _ = stack_layers(EncoderLayer, cfg, deterministic=deterministic)(x, bias)
+        x = norm("final_norm", **cfg.dtypes)(x)
+        return nn.with_logical_constraint(x, axes.EMBED_ACT)
 
 
 def _position_table(module: nn.Module, name: str, length: int, cfg: EncoderConfig) -> Array:
     """A learned [length, d_model] table (BERT-style init); the length axis is replicated."""
     return module.param(
         name,
-        nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), (None, "embed")),
+        nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), (None, axes.EMBED)),
         (length, cfg.d_model),
         cfg.param_dtype,
     ).astype(cfg.dtype)
@@ -234,14 +142,14 @@ class TextEncoder(nn.Module):
             features=cfg.d_model,
             dtype=cfg.dtype,
             param_dtype=cfg.param_dtype,
-            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), ("vocab", "embed")),
+            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), (axes.VOCAB, axes.EMBED)),
             name="token_embed",
         )(jnp.maximum(ids, 0))  # padding looks up row 0; the mask hides it (a negative id would wrap)
         x = x + _position_table(self, "position_embed", self.max_length, cfg)[None, :length]
-        x = nn.with_logical_constraint(x, EMBED_ACT)
+        x = nn.with_logical_constraint(x, axes.EMBED_ACT)
         x = nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=deterministic)
         x = TransformerEncoder(cfg, name="encoder")(x, mask, deterministic=deterministic)
-        return nn.with_logical_constraint(masked_mean(x, mask), POOLED_ACT)
+        return nn.with_logical_constraint(masked_mean(x, mask, axis=1), axes.POOLED_ACT)
 
 
 class SpectrogramTransformer(nn.Module):
@@ -280,13 +188,13 @@ class SpectrogramTransformer(nn.Module):
         pf, pm = self.patch_frames, self.patch_mels
         x = spec[:, : num_t * pf].astype(cfg.dtype)
         x = x.reshape(batch, num_t, pf, num_f, pm).transpose(0, 1, 3, 2, 4).reshape(batch, num_t, num_f, pf * pm)
-        x = _dense(cfg, cfg.d_model, (None, "embed"), "patch_embed", use_bias=True)(x)  # [B, T, F, d]
+        x = dense(cfg.d_model, (None, axes.EMBED), "patch_embed", use_bias=True, **cfg.dtypes)(x)  # [B, T, F, d]
         x = (x + _position_table(self, "time_embed", self.max_patches, cfg)[None, :num_t, None]
              + _position_table(self, "freq_embed", num_f, cfg)[None, None])
-        x = nn.with_logical_constraint(x.reshape(batch, num_t * num_f, cfg.d_model), EMBED_ACT)
+        x = nn.with_logical_constraint(x.reshape(batch, num_t * num_f, cfg.d_model), axes.EMBED_ACT)
         x = nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=deterministic)
         x = TransformerEncoder(cfg, name="encoder")(x, None, deterministic=deterministic)
-        return nn.with_logical_constraint(masked_mean(x, None), POOLED_ACT)
+        return nn.with_logical_constraint(masked_mean(x, None, axis=1), axes.POOLED_ACT)
 
 
 # ----------------------------------------------------------------------------------------
@@ -318,9 +226,6 @@ class ResNetConfig:
         return self.width * 2 ** (len(self.stage_sizes) - 1) * self.expansion
 
 
-IMAGE_ACT = ("activation_batch", "activation_length", None, None)  # [B, time, freq, channels]
-
-
 def _conv(cfg: ResNetConfig, features: int, kernel: int, stride: int, name: str) -> nn.Conv:
     # No bias: every conv is followed by a norm with its own shift. He init (fan_out), as
     # in torchvision / the flax ImageNet example.
@@ -334,8 +239,7 @@ def _conv(cfg: ResNetConfig, features: int, kernel: int, stride: int, name: str)
         dtype=cfg.dtype,
         param_dtype=cfg.param_dtype,
         kernel_init=nn.with_logical_partitioning(
-            nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
-            ("conv_height", "conv_width", "conv_in", "conv_out"),
+            he_normal("fan_out"), (axes.CONV_HEIGHT, axes.CONV_WIDTH, axes.CONV_IN, axes.CONV_OUT)
         ),
         name=name,
     )
@@ -351,9 +255,9 @@ def _norm(cfg: ResNetConfig, features: int, name: str, zero_scale: bool = False)
         dtype=cfg.dtype,
         param_dtype=cfg.param_dtype,
         scale_init=nn.with_logical_partitioning(
-            nn.initializers.zeros if zero_scale else nn.initializers.ones, ("conv_out",)
+            nn.initializers.zeros if zero_scale else nn.initializers.ones, (axes.CONV_OUT,)
         ),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes.CONV_OUT,)),
         name=name,
     )
 
@@ -375,7 +279,7 @@ class BottleneckBlock(nn.Module):
         h = _norm(cfg, out_features, "norm3", zero_scale=True)(_conv(cfg, out_features, 1, 1, "conv3")(h))
         if self.stride != 1 or x.shape[-1] != out_features:
             x = _norm(cfg, out_features, "proj_norm")(_conv(cfg, out_features, 1, self.stride, "proj_conv")(x))
-        return nn.with_logical_constraint(nn.relu(x + h), IMAGE_ACT)
+        return nn.with_logical_constraint(nn.relu(x + h), axes.IMAGE_ACT)
 
 
 class ResNetAudioEncoder(nn.Module):
@@ -392,7 +296,7 @@ class ResNetAudioEncoder(nn.Module):
         cfg = self.config
         if spec.ndim != 3:
             raise ValueError(f"ResNetAudioEncoder expects log-mel [batch, frames, mels], got shape {spec.shape}")
-        x = nn.with_logical_constraint(spec.astype(cfg.dtype)[..., None], IMAGE_ACT)
+        x = nn.with_logical_constraint(spec.astype(cfg.dtype)[..., None], axes.IMAGE_ACT)
         x = nn.relu(_norm(cfg, cfg.width, "stem_norm")(_conv(cfg, cfg.width, 7, 2, "stem_conv")(x)))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for i, num_blocks in enumerate(cfg.stage_sizes):
@@ -400,4 +304,4 @@ class ResNetAudioEncoder(nn.Module):
                 stride = 2 if i > 0 and j == 0 else 1
                 x = BottleneckBlock(cfg, width=cfg.width * 2**i, stride=stride, name=f"stage{i + 1}_block{j + 1}")(x)
         pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-        return nn.with_logical_constraint(pooled, POOLED_ACT)
+        return nn.with_logical_constraint(pooled, axes.POOLED_ACT)

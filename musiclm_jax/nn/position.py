@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from musiclm_jax.nn import axes
+
 Array = jax.Array
 
 
@@ -60,7 +62,7 @@ class RelativePositionBias(nn.Module):
     def __call__(self, q_len: int, k_len: int, q_start: Any = 0) -> Array:
         table = self.param(
             "rel_embedding",
-            nn.with_logical_partitioning(self.embedding_init, ("heads", "relpos_buckets")),
+            nn.with_logical_partitioning(self.embedding_init, (axes.HEADS, axes.RELPOS_BUCKETS)),
             (self.num_heads, self.num_buckets),
             self.param_dtype,
         )

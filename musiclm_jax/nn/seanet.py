@@ -14,7 +14,7 @@ samples; `causal=False` pads symmetrically. No weight norm.
 Parameters are explicit `self.param`s with logical axes ("conv_kernel", "conv_in", "conv_out")
 (2-D convs: ("conv_height", "conv_width", "conv_in", "conv_out")) and ("conv_out",) for biases.
 Those names map to None (replicated) unless a rule says otherwise: the codec is data parallel.
-Activations are constrained to ("activation_batch", "activation_length", None).
+Activations are constrained to nn/axes.CONV1D_ACT ("activation_batch", "activation_length", None).
 """
 from __future__ import annotations
 
@@ -26,12 +26,11 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from musiclm_jax.nn import axes, config_io
 from musiclm_jax.nn.grouped_conv import grouped_conv1d
-from musiclm_jax.nn import config_io
+from musiclm_jax.nn.initializers import default_kernel_init
 
 Array = jax.Array
-
-ACT_AXES = ("activation_batch", "activation_length", None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,10 +82,6 @@ def _same_padding(total: int, causal: bool) -> Tuple[int, int]:
     return (total - right, right)
 
 
-def _kernel_init():
-    return nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
-
-
 class Conv(nn.Module):
     """N-d convolution (N = len(kernel_size)) with explicit, logically partitioned params.
 
@@ -108,18 +103,17 @@ class Conv(nn.Module):
         cin = x.shape[-1]
         if cin % self.groups or self.features % self.groups:
             raise ValueError(f"Conv {self.name}: channels {cin}->{self.features} not divisible by groups {self.groups}")
-        axes = ("conv_kernel",) if nd == 1 else ("conv_height", "conv_width")
+        names = (axes.CONV_KERNEL,) if nd == 1 else (axes.CONV_HEIGHT, axes.CONV_WIDTH)
         if nd not in (1, 2):
             raise ValueError(f"Conv supports 1-D and 2-D kernels, got {self.kernel_size}")
         kernel = self.param(
             "kernel",
-            nn.with_logical_partitioning(_kernel_init(), axes + ("conv_in", "conv_out")),
+            nn.with_logical_partitioning(default_kernel_init(), names + (axes.CONV_IN, axes.CONV_OUT)),
             (*self.kernel_size, cin // self.groups, self.features),
             self.param_dtype,
         )
-        bias = self.param(
-            "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)), (self.features,), self.param_dtype
-        )
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (axes.CONV_OUT,)),
+                          (self.features,), self.param_dtype)
         if nd == 1 and self.groups > 1 and not any(d > 1 for d in (self.dilation or ())):
             pad = tuple(self.padding[0]) if self.padding else (0, 0)
             y = grouped_conv1d(x.astype(self.dtype), kernel.astype(self.dtype), int((self.strides or (1,))[0]), pad,
@@ -156,13 +150,12 @@ class ConvTranspose1d(nn.Module):
         k = 2 * self.stride
         kernel = self.param(
             "kernel",
-            nn.with_logical_partitioning(_kernel_init(), ("conv_kernel", "conv_in", "conv_out")),
+            nn.with_logical_partitioning(default_kernel_init(), (axes.CONV_KERNEL, axes.CONV_IN, axes.CONV_OUT)),
             (k, x.shape[-1], self.features),
             self.param_dtype,
         )
-        bias = self.param(
-            "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)), (self.features,), self.param_dtype
-        )
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (axes.CONV_OUT,)),
+                          (self.features,), self.param_dtype)
         t, s = x.shape[1], self.stride
         # Polyphase form of jax.lax.conv_transpose(x, kernel, strides=(s,), padding="VALID"): output
         # sample n*s + p is x[n] @ kernel[2s-1-p] + x[n-1] @ kernel[s-1-p], so one stride-1 conv with
@@ -207,7 +200,7 @@ class ResidualUnit(nn.Module):
         c = x.shape[-1]
         h = _conv1d(cfg, c, cfg.residual_kernel_size, "conv_dilated", dilation=self.dilation)(nn.elu(x))
         h = _conv1d(cfg, c, 1, "conv_pointwise")(nn.elu(h))
-        return nn.with_logical_constraint(x + h, ACT_AXES)
+        return nn.with_logical_constraint(x + h, axes.CONV1D_ACT)
 
 
 class SEANetEncoder(nn.Module):
@@ -227,14 +220,14 @@ class SEANetEncoder(nn.Module):
             )
         x = waveform.astype(cfg.dtype)[..., None]
         x = _conv1d(cfg, cfg.channels, cfg.kernel_size, "conv_in")(x)
-        x = nn.with_logical_constraint(x, ACT_AXES)
+        x = nn.with_logical_constraint(x, axes.CONV1D_ACT)
         for i, (stride, mult) in enumerate(zip(cfg.strides, cfg.channel_multipliers)):
             for j, d in enumerate(cfg.dilations):
                 x = ResidualUnit(cfg, d, name=f"block_{i}_res_{j}")(x)
             x = _conv1d(cfg, cfg.channels * mult, 2 * stride, f"block_{i}_down", stride=stride)(nn.elu(x))
-            x = nn.with_logical_constraint(x, ACT_AXES)
+            x = nn.with_logical_constraint(x, axes.CONV1D_ACT)
         x = _conv1d(cfg, cfg.dim, cfg.last_kernel_size, "conv_out")(nn.elu(x))
-        return nn.with_logical_constraint(x.astype(jnp.float32), ACT_AXES)
+        return nn.with_logical_constraint(x.astype(jnp.float32), axes.CONV1D_ACT)
 
 
 class SEANetDecoder(nn.Module):
@@ -249,14 +242,14 @@ class SEANetDecoder(nn.Module):
             raise ValueError(f"SEANetDecoder expects [batch, frames, {cfg.dim}] latents, got shape {latents.shape}")
         x = latents.astype(cfg.dtype)
         x = _conv1d(cfg, cfg.channels * cfg.channel_multipliers[-1], cfg.kernel_size, "conv_in")(x)
-        x = nn.with_logical_constraint(x, ACT_AXES)
+        x = nn.with_logical_constraint(x, axes.CONV1D_ACT)
         n = len(cfg.strides)
         for i in reversed(range(n)):
             out_ch = cfg.channels * (cfg.channel_multipliers[i - 1] if i > 0 else 1)
             x = ConvTranspose1d(
                 out_ch, cfg.strides[i], cfg.causal, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=f"block_{i}_up"
             )(nn.elu(x))
-            x = nn.with_logical_constraint(x, ACT_AXES)
+            x = nn.with_logical_constraint(x, axes.CONV1D_ACT)
             for j, d in enumerate(cfg.dilations):
                 x = ResidualUnit(cfg, d, name=f"block_{i}_res_{j}")(x)
         x = _conv1d(cfg, 1, cfg.last_kernel_size, "conv_out")(nn.elu(x))

@@ -19,105 +19,30 @@ import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 
+from musiclm_jax.nn import axes, config_io
 from musiclm_jax.nn.attention import MultiHeadAttention
+from musiclm_jax.nn.layers import NEG_INF, Mlp, dense, norm
 from musiclm_jax.nn.position import RelativePositionBias
-from musiclm_jax.nn import config_io
+from musiclm_jax.nn.stack import RelPosStackConfig, stack_layers
 
 Array = jax.Array
 
-NEG_INF = -1e10  # finite, so fully masked rows (never produced here) cannot give NaN
-
-REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
-
-
-def remat_policy(name: str) -> Optional[Any]:
-    """The `jax.checkpoint` policy for a name ('full' saves nothing -> None policy)."""
-    if name == "full":
-        return None
-    if name == "dots":
-        return jax.checkpoint_policies.checkpoint_dots
-    if name == "dots_with_no_batch_dims":
-        return jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
-    raise ValueError(f"unknown remat_policy {name!r}; expected one of {REMAT_POLICIES}")
-
 
 @dataclasses.dataclass(frozen=True)
-class TransformerConfig:
-    """Hyperparameters of a decoder stack. `dtype` = activations, `param_dtype` = weights."""
+class TransformerConfig(RelPosStackConfig):
+    """Hyperparameters of a decoder stack (the StackConfig fields, relative positions and the
+    vocabulary)."""
 
-    vocab_size: int
-    num_layers: int = 2
-    num_heads: int = 4
-    head_dim: int = 16
-    d_model: int = 64
-    d_ff: int = 256
-    dropout_rate: float = 0.0
-    relpos_num_buckets: int = 32
-    relpos_max_distance: int = 128
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    scan_layers: bool = True
-    remat_policy: str = "none"
+    vocab_size: int = dataclasses.field(kw_only=True)
 
     def __post_init__(self):
-        config_io.normalize_dtypes(self)
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"unknown remat_policy {self.remat_policy!r}; expected one of {REMAT_POLICIES}")
-        for name in ("vocab_size", "num_layers", "num_heads", "head_dim", "d_model", "d_ff"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"TransformerConfig.{name} must be positive, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout_rate < 1.0:
-            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
-
-
-def _kernel_init():
-    return nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
-
-
-def _rms_norm(config: TransformerConfig, name: str) -> nn.RMSNorm:
-    return nn.RMSNorm(
-        epsilon=1e-6,
-        dtype=config.dtype,
-        param_dtype=config.param_dtype,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-        name=name,
-    )
-
-
-class GatedMlp(nn.Module):
-    """T5 v1.1 feed-forward: wo(gelu(x @ wi_0) * (x @ wi_1))."""
-
-    config: TransformerConfig
-    deterministic: bool = True
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        cfg = self.config
-
-        def dense(features, axes, name):
-            return nn.Dense(
-                features,
-                use_bias=False,
-                dtype=cfg.dtype,
-                param_dtype=cfg.param_dtype,
-                kernel_init=nn.with_logical_partitioning(_kernel_init(), axes),
-                name=name,
-            )
-
-        act_axes = ("activation_batch", "activation_length", "activation_mlp")
-        h0 = nn.with_logical_constraint(dense(cfg.d_ff, ("embed", "mlp"), "wi_0")(x), act_axes)
-        h1 = nn.with_logical_constraint(dense(cfg.d_ff, ("embed", "mlp"), "wi_1")(x), act_axes)
-        h = nn.gelu(h0, approximate=True) * h1
-        h = nn.Dropout(rate=cfg.dropout_rate)(h, deterministic=self.deterministic)
-        h = nn.with_logical_constraint(h, act_axes)
-        out = dense(cfg.d_model, ("mlp", "embed"), "wo")(h)
-        return nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_embed"))
+        super().__post_init__()
+        config_io.check_positive_ints(self, "vocab_size")
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm layer: x + drop(attn(norm(x))), then x + drop(mlp(norm(x))).
-
-    Returns (x, None) so that it can be the body of `nn.scan`.
+    """Pre-norm layer: x + drop(attn(norm(x))), then x + drop(mlp(norm(x))) (RMSNorm, gated
+    GELU feed-forward as T5 v1.1). Returns (x, None) so that it can be the body of `nn.scan`.
     """
 
     config: TransformerConfig
@@ -127,9 +52,8 @@ class DecoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, bias: Array):
         cfg = self.config
-        embed_axes = ("activation_batch", "activation_length", "activation_embed")
-        x = nn.with_logical_constraint(x, embed_axes)
-        h = _rms_norm(cfg, "pre_attention_norm")(x)
+        x = nn.with_logical_constraint(x, axes.EMBED_ACT)
+        h = norm("pre_attention_norm", rms=True, **cfg.dtypes)(x)
         h = MultiHeadAttention(
             num_heads=cfg.num_heads,
             head_dim=cfg.head_dim,
@@ -140,10 +64,10 @@ class DecoderLayer(nn.Module):
         )(h, bias, deterministic=self.deterministic, decode=self.decode)
         h = nn.Dropout(rate=cfg.dropout_rate)(h, deterministic=self.deterministic)
         x = x + h
-        h = _rms_norm(cfg, "pre_mlp_norm")(x)
-        h = GatedMlp(cfg, deterministic=self.deterministic, name="mlp")(h)
+        h = norm("pre_mlp_norm", rms=True, **cfg.dtypes)(x)
+        h = Mlp(cfg, gated=True, deterministic=self.deterministic, name="mlp")(h)
         h = nn.Dropout(rate=cfg.dropout_rate)(h, deterministic=self.deterministic)
-        x = nn.with_logical_constraint(x + h, embed_axes)
+        x = nn.with_logical_constraint(x + h, axes.EMBED_ACT)
         return x, None
 
 
@@ -191,44 +115,22 @@ class DecoderStack(nn.Module):
             features=cfg.d_model,
             dtype=cfg.dtype,
             param_dtype=cfg.param_dtype,
-            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(stddev=1.0), ("vocab", "embed")),
+            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(stddev=1.0), (axes.VOCAB, axes.EMBED)),
             name="token_embed",
         )(ids.astype(jnp.int32))
-        x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
+        x = nn.with_logical_constraint(x, axes.EMBED_ACT)
         x = nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=deterministic)
 
-        layer_cls = DecoderLayer
-        if cfg.remat_policy != "none":
-            layer_cls = nn.remat(layer_cls, policy=remat_policy(cfg.remat_policy), prevent_cse=not cfg.scan_layers)
-        if cfg.scan_layers:
-            scanned = nn.scan(
-                layer_cls,
-                variable_axes={"params": 0, "cache": 0},
-                split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast,),
-                length=cfg.num_layers,
-                metadata_params={nn.PARTITION_NAME: "layers"},
-            )
-            x, _ = scanned(cfg, deterministic=deterministic, decode=decode, name="layers")(x, bias)
-        else:
-            for i in range(cfg.num_layers):
-                x, _ = layer_cls(cfg, deterministic=deterministic, decode=decode, name=f"layers_{i}")(x, bias)
+        x, _ = stack_layers(DecoderLayer, cfg, deterministic=deterministic, decode=decode)(x, bias)
 
         if num_logits is not None:
             if not 0 < num_logits <= length:
                 raise ValueError(f"num_logits must be in [1, {length}], got {num_logits}")
             x = x[:, length - num_logits :]
-        x = _rms_norm(cfg, "final_norm")(x)
+        x = norm("final_norm", rms=True, **cfg.dtypes)(x)
         x = nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=deterministic)
-        logits = nn.Dense(
-            cfg.vocab_size,
-            use_bias=False,
-            dtype=cfg.dtype,
-            param_dtype=cfg.param_dtype,
-            kernel_init=nn.with_logical_partitioning(_kernel_init(), ("embed", "vocab")),
-            name="logits",
-        )(x)
-        logits = nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
+        logits = dense(cfg.vocab_size, (axes.EMBED, axes.VOCAB), "logits", **cfg.dtypes)(x)
+        logits = nn.with_logical_constraint(logits, axes.VOCAB_ACT)
         return logits.astype(jnp.float32)
 
 
