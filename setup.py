@@ -1,4 +1,5 @@
 """musiclm-jax: a TPU-native JAX/Flax implementation of MusicLM."""
+
 import pathlib
 
 import setuptools

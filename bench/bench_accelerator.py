@@ -9,6 +9,7 @@ lines to --out as they finish, so a run cut short keeps what it measured.
 
     python bench/bench_accelerator.py --peak_tflops 989 --out /tmp/acc.jsonl
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,14 @@ from machine import machine, median_time, model_from_gin, random_batch, time_tra
 from musiclm_jax.training.mfu import measure_matmul_flops  # noqa: E402
 from musiclm_jax.training.partitioning import unbox  # noqa: E402
 
-MODELS = ["soundstream/paper", "mulan/paper", "w2v_bert/paper", "semantic_stage/paper", "coarse_stage/paper",
-          "fine_stage/paper"]
+MODELS = [
+    "soundstream/paper",
+    "mulan/paper",
+    "w2v_bert/paper",
+    "semantic_stage/paper",
+    "coarse_stage/paper",
+    "fine_stage/paper",
+]
 
 
 def bench_train(name: str, batch_scale: float, runs: int) -> dict:
@@ -34,9 +41,17 @@ def bench_train(name: str, batch_scale: float, runs: int) -> dict:
     batch = max(1, int(batch * batch_scale))
     r = time_train_step(model, random_batch(model, lengths, batch), runs, warmup=1)
     flops = r["flops"]
-    return dict(model=name, params=r["params"], batch=batch, lengths=",".join(f"{k}={v}" for k, v in lengths.items()),
-                first_call_s=r["first_call_s"], step_s=r["step_s"], examples_per_s=batch / r["step_s"],
-                tflops_per_s=flops / r["step_s"] / 1e12 if flops else None, flops=flops)
+    return dict(
+        model=name,
+        params=r["params"],
+        batch=batch,
+        lengths=",".join(f"{k}={v}" for k, v in lengths.items()),
+        first_call_s=r["first_call_s"],
+        step_s=r["step_s"],
+        examples_per_s=batch / r["step_s"],
+        tflops_per_s=flops / r["step_s"] / 1e12 if flops else None,
+        flops=flops,
+    )
 
 
 def bench_decode(name: str, batch: int, tokens: int, runs: int) -> dict:
@@ -47,8 +62,9 @@ def bench_decode(name: str, batch: int, tokens: int, runs: int) -> dict:
     params = jax.jit(lambda r: unbox(model.get_initial_variables(r, shapes))["params"])(jax.random.PRNGKey(0))
     fn = jax.jit(lambda p, b, r: model.predict_batch(p, b, r, num_target_tokens=tokens, temperature=1.0, top_k=50))
     t = median_time(lambda: fn(params, data, jax.random.PRNGKey(1)), 1, runs)
-    return dict(model=name, batch=batch, tokens=tokens, seconds=t, tokens_per_s=batch * tokens / t,
-                ms_per_step=t / tokens * 1e3)
+    return dict(
+        model=name, batch=batch, tokens=tokens, seconds=t, tokens_per_s=batch * tokens / t, ms_per_step=t / tokens * 1e3
+    )
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ frozen, so the token cache and the stages stay valid) into D/codec_decoder_finet
 is decoded with that decoder when it exists (--codec_dir overrides). The 20-minute main job has
 no time for either. Writes adherence.json and adherence_links.png into D/adherence_bench.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,9 +37,8 @@ import time
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
 from machine import machine, table  # noqa: E402  (bench/machine.py)
+from tqdm import tqdm  # noqa: E402
 
 ATTRIBUTES = ("register", "drums")
 # Longer stage training than the main job's (pipeline/small/*.gin, 200 steps each): the stages
@@ -46,8 +46,12 @@ ATTRIBUTES = ("register", "drums")
 ADHERENCE_BINDINGS = {"semantic_stage": ["TRAIN_STEPS = 1000"], "coarse_stage": ["TRAIN_STEPS = 800"]}
 # The main job's codec (1,000 steps) keeps too little pitch for register to survive decoding;
 # its decoder trains on to this many steps with a decaying learning rate, tokens unchanged.
-DECODER_FINETUNE = ["TRAIN_STEPS = 3500", "EVAL_PERIOD = 500", "SoundStreamConfig.frozen_tokens = True",
-                    "OptimizerConfig.schedule = 'cosine'"]
+DECODER_FINETUNE = [
+    "TRAIN_STEPS = 3500",
+    "EVAL_PERIOD = 500",
+    "SoundStreamConfig.frozen_tokens = True",
+    "OptimizerConfig.schedule = 'cosine'",
+]
 FINETUNED_CODEC = "codec_decoder_finetuned"
 
 
@@ -58,8 +62,14 @@ def finetune_decoder(pipeline_dir: str) -> str:
         shutil.rmtree(out + ".tmp", ignore_errors=True)  # left by an interrupted copy
         shutil.copytree(os.path.join(pipeline_dir, "codec"), out + ".tmp")
         os.replace(out + ".tmp", out)
-    cmd = [sys.executable, "-m", "musiclm_jax.main", "train", "--gin_file=pipeline/small/codec.gin",
-           f"--gin.MODEL_DIR={out!r}"] + [f"--gin.{b.replace(' ', '')}" for b in DECODER_FINETUNE]
+    cmd = [
+        sys.executable,
+        "-m",
+        "musiclm_jax.main",
+        "train",
+        "--gin_file=pipeline/small/codec.gin",
+        f"--gin.MODEL_DIR={out!r}",
+    ] + [f"--gin.{b.replace(' ', '')}" for b in DECODER_FINETUNE]
     print("decoder fine-tuning:", " ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, check=True)
     return out
@@ -91,9 +101,11 @@ def training_tokens(cache_dir: str) -> tuple[dict, list[dict], dict]:
     clips = list(token_cache_tasks.read_cache(cache_dir, "train"))
     meta = token_cache_tasks.load_cache_meta(cache_dir)
     frames = {k: min(len(c[f"{k}_tokens"]) for c in clips) for k in ("semantic", "acoustic")}
-    tokens = {"mulan": np.stack([c["mulan_tokens"] for c in clips]),
-              "semantic": np.stack([c["semantic_tokens"][:frames["semantic"]] for c in clips]),
-              "acoustic": np.stack([c["acoustic_tokens"][:frames["acoustic"]] for c in clips])}
+    tokens = {
+        "mulan": np.stack([c["mulan_tokens"] for c in clips]),
+        "semantic": np.stack([c["semantic_tokens"][: frames["semantic"]] for c in clips]),
+        "acoustic": np.stack([c["acoustic_tokens"][: frames["acoustic"]] for c in clips]),
+    }
     return tokens, [synthetic.labels_of_id(c["id"]) for c in clips], meta["codebook_sizes"]
 
 
@@ -104,18 +116,21 @@ def reference_tokens(model, semantic_tokenizer, audio: np.ndarray, sample_rate: 
     def at(rate):
         return np.stack([resample(a, sample_rate, rate) for a in audio])
 
-    return {"mulan": np.asarray(model.mulan.audio_tokens(at(model.mulan.sample_rate))),
-            "semantic": np.asarray(semantic_tokenizer.tokenize(at(semantic_tokenizer.sample_rate))),
-            "acoustic": np.asarray(model.codec.encode(at(model.codec.sample_rate)))}
+    return {
+        "mulan": np.asarray(model.mulan.audio_tokens(at(model.mulan.sample_rate))),
+        "semantic": np.asarray(semantic_tokenizer.tokenize(at(semantic_tokenizer.sample_rate))),
+        "acoustic": np.asarray(model.codec.encode(at(model.codec.sample_rate))),
+    }
 
 
 def generate(model, prompts: list[dict], seconds: float, batch: int, seed: int) -> dict:
     """Generated tokens and audio for the prompts, in batches."""
     parts = []
     for i in tqdm(range(0, len(prompts), batch), desc="generate", unit="batch"):
-        g = model.generate([p["caption"] for p in prompts[i:i + batch]], seconds, seed=seed + i)
-        parts.append({"mulan": g.mulan_tokens, "semantic": g.semantic_tokens, "acoustic": g.acoustic_tokens,
-                      "audio": g.audio})
+        g = model.generate([p["caption"] for p in prompts[i : i + batch]], seconds, seed=seed + i)
+        parts.append(
+            {"mulan": g.mulan_tokens, "semantic": g.semantic_tokens, "acoustic": g.acoustic_tokens, "audio": g.audio}
+        )
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -144,13 +159,20 @@ def plot(rows: list[dict], path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline_dir", required=True)
-    parser.add_argument("--train", action="store_true", help="first run/resume the pipeline with ADHERENCE_BINDINGS, then the decoder fine-tune")
+    parser.add_argument(
+        "--train",
+        action="store_true",
+        help="first run/resume the pipeline with ADHERENCE_BINDINGS, then the decoder fine-tune",
+    )
     parser.add_argument("--num_prompts", type=int, default=96)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--codec_dir", help="decode with this codec (same tokens as D/codec); default "
-                        f"D/{FINETUNED_CODEC} when it exists, else D/codec")
+    parser.add_argument(
+        "--codec_dir",
+        help="decode with this codec (same tokens as D/codec); default "
+        f"D/{FINETUNED_CODEC} when it exists, else D/codec",
+    )
     args = parser.parse_args()
 
     from musiclm_jax import pipeline
@@ -167,9 +189,13 @@ def main() -> None:
     train_wall = time.perf_counter() - t0
     dirs = {k: os.path.join(d, v) for k, v in pipeline.DIRS.items()}
     codec_dir = args.codec_dir or next(c for c in (os.path.join(d, FINETUNED_CODEC), dirs["codec"]) if os.path.isdir(c))
-    model = load_musiclm(mulan_dir=dirs["mulan"], semantic_stage_dir=dirs["semantic_stage"],
-                         coarse_stage_dir=dirs["coarse_stage"], fine_stage_dir=dirs["fine_stage"],
-                         soundstream_dir=codec_dir)
+    model = load_musiclm(
+        mulan_dir=dirs["mulan"],
+        semantic_stage_dir=dirs["semantic_stage"],
+        coarse_stage_dir=dirs["coarse_stage"],
+        fine_stage_dir=dirs["fine_stage"],
+        soundstream_dir=codec_dir,
+    )
     semantic_tokenizer = SemanticTokenizer.from_model_dir(dirs["w2v_bert"])
     coarse = model.coarse_levels
 
@@ -192,8 +218,9 @@ def main() -> None:
     probe_gen = token_probes.predict(probes, gen)
     probe_ref = token_probes.predict(probes, ref_tok)
     detect = lambda clips: [eval_sets.detect(a, sr) for a in tqdm(clips, desc="detectors", unit="clip")]  # noqa: E731
-    classifier = text_to_music.SyntheticAttributeClassifier(os.path.join(d, "attribute_classifier"),
-                                                            **pipeline.CLASSIFIER["small"])
+    classifier = text_to_music.SyntheticAttributeClassifier(
+        os.path.join(d, "attribute_classifier"), **pipeline.CLASSIFIER["small"]
+    )
 
     def classify(clips):
         dists = classifier.label_distributions(clips, sr)
@@ -207,13 +234,20 @@ def main() -> None:
         ("audio: detectors", "generated", detect(gen["audio"]), "codec reconstruction", detect(codec_audio)),
         ("audio: classifier", "generated", classify(gen["audio"]), "codec reconstruction", classify(codec_audio)),
     ]
-    ceiling_pieces = {"audio: detectors": score(prompts, detect(reference)),
-                      "audio: classifier": score(prompts, classify(reference))}
+    ceiling_pieces = {
+        "audio: detectors": score(prompts, detect(reference)),
+        "audio: classifier": score(prompts, classify(reference)),
+    }
     rows, results = [], {}
     for link, gen_name, gen_pred, ref_name, ref_pred in links:
         g, r = score(prompts, gen_pred), score(prompts, ref_pred)
-        results[link] = {"generated": g, "reference": r, "generated_what": gen_name, "reference_what": ref_name,
-                         "pieces": ceiling_pieces.get(link)}
+        results[link] = {
+            "generated": g,
+            "reference": r,
+            "generated_what": gen_name,
+            "reference_what": ref_name,
+            "pieces": ceiling_pieces.get(link),
+        }
         row = {"link": link}
         for attr in ATTRIBUTES:
             row[f"{attr}_gen"] = g[attr]["accuracy"]
@@ -225,22 +259,44 @@ def main() -> None:
     out_dir = os.path.join(d, "adherence_bench")
     os.makedirs(out_dir, exist_ok=True)
     plot(rows, os.path.join(out_dir, "adherence_links.png"))
-    write_json(os.path.join(out_dir, "adherence.json"), {
-        "machine": machine(), "pipeline_dir": d, "codec_dir": codec_dir, "num_prompts": len(prompts),
-        "seconds": args.seconds,
-        "train_wall_s": train_wall, "generate_wall_s": gen_wall, "links": results,
-        "probe_train_accuracy": {f"{s}/{a}": p.train_accuracy for (s, a), p in probes.items()},
-        "bindings": {"pipeline": ADHERENCE_BINDINGS, "decoder_finetune": DECODER_FINETUNE} if args.train else None})
+    write_json(
+        os.path.join(out_dir, "adherence.json"),
+        {
+            "machine": machine(),
+            "pipeline_dir": d,
+            "codec_dir": codec_dir,
+            "num_prompts": len(prompts),
+            "seconds": args.seconds,
+            "train_wall_s": train_wall,
+            "generate_wall_s": gen_wall,
+            "links": results,
+            "probe_train_accuracy": {f"{s}/{a}": p.train_accuracy for (s, a), p in probes.items()},
+            "bindings": {"pipeline": ADHERENCE_BINDINGS, "decoder_finetune": DECODER_FINETUNE} if args.train else None,
+        },
+    )
     print(f"\n{machine()}; {len(prompts)} held-out prompts x {args.seconds:g} s; pipeline {d}; codec {codec_dir}")
     chances = ", ".join(f"{a} {rows[0][a + '_chance']:.2f}" for a in ATTRIBUTES)
-    print(f"gen = generated from the prompt, p = one-sided binomial p against chance ({chances}); "
-          "ref = the held-out pieces' own tokens / codec reconstructions (the link's ceiling)")
-    shown = [{"link": r["link"], **{f"{a} {k}": format(r[f"{a}_{k}"], ".3g" if k == "p" else ".2f")
-                                    for a in ATTRIBUTES for k in ("gen", "p", "ref")}} for r in rows]
+    print(
+        f"gen = generated from the prompt, p = one-sided binomial p against chance ({chances}); "
+        "ref = the held-out pieces' own tokens / codec reconstructions (the link's ceiling)"
+    )
+    shown = [
+        {
+            "link": r["link"],
+            **{
+                f"{a} {k}": format(r[f"{a}_{k}"], ".3g" if k == "p" else ".2f")
+                for a in ATTRIBUTES
+                for k in ("gen", "p", "ref")
+            },
+        }
+        for r in rows
+    ]
     print(table(shown))
     for link in ("audio: detectors", "audio: classifier"):
-        print(f"the pieces themselves, {link}: " + ", ".join(
-            f"{a} {ceiling_pieces[link][a]['accuracy']:.2f}" for a in ATTRIBUTES))
+        print(
+            f"the pieces themselves, {link}: "
+            + ", ".join(f"{a} {ceiling_pieces[link][a]['accuracy']:.2f}" for a in ATTRIBUTES)
+        )
     print(f"\nwrote {out_dir}/adherence.json and adherence_links.png")
 
 

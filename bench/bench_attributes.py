@@ -7,6 +7,7 @@ and scored on the same held-out clips. Prints one table plus the machine and tim
     python bench/bench_attributes.py                        # 200 x 10 s clips, 16 kHz
     python bench/bench_attributes.py --num 60 --duration 6  # quicker
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,11 +17,11 @@ import time
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np  # noqa: E402
+from machine import machine  # noqa: E402  (bench/machine.py)
 from tqdm import tqdm  # noqa: E402
 
 from musiclm_jax.data import synthetic  # noqa: E402
 from musiclm_jax.evaluation import attributes  # noqa: E402
-from machine import machine  # noqa: E402  (bench/machine.py)
 
 
 def main() -> None:
@@ -35,8 +36,10 @@ def main() -> None:
     print(f"machine: {machine()}")
 
     seed = synthetic.SPLIT_SEEDS["validation"]
-    clips = [synthetic.render(seed, i, sample_rate=args.sample_rate, duration_s=args.duration)
-             for i in tqdm(range(args.num), desc="render held-out")]
+    clips = [
+        synthetic.render(seed, i, sample_rate=args.sample_rate, duration_s=args.duration)
+        for i in tqdm(range(args.num), desc="render held-out")
+    ]
     hits = {a: [] for a in attributes.DETECTORS}
     seconds = {a: 0.0 for a in attributes.DETECTORS}
     for ex in tqdm(clips, desc="detectors"):
@@ -47,17 +50,25 @@ def main() -> None:
 
     t = time.perf_counter()
     params, config = attributes.train_attribute_classifier(
-        num_examples=args.train, seed=0, sample_rate=args.sample_rate, duration_s=args.train_duration,
-        steps=args.steps, progress=True)
+        num_examples=args.train,
+        seed=0,
+        sample_rate=args.sample_rate,
+        duration_s=args.train_duration,
+        steps=args.steps,
+        progress=True,
+    )
     train_s = time.perf_counter() - t
     # The classifier sees train-length crops of the held-out clips, the length it was trained on.
     crop = int(args.train_duration * args.sample_rate)
-    probs = attributes.predict_label_distributions(params, config, np.stack([c.audio[:crop] for c in clips]),
-                                                   args.sample_rate)
+    probs = attributes.predict_label_distributions(
+        params, config, np.stack([c.audio[:crop] for c in clips]), args.sample_rate
+    )
 
-    print(f"\n{args.num} held-out clips x {args.duration:g} s at {args.sample_rate} Hz "
-          f"(classifier: {args.train} train clips x {args.train_duration:g} s, {args.steps} steps, "
-          f"{train_s:.0f} s to train)")
+    print(
+        f"\n{args.num} held-out clips x {args.duration:g} s at {args.sample_rate} Hz "
+        f"(classifier: {args.train} train clips x {args.train_duration:g} s, {args.steps} steps, "
+        f"{train_s:.0f} s to train)"
+    )
     print(f"{'attribute':<12} {'chance':>7} {'detector':>9} {'s/clip':>7} {'classifier':>11}")
     for attr in ("instrument", "tempo_class", "key", "mode", "register", "drums", "loudness", "texture"):
         chance = 1 / len(synthetic.LABEL_VALUES[attr])

@@ -14,6 +14,7 @@ The references run in a separate virtualenv (../shared/bench-ref/setup_venvs.sh)
 bench/ref_codec_worker.py; each repeat times ours once and the reference once, interleaved,
 because this machine drifts 15-30% within minutes. Medians and ratios are printed as a table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,21 +38,36 @@ from musiclm_jax.training.partitioning import Partitioner, unbox  # noqa: E402
 from musiclm_jax.training.trainer import Trainer  # noqa: E402
 
 SMALL = SoundStreamConfig(
-    sample_rate=24000, num_levels=8, codebook_size=256,
+    sample_rate=24000,
+    num_levels=8,
+    codebook_size=256,
     seanet=SEANetConfig(channels=16, dim=64, strides=(2, 4, 5, 6), channel_multipliers=(2, 4, 8, 16)),
-    discriminators=DiscriminatorConfig(stft_channels=16, wave_channels=8, wave_max_channels=256,
-                                       wave_downsample=(4, 4, 4)))
-PAPER = SoundStreamConfig(sample_rate=24000, num_levels=12, codebook_size=1024,
-                          seanet=SEANetConfig(channels=32, dim=128, strides=(3, 4, 5, 8)))
+    discriminators=DiscriminatorConfig(
+        stft_channels=16, wave_channels=8, wave_max_channels=256, wave_downsample=(4, 4, 4)
+    ),
+)
+PAPER = SoundStreamConfig(
+    sample_rate=24000,
+    num_levels=12,
+    codebook_size=1024,
+    seanet=SEANetConfig(channels=32, dim=128, strides=(3, 4, 5, 8)),
+)
 DEFAULT_REF_PYTHON = "/tmp/venv-ref291/bin/python"
 
 
 def audiolm_config(cfg: SoundStreamConfig, **extra) -> dict:
     """audiolm-pytorch SoundStream arguments equal to our config."""
-    return {"channels": cfg.seanet.channels, "strides": list(cfg.seanet.strides),
-            "channel_mults": list(cfg.seanet.channel_multipliers), "codebook_dim": cfg.seanet.dim,
-            "codebook_size": cfg.codebook_size, "num_levels": cfg.num_levels, "sample_rate": cfg.sample_rate,
-            "use_local_attn": False, **extra}
+    return {
+        "channels": cfg.seanet.channels,
+        "strides": list(cfg.seanet.strides),
+        "channel_mults": list(cfg.seanet.channel_multipliers),
+        "codebook_dim": cfg.seanet.dim,
+        "codebook_size": cfg.codebook_size,
+        "num_levels": cfg.num_levels,
+        "sample_rate": cfg.sample_rate,
+        "use_local_attn": False,
+        **extra,
+    }
 
 
 def timed(fn) -> float:
@@ -64,11 +80,17 @@ def our_train_step(cfg: SoundStreamConfig, batch: int, seconds: float):
     """Returns (one full GAN step as a callable, {generator, discriminators} parameter counts)."""
     model = SoundStream(cfg)
     samples = int(seconds * cfg.sample_rate)
-    trainer = Trainer(model, Partitioner(devices=jax.devices()[:1]), OptimizerConfig(), total_steps=100,
-                      input_shapes={"audio": (batch, samples)})
+    trainer = Trainer(
+        model,
+        Partitioner(devices=jax.devices()[:1]),
+        OptimizerConfig(),
+        total_steps=100,
+        input_shapes={"audio": (batch, samples)},
+    )
     state = trainer.init_state(trainer.rng(0))
-    x = trainer.partitioner.global_batch({"audio": np.random.default_rng(0).uniform(-0.3, 0.3, (batch, samples))
-                                          .astype(np.float32)})
+    x = trainer.partitioner.global_batch(
+        {"audio": np.random.default_rng(0).uniform(-0.3, 0.3, (batch, samples)).astype(np.float32)}
+    )
     holder = [state]
 
     def step():
@@ -108,11 +130,18 @@ def interleave(ours, refs: dict, repeats: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--ref_python", default=os.environ.get("MUSICLM_REF_PYTHON", DEFAULT_REF_PYTHON),
-                   help="python of the reference virtualenv; '' to time ours only")
+    p.add_argument(
+        "--ref_python",
+        default=os.environ.get("MUSICLM_REF_PYTHON", DEFAULT_REF_PYTHON),
+        help="python of the reference virtualenv; '' to time ours only",
+    )
     p.add_argument("--no_paper_train", action="store_true", help="skip the (slow) paper-config train step")
     args = p.parse_args()
-    ref = ReferenceWorker("ref_codec_worker.py", args.ref_python) if args.ref_python and os.path.exists(args.ref_python) else None
+    ref = (
+        ReferenceWorker("ref_codec_worker.py", args.ref_python)
+        if args.ref_python and os.path.exists(args.ref_python)
+        else None
+    )
     if ref is None:
         print(f"(no reference venv at {args.ref_python!r}: timing ours only)")
     rows = []
@@ -127,8 +156,16 @@ def main() -> None:
         med = interleave(step, refs, args.repeats)
         rows.append((f"train step, {label} config, batch 4 x 1 s (G + D)", "ours", med["ours"], ours_params, None, 4.0))
         if ref:
-            rows.append(("", "audiolm-pytorch", med["audiolm-pytorch"], info["params"],
-                         med["audiolm-pytorch"] / med["ours"], 4.0))
+            rows.append(
+                (
+                    "",
+                    "audiolm-pytorch",
+                    med["audiolm-pytorch"],
+                    info["params"],
+                    med["audiolm-pytorch"] / med["ours"],
+                    4.0,
+                )
+            )
 
     roundtrip, ours_params = our_roundtrip(PAPER, 10.0)
     refs = {}
@@ -139,18 +176,31 @@ def main() -> None:
     med = interleave(roundtrip, refs, args.repeats)
     rows.append(("encode + decode 10 s, paper config (6 kbps), batch 1", "ours", med["ours"], ours_params, None, 10.0))
     if ref:
-        rows.append(("", "audiolm-pytorch (same config)", med["audiolm-pytorch"], a["params"],
-                     med["audiolm-pytorch"] / med["ours"], 10.0))
+        rows.append(
+            (
+                "",
+                "audiolm-pytorch (same config)",
+                med["audiolm-pytorch"],
+                a["params"],
+                med["audiolm-pytorch"] / med["ours"],
+                10.0,
+            )
+        )
         rows.append(("", "EnCodec 24 kHz, 6 kbps", med["encodec"], e["params"], med["encodec"] / med["ours"], 10.0))
         ref.close()
 
-    print(f"\nmachine: {machine()}; float32; median of {args.repeats} interleaved repeats"
-          + (f"; references: torch {info['torch']} (2 threads)" if ref else ""))
+    print(
+        f"\nmachine: {machine()}; float32; median of {args.repeats} interleaved repeats"
+        + (f"; references: torch {info['torch']} (2 threads)" if ref else "")
+    )
     print("| case | implementation | median s | x real time | generator / discriminator params | ours faster by |")
     print("|---|---|---|---|---|---|")
     for case, impl, sec, params, ratio, audio_s in rows:
-        counts = f"{params['generator'] / 1e6:.1f}M" + (f" / {params['discriminators'] / 1e6:.1f}M" if "discriminators" in params else "")
-        print(f"| {case} | {impl} | {sec:.3f} | {audio_s / sec:.1f}x | {counts} | {'' if ratio is None else f'{ratio:.2f}x'} |")
+        counts = f"{params['generator'] / 1e6:.1f}M" + (
+            f" / {params['discriminators'] / 1e6:.1f}M" if "discriminators" in params else ""
+        )
+        shown = "" if ratio is None else f"{ratio:.2f}x"
+        print(f"| {case} | {impl} | {sec:.3f} | {audio_s / sec:.1f}x | {counts} | {shown} |")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ Each timing is the median of --runs runs. Needs a finished `musiclm pipeline` di
     python bench/bench_eval.py --pipeline_dir=/tmp/musiclm
     python bench/bench_eval.py --pipeline_dir=/tmp/musiclm --clips 20 --runs 1 --sections 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,14 +27,19 @@ import time
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np  # noqa: E402
+from machine import machine, table  # noqa: E402  (bench/machine.py)
 from tqdm import tqdm  # noqa: E402
 
-from machine import machine, table  # noqa: E402  (bench/machine.py)
 from musiclm_jax.data import synthetic  # noqa: E402
 from musiclm_jax.evaluation import embedders, metrics, text_to_music  # noqa: E402
 
-MODELS = {"mulan_dir": "mulan", "semantic_stage_dir": "semantic_stage", "coarse_stage_dir": "coarse_stage",
-          "fine_stage_dir": "fine_stage", "soundstream_dir": "codec"}
+MODELS = {
+    "mulan_dir": "mulan",
+    "semantic_stage_dir": "semantic_stage",
+    "coarse_stage_dir": "coarse_stage",
+    "fine_stage_dir": "fine_stage",
+    "soundstream_dir": "codec",
+}
 
 
 def timed(fn, runs: int):
@@ -52,39 +58,64 @@ def metric_rows(pipeline_dir: str, clips: int, seconds: float, runs: int) -> lis
     mulan = MuLanEmbedder.from_model_dir(os.path.join(pipeline_dir, "mulan"))
     rate = mulan.sample_rate
     seed = synthetic.SPLIT_SEEDS["validation"]
-    pieces = [synthetic.render(seed, i, sample_rate=rate, duration_s=seconds)
-              for i in tqdm(range(2 * clips), desc="render clips")]
+    pieces = [
+        synthetic.render(seed, i, sample_rate=rate, duration_s=seconds)
+        for i in tqdm(range(2 * clips), desc="render clips")
+    ]
     ref = np.stack([p.audio for p in pieces[:clips]])
     gen = np.stack([p.audio for p in pieces[clips:]])  # stands in for generated music: same cost
     captions = [p.caption for p in pieces[:clips]]
     per100 = 100.0 / clips
     rows = []
 
-    vggish = embedders.VGGishEmbedder(embedders.VGGishEmbedder.init_params(embedders.VGGishConfig()),
-                                      embedders.VGGishConfig())
+    vggish = embedders.VGGishEmbedder(
+        embedders.VGGishEmbedder.init_params(embedders.VGGishConfig()), embedders.VGGishConfig()
+    )
     for name, embedder in (("mulan", embedders.MuLanAudioEmbedder(mulan)), ("vggish", vggish)):
         embedder.fad_points(list(ref[:2]), rate)  # compile
-        t_embed, points = timed(lambda: (embedder.fad_points(list(ref), rate), embedder.fad_points(list(gen), rate)),
-                                runs)
+        t_embed, points = timed(
+            lambda: (embedder.fad_points(list(ref), rate), embedder.fad_points(list(gen), rate)), runs
+        )
         t_math, value = timed(lambda: metrics.fad(*points), runs)
-        rows.append({"metric": f"FAD ({name}, {points[0].shape[1]}-d)", "embed / classify s": t_embed * per100,
-                     "maths s": t_math * per100, "total s per 100 clips": (t_embed + t_math) * per100,
-                     "value": value})
+        rows.append(
+            {
+                "metric": f"FAD ({name}, {points[0].shape[1]}-d)",
+                "embed / classify s": t_embed * per100,
+                "maths s": t_math * per100,
+                "total s per 100 clips": (t_embed + t_math) * per100,
+                "value": value,
+            }
+        )
 
     classifier = text_to_music.SyntheticAttributeClassifier(None, steps=300, num_examples=256, seconds=4.0)
     classifier.label_distributions(ref[:2], rate)  # compile
-    t_cls, (p, q) = timed(lambda: (classifier.label_distributions(ref, rate),
-                                   classifier.label_distributions(gen, rate)), runs)
+    t_cls, (p, q) = timed(
+        lambda: (classifier.label_distributions(ref, rate), classifier.label_distributions(gen, rate)), runs
+    )
     t_math, kld = timed(lambda: np.mean([metrics.kld(p[a], q[a]) for a in p]), runs)
-    rows.append({"metric": f"KLD ({len(p)} attributes)", "embed / classify s": t_cls * per100,
-                 "maths s": t_math * per100, "total s per 100 clips": (t_cls + t_math) * per100, "value": kld})
+    rows.append(
+        {
+            "metric": f"KLD ({len(p)} attributes)",
+            "embed / classify s": t_cls * per100,
+            "maths s": t_math * per100,
+            "total s per 100 clips": (t_cls + t_math) * per100,
+            "value": kld,
+        }
+    )
 
     mulan.embed_text(captions[:2])
     mulan.embed_audio(list(gen[:2]))
     t_embed, (text, audio) = timed(lambda: (mulan.embed_text(captions), mulan.embed_audio(list(gen))), runs)
     t_math, mcc = timed(lambda: metrics.mcc(text, audio), runs)
-    rows.append({"metric": "MCC (MuLan text + audio)", "embed / classify s": t_embed * per100,
-                 "maths s": t_math * per100, "total s per 100 clips": (t_embed + t_math) * per100, "value": mcc})
+    rows.append(
+        {
+            "metric": "MCC (MuLan text + audio)",
+            "embed / classify s": t_embed * per100,
+            "maths s": t_math * per100,
+            "total s per 100 clips": (t_embed + t_math) * per100,
+            "value": mcc,
+        }
+    )
     return rows
 
 
@@ -106,8 +137,7 @@ def export_rows(pipeline_dir: str, seconds: float, runs: int) -> list[dict]:
 
                 t, _ = timed(run, runs)
                 size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(out) for f in fs)
-                rows.append({"what": f"export_checkpoint {d} ({dtype or 'float32'})", "seconds": t,
-                             "MB": size / 1e6})
+                rows.append({"what": f"export_checkpoint {d} ({dtype or 'float32'})", "seconds": t, "MB": size / 1e6})
         bundle = os.path.join(work, "bundle")
 
         def run_bundle():
@@ -116,10 +146,18 @@ def export_rows(pipeline_dir: str, seconds: float, runs: int) -> list[dict]:
 
         t, manifest = timed(run_bundle, runs)
         size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(bundle) for f in fs)
-        rows.append({"what": f"export_musiclm bundle ({seconds:g} s, {len(manifest['samplers'])} samplers, "
-                             f"{'+'.join(manifest['platforms'])})", "seconds": t, "MB": size / 1e6})
-        for label, load in (("load_musiclm (training dirs)", lambda: load_musiclm(**dirs)),
-                            ("load_exported_musiclm (bundle)", lambda: export.load_exported_musiclm(bundle))):
+        rows.append(
+            {
+                "what": f"export_musiclm bundle ({seconds:g} s, {len(manifest['samplers'])} samplers, "
+                f"{'+'.join(manifest['platforms'])})",
+                "seconds": t,
+                "MB": size / 1e6,
+            }
+        )
+        for label, load in (
+            ("load_musiclm (training dirs)", lambda: load_musiclm(**dirs)),
+            ("load_exported_musiclm (bundle)", lambda: export.load_exported_musiclm(bundle)),
+        ):
             t_load, model = timed(load, runs)
             t0 = time.perf_counter()
             model.generate(["a calm piano melody"], seconds)
@@ -142,12 +180,16 @@ def main() -> None:
     print(f"machine: {machine()}")
     if 1 in sections:
         rows = metric_rows(args.pipeline_dir, args.clips, args.seconds, args.runs)
-        print(f"\n1. eval metrics, {args.clips} x {args.seconds:g} s clips, scaled to 100 clips "
-              f"(median of {args.runs})\n{table(rows)}")
+        print(
+            f"\n1. eval metrics, {args.clips} x {args.seconds:g} s clips, scaled to 100 clips "
+            f"(median of {args.runs})\n{table(rows)}"
+        )
     if 2 in sections:
         rows = export_rows(args.pipeline_dir, args.export_seconds, args.runs)
-        print(f"\n2. export and load, models of {args.pipeline_dir} (median of {args.runs})\n"
-              f"{table(rows, ['what', 'seconds', 'MB', 'first generation s'])}")
+        print(
+            f"\n2. export and load, models of {args.pipeline_dir} (median of {args.runs})\n"
+            f"{table(rows, ['what', 'seconds', 'MB', 'first generation s'])}"
+        )
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ no different, so section 1 adds the variant at batch 1 only.
 Every number is the median of --runs timed calls after a warm-up call; this machine drifts 15-30%
 within minutes, so compare ratios taken in one run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -150,11 +151,14 @@ def compile_sampler(model: StageModel, params, data: dict, targets: int, *, top_
 def codec_case(batch: int, seconds: float = 10.0, options=None):
     model, _, _ = model_from_gin("soundstream/small")
     hop = model.config.hop_length
-    params = jax.jit(lambda r: unbox(model.get_initial_variables(r, {"audio": (1, 4 * 1024 // hop * hop + hop)})
-                                     ["params"]))(jax.random.PRNGKey(0))
+    params = jax.jit(
+        lambda r: unbox(model.get_initial_variables(r, {"audio": (1, 4 * 1024 // hop * hop + hop)})["params"])
+    )(jax.random.PRNGKey(0))
     frames = int(seconds * model.config.sample_rate / hop)
-    codes = jnp.asarray(np.random.default_rng(0).integers(0, model.config.codebook_size,
-                                                          (batch, frames, model.config.num_levels)), jnp.int32)
+    codes = jnp.asarray(
+        np.random.default_rng(0).integers(0, model.config.codebook_size, (batch, frames, model.config.num_levels)),
+        jnp.int32,
+    )
     t0 = time.perf_counter()
     compiled = jax.jit(model.decode).lower(params, codes).compile(compiler_options=options or {})
     compile_s = time.perf_counter() - t0
@@ -173,14 +177,22 @@ def bench_rt(batches: list[int], runs: int, ynn_variant: bool) -> list[dict]:
             for label, opts in variants:
                 compiled, compile_s = compile_sampler(model, params, data, targets, options=opts)
                 key = (stage, label)
-                fns[key] = (lambda c=compiled, p=params, d=data, t=temperature:
-                            c(p, d, jax.random.PRNGKey(1), jnp.float32(t)))
-                info[key] = dict(tokens=targets, audio_s=seconds, compile_s=compile_s,
-                                 params=model.param_count(), vocab=model.layout.vocab_size)
+                fns[key] = lambda c=compiled, p=params, d=data, t=temperature: c(
+                    p, d, jax.random.PRNGKey(1), jnp.float32(t)
+                )
+                info[key] = dict(
+                    tokens=targets,
+                    audio_s=seconds,
+                    compile_s=compile_s,
+                    params=model.param_count(),
+                    vocab=model.layout.vocab_size,
+                )
         for label, opts in variants:
             fn, compile_s, seconds, n = codec_case(batch, options=opts)
             fns[("codec decode", label)] = fn
-            info[("codec decode", label)] = dict(tokens=None, audio_s=seconds, compile_s=compile_s, params=n, vocab=None)
+            info[("codec decode", label)] = dict(
+                tokens=None, audio_s=seconds, compile_s=compile_s, params=n, vocab=None
+            )
         med = interleave(fns, runs)
         for label, _ in variants:
             per_audio_s = 0.0
@@ -188,15 +200,31 @@ def bench_rt(batches: list[int], runs: int, ynn_variant: bool) -> list[dict]:
                 key = (stage, label)
                 i, s = info[key], med[key]
                 per_audio_s += s / (batch * i["audio_s"])
-                rows.append({"stage": stage, "variant": label, "batch": batch, "window_s": i["audio_s"],
-                             "tokens/row": i["tokens"], "params": f"{i['params'] / 1e6:.1f}M",
-                             "compute_s": s, "RT": batch * i["audio_s"] / s,
-                             "tokens/s": batch * i["tokens"] / s if i["tokens"] else None,
-                             "ms/step": s / i["tokens"] * 1e3 if i["tokens"] else None,
-                             "compile_s": i["compile_s"]})
-            rows.append({"stage": "end to end", "variant": label, "batch": batch,
-                         "compute_s": per_audio_s, "RT": 1.0 / per_audio_s,
-                         "compile_s": sum(info[(s, label)]["compile_s"] for s in (*STAGES, "codec decode"))})
+                rows.append(
+                    {
+                        "stage": stage,
+                        "variant": label,
+                        "batch": batch,
+                        "window_s": i["audio_s"],
+                        "tokens/row": i["tokens"],
+                        "params": f"{i['params'] / 1e6:.1f}M",
+                        "compute_s": s,
+                        "RT": batch * i["audio_s"] / s,
+                        "tokens/s": batch * i["tokens"] / s if i["tokens"] else None,
+                        "ms/step": s / i["tokens"] * 1e3 if i["tokens"] else None,
+                        "compile_s": i["compile_s"],
+                    }
+                )
+            rows.append(
+                {
+                    "stage": "end to end",
+                    "variant": label,
+                    "batch": batch,
+                    "compute_s": per_audio_s,
+                    "RT": 1.0 / per_audio_s,
+                    "compile_s": sum(info[(s, label)]["compile_s"] for s in (*STAGES, "codec decode")),
+                }
+            )
     return rows
 
 
@@ -207,9 +235,14 @@ def _final_hidden(mod, up, ids):
     """Hidden states after the last layer (before the final norm), [B, L, d], of the unrolled stack
     `mod` (nn.transformer.unscanned) with params `up`."""
     last = f"layers_{mod.config.num_layers - 1}"
-    _, state = mod.apply({"params": up}, ids, deterministic=True, num_logits=1,
-                         capture_intermediates=lambda m, method: m.name == last and method == "__call__",
-                         mutable=["intermediates"])
+    _, state = mod.apply(
+        {"params": up},
+        ids,
+        deterministic=True,
+        num_logits=1,
+        capture_intermediates=lambda m, method: m.name == last and method == "__call__",
+        mutable=["intermediates"],
+    )
     return state["intermediates"][last]["__call__"][0][0]
 
 
@@ -255,8 +288,9 @@ def make_nocache_sampler(model: StageModel, data: dict, targets: int, *, top_k: 
 def bench_nocache(cases: list[tuple[str, StageModel, object, dict, int, int]], runs: int) -> list[dict]:
     rows = []
     for label, model, params, data, targets, top_k in cases:
-        cached = jax.jit(lambda p, b, r, t: model.predict_batch(p, b, r, num_target_tokens=targets, temperature=t,
-                                                                top_k=top_k))
+        cached = jax.jit(
+            lambda p, b, r, t: model.predict_batch(p, b, r, num_target_tokens=targets, temperature=t, top_k=top_k)
+        )
         nocache = make_nocache_sampler(model, data, targets, top_k=top_k)
         spec = model.config.target
         to_ids = lambda codes: model.layout.to_ids(codes, spec.stream, spec.first_level, spec.num_levels)  # noqa: E731
@@ -269,17 +303,31 @@ def bench_nocache(cases: list[tuple[str, StageModel, object, dict, int, int]], r
         compile_nocache = time.perf_counter() - t0
         match = float(np.mean(a == b))
         one = jnp.float32(1.0)
-        med = interleave({"cache": lambda: cached(params, data, rng, one),
-                          "nocache": lambda: nocache(params, data, rng, one)}, runs, warmup=False)
+        med = interleave(
+            {"cache": lambda: cached(params, data, rng, one), "nocache": lambda: nocache(params, data, rng, one)},
+            runs,
+            warmup=False,
+        )
         batch = a.shape[0]
-        for kind, first in (("KV cache (decoding.generate)", compile_cached), ("no cache (full forward per token)",
-                                                                               compile_nocache)):
+        for kind, first in (
+            ("KV cache (decoding.generate)", compile_cached),
+            ("no cache (full forward per token)", compile_nocache),
+        ):
             s = med["cache" if kind.startswith("KV") else "nocache"]
-            rows.append({"stage": label, "decoder": kind, "batch": batch, "tokens/row": targets,
-                         "seconds": s, "tokens/s": batch * targets / s, "ms/step": s / targets * 1e3,
-                         "first_call_s": first,
-                         "greedy match": f"{match:.1%}" if kind.startswith("no") else None,
-                         "speedup": med["nocache"] / med["cache"] if kind.startswith("KV") else None})
+            rows.append(
+                {
+                    "stage": label,
+                    "decoder": kind,
+                    "batch": batch,
+                    "tokens/row": targets,
+                    "seconds": s,
+                    "tokens/s": batch * targets / s,
+                    "ms/step": s / targets * 1e3,
+                    "first_call_s": first,
+                    "greedy match": f"{match:.1%}" if kind.startswith("no") else None,
+                    "speedup": med["nocache"] / med["cache"] if kind.startswith("KV") else None,
+                }
+            )
     return rows
 
 
@@ -290,10 +338,20 @@ REF_TOKENS = 256
 
 
 def equal_model() -> StageModel:
-    return StageModel(StageConfig(
-        layout=TokenLayout(streams=(("mulan", 1, 1), ("semantic", 1, 1024)), pad_to_multiple=1),
-        conditions=(("mulan_tokens", "mulan", 0, 1),), target=("semantic_tokens", "semantic", 0, 1),
-        num_layers=4, num_heads=4, head_dim=64, d_model=256, d_ff=1024, dropout_rate=0.0, cond_dropout_rate=0.0))
+    return StageModel(
+        StageConfig(
+            layout=TokenLayout(streams=(("mulan", 1, 1), ("semantic", 1, 1024)), pad_to_multiple=1),
+            conditions=(("mulan_tokens", "mulan", 0, 1),),
+            target=("semantic_tokens", "semantic", 0, 1),
+            num_layers=4,
+            num_heads=4,
+            head_dim=64,
+            d_model=256,
+            d_ff=1024,
+            dropout_rate=0.0,
+            cond_dropout_rate=0.0,
+        )
+    )
 
 
 def equal_case(batch: int):
@@ -314,16 +372,34 @@ def bench_ref(ref: ReferenceWorker | None, batches: list[int], runs: int, ynn_va
             fns[label] = lambda c=compiled: c(params, data, jax.random.PRNGKey(1), jnp.float32(1.0))
         if ref:
             name = f"gen_b{batch}"
-            info["ref"] = ref.build(name, config={"dim": 256, "depth": 4, "heads": 4, "num_semantic_tokens": 1024,
-                                                  "batch": batch, "max_length": REF_TOKENS, "filter_thres": 0.9,
-                                                  "temperature": 1.0, "use_kv_cache": True})
+            info["ref"] = ref.build(
+                name,
+                config={
+                    "dim": 256,
+                    "depth": 4,
+                    "heads": 4,
+                    "num_semantic_tokens": 1024,
+                    "batch": batch,
+                    "max_length": REF_TOKENS,
+                    "filter_thres": 0.9,
+                    "temperature": 1.0,
+                    "use_kv_cache": True,
+                },
+            )
             fns["audiolm-pytorch (KV cache)"] = lambda n=name: _Seconds(ref.time(n))
         med = interleave(fns, runs)
         theirs = med.get("audiolm-pytorch (KV cache)")
         for label, s in med.items():
-            rows.append({"case": f"generate {REF_TOKENS} tokens, batch {batch}", "implementation": label,
-                         "seconds": s, "tokens/s": batch * REF_TOKENS / s, "ms/step": s / REF_TOKENS * 1e3,
-                         "ours faster by": theirs / s if theirs and label.startswith("ours") else None})
+            rows.append(
+                {
+                    "case": f"generate {REF_TOKENS} tokens, batch {batch}",
+                    "implementation": label,
+                    "seconds": s,
+                    "tokens/s": batch * REF_TOKENS / s,
+                    "ms/step": s / REF_TOKENS * 1e3,
+                    "ours faster by": theirs / s if theirs and label.startswith("ours") else None,
+                }
+            )
     return rows, info
 
 
@@ -333,13 +409,18 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8, help="the larger batch (besides 1)")
     p.add_argument("--skip_ref", action="store_true", help="do not time audiolm-pytorch")
     p.add_argument("--skip_nocache", action="store_true", help="skip the (slow) no-cache decoding comparison")
-    p.add_argument("--no_ynn_variant", action="store_true",
-                   help="do not add the rows compiled with XLA's default options")
+    p.add_argument(
+        "--no_ynn_variant", action="store_true", help="do not add the rows compiled with XLA's default options"
+    )
     p.add_argument("--sections", default="1,2,3", help="which sections to run, e.g. 3")
     p.add_argument("--ref_python", default=os.environ.get("MUSICLM_REF_PYTHON", DEFAULT_REF_PYTHON))
-    p.add_argument("--ref_threads", type=int, default=2,
-                   help="torch threads of the reference (2 as in bench-ref; under CPU contention from other "
-                        "processes 2 OpenMP threads can stall 10-20x on barriers: use 1 there)")
+    p.add_argument(
+        "--ref_threads",
+        type=int,
+        default=2,
+        help="torch threads of the reference (2 as in bench-ref; under CPU contention from other "
+        "processes 2 OpenMP threads can stall 10-20x on barriers: use 1 there)",
+    )
     args = p.parse_args()
     ynn = not args.no_ynn_variant
     batches = [1, args.batch]
@@ -350,8 +431,25 @@ def main() -> None:
     if 1 in sections:
         rt = bench_rt(batches, args.runs, ynn)
         print("\n## 1. Real-time factor per stage, small config (one window per stage; RT = audio s / compute s)\n")
-        print(table(rt, ["stage", "variant", "batch", "window_s", "tokens/row", "params", "compute_s", "RT",
-                         "tokens/s", "ms/step", "compile_s"]), flush=True)
+        print(
+            table(
+                rt,
+                [
+                    "stage",
+                    "variant",
+                    "batch",
+                    "window_s",
+                    "tokens/row",
+                    "params",
+                    "compute_s",
+                    "RT",
+                    "tokens/s",
+                    "ms/step",
+                    "compile_s",
+                ],
+            ),
+            flush=True,
+        )
 
     if 2 in sections and not args.skip_nocache:
         cases = []
@@ -361,8 +459,24 @@ def main() -> None:
         cases.append(("equal config (section 3)", model, params, data, REF_TOKENS, REF_TOP_K))
         nc = bench_nocache(cases, max(2, args.runs - 1))
         print("\n## 2. Decode with vs without a KV cache (same model, prompt and token count; batch 1)\n")
-        print(table(nc, ["stage", "decoder", "batch", "tokens/row", "seconds", "tokens/s", "ms/step", "speedup",
-                         "first_call_s", "greedy match"]), flush=True)
+        print(
+            table(
+                nc,
+                [
+                    "stage",
+                    "decoder",
+                    "batch",
+                    "tokens/row",
+                    "seconds",
+                    "tokens/s",
+                    "ms/step",
+                    "speedup",
+                    "first_call_s",
+                    "greedy match",
+                ],
+            ),
+            flush=True,
+        )
 
     if 3 not in sections:
         print(f"\ntotal bench time {time.perf_counter() - t_start:.0f} s")
@@ -378,10 +492,16 @@ def main() -> None:
         ref.close()
     print("\n## 3. Equal config vs audiolm-pytorch SemanticTransformer generation (top-k 102, temperature 1)\n")
     print(table(rows, ["case", "implementation", "seconds", "tokens/s", "ms/step", "ours faster by"]))
-    print(f"\nparameters: ours {info['ours_params']:,} (StageModel d_model 256, 4 x (4 heads x 64), d_ff 1024 gated "
-          f"GELU, vocabulary 1,028)" + (f"; audiolm-pytorch {info['ref']['params']['total']:,} ({info['ref']['params']}; "
-                                        f"torch {info['ref']['torch']}, {info['ref']['threads']} threads)"
-                                        if "ref" in info else ""))
+    print(
+        f"\nparameters: ours {info['ours_params']:,} (StageModel d_model 256, 4 x (4 heads x 64), d_ff 1024 gated "
+        f"GELU, vocabulary 1,028)"
+        + (
+            f"; audiolm-pytorch {info['ref']['params']['total']:,} ({info['ref']['params']}; "
+            f"torch {info['ref']['torch']}, {info['ref']['threads']} threads)"
+            if "ref" in info
+            else ""
+        )
+    )
     print(f"total bench time {time.perf_counter() - t_start:.0f} s")
 
 

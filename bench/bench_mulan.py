@@ -9,6 +9,7 @@ matmul rate measured in the same run. Medians of --runs timed calls after warm-u
     python bench/bench_mulan.py                 # tiny + small
     python bench/bench_mulan.py --paper         # + the paper config (ResNet-50 + BERT-base; slow)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,25 +34,43 @@ def bench_train(name: str, runs: int, matmul: float, batch: int | None) -> dict:
     lengths["audio"] = model.config.window_samples  # crops = the embedding window
     batch = batch or default_batch
     r = time_train_step(model, random_batch(model, lengths, batch), runs)
-    return dict(config=name, encoder=model.config.audio_encoder, params=r["params"], batch=batch,
-                crop_s=lengths["audio"] / model.config.sample_rate, step_s=r["step_s"],
-                examples_per_s=batch / r["step_s"], mfu=r["flops"] / r["step_s"] / matmul if r["flops"] else None)
+    return dict(
+        config=name,
+        encoder=model.config.audio_encoder,
+        params=r["params"],
+        batch=batch,
+        crop_s=lengths["audio"] / model.config.sample_rate,
+        step_s=r["step_s"],
+        examples_per_s=batch / r["step_s"],
+        mfu=r["flops"] / r["step_s"] / matmul if r["flops"] else None,
+    )
 
 
 def bench_embed(name: str, runs: int, clip_seconds: float = 10.0, num_clips: int = 8) -> dict:
     model, lengths, _ = model_from_gin(f"mulan/{name}")
     lengths["audio"] = model.config.window_samples
-    params = jax.jit(lambda r: unbox(model.get_initial_variables(
-        r, {"audio": (1, lengths["audio"]), "text_tokens": (1, lengths["text_tokens"])}))["params"])(
-        jax.random.PRNGKey(0))
+    params = jax.jit(
+        lambda r: unbox(
+            model.get_initial_variables(r, {"audio": (1, lengths["audio"]), "text_tokens": (1, lengths["text_tokens"])})
+        )["params"]
+    )(jax.random.PRNGKey(0))
     embedder = MuLanEmbedder(model, params, window_batch=16)
     rng = np.random.default_rng(1)
-    clips = [0.1 * rng.standard_normal(int(clip_seconds * model.config.sample_rate)).astype(np.float32)
-             for _ in range(num_clips)]
+    clips = [
+        0.1 * rng.standard_normal(int(clip_seconds * model.config.sample_rate)).astype(np.float32)
+        for _ in range(num_clips)
+    ]
     t = median_time(lambda: embedder.embed_audio(clips), 1, runs)
     windows = len(range(0, max(1, int(clip_seconds - model.config.window_seconds) + 1)))
-    return dict(config=name, clip_s=clip_seconds, clips=num_clips, windows_per_clip=windows, seconds=t,
-                clips_per_s=num_clips / t, x_real_time=num_clips * clip_seconds / t)
+    return dict(
+        config=name,
+        clip_s=clip_seconds,
+        clips=num_clips,
+        windows_per_clip=windows,
+        seconds=t,
+        clips_per_s=num_clips / t,
+        x_real_time=num_clips * clip_seconds / t,
+    )
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ downmix, soxr_hq resample). Reports the median of --runs passes after one warm-u
     python bench/bench_sources.py                 # 20 files, 24 kHz and 16 kHz
     python bench/bench_sources.py --files 40 --runs 7 --rates 24000 16000 44100
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,13 +58,17 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # the per-file "resampled"/"downmixed" repairs are expected here
 
-    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-          f"os.cpu_count()={os.cpu_count()}, python {platform.python_version()}, "
-          f"soundfile {sf.__version__} (libsndfile {sf.__libsndfile_version__})")
+    print(
+        f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+        f"os.cpu_count()={os.cpu_count()}, python {platform.python_version()}, "
+        f"soundfile {sf.__version__} (libsndfile {sf.__libsndfile_version__})"
+    )
     with tempfile.TemporaryDirectory() as folder:
         audio_seconds = make_files(folder, args.files)
-        print(f"corpus: {args.files} x {FILE_SECONDS:g} s {FILE_SR} Hz stereo PCM_16 (wav/flac alternating), "
-              f"median of {args.runs} passes after 1 warm-up\n")
+        print(
+            f"corpus: {args.files} x {FILE_SECONDS:g} s {FILE_SR} Hz stereo PCM_16 (wav/flac alternating), "
+            f"median of {args.runs} passes after 1 warm-up\n"
+        )
         print(f"{'target rate':>11} | {'pass s':>7} | {'files/s':>8} | {'x real time':>11}")
         print("-" * 47)
         for rate in args.rates:

@@ -9,6 +9,7 @@ Every number is the median of --runs timed calls after warm-up. The machine's sp
     python bench/bench_stage.py                      # tiny + small, train and decode
     python bench/bench_stage.py --ref --rounds 3     # + equal-config comparison with PyTorch
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,6 +24,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from machine import machine, median_time, table  # noqa: E402  (bench/machine.py)
 
 from musiclm_jax.models.stages import StageConfig, StageModel  # noqa: E402
 from musiclm_jax.models.token_layout import TokenLayout  # noqa: E402
@@ -30,7 +32,6 @@ from musiclm_jax.training.mfu import measure_matmul_flops  # noqa: E402
 from musiclm_jax.training.optimizers import OptimizerConfig  # noqa: E402
 from musiclm_jax.training.partitioning import Partitioner  # noqa: E402
 from musiclm_jax.training.trainer import Trainer  # noqa: E402
-from machine import machine, median_time, table  # noqa: E402  (bench/machine.py)
 
 REF_DIR = "/work/shared/bench-ref"
 REF_PYTHON = "/tmp/venv-ref291/bin/python"
@@ -42,9 +43,15 @@ CONFIGS = {
     # audiolm-pytorch SemanticTransformer(dim=256, depth=4, heads=4, dim_head=64), GEGLU ff mult 4,
     # 1024 semantic ids, unconditional, 256 tokens; ours has one MuLan-free condition token.
     "ref-equal": (
-        dict(num_layers=4, num_heads=4, head_dim=64, d_model=256, d_ff=1024,
-             layout=TokenLayout(streams=(("mulan", 1, 1024), ("semantic", 1, 1024))),
-             conditions=(("mulan_tokens", "mulan", 0, 1),)),
+        dict(
+            num_layers=4,
+            num_heads=4,
+            head_dim=64,
+            d_model=256,
+            d_ff=1024,
+            layout=TokenLayout(streams=(("mulan", 1, 1024), ("semantic", 1, 1024))),
+            conditions=(("mulan_tokens", "mulan", 0, 1),),
+        ),
         8,
         256,
     ),
@@ -85,23 +92,36 @@ def bench_train(name: str, runs: int, matmul: float) -> dict:
     t = median_time(one, 2, runs)
     flops = trainer.flops_per_step_per_device
     tokens = sum(int(np.prod(v.shape)) for v in data.values())
-    return dict(config=name, params=trainer.param_count(), batch=batch, seq=tokens // batch, step_s=t,
-                tokens_per_s=tokens / t, flops=flops, mfu=flops / t / matmul if flops else None)
+    return dict(
+        config=name,
+        params=trainer.param_count(),
+        batch=batch,
+        seq=tokens // batch,
+        step_s=t,
+        tokens_per_s=tokens / t,
+        flops=flops,
+        mfu=flops / t / matmul if flops else None,
+    )
 
 
 def bench_decode(name: str, lengths: list[int], batch: int, runs: int) -> list[dict]:
     model, _, _ = make_model(name)
     data = {k: jnp.asarray(v) for k, v in batch_for(model, batch, 1).items() if k != model.config.target.feature}
     shapes = {**{k: v.shape for k, v in data.items()}, model.config.target.feature: (batch, max(lengths))}
-    params = jax.jit(lambda r: jax.tree.map(lambda x: x.value if hasattr(x, "value") else x,
-                                            model.get_initial_variables(r, shapes)["params"],
-                                            is_leaf=lambda x: hasattr(x, "value")))(jax.random.PRNGKey(0))
+    params = jax.jit(
+        lambda r: jax.tree.map(
+            lambda x: x.value if hasattr(x, "value") else x,
+            model.get_initial_variables(r, shapes)["params"],
+            is_leaf=lambda x: hasattr(x, "value"),
+        )
+    )(jax.random.PRNGKey(0))
     rows = []
     for n in lengths:
         fn = jax.jit(lambda p, b, r, n=n: model.predict_batch(p, b, r, num_target_tokens=n, temperature=1.0, top_k=50))
         t = median_time(lambda: fn(params, data, jax.random.PRNGKey(1)), 1, runs)
-        rows.append(dict(config=name, batch=batch, tokens=n, seconds=t, ms_per_token=t / n * 1e3,
-                         tokens_per_s=batch * n / t))
+        rows.append(
+            dict(config=name, batch=batch, tokens=n, seconds=t, ms_per_token=t / n * 1e3, tokens_per_s=batch * n / t)
+        )
     return rows
 
 
@@ -110,8 +130,13 @@ def run_reference(runs: int) -> dict | None:
         return None
     with tempfile.TemporaryDirectory() as out:
         env = {**os.environ, "BENCH_RESULTS_DIR": out}
-        r = subprocess.run([REF_PYTHON, "bench_semantic.py", "--mode", "all", "--runs", str(runs)],
-                           cwd=REF_DIR, env=env, capture_output=True, text=True)
+        r = subprocess.run(
+            [REF_PYTHON, "bench_semantic.py", "--mode", "all", "--runs", str(runs)],
+            cwd=REF_DIR,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if r.returncode:
             print("reference failed:", r.stderr[-2000:], file=sys.stderr)
             return None
@@ -152,9 +177,13 @@ def main() -> None:
         ours, theirs = [], []
         for i in range(args.rounds):
             m = measure_matmul_flops()
-            ours.append(dict(train=bench_train("ref-equal", args.runs, m),
-                             gen1=bench_decode("ref-equal", [256], 1, args.runs)[0],
-                             gen8=bench_decode("ref-equal", [256], 8, args.runs)[0]))
+            ours.append(
+                dict(
+                    train=bench_train("ref-equal", args.runs, m),
+                    gen1=bench_decode("ref-equal", [256], 1, args.runs)[0],
+                    gen8=bench_decode("ref-equal", [256], 8, args.runs)[0],
+                )
+            )
             ref = run_reference(args.runs)
             if ref is None:
                 print("reference venv not available (see ../shared/bench-ref/setup_venvs.sh); skipped")

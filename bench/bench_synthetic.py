@@ -5,6 +5,7 @@
 Pins the process to one CPU (the issue's yardstick: >= 50x real time on one core) and
 prints the median of `repeats` passes over the same `examples` pieces.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,16 +33,19 @@ def main() -> None:
     args = p.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    print(f"machine: {platform.machine()} {platform.processor() or ''} | pinned to 1 core of {os.cpu_count()} | "
-          f"numpy {np.__version__} | {args.examples} pieces x {args.duration_s:g} s, median of {args.repeats}")
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''} | pinned to 1 core of {os.cpu_count()} | "
+        f"numpy {np.__version__} | {args.examples} pieces x {args.duration_s:g} s, median of {args.repeats}"
+    )
     rows = []
     for instrument in synthetic.INSTRUMENTS + ("(all, as sampled)",):
         scores = []
         for i in range(args.examples):
             s = synthetic.sample_score(0, i, args.duration_s)
             if not instrument.startswith("("):
-                labels = dict(s.labels, instrument=instrument, register="low" if instrument == "bass" else
-                              s.labels["register"])
+                labels = dict(
+                    s.labels, instrument=instrument, register="low" if instrument == "bass" else s.labels["register"]
+                )
                 s = synthetic.Score(labels, s.duration_s, s.notes, s.hits)
             scores.append(s)
         row = [instrument]

@@ -10,6 +10,7 @@ run. Tokenisation: `SemanticTokenizer` (embedding layer + nearest of `--clusters
     python bench/bench_w2v_bert.py              # tiny + small
     python bench/bench_w2v_bert.py --paper      # + the paper config (600M parameters; slow on a CPU)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,22 +36,36 @@ def bench_train(name: str, runs: int, matmul: float, batch: int | None) -> dict:
     model, lengths, default_batch = model_from_gin(f"w2v_bert/{name}")
     batch = batch or default_batch
     r = time_train_step(model, random_batch(model, lengths, batch), runs)
-    return dict(config=name, params=r["params"], batch=batch, crop_s=lengths["audio"] / model.config.sample_rate,
-                step_s=r["step_s"], examples_per_s=batch / r["step_s"],
-                gflop_per_step=r["flops"] / 1e9, mfu=r["flops"] / r["step_s"] / matmul)
+    return dict(
+        config=name,
+        params=r["params"],
+        batch=batch,
+        crop_s=lengths["audio"] / model.config.sample_rate,
+        step_s=r["step_s"],
+        examples_per_s=batch / r["step_s"],
+        gflop_per_step=r["flops"] / 1e9,
+        mfu=r["flops"] / r["step_s"] / matmul,
+    )
 
 
 def bench_tokenize(name: str, runs: int, clusters: int, clip_seconds: float = 10.0, num_clips: int = 4) -> dict:
     model, lengths, _ = model_from_gin(f"w2v_bert/{name}")
     params = jax.jit(lambda r: unbox(model.get_initial_variables(r, {"audio": (1, lengths["audio"])}))["params"])(
-        jax.random.PRNGKey(0))
+        jax.random.PRNGKey(0)
+    )
     rng = np.random.default_rng(1)
     centroids = rng.standard_normal((clusters, model.config.d_model)).astype(np.float32)
     tok = SemanticTokenizer(model, params, centroids)
     clips = 0.1 * rng.standard_normal((num_clips, int(clip_seconds * model.config.sample_rate))).astype(np.float32)
     t = median_time(lambda: tok.tokenize(clips), 1, runs)
-    return dict(config=name, layer=tok.layer, clusters=clusters, clips=f"{num_clips} x {clip_seconds:g} s",
-                seconds=t, x_real_time=num_clips * clip_seconds / t)
+    return dict(
+        config=name,
+        layer=tok.layer,
+        clusters=clusters,
+        clips=f"{num_clips} x {clip_seconds:g} s",
+        seconds=t,
+        x_real_time=num_clips * clip_seconds / t,
+    )
 
 
 def bench_kmeans(dim: int, clusters: int, runs: int, points: int = 4096) -> dict:
@@ -61,8 +76,13 @@ def bench_kmeans(dim: int, clusters: int, runs: int, points: int = 4096) -> dict
     state = kmeans.fit_minibatch_kmeans(batches, clusters, seed=0)
     fit = time.perf_counter() - t0
     assign = median_time(lambda: kmeans.assign(state.centroids, batches[0]), 1, runs)
-    return dict(dim=dim, clusters=clusters, batch_points=points, fit_points_per_s=len(batches) * points / fit,
-                assign_points_per_s=points / assign)
+    return dict(
+        dim=dim,
+        clusters=clusters,
+        batch_points=points,
+        fit_points_per_s=len(batches) * points / fit,
+        assign_points_per_s=points / assign,
+    )
 
 
 def main() -> None:
@@ -80,8 +100,9 @@ def main() -> None:
     print(f"machine: {machine()}; float32 matmul {matmul / 1e9:.0f} GFLOP/s; median of {args.runs}")
     print("\nTraining (trainer step, 1 device, random data)\n" + table(train))
     print("\nSemantic tokenisation (random weights and centroids)\n" + table(tokenize))
-    print("\nk-means (fit: one pass of mini-batch steps incl. k-means++ seeding; assign: nearest centroid)\n"
-          + table(km))
+    print(
+        "\nk-means (fit: one pass of mini-batch steps incl. k-means++ seeding; assign: nearest centroid)\n" + table(km)
+    )
 
 
 if __name__ == "__main__":

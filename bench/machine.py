@@ -1,5 +1,6 @@
 """Shared bench helpers: the machine line every table starts with, median timing, markdown
 tables, models from their gin files, and one trainer step timed with its MFU."""
+
 import json
 import logging
 import os
@@ -8,10 +9,11 @@ import subprocess
 import time
 from typing import Optional
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+import gin
 
 
 def machine() -> str:
@@ -61,15 +63,21 @@ def model_from_gin(name: str):
     gin.clear_config()
     logging.disable(logging.ERROR)  # gin logs every search path that lacks the file
     try:
-        gin_utils.parse([f"models/{name}.gin"], ["_bench_spec.model = %MODEL",
-                                                 "_bench_spec.lengths = %TASK_FEATURE_LENGTHS",
-                                                 "_bench_spec.batch = %BATCH_SIZE_PER_DEVICE"])
+        gin_utils.parse(
+            [f"models/{name}.gin"],
+            [
+                "_bench_spec.model = %MODEL",
+                "_bench_spec.lengths = %TASK_FEATURE_LENGTHS",
+                "_bench_spec.batch = %BATCH_SIZE_PER_DEVICE",
+            ],
+        )
         spec = _bench_spec()
     finally:
         logging.disable(logging.NOTSET)
         gin.clear_config()
-    lengths = {k: tuple(int(n) for n in v) if isinstance(v, (tuple, list)) else int(v)
-               for k, v in spec["lengths"].items()}
+    lengths = {
+        k: tuple(int(n) for n in v) if isinstance(v, (tuple, list)) else int(v) for k, v in spec["lengths"].items()
+    }
     return spec["model"], lengths, int(spec["batch"])
 
 
@@ -95,8 +103,13 @@ def time_train_step(model, data: dict, runs: int, warmup: int = 2) -> dict:
     from musiclm_jax.training.partitioning import Partitioner
     from musiclm_jax.training.trainer import Trainer
 
-    trainer = Trainer(model, Partitioner(devices=jax.devices()[:1]), OptimizerConfig(warmup_steps=0),
-                      total_steps=1000, input_shapes={k: v.shape for k, v in data.items()})
+    trainer = Trainer(
+        model,
+        Partitioner(devices=jax.devices()[:1]),
+        OptimizerConfig(warmup_steps=0),
+        total_steps=1000,
+        input_shapes={k: v.shape for k, v in data.items()},
+    )
     holder = {"state": trainer.init_state(trainer.rng(0))}
     gbatch, rng, step = trainer.partitioner.global_batch(data), trainer.rng(1), trainer.train_step
 
@@ -108,8 +121,12 @@ def time_train_step(model, data: dict, runs: int, warmup: int = 2) -> dict:
     jax.block_until_ready(one())
     first = time.perf_counter() - t0
     seconds = median_time(one, max(0, warmup - 1), runs)
-    return {"params": trainer.param_count(), "step_s": seconds, "first_call_s": first,
-            "flops": trainer.flops_per_step_per_device}
+    return {
+        "params": trainer.param_count(),
+        "step_s": seconds,
+        "first_call_s": first,
+        "flops": trainer.flops_per_step_per_device,
+    }
 
 
 class ReferenceWorker:
@@ -119,9 +136,15 @@ class ReferenceWorker:
     def __init__(self, worker: str, python: str, threads: int = 2):
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), worker)
         # Run from the bench folder: a stray package-less folder in the cwd can shadow imports.
-        self.proc = subprocess.Popen([python, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     cwd=os.path.dirname(path), stderr=subprocess.DEVNULL,
-                                     env={**os.environ, "REF_THREADS": str(threads)})
+        self.proc = subprocess.Popen(
+            [python, path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=os.path.dirname(path),
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "REF_THREADS": str(threads)},
+        )
 
     def _ask(self, req: dict) -> dict:
         self.proc.stdin.write(json.dumps(req) + "\n")

@@ -16,18 +16,24 @@ EMA: the generator loss (recon + multi-spectral mel + adversarial + feature matc
 commitment) backward, clip to 0.5, Adam step; then the discriminator losses backward and
 Adam steps of the STFT and the 3 multi-scale discriminators (no gradient penalty).
 """
-from ref_worker import nparams, serve  # first: sets the environment before torch is imported
 
 import torch  # noqa: E402
+from ref_worker import nparams, serve  # first: sets the environment before torch is imported
 
 
 def audiolm_model(cfg: dict):
     from audiolm_pytorch import SoundStream
 
     return SoundStream(
-        channels=cfg["channels"], strides=tuple(cfg["strides"]), channel_mults=tuple(cfg["channel_mults"]),
-        codebook_dim=cfg["codebook_dim"], codebook_size=cfg["codebook_size"], rq_num_quantizers=cfg["num_levels"],
-        target_sample_hz=cfg["sample_rate"], use_local_attn=cfg.get("use_local_attn", False))
+        channels=cfg["channels"],
+        strides=tuple(cfg["strides"]),
+        channel_mults=tuple(cfg["channel_mults"]),
+        codebook_dim=cfg["codebook_dim"],
+        codebook_size=cfg["codebook_size"],
+        rq_num_quantizers=cfg["num_levels"],
+        target_sample_hz=cfg["sample_rate"],
+        use_local_attn=cfg.get("use_local_attn", False),
+    )
 
 
 def build_audiolm_train(cfg: dict):
@@ -61,8 +67,10 @@ def build_audiolm_train(cfg: dict):
         for o in opt_msd:
             o.step()
 
-    params = {"generator": nparams(m) - nparams(m.stft_discriminator) - sum(nparams(d) for d in m.discriminators),
-              "discriminators": nparams(m.stft_discriminator) + sum(nparams(d) for d in m.discriminators)}
+    params = {
+        "generator": nparams(m) - nparams(m.stft_discriminator) - sum(nparams(d) for d in m.discriminators),
+        "discriminators": nparams(m.stft_discriminator) + sum(nparams(d) for d in m.discriminators),
+    }
     return step, params
 
 
@@ -93,8 +101,11 @@ def build_encodec_infer(cfg: dict):
     return roundtrip, {"generator": nparams(m)}
 
 
-BUILDERS = {"audiolm_train": build_audiolm_train, "audiolm_infer": build_audiolm_infer,
-            "encodec_infer": build_encodec_infer}
+BUILDERS = {
+    "audiolm_train": build_audiolm_train,
+    "audiolm_infer": build_audiolm_infer,
+    "encodec_infer": build_encodec_infer,
+}
 
 
 def main() -> None:

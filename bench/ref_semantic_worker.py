@@ -23,11 +23,11 @@ machine's speed drifts 15-30% within minutes). One JSON request per stdin line:
 
 Each reply is one JSON line on stdout; anything the libraries print goes to stderr.
 """
+
 import tempfile
 
-from ref_worker import nparams, serve  # first: sets the environment before torch is imported
-
 import torch  # noqa: E402
+from ref_worker import nparams, serve  # first: sets the environment before torch is imported
 
 
 def local_t5_config_dir() -> str:
@@ -48,15 +48,24 @@ def model(cfg: dict):
     key = (cfg["dim"], cfg["depth"], cfg["heads"], cfg["num_semantic_tokens"])
     if key not in _MODELS:
         torch.manual_seed(0)
-        t = SemanticTransformer(dim=cfg["dim"], depth=cfg["depth"], heads=cfg["heads"],
-                                num_semantic_tokens=cfg["num_semantic_tokens"], cond_dim=cfg["dim"],
-                                t5_name=local_t5_config_dir())
+        t = SemanticTransformer(
+            dim=cfg["dim"],
+            depth=cfg["depth"],
+            heads=cfg["heads"],
+            num_semantic_tokens=cfg["num_semantic_tokens"],
+            cond_dim=cfg["dim"],
+            t5_name=local_t5_config_dir(),
+        )
         with torch.no_grad():
             t.to_logits.bias[t.eos_id] = -1e4  # never emit EOS: every row generates max_length tokens
         w = SemanticTransformerWrapper(transformer=t).eval()
-        params = {"total": nparams(t), "embedding": nparams(t.semantic_embedding),
-                  "transformer": nparams(t.transformer), "rel_pos_bias_mlp": nparams(t.transformer.rel_pos_bias),
-                  "to_logits": nparams(t.to_logits)}
+        params = {
+            "total": nparams(t),
+            "embedding": nparams(t.semantic_embedding),
+            "transformer": nparams(t.transformer),
+            "rel_pos_bias_mlp": nparams(t.transformer.rel_pos_bias),
+            "to_logits": nparams(t.to_logits),
+        }
         _MODELS[key] = (w, params)
     return _MODELS[key]
 
@@ -66,9 +75,13 @@ def build(cfg: dict):
 
     def generate():
         with torch.inference_mode():
-            out = w.generate(max_length=cfg["max_length"], batch_size=cfg["batch"],
-                             filter_thres=cfg.get("filter_thres", 0.9), temperature=cfg.get("temperature", 1.0),
-                             use_kv_cache=cfg.get("use_kv_cache", True))
+            out = w.generate(
+                max_length=cfg["max_length"],
+                batch_size=cfg["batch"],
+                filter_thres=cfg.get("filter_thres", 0.9),
+                temperature=cfg.get("temperature", 1.0),
+                use_kv_cache=cfg.get("use_kv_cache", True),
+            )
         if out.shape != (cfg["batch"], cfg["max_length"]):
             raise RuntimeError(f"generated shape {tuple(out.shape)}, expected {(cfg['batch'], cfg['max_length'])}")
         return out

@@ -7,6 +7,7 @@ prints off stdout before torch is imported.
                            reply {"params": ..., "torch": version, "threads": n}
     {"time": NAME}         runs fn once; reply {"seconds": wall seconds}
 """
+
 import json
 import os
 import sys

@@ -5,6 +5,7 @@ a topology that does not exist here, and the train step is lowered on abstract i
 sharded over them. The compiled program's memory and cost analyses say, before a pod is
 rented, whether a config fits and how long a step should take.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,9 +13,9 @@ import os
 from typing import Mapping, Optional, Sequence
 
 from musiclm_jax.models.base import BaseModel
+from musiclm_jax.training import mfu
 from musiclm_jax.training.optimizers import OptimizerConfig
 from musiclm_jax.training.partitioning import DEFAULT_LOGICAL_AXIS_RULES, LogicalRules, Partitioner
-from musiclm_jax.training import mfu
 from musiclm_jax.training.trainer import Trainer
 
 GiB = 1024**3
@@ -88,14 +89,30 @@ class AotReport:
             ("global batch", str(self.global_batch)),
             ("input shapes", str(self.input_shapes)),
             ("arguments / chip", gib(self.argument_bytes)),
-            ("outputs / chip", gib(self.output_bytes) + f"  ({gib(self.alias_bytes).strip()} aliased to donated arguments)"),
+            (
+                "outputs / chip",
+                gib(self.output_bytes) + f"  ({gib(self.alias_bytes).strip()} aliased to donated arguments)",
+            ),
             ("temporaries / chip", gib(self.temp_bytes)),
             ("code / chip", gib(self.code_bytes)),
-            ("total / chip", gib(self.per_chip_bytes) + (f"  of {gib(self.hbm_bytes).strip()} HBM" if self.hbm_bytes else "")),
+            (
+                "total / chip",
+                gib(self.per_chip_bytes) + (f"  of {gib(self.hbm_bytes).strip()} HBM" if self.hbm_bytes else ""),
+            ),
             ("FLOPs / step / chip", f"{self.flops_per_step:.4g}" if self.flops_per_step else "unknown"),
             ("HBM bytes / step / chip", f"{self.bytes_accessed:.4g}" if self.bytes_accessed else "unknown"),
-            ("est. step time", f"{self.estimated_step_seconds * 1e3:.2f} ms (compiler's estimate)" if self.estimated_step_seconds else "unknown (compiler gave none)"),
-            ("roofline step time", f"{self.roofline_step_seconds * 1e3:.2f} ms (max of FLOPs/peak, bytes/HBM bandwidth)" if self.roofline_step_seconds else "unknown"),
+            (
+                "est. step time",
+                f"{self.estimated_step_seconds * 1e3:.2f} ms (compiler's estimate)"
+                if self.estimated_step_seconds
+                else "unknown (compiler gave none)",
+            ),
+            (
+                "roofline step time",
+                f"{self.roofline_step_seconds * 1e3:.2f} ms (max of FLOPs/peak, bytes/HBM bandwidth)"
+                if self.roofline_step_seconds
+                else "unknown",
+            ),
             ("fits", "yes" if self.fits else "NO"),
         ]
         width = max(len(k) for k, _ in rows)
@@ -188,7 +205,9 @@ def compile_for_topology(
     bytes_accessed = float(cost.get("bytes accessed", 0.0)) or None
     optimal = float(cost.get("optimal_seconds", 0.0))
     peak, bandwidth = _by_kind(mfu.PEAK_FLOPS_BY_DEVICE_KIND, kind), _by_kind(HBM_BANDWIDTH_BY_DEVICE_KIND, kind)
-    terms = [t for t in (flops and peak and flops / peak, bytes_accessed and bandwidth and bytes_accessed / bandwidth) if t]
+    terms = [
+        t for t in (flops and peak and flops / peak, bytes_accessed and bandwidth and bytes_accessed / bandwidth) if t
+    ]
     report = AotReport(
         topology=topology,
         device_kind=kind,

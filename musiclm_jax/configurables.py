@@ -4,6 +4,7 @@ The library is gin-free; everything gin may bind is named here, type-checked whe
 The model classes and the optimiser are registered in `gin_registry` (model gin files need
 only that module, never the data stack).
 """
+
 import inspect
 from typing import Any, Callable, Mapping
 
@@ -21,8 +22,15 @@ from musiclm_jax.training import partitioning
 
 # What generate, export_musiclm and evaluate_text_to_music take to build the model: bound once,
 # as the mapping MUSICLM_MODELS of runs/musiclm_models.gin, to their argument `models`.
-MUSICLM_MODEL_ARGS = ("mulan_dir", "semantic_stage_dir", "coarse_stage_dir", "fine_stage_dir", "soundstream_dir",
-                      "semantic_rate", "windows")
+MUSICLM_MODEL_ARGS = (
+    "mulan_dir",
+    "semantic_stage_dir",
+    "coarse_stage_dir",
+    "fine_stage_dir",
+    "soundstream_dir",
+    "semantic_rate",
+    "windows",
+)
 
 
 def _taking_models(fn: Callable) -> Callable:
@@ -34,7 +42,9 @@ def _taking_models(fn: Callable) -> Callable:
     def wrapper(*, models: Mapping[str, Any], **kwargs):
         unknown = sorted(set(models) - set(MUSICLM_MODEL_ARGS))
         if unknown:
-            raise gin_utils.ConfigError(f"{fn.__name__}.models: unknown keys {unknown}; known: {list(MUSICLM_MODEL_ARGS)}")
+            raise gin_utils.ConfigError(
+                f"{fn.__name__}.models: unknown keys {unknown}; known: {list(MUSICLM_MODEL_ARGS)}"
+            )
         return fn(**models, **kwargs)
 
     wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__

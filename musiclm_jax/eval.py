@@ -1,5 +1,6 @@
 """`musiclm eval`: metrics of a checkpoint on an eval split (`evaluate`), or the text-to-music
 eval task of the five trained models (`evaluate_text_to_music`). Keyword-only entry functions."""
+
 from __future__ import annotations
 
 import json
@@ -9,16 +10,16 @@ from typing import Optional
 import jax
 
 from musiclm_jax.data.input_pipeline import BatchIterator, DatasetConfig
-from musiclm_jax.models.base import BaseModel
-from musiclm_jax.training import checkpoints, summaries
-from musiclm_jax.training.actions import eval_media, run_eval_batches
-from musiclm_jax.training.optimizers import OptimizerConfig
-from musiclm_jax.run_setup import global_shapes, start_run
-from musiclm_jax.training.partitioning import Partitioner
-from musiclm_jax.training.trainer import Trainer
 from musiclm_jax.evaluation import embedders as embedders_lib
 from musiclm_jax.evaluation import eval_sets, text_to_music
 from musiclm_jax.generate import load_musiclm
+from musiclm_jax.models.base import BaseModel
+from musiclm_jax.run_setup import global_shapes, start_run
+from musiclm_jax.training import checkpoints, summaries
+from musiclm_jax.training.actions import eval_media, run_eval_batches
+from musiclm_jax.training.optimizers import OptimizerConfig
+from musiclm_jax.training.partitioning import Partitioner
+from musiclm_jax.training.trainer import Trainer
 
 
 def evaluate_checkpoint(
@@ -53,20 +54,44 @@ def evaluate_checkpoint(
     source = checkpoint_path or os.path.join(model_dir, "checkpoints")
     params, step = checkpoints.restore_params(source, trainer.abstract_state.params)
     cfg = eval_dataset_cfg
-    results = run_eval_batches(trainer, params, BatchIterator(cfg, repeat=False), eval_steps,
-                               f"split {cfg.split!r} of {cfg.mixture_or_task_name!r} in batches of {cfg.batch_size}")
+    results = run_eval_batches(
+        trainer,
+        params,
+        BatchIterator(cfg, repeat=False),
+        eval_steps,
+        f"split {cfg.split!r} of {cfg.mixture_or_task_name!r} in batches of {cfg.batch_size}",
+    )
     writer = summaries.create_writer(os.path.join(model_dir, "eval"))
     writer.write_scalars(step, results)
-    summaries.write_eval_media(writer, step, eval_media(trainer, params, first), model.media_sample_rate(),
-                               out_dir=os.path.join(model_dir, f"eval-{step}-media"))
+    summaries.write_eval_media(
+        writer,
+        step,
+        eval_media(trainer, params, first),
+        model.media_sample_rate(),
+        out_dir=os.path.join(model_dir, f"eval-{step}-media"),
+    )
     writer.flush()
     if jax.process_index() == 0:
         with open(os.path.join(model_dir, f"eval-{step}.json"), "w") as f:
-            json.dump({"step": step, "checkpoint": source, "task": eval_dataset_cfg.mixture_or_task_name,
-                       "split": eval_dataset_cfg.split, "metrics": results}, f, indent=2)
+            json.dump(
+                {
+                    "step": step,
+                    "checkpoint": source,
+                    "task": eval_dataset_cfg.mixture_or_task_name,
+                    "split": eval_dataset_cfg.split,
+                    "metrics": results,
+                },
+                f,
+                indent=2,
+            )
         model.write_eval_report(results, model_dir, step)
-    summaries.log("eval of step %d on %s/%s: %s", step, eval_dataset_cfg.mixture_or_task_name, eval_dataset_cfg.split,
-                  ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())))
+    summaries.log(
+        "eval of step %d on %s/%s: %s",
+        step,
+        eval_dataset_cfg.mixture_or_task_name,
+        eval_dataset_cfg.split,
+        ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())),
+    )
     return results
 
 
@@ -118,18 +143,31 @@ def evaluate_text_to_music(
       ValueError: a bad length, item count or batch size, an unknown embedder or classifier.
     """
     if not seconds > 0 or num_items < 2 or batch_size < 1:
-        raise ValueError(f"need seconds > 0, num_items >= 2 (FAD fits covariances) and batch_size >= 1; got "
-                         f"{seconds}, {num_items}, {batch_size}")
-    model = load_musiclm(mulan_dir=mulan_dir, semantic_stage_dir=semantic_stage_dir, coarse_stage_dir=coarse_stage_dir,
-                         fine_stage_dir=fine_stage_dir, soundstream_dir=soundstream_dir, semantic_rate=semantic_rate,
-                         windows=windows)
+        raise ValueError(
+            f"need seconds > 0, num_items >= 2 (FAD fits covariances) and batch_size >= 1; got "
+            f"{seconds}, {num_items}, {batch_size}"
+        )
+    model = load_musiclm(
+        mulan_dir=mulan_dir,
+        semantic_stage_dir=semantic_stage_dir,
+        coarse_stage_dir=coarse_stage_dir,
+        fine_stage_dir=fine_stage_dir,
+        soundstream_dir=soundstream_dir,
+        semantic_rate=semantic_rate,
+        windows=windows,
+    )
     if task:
         items = eval_sets.task_eval_set(task, split, num_items, seconds)
     else:
         items = eval_sets.synthetic_eval_set(num_items, seconds, sample_rate=model.codec.sample_rate)
-    fad_embedders = {name: (embedders_lib.MuLanAudioEmbedder(model.mulan) if name == "mulan" and not kwargs
-                            else embedders_lib.get_embedder(name, **kwargs))
-                     for name, kwargs in (embedders if embedders is not None else {"mulan": {}}).items()}
+    fad_embedders = {
+        name: (
+            embedders_lib.MuLanAudioEmbedder(model.mulan)
+            if name == "mulan" and not kwargs
+            else embedders_lib.get_embedder(name, **kwargs)
+        )
+        for name, kwargs in (embedders if embedders is not None else {"mulan": {}}).items()
+    }
     kld_classifier = None
     if classifier:
         kwargs = dict(classifier_kwargs or {})
@@ -137,10 +175,27 @@ def evaluate_text_to_music(
             kwargs.setdefault("directory", os.path.join(output_dir, "attribute_classifier"))
         kld_classifier = text_to_music.get_classifier(classifier, **kwargs)
     return text_to_music.generate_and_score(
-        output_dir, items, model=model, seconds=seconds, embedders=fad_embedders, classifier=kld_classifier,
-        seed=seed, settings=settings, num_candidates=num_candidates,
-        batch_size=batch_size, num_report_samples=num_report_samples,
+        output_dir,
+        items,
+        model=model,
+        seconds=seconds,
+        embedders=fad_embedders,
+        classifier=kld_classifier,
+        seed=seed,
+        settings=settings,
+        num_candidates=num_candidates,
+        batch_size=batch_size,
+        num_report_samples=num_report_samples,
         title=f"text-to-music eval: {task or 'synthetic held-out'} ({split})",
-        extra={"task": task or "synthetic", "split": split, "models": {
-            "mulan": mulan_dir, "semantic_stage": semantic_stage_dir, "coarse_stage": coarse_stage_dir,
-            "fine_stage": fine_stage_dir, "soundstream": soundstream_dir}})
+        extra={
+            "task": task or "synthetic",
+            "split": split,
+            "models": {
+                "mulan": mulan_dir,
+                "semantic_stage": semantic_stage_dir,
+                "coarse_stage": coarse_stage_dir,
+                "fine_stage": fine_stage_dir,
+                "soundstream": soundstream_dir,
+            },
+        },
+    )

@@ -17,6 +17,7 @@ parameters as arguments, so the bundle holds every weight once. `load_exported_m
 generation through them: no model code is traced or compiled from Python at generation time,
 and the tokens equal those of the training checkpoint for the same seed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,8 +32,8 @@ import numpy as np
 
 from musiclm_jax import model_io
 from musiclm_jax.generate import load_musiclm
-from musiclm_jax.models.musiclm import PAPER_SETTINGS, STAGES, Window
 from musiclm_jax.model_io import EXPORT_FILE, ExportError, check_export  # noqa: F401  (re-exported)
+from musiclm_jax.models.musiclm import PAPER_SETTINGS, STAGES, Window
 
 FUNCTIONS_DIR = "functions"
 COPIED = ("model.json", "config.gin", "text_vocab", "mulan_rvq", "kmeans")
@@ -65,8 +66,9 @@ def _fresh_dir(output_dir: str) -> None:
     os.makedirs(output_dir, exist_ok=True)
 
 
-def export_checkpoint(model_dir: str, output_dir: str, *, step: Optional[int] = None,
-                      dtype: Optional[str] = None) -> dict:
+def export_checkpoint(
+    model_dir: str, output_dir: str, *, step: Optional[int] = None, dtype: Optional[str] = None
+) -> dict:
     """Parameters only (optionally cast to `dtype`, e.g. 'bfloat16') + model.json, config.gin and
     the tokenizer artifacts of `model_dir`, into the new directory `output_dir`.
 
@@ -101,13 +103,23 @@ def export_checkpoint(model_dir: str, output_dir: str, *, step: Optional[int] = 
             shutil.copytree(src, os.path.join(output_dir, name))
         elif os.path.exists(src):
             shutil.copy2(src, os.path.join(output_dir, name))
-    manager = ocp.CheckpointManager(os.path.join(output_dir, "checkpoints"), item_names=("params",),
-                                    options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False))
+    manager = ocp.CheckpointManager(
+        os.path.join(output_dir, "checkpoints"),
+        item_names=("params",),
+        options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False),
+    )
     manager.save(int(step), args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
     manager.wait_until_finished()
     manager.close()
-    return _write_manifest(output_dir, {"model": kind, "source": os.path.abspath(model_dir), "step": int(step),
-                                        "dtype": str(dtype) if dtype else "as trained"})
+    return _write_manifest(
+        output_dir,
+        {
+            "model": kind,
+            "source": os.path.abspath(model_dir),
+            "step": int(step),
+            "dtype": str(dtype) if dtype else "as trained",
+        },
+    )
 
 
 # ---- StableHLO: the samplers and the codec decoder ------------------------------------------
@@ -131,8 +143,9 @@ class _Signature:
 
 def _signature(stage: str, batch: Mapping[str, np.ndarray], num_tokens: int, settings) -> _Signature:
     features = tuple(sorted((k, tuple(int(d) for d in np.shape(v)[1:])) for k, v in batch.items()))
-    return _Signature(stage, int(num_tokens), int(settings.top_k), float(settings.top_p),
-                      float(settings.guidance_scale), features)
+    return _Signature(
+        stage, int(num_tokens), int(settings.top_k), float(settings.top_p), float(settings.guidance_scale), features
+    )
 
 
 def _plan_signatures(model, texts: Sequence[str], seconds: float, settings) -> list[_Signature]:
@@ -164,16 +177,24 @@ def _export_sampler(model, sig: _Signature, platforms: Sequence[str]) -> bytes:
     from jax import export
 
     stage_model, params = model.stages[sig.stage]
-    batch_dim, = export.symbolic_shape("b")
+    (batch_dim,) = export.symbolic_shape("b")
 
     def sample(params, batch, key_data, temperature):
-        return stage_model.predict_batch(params, batch, jax.random.wrap_key_data(key_data),
-                                         num_target_tokens=sig.num_tokens, temperature=temperature, top_k=sig.top_k,
-                                         top_p=sig.top_p, guidance_scale=sig.guidance_scale)
+        return stage_model.predict_batch(
+            params,
+            batch,
+            jax.random.wrap_key_data(key_data),
+            num_target_tokens=sig.num_tokens,
+            temperature=temperature,
+            top_k=sig.top_k,
+            top_p=sig.top_p,
+            guidance_scale=sig.guidance_scale,
+        )
 
     batch = {name: jax.ShapeDtypeStruct((batch_dim, *shape), jnp.int32) for name, shape in sig.features}
     exported = export.export(jax.jit(sample), platforms=tuple(platforms))(
-        _abstract(params), batch, jax.ShapeDtypeStruct((2,), jnp.uint32), jax.ShapeDtypeStruct((), jnp.float32))
+        _abstract(params), batch, jax.ShapeDtypeStruct((2,), jnp.uint32), jax.ShapeDtypeStruct((), jnp.float32)
+    )
     return exported.serialize()
 
 
@@ -183,14 +204,26 @@ def _export_decoder(codec, levels: int, platforms: Sequence[str]) -> bytes:
 
     batch_dim, frames = export.symbolic_shape("b, f")
     exported = export.export(jax.jit(codec.model.decode), platforms=tuple(platforms))(
-        _abstract(codec.params), jax.ShapeDtypeStruct((batch_dim, frames, levels), jnp.int32))
+        _abstract(codec.params), jax.ShapeDtypeStruct((batch_dim, frames, levels), jnp.int32)
+    )
     return exported.serialize()
 
 
-def export_musiclm(output_dir: str, *, mulan_dir: str, semantic_stage_dir: str, coarse_stage_dir: str,
-                   fine_stage_dir: str, soundstream_dir: str, seconds: float, semantic_rate: float = 25.0,
-                   windows: Optional[Mapping[str, Any]] = None, settings: Optional[Mapping[str, Any]] = None,
-                   dtype: Optional[str] = None, platforms: Sequence[str] = ("cpu", "tpu")) -> dict:
+def export_musiclm(
+    output_dir: str,
+    *,
+    mulan_dir: str,
+    semantic_stage_dir: str,
+    coarse_stage_dir: str,
+    fine_stage_dir: str,
+    soundstream_dir: str,
+    seconds: float,
+    semantic_rate: float = 25.0,
+    windows: Optional[Mapping[str, Any]] = None,
+    settings: Optional[Mapping[str, Any]] = None,
+    dtype: Optional[str] = None,
+    platforms: Sequence[str] = ("cpu", "tpu"),
+) -> dict:
     """The five models as params-only exports (output_dir/<mulan|semantic_stage|...>/) and, in
     output_dir/functions/, the StableHLO samplers for generations of `seconds` with these
     windows and settings, and the codec decoder. Returns the bundle's export.json.
@@ -220,8 +253,13 @@ def export_musiclm(output_dir: str, *, mulan_dir: str, semantic_stage_dir: str, 
       FileNotFoundError, ValueError: as `generate.load_musiclm`.
     """
 
-    dirs = dict(mulan_dir=mulan_dir, semantic_stage_dir=semantic_stage_dir, coarse_stage_dir=coarse_stage_dir,
-                fine_stage_dir=fine_stage_dir, soundstream_dir=soundstream_dir)
+    dirs = dict(
+        mulan_dir=mulan_dir,
+        semantic_stage_dir=semantic_stage_dir,
+        coarse_stage_dir=coarse_stage_dir,
+        fine_stage_dir=fine_stage_dir,
+        soundstream_dir=soundstream_dir,
+    )
     settings = {**PAPER_SETTINGS, **(settings or {})}
     model = load_musiclm(**dirs, semantic_rate=semantic_rate, windows=windows)
     _fresh_dir(output_dir)
@@ -237,10 +275,17 @@ def export_musiclm(output_dir: str, *, mulan_dir: str, semantic_stage_dir: str, 
     levels = model.coarse_levels + model.fine_levels
     with open(os.path.join(functions, "codec_decode.jaxexport"), "wb") as f:
         f.write(_export_decoder(model.codec, levels, platforms))
-    info = {"bundle": "musiclm", "seconds": seconds, "semantic_rate": semantic_rate, "platforms": list(platforms),
-            "windows": {s: dataclasses.asdict(model.windows[s]) for s in STAGES},
-            "settings": {s: dataclasses.asdict(settings[s]) for s in STAGES}, "samplers": samplers,
-            "decoder": "codec_decode.jaxexport", "dtype": str(dtype) if dtype else "as trained"}
+    info = {
+        "bundle": "musiclm",
+        "seconds": seconds,
+        "semantic_rate": semantic_rate,
+        "platforms": list(platforms),
+        "windows": {s: dataclasses.asdict(model.windows[s]) for s in STAGES},
+        "settings": {s: dataclasses.asdict(settings[s]) for s in STAGES},
+        "samplers": samplers,
+        "decoder": "codec_decode.jaxexport",
+        "dtype": str(dtype) if dtype else "as trained",
+    }
     return _write_manifest(output_dir, info)
 
 
@@ -254,8 +299,14 @@ def read_functions(export_dir: str, manifest: Mapping) -> tuple[dict, Any]:
 
     samplers = {}
     for entry in manifest["samplers"]:
-        sig = _Signature(entry["stage"], entry["num_tokens"], entry["top_k"], entry["top_p"], entry["guidance_scale"],
-                         tuple((name, tuple(shape)) for name, shape in entry["features"]))
+        sig = _Signature(
+            entry["stage"],
+            entry["num_tokens"],
+            entry["top_k"],
+            entry["top_p"],
+            entry["guidance_scale"],
+            tuple((name, tuple(shape)) for name, shape in entry["features"]),
+        )
         samplers[sig] = read(entry["file"])
     return samplers, read(manifest["decoder"])
 
@@ -279,21 +330,29 @@ def load_exported_musiclm(export_dir: str):
     manifest = check_export(export_dir)
     if manifest is None or manifest.get("bundle") != "musiclm":
         raise ExportError(f"{export_dir} is not a `musiclm export` bundle (no {EXPORT_FILE} from export_musiclm)")
-    model = load_musiclm(**{k: os.path.join(export_dir, k.removesuffix("_dir")) for k in MODEL_DIRS},
-                         semantic_rate=manifest["semantic_rate"],
-                         windows={s: Window(**w) for s, w in manifest["windows"].items()})
+    model = load_musiclm(
+        **{k: os.path.join(export_dir, k.removesuffix("_dir")) for k in MODEL_DIRS},
+        semantic_rate=manifest["semantic_rate"],
+        windows={s: Window(**w) for s, w in manifest["windows"].items()},
+    )
 
     samplers, decoder = read_functions(export_dir, manifest)
 
     def run_stage(stage, batch, rng, num_tokens, settings):
         sig = _signature(stage, batch, num_tokens, settings)
         if sig not in samplers:
-            raise ExportError(f"{export_dir} has no {stage} sampler for {num_tokens} tokens with {sig.features} and "
-                              f"these settings: it was exported for {manifest['seconds']} s with settings "
-                              f"{manifest['settings']}")
+            raise ExportError(
+                f"{export_dir} has no {stage} sampler for {num_tokens} tokens with {sig.features} and "
+                f"these settings: it was exported for {manifest['seconds']} s with settings "
+                f"{manifest['settings']}"
+            )
         params = model.stages[stage][1]
-        out = samplers[sig].call(params, {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()},
-                                 jax.random.key_data(rng), jnp.float32(settings.temperature))
+        out = samplers[sig].call(
+            params,
+            {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()},
+            jax.random.key_data(rng),
+            jnp.float32(settings.temperature),
+        )
         return np.asarray(out)
 
     model._run_stage = run_stage

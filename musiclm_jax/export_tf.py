@@ -11,6 +11,7 @@ runs inside TensorFlow's XlaCallModule op, for the bundle's platforms), with the
 the decoder's frames) left symbolic. Weights are tf.Variables, saved once per model. The
 samplers' names, stages, token counts and feature shapes are in savedmodel.json beside it.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,6 +37,7 @@ def _variables(tree) -> tuple[list, Any]:
 
 def _bound(fn, params, stage):
     """fn with the stage's weights bound (a closure: tf.function signatures take no defaults)."""
+
     def sample(batch, key_data, temperature):
         return fn(params(stage), batch, key_data, temperature)
 
@@ -65,25 +67,53 @@ def export_savedmodel(bundle_dir: str, output_dir: str) -> dict:
         return jax.tree.unflatten(trees[name][1], list(module.weights[name]))
 
     levels = model.coarse_levels + model.fine_levels
-    decode = jax2tf.convert(decoder.call, polymorphic_shapes=[None, "(b, f, _)"], with_gradient=False,
-                            native_serialization_platforms=platforms)
-    module.decode = tf.function(lambda codes: decode(params("codec"), codes), autograph=False,
-                                input_signature=[tf.TensorSpec([None, None, levels], tf.int32, name="codes")])
+    decode = jax2tf.convert(
+        decoder.call,
+        polymorphic_shapes=[None, "(b, f, _)"],
+        with_gradient=False,
+        native_serialization_platforms=platforms,
+    )
+    module.decode = tf.function(
+        lambda codes: decode(params("codec"), codes),
+        autograph=False,
+        input_signature=[tf.TensorSpec([None, None, levels], tf.int32, name="codes")],
+    )
     entries = []
     for i, (sig, fn) in enumerate(samplers.items()):
         name = f"sample_{sig.stage}_{i:03d}"
         features = dict(sig.features)
-        convert = jax2tf.convert(fn.call, polymorphic_shapes=[None, {k: "(b, ...)" for k in features}, None, None],
-                                 with_gradient=False, native_serialization_platforms=platforms)
-        spec = [{k: tf.TensorSpec([None, *shape], tf.int32, name=k) for k, shape in features.items()},
-                tf.TensorSpec([2], tf.uint32, name="key_data"), tf.TensorSpec([], tf.float32, name="temperature")]
+        convert = jax2tf.convert(
+            fn.call,
+            polymorphic_shapes=[None, {k: "(b, ...)" for k in features}, None, None],
+            with_gradient=False,
+            native_serialization_platforms=platforms,
+        )
+        spec = [
+            {k: tf.TensorSpec([None, *shape], tf.int32, name=k) for k, shape in features.items()},
+            tf.TensorSpec([2], tf.uint32, name="key_data"),
+            tf.TensorSpec([], tf.float32, name="temperature"),
+        ]
         setattr(module, name, tf.function(_bound(convert, params, sig.stage), autograph=False, input_signature=spec))
-        entries.append({"function": name, "stage": sig.stage, "num_tokens": sig.num_tokens,
-                        "features": {k: list(v) for k, v in features.items()}, "top_k": sig.top_k,
-                        "top_p": sig.top_p, "guidance_scale": sig.guidance_scale})
+        entries.append(
+            {
+                "function": name,
+                "stage": sig.stage,
+                "num_tokens": sig.num_tokens,
+                "features": {k: list(v) for k, v in features.items()},
+                "top_k": sig.top_k,
+                "top_p": sig.top_p,
+                "guidance_scale": sig.guidance_scale,
+            }
+        )
     tf.saved_model.save(module, output_dir)
-    info = {"bundle": os.path.abspath(bundle_dir), "platforms": list(platforms), "decode_levels": levels,
-            "samplers": entries, "seconds": manifest["seconds"], "windows": manifest["windows"]}
+    info = {
+        "bundle": os.path.abspath(bundle_dir),
+        "platforms": list(platforms),
+        "decode_levels": levels,
+        "samplers": entries,
+        "seconds": manifest["seconds"],
+        "windows": manifest["windows"],
+    }
     with open(os.path.join(output_dir, INFO_FILE), "w") as f:
         json.dump(info, f, indent=1)
     return info

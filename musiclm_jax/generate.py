@@ -8,6 +8,7 @@ continues an audio file (needs `w2v_bert_dir` for its semantic tokens). Bad inpu
 an empty prompt, a length of zero or beyond `max_seconds`, a missing or mismatched model
 directory, an unreadable audio prompt) raises before anything is written.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,17 @@ from musiclm_jax.tokenizers.semantic import SemanticTokenizer
 from musiclm_jax.training.summaries import log
 
 
-def load_musiclm(*, mulan_dir: str, semantic_stage_dir: str, coarse_stage_dir: str, fine_stage_dir: str,
-                 soundstream_dir: str, semantic_rate: float = 25.0, windows: Optional[Mapping[str, Window]] = None,
-                 w2v_bert_dir: Optional[str] = None) -> MusicLM:
+def load_musiclm(
+    *,
+    mulan_dir: str,
+    semantic_stage_dir: str,
+    coarse_stage_dir: str,
+    fine_stage_dir: str,
+    soundstream_dir: str,
+    semantic_rate: float = 25.0,
+    windows: Optional[Mapping[str, Window]] = None,
+    w2v_bert_dir: Optional[str] = None,
+) -> MusicLM:
     """The whole model from its five training directories (MuLan with its RVQ in mulan_rvq/).
 
     Args:
@@ -48,24 +57,37 @@ def load_musiclm(*, mulan_dir: str, semantic_stage_dir: str, coarse_stage_dir: s
       ValueError: a model.json names another kind of model, or the parts do not fit together (e.g. a
         stage trained on another codec).
     """
-    dirs = {"mulan_dir": mulan_dir, "semantic_stage_dir": semantic_stage_dir, "coarse_stage_dir": coarse_stage_dir,
-            "fine_stage_dir": fine_stage_dir, "soundstream_dir": soundstream_dir}
+    dirs = {
+        "mulan_dir": mulan_dir,
+        "semantic_stage_dir": semantic_stage_dir,
+        "coarse_stage_dir": coarse_stage_dir,
+        "fine_stage_dir": fine_stage_dir,
+        "soundstream_dir": soundstream_dir,
+    }
     if w2v_bert_dir is not None:
         dirs["w2v_bert_dir"] = w2v_bert_dir
     for name, d in dirs.items():
         if not d or not os.path.isdir(d):
             raise FileNotFoundError(f"{name}={d!r} is not a directory (a `musiclm train` MODEL_DIR)")
-    stages = {"semantic": model_io.load(semantic_stage_dir, kind="StageModel"),
-              "coarse": model_io.load(coarse_stage_dir, kind="StageModel"),
-              "fine": model_io.load(fine_stage_dir, kind="StageModel")}
+    stages = {
+        "semantic": model_io.load(semantic_stage_dir, kind="StageModel"),
+        "coarse": model_io.load(coarse_stage_dir, kind="StageModel"),
+        "fine": model_io.load(fine_stage_dir, kind="StageModel"),
+    }
     semantic_tokenizer = SemanticTokenizer.from_model_dir(w2v_bert_dir) if w2v_bert_dir else None
     codec = AcousticTokenizer.from_model_dir(soundstream_dir)
     rates = {"semantic": semantic_rate, "coarse": codec.sample_rate / codec.hop_length}
     rates["fine"] = rates["coarse"]
     stage_dirs = {"semantic": semantic_stage_dir, "coarse": coarse_stage_dir, "fine": fine_stage_dir}
     chosen = {**crop_windows(stage_dirs, rates), **{k: w for k, w in (windows or {}).items() if w is not None}}
-    return MusicLM(MuLanTokenizer.from_model_dir(mulan_dir), stages, codec, semantic_rate=semantic_rate,
-                   windows=chosen, semantic_tokenizer=semantic_tokenizer)
+    return MusicLM(
+        MuLanTokenizer.from_model_dir(mulan_dir),
+        stages,
+        codec,
+        semantic_rate=semantic_rate,
+        windows=chosen,
+        semantic_tokenizer=semantic_tokenizer,
+    )
 
 
 def training_crop_seconds(stage_dir: str) -> Optional[float]:
@@ -119,12 +141,28 @@ def read_prompts(prompts: Sequence[str] = (), prompt_file: Optional[str] = None)
     return out
 
 
-def generate(*, output_dir: str, seconds: float, prompts: Sequence[str] = (), prompt_file: Optional[str] = None,
-             mulan_dir: str, semantic_stage_dir: str, coarse_stage_dir: str, fine_stage_dir: str, soundstream_dir: str,
-             semantic_rate: float = 25.0, max_seconds: float = 300.0, seed: int = 0, num_candidates: int = 1,
-             settings: Optional[Mapping[str, SamplingSettings]] = None, windows: Optional[Mapping[str, Window]] = None,
-             story: Sequence[tuple[str, float]] = (), continue_from: Optional[str] = None,
-             w2v_bert_dir: Optional[str] = None, model: Optional[MusicLM] = None) -> list[dict]:
+def generate(
+    *,
+    output_dir: str,
+    seconds: float,
+    prompts: Sequence[str] = (),
+    prompt_file: Optional[str] = None,
+    mulan_dir: str,
+    semantic_stage_dir: str,
+    coarse_stage_dir: str,
+    fine_stage_dir: str,
+    soundstream_dir: str,
+    semantic_rate: float = 25.0,
+    max_seconds: float = 300.0,
+    seed: int = 0,
+    num_candidates: int = 1,
+    settings: Optional[Mapping[str, SamplingSettings]] = None,
+    windows: Optional[Mapping[str, Window]] = None,
+    story: Sequence[tuple[str, float]] = (),
+    continue_from: Optional[str] = None,
+    w2v_bert_dir: Optional[str] = None,
+    model: Optional[MusicLM] = None,
+) -> list[dict]:
     """Generates every prompt (or the one story); returns the sidecars written (one per output).
 
     Args:
@@ -178,8 +216,13 @@ def generate(*, output_dir: str, seconds: float, prompts: Sequence[str] = (), pr
     if not 0 < seconds <= max_seconds:
         raise ValueError(f"seconds must be in (0, max_seconds={max_seconds}], got {seconds}")
     settings = {**PAPER_SETTINGS, **(settings or {})}
-    dirs = dict(mulan_dir=mulan_dir, semantic_stage_dir=semantic_stage_dir, coarse_stage_dir=coarse_stage_dir,
-                fine_stage_dir=fine_stage_dir, soundstream_dir=soundstream_dir)
+    dirs = dict(
+        mulan_dir=mulan_dir,
+        semantic_stage_dir=semantic_stage_dir,
+        coarse_stage_dir=coarse_stage_dir,
+        fine_stage_dir=fine_stage_dir,
+        soundstream_dir=soundstream_dir,
+    )
     if continue_from and not (w2v_bert_dir or (model and model.semantic_tokenizer)):
         raise ValueError("continue_from needs w2v_bert_dir (the semantic tokenizer, with its kmeans/)")
     model = model or load_musiclm(**dirs, semantic_rate=semantic_rate, windows=windows, w2v_bert_dir=w2v_bert_dir)
@@ -199,12 +242,19 @@ def generate(*, output_dir: str, seconds: float, prompts: Sequence[str] = (), pr
         stem = os.path.join(output_dir, f"{i:03d}_{re.sub(r'[^A-Za-z0-9]+', '_', text).strip('_')[:50]}")
         write_wav(stem + ".wav", result.audio[i], result.sample_rate)
         spectrogram_sheet([(text, result.audio[i], result.sample_rate)], path=stem + ".png")
-        sidecar = {"prompt": text, "seed": seed, "seconds": seconds, "sample_rate": result.sample_rate,
-                   "num_candidates": num_candidates,
-                   "mulan_score": None if result.mulan_score is None else float(result.mulan_score[i]),
-                   "settings": {s: vars(settings[s]) for s in STAGES},
-                   "windows": {s: vars(model.windows[s]) for s in STAGES}, "models": dirs,
-                   "generation_seconds_all_prompts": elapsed, "file": stem + ".wav"}
+        sidecar = {
+            "prompt": text,
+            "seed": seed,
+            "seconds": seconds,
+            "sample_rate": result.sample_rate,
+            "num_candidates": num_candidates,
+            "mulan_score": None if result.mulan_score is None else float(result.mulan_score[i]),
+            "settings": {s: vars(settings[s]) for s in STAGES},
+            "windows": {s: vars(model.windows[s]) for s in STAGES},
+            "models": dirs,
+            "generation_seconds_all_prompts": elapsed,
+            "file": stem + ".wav",
+        }
         if story:
             sidecar["story"] = [{"text": t, "seconds": s} for t, s in story]
         if continue_from:
@@ -212,8 +262,14 @@ def generate(*, output_dir: str, seconds: float, prompts: Sequence[str] = (), pr
         with open(stem + ".json", "w") as f:
             json.dump(sidecar, f, indent=1)
         sidecars.append(sidecar)
-    log("generate: %d prompts x %.1f s in %.1f s (%.2fx real time); written to %s", len(texts), seconds, elapsed,
-        len(texts) * seconds / elapsed, output_dir)
+    log(
+        "generate: %d prompts x %.1f s in %.1f s (%.2fx real time); written to %s",
+        len(texts),
+        seconds,
+        elapsed,
+        len(texts) * seconds / elapsed,
+        output_dir,
+    )
     return sidecars
 
 

@@ -4,8 +4,8 @@ Gin files `import musiclm_jax.gin_registry`, then bind e.g. `StageConfig.num_lay
 and `MODEL = @StageModel()`. Names are also reachable with their module prefix
 (`musiclm_jax.models.StageConfig`).
 """
-import gin
 
+import gin
 from musiclm_jax.models import stages, token_layout
 
 _MODULE = "musiclm_jax.models"

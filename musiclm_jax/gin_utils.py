@@ -3,6 +3,7 @@
 Library functions stay free of gin; this module registers them as configurables under
 short names (`train`, `evaluate`, `DatasetConfig`, ...) for the gin files in gin/.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -195,7 +196,9 @@ def write_config(model_dir: str, filename: str = "config.gin") -> str:
     return path
 
 
-def global_batch_size(batch_size_per_device: int, model_parallelism: int = 1, global_batch: Optional[int] = None) -> int:
+def global_batch_size(
+    batch_size_per_device: int, model_parallelism: int = 1, global_batch: Optional[int] = None
+) -> int:
     """Global batch from a per-device batch: the batch is split over data x fsdp, which is
     every device not used for model parallelism. An explicit global batch wins."""
     if global_batch:

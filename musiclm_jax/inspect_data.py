@@ -3,6 +3,7 @@
 Writes each example as a WAV, one PNG sheet of their log-mel spectrograms titled with the
 captions, and `summary.json`; returns the summary (count, durations, sample rates).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,19 +33,22 @@ class InspectSummary:
     def table(self) -> str:
         d = np.asarray(self.durations_s) if self.durations_s else np.zeros(1)
         rates = ", ".join(f"{r} Hz" for r in sorted(set(self.sample_rates)))
-        return "\n".join([
-            f"task {self.task} ({self.split}): {self.count} examples",
-            f"  duration s: min {d.min():.2f}  median {np.median(d):.2f}  max {d.max():.2f}  total {d.sum():.1f}",
-            f"  sample rates: {rates}",
-        ])
+        return "\n".join(
+            [
+                f"task {self.task} ({self.split}): {self.count} examples",
+                f"  duration s: min {d.min():.2f}  median {np.median(d):.2f}  max {d.max():.2f}  total {d.sum():.1f}",
+                f"  sample rates: {rates}",
+            ]
+        )
 
 
 def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:60]
 
 
-def inspect_task(*, task: str, num_examples: int, output_dir: str, split: str = "train",
-                 seed: Optional[int] = 0) -> InspectSummary:
+def inspect_task(
+    *, task: str, num_examples: int, output_dir: str, split: str = "train", seed: Optional[int] = 0
+) -> InspectSummary:
     """Writes `num_examples` of `task` (in order, unshuffled) to `output_dir`.
 
     Args:
@@ -79,10 +83,13 @@ def inspect_task(*, task: str, num_examples: int, output_dir: str, split: str = 
         del iterator  # free the generator-backed iterator now, not in a late garbage collection
     if not examples:
         raise ValueError(f"task {task!r} split {split!r} yielded no examples")
-    spectrogram_sheet([(f"{ex['id']}: {ex['caption']}", ex["audio"], ex["sample_rate"]) for ex in examples],
-                      os.path.join(output_dir, "spectrograms.png"))
-    summary = InspectSummary(task, split, len(examples), [f["duration_s"] for f in files],
-                             [f["sample_rate"] for f in files], files)
+    spectrogram_sheet(
+        [(f"{ex['id']}: {ex['caption']}", ex["audio"], ex["sample_rate"]) for ex in examples],
+        os.path.join(output_dir, "spectrograms.png"),
+    )
+    summary = InspectSummary(
+        task, split, len(examples), [f["duration_s"] for f in files], [f["sample_rate"] for f in files], files
+    )
     with open(os.path.join(output_dir, "summary.json"), "w") as f:
         json.dump(dataclasses.asdict(summary), f, indent=1)
     return summary
@@ -92,11 +99,21 @@ def _write_example(i: int, ex: dict, task: str, output_dir: str, examples: list,
     if "audio" not in ex:
         raise ValueError(f"task {task!r} has no 'audio' feature; inspect shows raw-audio tasks")
     audio = ex["audio"][: int(ex.get("audio_length", len(ex["audio"])))]
-    rec = {"id": ex["id"].decode(), "caption": ex["caption"].decode(), "audio": audio,
-           "sample_rate": int(ex["sample_rate"])}
+    rec = {
+        "id": ex["id"].decode(),
+        "caption": ex["caption"].decode(),
+        "audio": audio,
+        "sample_rate": int(ex["sample_rate"]),
+    }
     name = f"{i:03d}_{_safe_name(rec['id'])}.wav"
     write_wav(os.path.join(output_dir, name), audio, rec["sample_rate"])
-    files.append({"wav": name, "id": rec["id"], "caption": rec["caption"],
-                  "duration_s": len(audio) / rec["sample_rate"], "sample_rate": rec["sample_rate"]})
+    files.append(
+        {
+            "wav": name,
+            "id": rec["id"],
+            "caption": rec["caption"],
+            "duration_s": len(audio) / rec["sample_rate"],
+            "sample_rate": rec["sample_rate"],
+        }
+    )
     examples.append(rec)
-

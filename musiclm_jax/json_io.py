@@ -1,5 +1,6 @@
 """JSON files that are whole or absent (written to a temporary name, then renamed), with numpy
 scalars and arrays converted."""
+
 from __future__ import annotations
 
 import json

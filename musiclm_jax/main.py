@@ -3,6 +3,7 @@
 Thin: parses flags and gin, then calls the keyword-only library function of the mode.
 Bad configuration exits with status 2 and one line naming the culprit.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,21 +14,34 @@ import sys
 import traceback
 from typing import Optional, Sequence
 
-ENTRY_FUNCTIONS = ("train", "evaluate", "evaluate_text_to_music", "compile_for_topology", "inspect_task", "fit_mulan_rvq",
-                   "fit_semantic_kmeans", "precompute_tokens", "generate", "run_pipeline", "export_musiclm")
+ENTRY_FUNCTIONS = (
+    "train",
+    "evaluate",
+    "evaluate_text_to_music",
+    "compile_for_topology",
+    "inspect_task",
+    "fit_mulan_rvq",
+    "fit_semantic_kmeans",
+    "precompute_tokens",
+    "generate",
+    "run_pipeline",
+    "export_musiclm",
+)
 MODES = {
     "train": "train a model (resumes from MODEL_DIR)",
     "eval": "evaluate a checkpoint on an eval split; with runs/eval_text_to_music.gin: the text-to-music eval task "
-            "(generate per caption; FAD, KLD, MCC, adherence, codec metrics; results.json + report.html)",
+    "(generate per caption; FAD, KLD, MCC, adherence, codec metrics; results.json + report.html)",
     "aot": "compile the train step for a TPU topology on this machine and report memory/FLOPs",
     "inspect": "write a raw-audio task's examples as WAVs plus a PNG sheet of spectrograms",
     "fit_mulan_rvq": "fit the MuLan-token RVQ on a trained MuLan's audio embeddings of a task",
     "fit_semantic_kmeans": "fit the semantic-token k-means on a trained w2v-BERT's layer embeddings of a task",
     "precompute": "tokenize a raw-audio task once with the frozen MuLan, w2v-BERT and SoundStream into a token cache",
-    "generate": "text -> music: a WAV (+ JSON sidecar, PNG spectrogram) per prompt from the trained models' directories",
+    "generate": "text -> music: a WAV (+ JSON sidecar, PNG spectrogram) per prompt from the trained models' "
+    "directories",
     "export": "--model_dir=D --output_dir=O [--dtype=bfloat16]: one model, params only; with runs/export.gin: "
-              "the five models + StableHLO samplers and codec decoder (cpu, tpu)",
-    "pipeline": "the whole recipe on the synthetic source (train the five models, tokenize, generate, evaluate); resumable",
+    "the five models + StableHLO samplers and codec decoder (cpu, tpu)",
+    "pipeline": "the whole recipe on the synthetic source (train the five models, tokenize, generate, evaluate); "
+    "resumable",
 }
 
 
@@ -36,7 +50,7 @@ def _split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     rest, bindings = [], []
     for arg in argv:
         if arg.startswith("--gin."):
-            key, eq, value = arg[len("--gin."):].partition("=")
+            key, eq, value = arg[len("--gin.") :].partition("=")
             if not eq:
                 raise SystemExit(_usage_error(f"{arg}: expected --gin.KEY=VALUE"))
             bindings.append(f"{key} = {value}")
@@ -90,17 +104,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--topology", default="v5e:4x4", help="aot: TPU topology, e.g. v5e:4x4, v4:2x2x2, v5p:2x2x2")
     p.add_argument("--task", help="inspect: seqio task name (else inspect_task.task from gin)")
     p.add_argument("--num_examples", type=int, default=8, help="inspect: how many examples")
-    p.add_argument("--output_dir", help="inspect: where the WAVs, spectrograms.png and summary.json go; "
-                                        "generate: where the WAVs go (else generate.output_dir from gin); export: the new export directory")
+    p.add_argument(
+        "--output_dir",
+        help="inspect: where the WAVs, spectrograms.png and summary.json go; "
+        "generate: where the WAVs go (else generate.output_dir from gin); export: the new export directory",
+    )
     p.add_argument("--prompt", action="append", default=[], help="generate: a text prompt (repeatable)")
     p.add_argument("--prompt_file", help="generate: a file of prompts, one per line")
-    p.add_argument("--story", action="append", default=[],
-                   help="generate: story mode, one piece whose text changes: 'SECONDS:TEXT' (repeatable, in order)")
+    p.add_argument(
+        "--story",
+        action="append",
+        default=[],
+        help="generate: story mode, one piece whose text changes: 'SECONDS:TEXT' (repeatable, in order)",
+    )
     p.add_argument("--continue_from", help="generate: an audio file to continue (needs W2V_BERT_DIR in gin)")
     p.add_argument("--split", default="train", help="inspect: train or validation")
     p.add_argument("--model_dir", help="pipeline: where every model, the music and pipeline_summary.json go")
-    p.add_argument("--size", choices=("tiny", "small"), default="small",
-                   help="pipeline: the packaged pipeline/<size>.gin when no --gin_file is given")
+    p.add_argument(
+        "--size",
+        choices=("tiny", "small"),
+        default="small",
+        help="pipeline: the packaged pipeline/<size>.gin when no --gin_file is given",
+    )
     p.add_argument("--dtype", help="export: cast floating parameters, e.g. bfloat16 (default: as trained)")
     p.add_argument("--verbose", action="store_true", help="show library logs")
     return p
@@ -133,7 +158,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _quiet_tensorflow_import()
 
     import gin
-
     from musiclm_jax import configurables, gin_utils
     from musiclm_jax.data.bad_input import NoUsableExamplesError
 
@@ -154,8 +178,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # tags errors raised while building a configured object with its name.
         msg = gin_utils.first_line(e)
         built = re.findall(r"In call to configurable '(\w+)'", str(e))
-        if ("gin.REQUIRED" in str(e) or "Required" in msg or "No configurable" in msg
-                or (built and built[0] not in ENTRY_FUNCTIONS)):
+        if (
+            "gin.REQUIRED" in str(e)
+            or "Required" in msg
+            or "No configurable" in msg
+            or (built and built[0] not in ENTRY_FUNCTIONS)
+        ):
             where = f" (building {built[0]})" if built and built[0] not in ENTRY_FUNCTIONS else ""
             return _usage_error(f"bad gin configuration{where}: {msg}")
         raise
@@ -164,6 +192,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _run_mode(args, configurables, gin_utils) -> int:
+    from musiclm_jax.data.bad_input import NoUsableExamplesError
     from musiclm_jax.training.trainer import NonFiniteError
 
     if args.mode == "train":
@@ -180,8 +209,10 @@ def _run_mode(args, configurables, gin_utils) -> int:
                 from musiclm_jax.evaluation.report import REPORT_FILE
 
                 results = configurables.evaluate_text_to_music()
-                print(f"text-to-music eval of {results['num_items']} captions: report in "
-                      f"{os.path.join(results['output_dir'], REPORT_FILE)}")
+                print(
+                    f"text-to-music eval of {results['num_items']} captions: report in "
+                    f"{os.path.join(results['output_dir'], REPORT_FILE)}"
+                )
             else:
                 configurables.evaluate(on_start=gin_utils.write_config)
         except CheckpointError as e:
@@ -203,11 +234,12 @@ def _run_mode(args, configurables, gin_utils) -> int:
     if args.mode == "inspect":
         kwargs = {"task": args.task} if args.task else {}
         try:
-            summary = configurables.inspect_task(num_examples=args.num_examples, output_dir=args.output_dir,
-                                                 split=args.split, **kwargs)
-        except NoUsableExamplesError:
-            raise
+            summary = configurables.inspect_task(
+                num_examples=args.num_examples, output_dir=args.output_dir, split=args.split, **kwargs
+            )
         except ValueError as e:  # unknown task or split, bad count: the user's input
+            if isinstance(e, NoUsableExamplesError):  # the data's problem: main reports it
+                raise
             return _usage_error(f"inspect: {gin_utils.first_line(e)}")
         print(summary.table())
         print(f"wrote {summary.count} WAVs, spectrograms.png and summary.json to {args.output_dir}")
@@ -215,22 +247,30 @@ def _run_mode(args, configurables, gin_utils) -> int:
     if args.mode == "fit_mulan_rvq":
         info = configurables.fit_mulan_rvq()
         cosines = info["reconstruction_cosine"]
-        print(f"fitted a {info['levels']} x {info['codebook_size']} RVQ on {info['num_examples']} clips; "
-              f"reconstruction cosine by levels: {cosines}")
+        print(
+            f"fitted a {info['levels']} x {info['codebook_size']} RVQ on {info['num_examples']} clips; "
+            f"reconstruction cosine by levels: {cosines}"
+        )
         return 0
     if args.mode == "fit_semantic_kmeans":
         info = configurables.fit_semantic_kmeans()
         held_out = info.get("held_out_mean_sq_distance", float("nan"))
-        print(f"fitted {info['num_clusters']} clusters on layer {info['layer']}; mean squared distance "
-              f"train {info['train_mean_sq_distance']:.4g}, held-out {held_out:.4g}")
+        print(
+            f"fitted {info['num_clusters']} clusters on layer {info['layer']}; mean squared distance "
+            f"train {info['train_mean_sq_distance']:.4g}, held-out {held_out:.4g}"
+        )
         return 0
     if args.mode == "precompute":
         summary = configurables.precompute_tokens()
         for split, s in summary["splits"].items():
-            print(f"{split}: {s['clips']} clips, {s['seconds']:.1f} s of audio, tokens {s['tokens']}, "
-                  f"skipped {s['skipped'] or 'none'}")
-        print(f"{summary['shards_run']} shards tokenized, {summary['shards_skipped']} already done; "
-              f"cache and summary.json in {summary['output_dir']}")
+            print(
+                f"{split}: {s['clips']} clips, {s['seconds']:.1f} s of audio, tokens {s['tokens']}, "
+                f"skipped {s['skipped'] or 'none'}"
+            )
+        print(
+            f"{summary['shards_run']} shards tokenized, {summary['shards_skipped']} already done; "
+            f"cache and summary.json in {summary['output_dir']}"
+        )
         return 0
     if args.mode == "export":
         kwargs = {"output_dir": args.output_dir} if args.output_dir else {}
@@ -240,8 +280,10 @@ def _run_mode(args, configurables, gin_utils) -> int:
             manifest = configurables.export_musiclm(**kwargs)
         except FileExistsError as e:
             return _usage_error(f"export: {e}")
-        print(f"exported the five models, {len(manifest['samplers'])} samplers and the codec decoder for "
-              f"{manifest['seconds']} s ({', '.join(manifest['platforms'])})")
+        print(
+            f"exported the five models, {len(manifest['samplers'])} samplers and the codec decoder for "
+            f"{manifest['seconds']} s ({', '.join(manifest['platforms'])})"
+        )
         return 0
     if args.mode == "generate":
         from musiclm_jax import generate as generate_lib
@@ -262,7 +304,8 @@ def _run_mode(args, configurables, gin_utils) -> int:
         return 0
     if args.mode == "pipeline":
         summary = configurables.run_pipeline(
-            model_dir=args.model_dir, on_start=lambda d: gin_utils.write_config(d, "pipeline_config.gin"))
+            model_dir=args.model_dir, on_start=lambda d: gin_utils.write_config(d, "pipeline_config.gin")
+        )
         print(f"pipeline done; summary in {os.path.join(summary['model_dir'], 'pipeline_summary.json')}")
         return 0
     raise AssertionError(args.mode)

@@ -10,6 +10,7 @@ device from `checkpoints/<step>/` (the latest unless `step` is given). An export
 (`musiclm export`, with export.json) is checked file by file (SHA-256) before anything is read,
 so a corrupt or modified export fails naming the file.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,8 +54,10 @@ def _codec_shapes(model: SoundStream):  # any length; the discriminators need a 
 
 KINDS: dict[str, Kind] = {
     "StageModel": Kind(lambda c: StageModel(StageConfig.from_dict(c)), _stage_shapes),
-    "MuLan": Kind(lambda c: MuLan(MuLanConfig.from_dict(c)),
-                  lambda m: {"audio": (1, m.config.window_samples), "text_tokens": (1, m.config.max_text_length)}),
+    "MuLan": Kind(
+        lambda c: MuLan(MuLanConfig.from_dict(c)),
+        lambda m: {"audio": (1, m.config.window_samples), "text_tokens": (1, m.config.max_text_length)},
+    ),
     "W2vBert": Kind(lambda c: W2vBert(W2vBertConfig.from_dict(c)), lambda m: {"audio": (1, m.config.sample_rate)}),
     "SoundStream": Kind(lambda c: SoundStream(SoundStreamConfig.from_dict(c)), _codec_shapes),
 }
@@ -90,8 +93,9 @@ def load(model_dir: str, step: Optional[int] = None, *, kind: Optional[str] = No
     if kind is not None and name != kind:
         raise ValueError(f"{os.path.join(model_dir, MODEL_FILE)} describes a {name!r} model, not {kind}")
     if name not in KINDS:
-        raise ValueError(f"{os.path.join(model_dir, MODEL_FILE)} names an unknown model {name!r} "
-                         f"(known: {', '.join(sorted(KINDS))})")
+        raise ValueError(
+            f"{os.path.join(model_dir, MODEL_FILE)} names an unknown model {name!r} (known: {', '.join(sorted(KINDS))})"
+        )
     model = KINDS[name].build(spec["config"])
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
@@ -140,6 +144,8 @@ def check_export(directory: str) -> Optional[dict]:
         if not os.path.exists(full):
             raise ExportError(f"export {directory}: {rel} is missing")
         if sha256(full) != digest:
-            raise ExportError(f"export {directory}: {rel} does not match its SHA-256 in {EXPORT_FILE} "
-                              "(corrupt or modified); export again")
+            raise ExportError(
+                f"export {directory}: {rel} does not match its SHA-256 in {EXPORT_FILE} "
+                "(corrupt or modified); export again"
+            )
     return manifest

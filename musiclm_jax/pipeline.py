@@ -26,6 +26,7 @@ gathers every step's time and metrics at the end.
 The library takes plain values; gin is only how each step reads its model configuration
 (the same files the CLI modes use), in a configuration of its own that is cleared after it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,10 +36,10 @@ import os
 import time
 from typing import Callable, Mapping, Optional, Sequence
 
-import gin
 import numpy as np
 import soundfile
 
+import gin
 from musiclm_jax import generate as generate_lib
 from musiclm_jax import gin_utils
 from musiclm_jax.evaluation import eval_sets, text_to_music
@@ -50,13 +51,36 @@ from musiclm_jax.tokenizers.mulan import MuLanEmbedder
 from musiclm_jax.training.summaries import format_duration, log
 
 SIZES = ("tiny", "small")
-STEPS = ("codec", "w2v_bert", "semantic_kmeans", "mulan", "mulan_rvq", "precompute", "semantic_stage",
-         "coarse_stage", "fine_stage", "generate", "evaluate")
+STEPS = (
+    "codec",
+    "w2v_bert",
+    "semantic_kmeans",
+    "mulan",
+    "mulan_rvq",
+    "precompute",
+    "semantic_stage",
+    "coarse_stage",
+    "fine_stage",
+    "generate",
+    "evaluate",
+)
 # Where each model lives under the pipeline's directory.
-DIRS = {"codec": "codec", "w2v_bert": "w2v_bert", "mulan": "mulan", "tokens": "tokens", "semantic_stage": "semantic_stage",
-        "coarse_stage": "coarse_stage", "fine_stage": "fine_stage", "generated": "generated", "eval": "eval"}
+DIRS = {
+    "codec": "codec",
+    "w2v_bert": "w2v_bert",
+    "mulan": "mulan",
+    "tokens": "tokens",
+    "semantic_stage": "semantic_stage",
+    "coarse_stage": "coarse_stage",
+    "fine_stage": "fine_stage",
+    "generated": "generated",
+    "eval": "eval",
+}
 # The synthetic attribute classifier behind the pipeline's KLD, per size.
-CLASSIFIER = {"tiny": dict(steps=60, num_examples=32, seconds=1.0), "small": dict(steps=300, num_examples=256, seconds=4.0)}
+CLASSIFIER = {
+    "tiny": dict(steps=60, num_examples=32, seconds=1.0),
+    "small": dict(steps=300, num_examples=256, seconds=4.0),
+}
 SUMMARY_FILE = "pipeline_summary.json"
 # Throughput scalars say nothing about the model; kept out of the summary.
 _NOISE = ("steps_per_sec", "examples_per_sec", "tokens_per_sec", "mfu", "learning_rate")
@@ -138,8 +162,11 @@ def _train(ctx: _Context, step: str) -> dict:
     if step.endswith("_stage"):
         macros["TOKEN_CACHE_DIR"] = ctx.dirs["tokens"]
     ctx.run(step, step, lambda c: c.train(on_start=gin_utils.write_config), **macros)
-    return {"model_dir": model_dir, "train": last_scalars(os.path.join(model_dir, "train")),
-            "eval": last_scalars(os.path.join(model_dir, "eval"))}
+    return {
+        "model_dir": model_dir,
+        "train": last_scalars(os.path.join(model_dir, "train")),
+        "eval": last_scalars(os.path.join(model_dir, "eval")),
+    }
 
 
 def _semantic_kmeans(ctx: _Context, step: str) -> dict:
@@ -149,16 +176,27 @@ def _semantic_kmeans(ctx: _Context, step: str) -> dict:
 
 def _mulan_rvq(ctx: _Context, step: str) -> dict:
     info = ctx.run(step, "mulan", lambda c: c.fit_mulan_rvq(), MODEL_DIR=ctx.dirs["mulan"])
-    return {k: v for k, v in info.items() if k in ("levels", "codebook_size", "num_examples", "reconstruction_cosine",
-                                                   "eval_reconstruction_cosine")}
+    return {
+        k: v
+        for k, v in info.items()
+        if k in ("levels", "codebook_size", "num_examples", "reconstruction_cosine", "eval_reconstruction_cosine")
+    }
 
 
 def _precompute(ctx: _Context, step: str) -> dict:
-    summary = ctx.run(step, "precompute", lambda c: c.precompute_tokens(), MULAN_DIR=ctx.dirs["mulan"],
-                      W2V_BERT_DIR=ctx.dirs["w2v_bert"], SOUNDSTREAM_DIR=ctx.dirs["codec"],
-                      TOKEN_CACHE_DIR=ctx.dirs["tokens"])
-    return {"cache_dir": ctx.dirs["tokens"],
-            "splits": {s: {k: v[k] for k in ("clips", "seconds", "tokens")} for s, v in summary["splits"].items()}}
+    summary = ctx.run(
+        step,
+        "precompute",
+        lambda c: c.precompute_tokens(),
+        MULAN_DIR=ctx.dirs["mulan"],
+        W2V_BERT_DIR=ctx.dirs["w2v_bert"],
+        SOUNDSTREAM_DIR=ctx.dirs["codec"],
+        TOKEN_CACHE_DIR=ctx.dirs["tokens"],
+    )
+    return {
+        "cache_dir": ctx.dirs["tokens"],
+        "splits": {s: {k: v[k] for k in ("clips", "seconds", "tokens")} for s, v in summary["splits"].items()},
+    }
 
 
 def _generate(ctx: _Context, step: str) -> dict:
@@ -167,19 +205,34 @@ def _generate(ctx: _Context, step: str) -> dict:
     texts = o["prompts"] or [p["caption"] for p in prompts]
     if o["prompts"]:  # the user's own prompts: nothing known about their attributes
         prompts = [{"caption": t, "labels": {}, "mentioned": []} for t in texts]
-    dirs = dict(mulan_dir=ctx.dirs["mulan"], semantic_stage_dir=ctx.dirs["semantic_stage"],
-                coarse_stage_dir=ctx.dirs["coarse_stage"], fine_stage_dir=ctx.dirs["fine_stage"],
-                soundstream_dir=ctx.dirs["codec"])
+    dirs = dict(
+        mulan_dir=ctx.dirs["mulan"],
+        semantic_stage_dir=ctx.dirs["semantic_stage"],
+        coarse_stage_dir=ctx.dirs["coarse_stage"],
+        fine_stage_dir=ctx.dirs["fine_stage"],
+        soundstream_dir=ctx.dirs["codec"],
+    )
     model = generate_lib.load_musiclm(**dirs)  # each stage slides its training crop
     windows = model.windows
-    sidecars = generate_lib.generate(output_dir=ctx.dirs["generated"], seconds=o["seconds"], prompts=texts,
-                                     **dirs, max_seconds=max(o["seconds"], 30.0), seed=o["seed"],
-                                     num_candidates=o["num_candidates"], settings=o["settings"], model=model)
+    sidecars = generate_lib.generate(
+        output_dir=ctx.dirs["generated"],
+        seconds=o["seconds"],
+        prompts=texts,
+        **dirs,
+        max_seconds=max(o["seconds"], 30.0),
+        seed=o["seed"],
+        num_candidates=o["num_candidates"],
+        settings=o["settings"],
+        model=model,
+    )
     for p, s in zip(prompts, sidecars):
         p["wav"], p["png"], p["mulan_score"] = s["file"], s["file"][:-4] + ".png", s["mulan_score"]
-    return {"output_dir": ctx.dirs["generated"], "prompts": prompts,
-            "windows": {k: vars(w) for k, w in windows.items()},
-            "generation_seconds": sidecars[0]["generation_seconds_all_prompts"]}
+    return {
+        "output_dir": ctx.dirs["generated"],
+        "prompts": prompts,
+        "windows": {k: vars(w) for k, w in windows.items()},
+        "generation_seconds": sidecars[0]["generation_seconds_all_prompts"],
+    }
 
 
 def _evaluate(ctx: _Context, step: str, done: dict) -> dict:
@@ -196,13 +249,22 @@ def _evaluate(ctx: _Context, step: str, done: dict) -> dict:
         return {"prompts": prompts}
     items = [eval_sets.synthetic_item(p, ctx.options["seconds"], rate) for p in prompts]
     mulan = MuLanEmbedder.from_model_dir(ctx.dirs["mulan"])
-    classifier = text_to_music.SyntheticAttributeClassifier(os.path.join(ctx.model_dir, "attribute_classifier"),
-                                                            **CLASSIFIER[ctx.size])
+    classifier = text_to_music.SyntheticAttributeClassifier(
+        os.path.join(ctx.model_dir, "attribute_classifier"), **CLASSIFIER[ctx.size]
+    )
     results = text_to_music.generate_and_score(
-        os.path.join(ctx.model_dir, DIRS["eval"]), items, generated=np.stack([a for a, _ in clips]),
-        generated_sample_rate=rate, mulan=mulan, codec=AcousticTokenizer.from_model_dir(ctx.dirs["codec"]),
-        embedders={"mulan": MuLanAudioEmbedder(mulan)}, classifier=classifier, seed=ctx.options["seed"],
-        num_report_samples=len(items), title=f"musiclm pipeline ({ctx.size}): music for held-out captions")
+        os.path.join(ctx.model_dir, DIRS["eval"]),
+        items,
+        generated=np.stack([a for a, _ in clips]),
+        generated_sample_rate=rate,
+        mulan=mulan,
+        codec=AcousticTokenizer.from_model_dir(ctx.dirs["codec"]),
+        embedders={"mulan": MuLanAudioEmbedder(mulan)},
+        classifier=classifier,
+        seed=ctx.options["seed"],
+        num_report_samples=len(items),
+        title=f"musiclm pipeline ({ctx.size}): music for held-out captions",
+    )
     for p, row in zip(prompts, results["items"]):
         p["detected"] = row["detected"]
     return {**results, "prompts": prompts}
@@ -214,9 +276,16 @@ def _read_wav(path: str) -> tuple[np.ndarray, int]:
 
 
 _STEP_FNS: dict[str, Callable] = {
-    "codec": _train, "w2v_bert": _train, "semantic_kmeans": _semantic_kmeans, "mulan": _train,
-    "mulan_rvq": _mulan_rvq, "precompute": _precompute, "semantic_stage": _train, "coarse_stage": _train,
-    "fine_stage": _train, "generate": _generate,
+    "codec": _train,
+    "w2v_bert": _train,
+    "semantic_kmeans": _semantic_kmeans,
+    "mulan": _train,
+    "mulan_rvq": _mulan_rvq,
+    "precompute": _precompute,
+    "semantic_stage": _train,
+    "coarse_stage": _train,
+    "fine_stage": _train,
+    "generate": _generate,
 }
 
 
@@ -235,10 +304,20 @@ def read_marker(model_dir: str, step: str) -> Optional[dict]:
         return json.load(f)
 
 
-def run_pipeline(*, model_dir: str, size: str = "small", seconds: float = 4.0, num_prompts: int = 6,
-                 prompts: Sequence[str] = (), seed: int = 0, num_candidates: int = 1,
-                 settings: Optional[Mapping] = None, step_bindings: Optional[Mapping[str, Sequence[str]]] = None,
-                 train_captions_checked: int = 2000, on_start: Optional[Callable[[str], None]] = None) -> dict:
+def run_pipeline(
+    *,
+    model_dir: str,
+    size: str = "small",
+    seconds: float = 4.0,
+    num_prompts: int = 6,
+    prompts: Sequence[str] = (),
+    seed: int = 0,
+    num_candidates: int = 1,
+    settings: Optional[Mapping] = None,
+    step_bindings: Optional[Mapping[str, Sequence[str]]] = None,
+    train_captions_checked: int = 2000,
+    on_start: Optional[Callable[[str], None]] = None,
+) -> dict:
     """Runs (or resumes) every step into `model_dir` and returns the summary written to
     model_dir/pipeline_summary.json.
 
@@ -278,9 +357,15 @@ def run_pipeline(*, model_dir: str, size: str = "small", seconds: float = 4.0, n
     os.makedirs(os.path.join(model_dir, "steps"), exist_ok=True)
     if on_start:
         on_start(model_dir)
-    options = dict(seconds=float(seconds), num_prompts=int(num_prompts), prompts=list(prompts), seed=int(seed),
-                   num_candidates=int(num_candidates), settings=dict(settings or {}),
-                   train_captions_checked=int(train_captions_checked))
+    options = dict(
+        seconds=float(seconds),
+        num_prompts=int(num_prompts),
+        prompts=list(prompts),
+        seed=int(seed),
+        num_candidates=int(num_candidates),
+        settings=dict(settings or {}),
+        train_captions_checked=int(train_captions_checked),
+    )
     ctx = _Context(model_dir, size, step_bindings or {}, options)
     t_start = time.perf_counter()
     done: dict[str, dict] = {}
@@ -289,17 +374,33 @@ def run_pipeline(*, model_dir: str, size: str = "small", seconds: float = 4.0, n
         marker = read_marker(model_dir, step)
         if marker is not None:
             done[step] = marker
-            log("pipeline step %d/%d %s: already done (%s), skipped", i, len(STEPS), step,
-                format_duration(marker["wall_s"]))
+            log(
+                "pipeline step %d/%d %s: already done (%s), skipped",
+                i,
+                len(STEPS),
+                step,
+                format_duration(marker["wall_s"]),
+            )
             continue
-        log("pipeline step %d/%d %s: starting (pipeline time so far %s)", i, len(STEPS), step,
-            format_duration(time.perf_counter() - t_start))
+        log(
+            "pipeline step %d/%d %s: starting (pipeline time so far %s)",
+            i,
+            len(STEPS),
+            step,
+            format_duration(time.perf_counter() - t_start),
+        )
         t0 = time.perf_counter()
         metrics = _evaluate(ctx, step, done) if step == "evaluate" else _STEP_FNS[step](ctx, step)
         done[step] = {"step": step, "wall_s": time.perf_counter() - t0, "metrics": metrics}
         write_json(marker_path(model_dir, step), done[step])
-        log("pipeline step %d/%d %s: done in %s (pipeline time so far %s)", i, len(STEPS), step,
-            format_duration(done[step]["wall_s"]), format_duration(time.perf_counter() - t_start))
+        log(
+            "pipeline step %d/%d %s: done in %s (pipeline time so far %s)",
+            i,
+            len(STEPS),
+            step,
+            format_duration(done[step]["wall_s"]),
+            format_duration(time.perf_counter() - t_start),
+        )
     summary = _summary(model_dir, size, done)
     write_json(os.path.join(model_dir, SUMMARY_FILE), summary)
     _log_summary(summary)
@@ -315,21 +416,30 @@ def _summary(model_dir: str, size: str, done: Mapping[str, dict]) -> dict:
     prompts = m["evaluate"]["prompts"]
     codec_eval = m["codec"]["eval"]
     return {
-        "model_dir": model_dir, "size": size,
+        "model_dir": model_dir,
+        "size": size,
         "wall_s": {k: round(v["wall_s"], 1) for k, v in done.items()},
         "total_wall_s": round(sum(v["wall_s"] for v in done.values()), 1),
         "metrics": {
-            "codec": {**{k: v for k, v in codec_eval.items() if "mel" in k or "sdr" in k},
-                      **_pick(m["codec"]["train"], "loss", "mel_loss", "reconstruction_loss")},
-            "w2v_bert": {**_pick(m["w2v_bert"]["eval"], "mlm_accuracy", "contrastive_accuracy", "perplexity"),
-                         **_pick(m["w2v_bert"]["train"], "loss", "mlm_accuracy")},
+            "codec": {
+                **{k: v for k, v in codec_eval.items() if "mel" in k or "sdr" in k},
+                **_pick(m["codec"]["train"], "loss", "mel_loss", "reconstruction_loss"),
+            },
+            "w2v_bert": {
+                **_pick(m["w2v_bert"]["eval"], "mlm_accuracy", "contrastive_accuracy", "perplexity"),
+                **_pick(m["w2v_bert"]["train"], "loss", "mlm_accuracy"),
+            },
             "semantic_kmeans": m["semantic_kmeans"],
-            "mulan": {**{k: v for k, v in m["mulan"]["eval"].items() if "recall" in k or k in ("loss", "mcc")},
-                      **_pick(m["mulan"]["train"], "loss")},
+            "mulan": {
+                **{k: v for k, v in m["mulan"]["eval"].items() if "recall" in k or k in ("loss", "mcc")},
+                **_pick(m["mulan"]["train"], "loss"),
+            },
             "mulan_rvq": m["mulan_rvq"],
             "precompute": m["precompute"]["splits"],
-            **{s: {"train": _pick(m[s]["train"], "loss", "accuracy"), "eval": _pick(m[s]["eval"], "loss", "accuracy")}
-               for s in ("semantic_stage", "coarse_stage", "fine_stage")},
+            **{
+                s: {"train": _pick(m[s]["train"], "loss", "accuracy"), "eval": _pick(m[s]["eval"], "loss", "accuracy")}
+                for s in ("semantic_stage", "coarse_stage", "fine_stage")
+            },
             "adherence": m["evaluate"].get("adherence", {}),
             # the detectors on the held-out pieces the prompts describe, and on their codec reconstructions
             "adherence_reference": m["evaluate"].get("adherence_reference", {}),
@@ -339,10 +449,12 @@ def _summary(model_dir: str, size: str, done: Mapping[str, dict]) -> dict:
         },
         "wavs": [p["wav"] for p in prompts],
         "pngs": [p["png"] for p in prompts],
-        "report": m["evaluate"].get("output_dir") and os.path.join(m["evaluate"]["output_dir"],
-                                                                   text_to_music.REPORT_FILE),
-        "prompts": [{"caption": p["caption"], "labels": p["labels"], "detected": p.get("detected"),
-                     "wav": p["wav"]} for p in prompts],
+        "report": m["evaluate"].get("output_dir")
+        and os.path.join(m["evaluate"]["output_dir"], text_to_music.REPORT_FILE),
+        "prompts": [
+            {"caption": p["caption"], "labels": p["labels"], "detected": p.get("detected"), "wav": p["wav"]}
+            for p in prompts
+        ],
     }
 
 
@@ -353,15 +465,33 @@ def _log_summary(summary: dict) -> None:
     reference = summary["metrics"]["adherence_reference"]
     ceiling = summary["metrics"]["adherence_codec_ceiling"]
     for attr, a in summary["metrics"]["adherence"].items():
-        refs = (f"; the pieces themselves {reference[attr]['accuracy']:.2f}, their codec reconstructions "
-                f"{ceiling[attr]['accuracy']:.2f}") if attr in reference and attr in ceiling else ""
-        log("  adherence %-12s %.2f over %d prompts (chance %.2f, shuffled %.2f)%s", attr, a["accuracy"], a["n"],
-            a["chance"], a["shuffled_chance"], refs)
+        refs = (
+            (
+                f"; the pieces themselves {reference[attr]['accuracy']:.2f}, their codec reconstructions "
+                f"{ceiling[attr]['accuracy']:.2f}"
+            )
+            if attr in reference and attr in ceiling
+            else ""
+        )
+        log(
+            "  adherence %-12s %.2f over %d prompts (chance %.2f, shuffled %.2f)%s",
+            attr,
+            a["accuracy"],
+            a["n"],
+            a["chance"],
+            a["shuffled_chance"],
+            refs,
+        )
     t2m = summary["metrics"]["text_to_music"]
     if t2m:
-        log("  text-to-music eval: %s", ", ".join(f"{k} {v:.3g}" for k, v in t2m.items()
-                                                   if not k.startswith("adherence")))
+        log(
+            "  text-to-music eval: %s",
+            ", ".join(f"{k} {v:.3g}" for k, v in t2m.items() if not k.startswith("adherence")),
+        )
         log("  eval report (open in a browser): %s", summary["report"])
     out = os.path.dirname(summary["wavs"][0]) if summary["wavs"] else ""
-    log("generated music (WAV + PNG spectrogram + JSON per prompt) in %s; summary in %s", out,
-        os.path.join(summary["model_dir"], SUMMARY_FILE))
+    log(
+        "generated music (WAV + PNG spectrogram + JSON per prompt) in %s; summary in %s",
+        out,
+        os.path.join(summary["model_dir"], SUMMARY_FILE),
+    )

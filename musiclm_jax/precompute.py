@@ -32,6 +32,7 @@ and a clip the tokenizers reject (empty, non-finite) is counted as `tokenizer_re
 summary.json (clips, seconds of audio, tokens per stream, skipped inputs) is written next to
 the cache and logged. A split without one usable clip raises NoUsableExamplesError.
 """
+
 from __future__ import annotations
 
 import collections
@@ -45,9 +46,9 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from musiclm_jax.audio.io import resample
 from musiclm_jax.data import token_cache_tasks as layout
 from musiclm_jax.data.bad_input import BadInputReport, NoUsableExamplesError
-from musiclm_jax.audio.io import resample
 from musiclm_jax.tokenizers.acoustic import AcousticTokenizer
 from musiclm_jax.tokenizers.mulan import MuLanTokenizer
 from musiclm_jax.tokenizers.semantic import SemanticTokenizer
@@ -59,9 +60,11 @@ LOG_EVERY_S = 30.0
 MULAN_CHUNK = 16  # clips per MuLan call: its windows run in fixed-size batches
 # What each model dir must hold (the tokenizers' own loaders say the same, but inside a Beam
 # worker; checked up front so a typo fails in a second with the path in the message).
-_REQUIRED_FILES = {"mulan_dir": ("model.json", "mulan_rvq/codebooks.npz"),
-                   "w2v_bert_dir": ("model.json", "kmeans/kmeans.npz"),
-                   "soundstream_dir": ("model.json",)}
+_REQUIRED_FILES = {
+    "mulan_dir": ("model.json", "mulan_rvq/codebooks.npz"),
+    "w2v_bert_dir": ("model.json", "kmeans/kmeans.npz"),
+    "soundstream_dir": ("model.json",),
+}
 
 
 # ---- tokenising one shard (runs on the workers) ----------------------------------------------
@@ -78,19 +81,27 @@ class _Tokenizers:
     def meta(self) -> dict:
         """What a reader of the cache needs: token rates, levels, codebook sizes, model rates."""
         s, a = self.semantic, self.acoustic
-        return {"rates": {"semantic": s.sample_rate / s.samples_per_frame, "acoustic": a.sample_rate / a.hop_length},
-                "levels": {"mulan": self.mulan.num_levels, "acoustic": a.num_levels},
-                "codebook_sizes": {"mulan": int(self.mulan.codebooks["embed"].shape[1]),
-                                   "semantic": s.codebook_size, "acoustic": a.model.config.codebook_size},
-                "sample_rates": {"mulan": self.mulan.sample_rate, "semantic": s.sample_rate,
-                                 "acoustic": a.sample_rate},
-                "mulan_windows": {"window_seconds": self.mulan.model.config.window_seconds,
-                                  "hop_seconds": self.mulan.model.config.hop_seconds}}
+        return {
+            "rates": {"semantic": s.sample_rate / s.samples_per_frame, "acoustic": a.sample_rate / a.hop_length},
+            "levels": {"mulan": self.mulan.num_levels, "acoustic": a.num_levels},
+            "codebook_sizes": {
+                "mulan": int(self.mulan.codebooks["embed"].shape[1]),
+                "semantic": s.codebook_size,
+                "acoustic": a.model.config.codebook_size,
+            },
+            "sample_rates": {"mulan": self.mulan.sample_rate, "semantic": s.sample_rate, "acoustic": a.sample_rate},
+            "mulan_windows": {
+                "window_seconds": self.mulan.model.config.window_seconds,
+                "hop_seconds": self.mulan.model.config.hop_seconds,
+            },
+        }
 
     def tokenize(self, clips: Sequence[np.ndarray], sample_rate: int) -> list[Optional[dict]]:
         """Tokens of each clip, or None where a tokenizer rejects it (ValueError)."""
-        at = {sr: [resample(c, sample_rate, sr) for c in clips] for sr in
-              {self.mulan.sample_rate, self.semantic.sample_rate, self.acoustic.sample_rate}}
+        at = {
+            sr: [resample(c, sample_rate, sr) for c in clips]
+            for sr in {self.mulan.sample_rate, self.semantic.sample_rate, self.acoustic.sample_rate}
+        }
         try:
             clip_tokens, window_tokens = self.mulan.audio_tokens_with_windows(at[self.mulan.sample_rate])
             mulan = list(zip(clip_tokens, window_tokens))
@@ -101,10 +112,16 @@ class _Tokenizers:
         for i, m in enumerate(mulan):
             sem = None if m is None else self._or_none(self.semantic.tokenize, [at[self.semantic.sample_rate][i]])
             ac = None if sem is None else self._or_none(self.acoustic.encode, at[self.acoustic.sample_rate][i][None])
-            out.append(None if ac is None else {"mulan_tokens": np.asarray(m[0], np.int32),
-                                                "mulan_window_tokens": np.asarray(m[1], np.int32),
-                                                "semantic_tokens": np.asarray(sem[0], np.int32),
-                                                "acoustic_tokens": np.asarray(ac[0], np.int32)})
+            out.append(
+                None
+                if ac is None
+                else {
+                    "mulan_tokens": np.asarray(m[0], np.int32),
+                    "mulan_window_tokens": np.asarray(m[1], np.int32),
+                    "semantic_tokens": np.asarray(sem[0], np.int32),
+                    "acoustic_tokens": np.asarray(ac[0], np.int32),
+                }
+            )
         return out
 
     @staticmethod
@@ -127,8 +144,9 @@ def _merge_skipped(counts: collections.Counter, report: Optional[BadInputReport]
         counts.update(report.skipped())
 
 
-def _shard_clips(task: str, source, split: str, shard: int, num_shards: int,
-                 bad: collections.Counter) -> Iterator[tuple[str, str, np.ndarray, int]]:
+def _shard_clips(
+    task: str, source, split: str, shard: int, num_shards: int, bad: collections.Counter
+) -> Iterator[tuple[str, str, np.ndarray, int]]:
     """(id, caption, audio, sample_rate) of the clips of input shard `shard`, whole.
 
     File-backed sources (data/sources.py) are sharded by listing entry, so each worker decodes
@@ -156,15 +174,17 @@ def _shard_clips(task: str, source, split: str, shard: int, num_shards: int,
             _merge_skipped(bad, getattr(source, "reports", {}).get(split, getattr(source, "report", None)))
     else:  # e.g. a TFDS audio task: seqio shards its examples
         ds = seqio.get_mixture_or_task(task).get_dataset(
-            sequence_length=None, split=split, shuffle=False, shard_info=seqio.ShardInfo(shard, num_shards))
+            sequence_length=None, split=split, shuffle=False, shard_info=seqio.ShardInfo(shard, num_shards)
+        )
         for ex in ds.as_numpy_iterator():
             audio = ex["audio"][: int(ex["audio_length"])] if "audio_length" in ex else ex["audio"]
             yield ex["id"].decode(), ex["caption"].decode(), audio, int(ex["sample_rate"])
 
 
 def _to_example(clip_id: str, caption: str, tokens: dict) -> bytes:
-    feature = {k: tf.train.Feature(int64_list=tf.train.Int64List(value=v.reshape(-1).tolist()))
-               for k, v in tokens.items()}
+    feature = {
+        k: tf.train.Feature(int64_list=tf.train.Int64List(value=v.reshape(-1).tolist())) for k, v in tokens.items()
+    }
     for k, text in (("caption", caption), ("id", clip_id)):
         feature[k] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[text.encode("utf-8")]))
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
@@ -179,18 +199,28 @@ def _valid_clip(audio: np.ndarray) -> Optional[str]:
     return None
 
 
-def tokenize_shard(*, task: str, source, split: str, shard: int, num_shards: int, output_dir: str,
-                   tokenizers: "_Tokenizers") -> dict:
+def tokenize_shard(
+    *, task: str, source, split: str, shard: int, num_shards: int, output_dir: str, tokenizers: "_Tokenizers"
+) -> dict:
     """Writes input shard `shard` of `split` to its TFRecord and its counts to shards/; returns the counts."""
-    stats = {"split": split, "shard": shard, "clips": 0, "seconds": 0.0, "tokens": collections.Counter(),
-             "max_tokens": collections.Counter(), "skipped": collections.Counter(), **tokenizers.meta()}
+    stats = {
+        "split": split,
+        "shard": shard,
+        "clips": 0,
+        "seconds": 0.0,
+        "tokens": collections.Counter(),
+        "max_tokens": collections.Counter(),
+        "skipped": collections.Counter(),
+        **tokenizers.meta(),
+    }
     path = layout.shard_path(output_dir, split, shard, num_shards)
     tmp = path + ".incomplete"
     t0 = last_log = time.perf_counter()
 
     def flush(chunk, writer):
-        for (clip_id, caption, audio, sr), tokens in zip(chunk, tokenizers.tokenize([c[2] for c in chunk],
-                                                                                       chunk[0][3])):
+        for (clip_id, caption, audio, sr), tokens in zip(
+            chunk, tokenizers.tokenize([c[2] for c in chunk], chunk[0][3])
+        ):
             if tokens is None:
                 stats["skipped"][TOKENIZER_REJECTED] += 1
                 continue
@@ -219,15 +249,28 @@ def tokenize_shard(*, task: str, source, split: str, shard: int, num_shards: int
                 chunk = []
             if time.perf_counter() - last_log > LOG_EVERY_S:
                 last_log = time.perf_counter()
-                logger.info("precompute %s shard %d/%d: %d clips (%.1f clips/s)", split, shard + 1, num_shards,
-                            stats["clips"], stats["clips"] / (last_log - t0))
+                logger.info(
+                    "precompute %s shard %d/%d: %d clips (%.1f clips/s)",
+                    split,
+                    shard + 1,
+                    num_shards,
+                    stats["clips"],
+                    stats["clips"] / (last_log - t0),
+                )
         if chunk:
             flush(chunk, writer)
     stats = {k: dict(v) if isinstance(v, collections.Counter) else v for k, v in stats.items()}
     layout.write_json(layout.shard_stats_path(output_dir, split, shard, num_shards), stats)
     tf.io.gfile.rename(tmp, path, overwrite=True)  # last: the TFRecord's presence means "done"
-    logger.info("precompute %s shard %d/%d done: %d clips, %.0f s of audio, skipped %s", split, shard + 1,
-                num_shards, stats["clips"], stats["seconds"], stats["skipped"] or "none")
+    logger.info(
+        "precompute %s shard %d/%d done: %d clips, %.0f s of audio, skipped %s",
+        split,
+        shard + 1,
+        num_shards,
+        stats["clips"],
+        stats["seconds"],
+        stats["skipped"] or "none",
+    )
     return stats
 
 
@@ -247,8 +290,15 @@ class _TokenizeShards:
 
             def process(self, item):
                 split, shard, num_shards = item
-                yield tokenize_shard(task=self.task, source=self.source, split=split, shard=shard,
-                                     num_shards=num_shards, output_dir=self.output_dir, tokenizers=self.tokenizers)
+                yield tokenize_shard(
+                    task=self.task,
+                    source=self.source,
+                    split=split,
+                    shard=shard,
+                    num_shards=num_shards,
+                    output_dir=self.output_dir,
+                    tokenizers=self.tokenizers,
+                )
 
         return TokenizeShardFn(**kwargs)
 
@@ -274,24 +324,30 @@ def _check_or_write_meta(output_dir: str, fingerprint: dict) -> dict:
         else:
             clash = meta[key] if key in meta and meta[key] != value else None
         if clash:
-            raise ValueError(f"{path}: the cache was made with {key}={meta[key]!r}, this run has {value!r}; "
-                             "use another output_dir or delete this one")
+            raise ValueError(
+                f"{path}: the cache was made with {key}={meta[key]!r}, this run has {value!r}; "
+                "use another output_dir or delete this one"
+            )
     meta = {**meta, **fingerprint, "num_shards": {**meta.get("num_shards", {}), **fingerprint["num_shards"]}}
     layout.write_json(path, meta)
     return meta
 
 
 def _split_done(output_dir: str, split: str) -> bool:
-    return (tf.io.gfile.exists(seqio.utils.get_cached_info_path(output_dir, split))
-            and tf.io.gfile.exists(seqio.utils.get_cached_stats_path(output_dir, split)))
+    return tf.io.gfile.exists(seqio.utils.get_cached_info_path(output_dir, split)) and tf.io.gfile.exists(
+        seqio.utils.get_cached_stats_path(output_dir, split)
+    )
 
 
 def _finish_split(output_dir: str, split: str, num_shards: int) -> dict:
     """seqio's info/stats files from the shards' counts; returns the split's summary."""
     shards = [layout.read_json(layout.shard_stats_path(output_dir, split, i, num_shards)) for i in range(num_shards)]
-    total = {"clips": sum(s["clips"] for s in shards), "seconds": sum(s["seconds"] for s in shards),
-             "tokens": dict(sum((collections.Counter(s["tokens"]) for s in shards), collections.Counter())),
-             "skipped": dict(sum((collections.Counter(s["skipped"]) for s in shards), collections.Counter()))}
+    total = {
+        "clips": sum(s["clips"] for s in shards),
+        "seconds": sum(s["seconds"] for s in shards),
+        "tokens": dict(sum((collections.Counter(s["tokens"]) for s in shards), collections.Counter())),
+        "skipped": dict(sum((collections.Counter(s["skipped"]) for s in shards), collections.Counter())),
+    }
     for key in layout.META_KEYS:
         if any(s[key] != shards[0][key] for s in shards):
             raise ValueError(f"{output_dir}: shards of {split!r} disagree on {key}: the models changed between runs")
@@ -304,8 +360,10 @@ def _finish_split(output_dir: str, split: str, num_shards: int) -> dict:
         stats[f"{k}_tokens"] = total["tokens"].get(k, 0)
         stats[f"{k}_max_tokens"] = max(s["max_tokens"].get(k, 0) for s in shards)
     layout.write_json(seqio.utils.get_cached_stats_path(output_dir, split), stats)
-    layout.write_json(seqio.utils.get_cached_info_path(output_dir, split),
-                      layout.info_dict(num_shards, total["levels"]["acoustic"], total["levels"]["mulan"]))
+    layout.write_json(
+        seqio.utils.get_cached_info_path(output_dir, split),
+        layout.info_dict(num_shards, total["levels"]["acoustic"], total["levels"]["mulan"]),
+    )
     return total
 
 
@@ -319,9 +377,17 @@ def _run_beam(work: list, fn, beam_args: Sequence[str]) -> None:
         _ = p | "shards" >> beam.Create(work) | beam.Reshuffle() | "tokenize" >> beam.ParDo(fn)
 
 
-def precompute_tokens(*, task: str, splits: Sequence[str] = ("train", "validation"), output_dir: str,
-                      mulan_dir: str, w2v_bert_dir: str, soundstream_dir: str, num_shards: int = 8,
-                      beam_args: Sequence[str] = ()) -> dict:
+def precompute_tokens(
+    *,
+    task: str,
+    splits: Sequence[str] = ("train", "validation"),
+    output_dir: str,
+    mulan_dir: str,
+    w2v_bert_dir: str,
+    soundstream_dir: str,
+    num_shards: int = 8,
+    beam_args: Sequence[str] = (),
+) -> dict:
     """Tokenises the clips of `task` (a raw-audio seqio task) into the cache at `output_dir`
     and returns the summary (also written to output_dir/summary.json).
 
@@ -355,39 +421,69 @@ def precompute_tokens(*, task: str, splits: Sequence[str] = ("train", "validatio
     known = seqio.get_mixture_or_task(task).splits
     if not splits or any(s not in known for s in splits):
         raise ValueError(f"precompute: splits {list(splits)} must be some of task {task!r}'s {list(known)}")
-    model_dirs = {"mulan_dir": os.path.abspath(mulan_dir), "w2v_bert_dir": os.path.abspath(w2v_bert_dir),
-                  "soundstream_dir": os.path.abspath(soundstream_dir)}
+    model_dirs = {
+        "mulan_dir": os.path.abspath(mulan_dir),
+        "w2v_bert_dir": os.path.abspath(w2v_bert_dir),
+        "soundstream_dir": os.path.abspath(soundstream_dir),
+    }
     _check_model_dirs(model_dirs)
     tf.io.gfile.makedirs(os.path.join(output_dir, layout.SHARD_STATS_DIR))
     todo = [s for s in splits if not _split_done(output_dir, s)]
-    meta = _check_or_write_meta(output_dir, {"task": task, "model_dirs": model_dirs,
-                                             "num_shards": {s: num_shards for s in todo}})
-    work = [(s, i, num_shards) for s in todo for i in range(num_shards)
-            if not tf.io.gfile.exists(layout.shard_path(output_dir, s, i, num_shards))]
+    meta = _check_or_write_meta(
+        output_dir, {"task": task, "model_dirs": model_dirs, "num_shards": {s: num_shards for s in todo}}
+    )
+    work = [
+        (s, i, num_shards)
+        for s in todo
+        for i in range(num_shards)
+        if not tf.io.gfile.exists(layout.shard_path(output_dir, s, i, num_shards))
+    ]
     t0 = time.perf_counter()
-    logger.info("precompute %s -> %s: splits %s; %d of %d shards to do (%s already finished)", task, output_dir,
-                list(splits), len(work), len(todo) * num_shards, [s for s in splits if s not in todo] or "none")
+    logger.info(
+        "precompute %s -> %s: splits %s; %d of %d shards to do (%s already finished)",
+        task,
+        output_dir,
+        list(splits),
+        len(work),
+        len(todo) * num_shards,
+        [s for s in splits if s not in todo] or "none",
+    )
     if work:
         try:
             source = audio_tasks.source_of(task)
         except KeyError:
             source = None  # not an audio_tasks task: workers read it through seqio
-        _run_beam(work, _TokenizeShards.make(task=task, source=source, output_dir=output_dir,
-                                             model_dirs=model_dirs), beam_args)
-    summary = {"task": task, "output_dir": output_dir, "splits": {},
-               "shards_run": len(work), "shards_skipped": len(splits) * num_shards - len(work),
-               "splits_skipped": [s for s in splits if s not in todo], "wall_s": time.perf_counter() - t0}
+        _run_beam(
+            work,
+            _TokenizeShards.make(task=task, source=source, output_dir=output_dir, model_dirs=model_dirs),
+            beam_args,
+        )
+    summary = {
+        "task": task,
+        "output_dir": output_dir,
+        "splits": {},
+        "shards_run": len(work),
+        "shards_skipped": len(splits) * num_shards - len(work),
+        "splits_skipped": [s for s in splits if s not in todo],
+        "wall_s": time.perf_counter() - t0,
+    }
     for split in splits:
         n = meta["num_shards"][split]
         summary["splits"][split] = _finish_split(output_dir, split, n)
     first = summary["splits"][splits[0]]
-    meta.update({k: first[k] for k in layout.META_KEYS},
-                splits=sorted(set(meta.get("splits", [])) | set(splits)))
+    meta.update({k: first[k] for k in layout.META_KEYS}, splits=sorted(set(meta.get("splits", [])) | set(splits)))
     layout.write_json(os.path.join(output_dir, layout.META_FILE), meta)
     with tf.io.gfile.GFile(os.path.join(output_dir, "COMPLETED"), "w") as f:
         f.write("")
     layout.write_json(os.path.join(output_dir, layout.SUMMARY_FILE), summary)
     for split, s in summary["splits"].items():
-        logger.info("precompute %s/%s: %d clips, %.1f s of audio, tokens %s, skipped %s", task, split, s["clips"],
-                    s["seconds"], s["tokens"], s["skipped"] or "none")
+        logger.info(
+            "precompute %s/%s: %d clips, %.1f s of audio, tokens %s, skipped %s",
+            task,
+            split,
+            s["clips"],
+            s["seconds"],
+            s["tokens"],
+            s["skipped"] or "none",
+        )
     return summary

@@ -1,4 +1,5 @@
 """What every entry function does first: multi-host init, the partitioner, the model dir."""
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 Restore order (t5x's): the latest checkpoint in model_dir (state and data position), else
 parameters from `restore_params_from` (fine-tuning), else a fresh sharded init.
 """
+
 from __future__ import annotations
 
 import functools
@@ -16,11 +17,19 @@ import numpy as np
 
 from musiclm_jax.data.input_pipeline import BatchIterator, DatasetConfig
 from musiclm_jax.models.base import BaseModel
-from musiclm_jax.training import checkpoints, mfu, summaries
-from musiclm_jax.training.actions import (ActionMode, BaseAction, EvalMedia, EvalWarnings, PeriodicEval, StepContext,
-                                          TerminateOnNaN, run_actions)
-from musiclm_jax.training.optimizers import OptimizerConfig
 from musiclm_jax.run_setup import global_shapes, start_run
+from musiclm_jax.training import checkpoints, mfu, summaries
+from musiclm_jax.training.actions import (
+    ActionMode,
+    BaseAction,
+    EvalMedia,
+    EvalWarnings,
+    PeriodicEval,
+    StepContext,
+    TerminateOnNaN,
+    run_actions,
+)
+from musiclm_jax.training.optimizers import OptimizerConfig
 from musiclm_jax.training.partitioning import Partitioner
 from musiclm_jax.training.train_state import TrainState
 from musiclm_jax.training.trainer import Trainer
@@ -60,18 +69,24 @@ def train(
     model_dir, partitioner = start_run(model_dir, partitioner, on_start)
 
     ckpt = checkpoints.Checkpointer(
-        os.path.join(model_dir, "checkpoints"), save_every=checkpoint_period, keep=keep_checkpoints, async_save=async_checkpointing
+        os.path.join(model_dir, "checkpoints"),
+        save_every=checkpoint_period,
+        keep=keep_checkpoints,
+        async_save=async_checkpointing,
     )
     latest = ckpt.latest_step()
     needs_trained = model.requires_trained_params()
     if needs_trained and latest is None and not restore_params_from:
-        raise ValueError(f"{needs_trained}, but {model_dir} has no checkpoint to resume and "
-                         "restore_params_from is not set")
+        raise ValueError(
+            f"{needs_trained}, but {model_dir} has no checkpoint to resume and restore_params_from is not set"
+        )
     start_batch = latest or 0  # one batch per step; checked against the stored position below
     data = BatchIterator(train_dataset_cfg, start_batch=start_batch)
     first = next(data)
     input_shapes = global_shapes(first)
-    trainer = Trainer(model, partitioner, optimizer, total_steps=train_steps, input_shapes=input_shapes, microbatches=microbatches)
+    trainer = Trainer(
+        model, partitioner, optimizer, total_steps=train_steps, input_shapes=input_shapes, microbatches=microbatches
+    )
 
     if jax.process_index() == 0:
         with open(os.path.join(model_dir, "model-info.txt"), "w") as f:
@@ -96,19 +111,29 @@ def train(
             summaries.log("initialised parameters from %s (step %d)", restore_params_from, step)
 
     start_step = int(jax.device_get(state.step))
-    summaries.log("%s: %s parameters, mesh %s, global batch %d", type(model).__name__,
-                  f"{trainer.param_count():,}", dict(partitioner.mesh.shape), next(iter(input_shapes.values()))[0])
+    summaries.log(
+        "%s: %s parameters, mesh %s, global batch %d",
+        type(model).__name__,
+        f"{trainer.param_count():,}",
+        dict(partitioner.mesh.shape),
+        next(iter(input_shapes.values()))[0],
+    )
     t_compile = time.perf_counter()
     step_fn = trainer.train_step
     flops = trainer.flops_per_step_per_device
     peak = mfu.peak_flops_per_device(peak_flops_per_device)
-    summaries.log("train step compiled in %.1fs; %s FLOPs/step/device", time.perf_counter() - t_compile,
-                  f"{flops:.3g}" if flops else "unknown")
+    summaries.log(
+        "train step compiled in %.1fs; %s FLOPs/step/device",
+        time.perf_counter() - t_compile,
+        f"{flops:.3g}" if flops else "unknown",
+    )
 
     writer = summaries.create_writer(os.path.join(model_dir, "train"))
     eval_writer = summaries.create_writer(os.path.join(model_dir, "eval")) if eval_dataset_cfg else None
-    actions = [*default_actions(eval_dataset_cfg, eval_writer, eval_period=eval_period, eval_steps=eval_steps),
-               *actions]
+    actions = [
+        *default_actions(eval_dataset_cfg, eval_writer, eval_period=eval_period, eval_steps=eval_steps),
+        *actions,
+    ]
     progress = summaries.ProgressLine(train_steps, start_step)
     rng = trainer.rng(seed + 1)
     examples_per_step = next(iter(input_shapes.values()))[0]
@@ -171,8 +196,9 @@ def train(
     return state
 
 
-def default_actions(eval_dataset_cfg: Optional[DatasetConfig], eval_writer, *, eval_period: int,
-                    eval_steps: int) -> list[BaseAction]:
+def default_actions(
+    eval_dataset_cfg: Optional[DatasetConfig], eval_writer, *, eval_period: int, eval_steps: int
+) -> list[BaseAction]:
     """The actions every run has: the NaN/Inf stop; with an eval split and a period, the periodic
     eval, its media and the model's warnings."""
     actions: list[BaseAction] = [TerminateOnNaN()]
@@ -180,6 +206,9 @@ def default_actions(eval_dataset_cfg: Optional[DatasetConfig], eval_writer, *, e
         cfg = eval_dataset_cfg
         batches = functools.partial(BatchIterator, cfg, repeat=False)
         name = f"split {cfg.split!r} of {cfg.mixture_or_task_name!r} in batches of {cfg.batch_size}"
-        actions += [PeriodicEval(batches, period=eval_period, num_batches=eval_steps, writer=eval_writer, name=name),
-                    EvalMedia(batches, eval_writer), EvalWarnings(eval_writer)]
+        actions += [
+            PeriodicEval(batches, period=eval_period, num_batches=eval_steps, writer=eval_writer, name=name),
+            EvalMedia(batches, eval_writer),
+            EvalWarnings(eval_writer),
+        ]
     return actions

@@ -1,4 +1,5 @@
 """Tests run on CPU with 8 simulated devices (for sharding), deterministic seeds."""
+
 import atexit
 import os
 import shutil
@@ -55,5 +56,6 @@ def tiny_pipeline(tmp_path_factory):
     from musiclm_jax import pipeline
 
     model_dir = str(tmp_path_factory.mktemp("pipeline"))
-    return model_dir, pipeline.run_pipeline(model_dir=model_dir, size="tiny", seconds=PIPELINE_SECONDS, num_prompts=2,
-                                            train_captions_checked=64)
+    return model_dir, pipeline.run_pipeline(
+        model_dir=model_dir, size="tiny", seconds=PIPELINE_SECONDS, num_prompts=2, train_captions_checked=64
+    )

@@ -1,6 +1,7 @@
 """Random-init model directories shaped like `musiclm train` output (model.json + an orbax
 checkpoint [+ the tokenizer artifacts]), built in seconds: shared by the tests that load frozen
 models from directories (precompute, generation)."""
+
 import json
 import os
 
@@ -20,8 +21,13 @@ def save_random_model(directory, model, shapes):
     abstract = jax.eval_shape(lambda: unbox(model.get_initial_variables(jax.random.PRNGKey(0), shapes))["params"])
     rng = np.random.default_rng(0)
     params = jax.tree_util.tree_map_with_path(
-        lambda path, x: (np.ones(x.shape, x.dtype) if "scale" in jax.tree_util.keystr(path)
-                         else (0.1 * rng.standard_normal(x.shape)).astype(x.dtype)), abstract)
+        lambda path, x: (
+            np.ones(x.shape, x.dtype)
+            if "scale" in jax.tree_util.keystr(path)
+            else (0.1 * rng.standard_normal(x.shape)).astype(x.dtype)
+        ),
+        abstract,
+    )
     os.makedirs(directory / "checkpoints")
     (directory / "model.json").write_text(json.dumps(model.config_dict()))
     ckpt = checkpoints.Checkpointer(str(directory / "checkpoints"), save_every=1, async_save=False)
@@ -32,9 +38,7 @@ def save_random_model(directory, model, shapes):
 
 def gin_model(model_gin, name, bindings=()):
     import gin
-
-    from musiclm_jax import gin_utils
-    from musiclm_jax import gin_registry
+    from musiclm_jax import gin_registry, gin_utils
 
     gin.clear_config()
     try:
@@ -51,19 +55,26 @@ def tokenizer_dirs(root) -> dict:
     from musiclm_jax.nn import quantizer
     from musiclm_jax.tokenizers import kmeans, mulan
 
-    m = save_random_model(root / "mulan", gin_model("models/mulan/tiny.gin", "MuLan"),
-                          {"audio": (1, 32000), "text_tokens": (1, 32)})
+    m = save_random_model(
+        root / "mulan", gin_model("models/mulan/tiny.gin", "MuLan"), {"audio": (1, 32000), "text_tokens": (1, 32)}
+    )
     cb = quantizer.init_codebooks(jax.random.PRNGKey(1), 4, 32, m.config.embed_dim)
     mulan.save_rvq(str(root / "mulan" / "mulan_rvq"), {k: np.asarray(v) for k, v in cb.items()}, {})
-    text_vocab.caption_vocabulary(model_dir=str(root / "mulan"),
-                                  source=synthetic.SyntheticSource(num_examples=200, duration_s=1.0),
-                                  vocab_size=m.config.vocab_size)
+    text_vocab.caption_vocabulary(
+        model_dir=str(root / "mulan"),
+        source=synthetic.SyntheticSource(num_examples=200, duration_s=1.0),
+        vocab_size=m.config.vocab_size,
+    )
     w = save_random_model(root / "w2v", gin_model("models/w2v_bert/tiny.gin", "W2vBert"), {"audio": (1, SR)})
     centroids = np.random.default_rng(0).standard_normal((16, w.config.d_model)).astype(np.float32)
-    kmeans.save_kmeans(str(root / "w2v" / "kmeans"),
-                       kmeans.KMeansState(centroids, np.ones(16, np.int64), 0, 0, ()), {"layer": 1})
-    s = gin_model("models/soundstream/tiny.gin", "SoundStream",
-                  [f"SoundStreamConfig.sample_rate = {CODEC_SR}", "SEANetConfig.strides = (4, 5, 6)"])
+    kmeans.save_kmeans(
+        str(root / "w2v" / "kmeans"), kmeans.KMeansState(centroids, np.ones(16, np.int64), 0, 0, ()), {"layer": 1}
+    )
+    s = gin_model(
+        "models/soundstream/tiny.gin",
+        "SoundStream",
+        [f"SoundStreamConfig.sample_rate = {CODEC_SR}", "SEANetConfig.strides = (4, 5, 6)"],
+    )
     save_random_model(root / "ss", s, {"audio": (1, 1200)})
     return {"mulan_dir": str(root / "mulan"), "w2v_bert_dir": str(root / "w2v"), "soundstream_dir": str(root / "ss")}
 
@@ -79,10 +90,16 @@ def stage_configs():
     mulan = ("mulan_tokens", "mulan", 0, 4)
     return {
         "semantic_stage_dir": StageConfig(conditions=(mulan,), target=("semantic_tokens", "semantic", 0, 1), **size),
-        "coarse_stage_dir": StageConfig(conditions=(mulan, ("semantic_tokens", "semantic", 0, 1)),
-                                        target=("acoustic_tokens", "acoustic", 0, 2), **size),
-        "fine_stage_dir": StageConfig(conditions=(mulan, ("acoustic_tokens", "acoustic", 0, 2)),
-                                      target=("acoustic_tokens", "acoustic", 2, 2), **size),
+        "coarse_stage_dir": StageConfig(
+            conditions=(mulan, ("semantic_tokens", "semantic", 0, 1)),
+            target=("acoustic_tokens", "acoustic", 0, 2),
+            **size,
+        ),
+        "fine_stage_dir": StageConfig(
+            conditions=(mulan, ("acoustic_tokens", "acoustic", 0, 2)),
+            target=("acoustic_tokens", "acoustic", 2, 2),
+            **size,
+        ),
     }
 
 

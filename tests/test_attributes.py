@@ -1,4 +1,5 @@
 """Attribute detectors and classifier: accuracy against the synthetic source's labels."""
+
 import numpy as np
 import pytest
 
@@ -29,7 +30,7 @@ def _click_track(bpm: float, seconds: float = 6.0, eighth_hats: bool = True) -> 
     step = 60.0 / bpm / (2 if eighth_hats else 1)
     for i, t in enumerate(np.arange(0, seconds - 0.05, step)):
         gain = 1.0 if (not eighth_hats or i % 2 == 0) else 0.4
-        x[int(t * SR):int(t * SR) + 400] += gain * burst
+        x[int(t * SR) : int(t * SR) + 400] += gain * burst
     return 0.3 * x
 
 
@@ -111,8 +112,7 @@ def test_detect_all_agrees_with_the_detectors(held_out):
 
 @pytest.fixture(scope="module")
 def trained_classifier():
-    return attributes.train_attribute_classifier(num_examples=128, seed=0, sample_rate=SR, duration_s=4.0,
-                                                 steps=200)
+    return attributes.train_attribute_classifier(num_examples=128, seed=0, sample_rate=SR, duration_s=4.0, steps=200)
 
 
 @pytest.mark.slow

@@ -1,14 +1,15 @@
 """Raw-audio seqio tasks: whole-second crops, padding rules, registration from gin, inspect."""
+
 import json
 import os
 
-import gin
 import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
-
 from cli import musiclm
+
+import gin
 from musiclm_jax.audio.io import write_wav
 from musiclm_jax.data import audio_tasks, synthetic
 from musiclm_jax.data.bad_input import NoUsableExamplesError
@@ -19,8 +20,15 @@ SR = 8000
 
 def _clips(lengths_s):
     """Clips whose sample values encode their time (so a crop's start is readable)."""
-    return [{"audio": (np.arange(int(s * SR)) / SR).astype(np.float32), "caption": f"c{i}", "id": f"id{i}",
-             "sample_rate": np.int32(SR)} for i, s in enumerate(lengths_s)]
+    return [
+        {
+            "audio": (np.arange(int(s * SR)) / SR).astype(np.float32),
+            "caption": f"c{i}",
+            "id": f"id{i}",
+            "sample_rate": np.int32(SR),
+        }
+        for i, s in enumerate(lengths_s)
+    ]
 
 
 def _dataset(clips):
@@ -42,14 +50,12 @@ def test_random_crops_start_on_whole_seconds_and_vary():
 
 def test_center_crop_and_padding_rules():
     clips = _clips([10.0, 2.5])
-    center = list(audio_tasks.crop_audio(_dataset(clips), seconds=4, sample_rate=SR, mode="center")
-                  .as_numpy_iterator())
+    center = list(audio_tasks.crop_audio(_dataset(clips), seconds=4, sample_rate=SR, mode="center").as_numpy_iterator())
     assert center[0]["crop_start_s"] == 3 and center[0]["audio"][0] == 3.0
     short = center[1]
     assert short["audio"].shape == (4 * SR,) and short["audio_length"] == int(2.5 * SR)
-    assert np.all(short["audio"][int(2.5 * SR):] == 0)  # zero padding after the real samples
-    dropped = list(audio_tasks.crop_audio(_dataset(clips), seconds=4, sample_rate=SR, pad="drop")
-                   .as_numpy_iterator())
+    assert np.all(short["audio"][int(2.5 * SR) :] == 0)  # zero padding after the real samples
+    dropped = list(audio_tasks.crop_audio(_dataset(clips), seconds=4, sample_rate=SR, pad="drop").as_numpy_iterator())
     assert [ex["id"] for ex in dropped] == [b"id0"]
     with pytest.raises(ValueError, match="mode"):
         audio_tasks.crop_audio(_dataset(clips), seconds=4, sample_rate=SR, mode="middle")
@@ -58,8 +64,9 @@ def test_center_crop_and_padding_rules():
 def test_synthetic_task_carries_labels_that_match_the_renderer():
     source = synthetic.SyntheticSource(sample_rate=SR, duration_s=2.0, num_examples=4, num_validation_examples=2)
     name = audio_tasks.register_audio_task("test_synthetic_labels", source, crop_seconds=1, crop_mode="center")
-    examples = list(seqio.get_mixture_or_task(name).get_dataset(None, split="validation", shuffle=False)
-                    .as_numpy_iterator())
+    examples = list(
+        seqio.get_mixture_or_task(name).get_dataset(None, split="validation", shuffle=False).as_numpy_iterator()
+    )
     assert len(examples) == 2
     for i, ex in enumerate(examples):
         ref = synthetic.render(synthetic.SPLIT_SEEDS["validation"], i, sample_rate=SR, duration_s=2.0)
@@ -87,11 +94,18 @@ def test_task_registered_from_gin_feeds_dataset_config(tmp_path):
     manifest = _manifest(tmp_path)
     gin.clear_config()
     try:
-        gin_utils.parse(["data/manifest.gin"], [
-            f"MANIFEST = '{manifest}'", "SAMPLE_RATE = 8000", "CROP_SECONDS = 1",
-            "manifest/register_audio_task.name = 'gin_manifest_task'",
-            "DatasetConfig.mixture_or_task_name = %TASK",
-            "DatasetConfig.task_feature_lengths = {'audio': 8000}", "DatasetConfig.batch_size = 2"])
+        gin_utils.parse(
+            ["data/manifest.gin"],
+            [
+                f"MANIFEST = '{manifest}'",
+                "SAMPLE_RATE = 8000",
+                "CROP_SECONDS = 1",
+                "manifest/register_audio_task.name = 'gin_manifest_task'",
+                "DatasetConfig.mixture_or_task_name = %TASK",
+                "DatasetConfig.task_feature_lengths = {'audio': 8000}",
+                "DatasetConfig.batch_size = 2",
+            ],
+        )
         cfg = configurables.DatasetConfig()
     finally:
         gin.clear_config()
@@ -133,9 +147,15 @@ def test_inspect_cli_writes_wavs_png_and_summary(tmp_path):
 @pytest.mark.slow
 def test_inspect_cli_on_gin_sources_and_bad_input(tmp_path):
     manifest = _manifest(tmp_path)
-    r = musiclm("inspect", "--gin_file=data/tfds_manifest.gin", f"--gin.MANIFEST='{manifest}'",
-                f"--gin.TFDS_DIR='{tmp_path / 'tfds'}'", "--gin.SAMPLE_RATE=8000", "--num_examples=2",
-                f"--output_dir={tmp_path / 'tfds_look'}")
+    r = musiclm(
+        "inspect",
+        "--gin_file=data/tfds_manifest.gin",
+        f"--gin.MANIFEST='{manifest}'",
+        f"--gin.TFDS_DIR='{tmp_path / 'tfds'}'",
+        "--gin.SAMPLE_RATE=8000",
+        "--num_examples=2",
+        f"--output_dir={tmp_path / 'tfds_look'}",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "tfds_manifest_audio" in r.stdout and "8000 Hz" in r.stdout
     assert os.path.exists(tmp_path / "tfds_look" / "spectrograms.png")
@@ -145,6 +165,10 @@ def test_inspect_cli_on_gin_sources_and_bad_input(tmp_path):
     r = musiclm("inspect", "--gin_file=data/manifest.gin", f"--gin.MANIFEST='{bad}'", f"--output_dir={tmp_path / 'b'}")
     assert r.returncode == 1 and "no usable example" in r.stderr and "missing_file=1" in r.stderr, r.stderr[-2000:]
 
-    r = musiclm("inspect", "--gin_file=data/manifest.gin", f"--gin.MANIFEST='{tmp_path}/nope.jsonl'",
-                f"--output_dir={tmp_path / 'c'}")
+    r = musiclm(
+        "inspect",
+        "--gin_file=data/manifest.gin",
+        f"--gin.MANIFEST='{tmp_path}/nope.jsonl'",
+        f"--output_dir={tmp_path / 'c'}",
+    )
     assert r.returncode == 2 and "nope.jsonl" in r.stderr, r.stderr[-2000:]

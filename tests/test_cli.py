@@ -1,4 +1,5 @@
 """The `musiclm` CLI: bad configuration exits 2 with one line; train survives SIGKILL; aot."""
+
 import os
 import signal
 import subprocess
@@ -8,7 +9,6 @@ import time
 import jax
 import numpy as np
 import pytest
-
 from cli import ENV, musiclm
 
 TINY = "--gin_file=experiments/local_tiny.gin"
@@ -59,14 +59,26 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     # 40 steps: each process is mostly start-up and compilation, so steps are kept few and cheap.
     # Killing at the first checkpoint (10) still leaves 30 steps (~3 s on one core) before the
     # run would end; the directory is polled every 50 ms.
-    steps = ["--gin.TRAIN_STEPS=40", "--gin.CHECKPOINT_PERIOD=10", "--gin.EVAL_PERIOD=0",
-             "--gin.BATCH_SIZE_PER_DEVICE=8"]
+    steps = [
+        "--gin.TRAIN_STEPS=40",
+        "--gin.CHECKPOINT_PERIOD=10",
+        "--gin.EVAL_PERIOD=0",
+        "--gin.BATCH_SIZE_PER_DEVICE=8",
+    ]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     procs = []
 
     def start(*args, output=subprocess.PIPE):
-        procs.append(subprocess.Popen([sys.executable, "-m", "musiclm_jax.main", *args], env=ENV, cwd="/",
-                                      text=True, stdout=output, stderr=output))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "musiclm_jax.main", *args],
+                env=ENV,
+                cwd="/",
+                text=True,
+                stdout=output,
+                stderr=output,
+            )
+        )
         return procs[-1]
 
     try:
@@ -95,9 +107,14 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
         assert "parameters:" in info and "logical=('vocab', 'embed')" in info
 
         # `musiclm eval` restores the final checkpoint and writes its metrics.
-        r = musiclm("eval", "--gin_file=runs/eval.gin", "--gin_file=models/semantic_stage/tiny.gin",
-                    "--gin.MIXTURE_OR_TASK_NAME='permuted_copy_32'", f"--gin.MODEL_DIR='{straight}'",
-                    "--gin.EVAL_STEPS=2")
+        r = musiclm(
+            "eval",
+            "--gin_file=runs/eval.gin",
+            "--gin_file=models/semantic_stage/tiny.gin",
+            "--gin.MIXTURE_OR_TASK_NAME='permuted_copy_32'",
+            f"--gin.MODEL_DIR='{straight}'",
+            "--gin.EVAL_STEPS=2",
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         import json
 
@@ -128,16 +145,23 @@ def test_aot_compiles_tiny_for_tpu_and_reports_memory():
     assert r.returncode == 0, r.stderr[-3000:]
     assert "(4 x TPU v4)" in r.stdout and "temporaries / chip" in r.stdout and "FLOPs / step / chip" in r.stdout
     # A batch that cannot fit in 16 GiB of HBM: non-zero exit and a clear message.
-    r = musiclm("aot", "--gin_file=models/semantic_stage/tiny.gin", "--topology=v5e:2x2",
-                "--gin.BATCH_SIZE_PER_DEVICE=65536", "--gin.TASK_FEATURE_LENGTHS={'mulan_tokens': 12, 'semantic_tokens': 1024}")
-    assert r.returncode == 3 and "DoesNotFit" in r.stderr and "TPU v5 lite" in r.stderr, (r.stdout[-2000:], r.stderr[-2000:])
+    r = musiclm(
+        "aot",
+        "--gin_file=models/semantic_stage/tiny.gin",
+        "--topology=v5e:2x2",
+        "--gin.BATCH_SIZE_PER_DEVICE=65536",
+        "--gin.TASK_FEATURE_LENGTHS={'mulan_tokens': 12, 'semantic_tokens': 1024}",
+    )
+    assert r.returncode == 3 and "DoesNotFit" in r.stderr and "TPU v5 lite" in r.stderr, (
+        r.stdout[-2000:],
+        r.stderr[-2000:],
+    )
 
 
 def test_gin_names_its_renamed_modules_and_unread_macros(tmp_path):
     """In process (no CLI start-up): an old module name in a user's gin file is named with its
     replacement; a macro bound on the command line that no gin file reads is refused."""
     import gin
-
     from musiclm_jax import gin_utils
 
     old = tmp_path / "old.gin"

@@ -1,4 +1,5 @@
 """SEANet encoder/decoder, discriminators, JAX log-mel and codec losses (tiny, CPU)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,15 +47,19 @@ def test_polyphase_transposed_conv_equals_lax_conv_transpose(stride):
     layer = ConvTranspose1d(features=3, stride=stride, causal=True)
     params = layer.init(jax.random.PRNGKey(2), x)["params"]
     kernel = params["kernel"].unbox() if hasattr(params["kernel"], "unbox") else params["kernel"]
-    full = jax.lax.conv_transpose(x, kernel, strides=(stride,), padding="VALID", dimension_numbers=("NWC", "WIO", "NWC"))
+    full = jax.lax.conv_transpose(
+        x, kernel, strides=(stride,), padding="VALID", dimension_numbers=("NWC", "WIO", "NWC")
+    )
     np.testing.assert_allclose(layer.apply({"params": params}, x), full[:, : 7 * stride], atol=1e-5)
 
 
 def test_paper_strides_give_50hz_at_24khz():
     cfg = SEANetConfig()
     assert 24000 // cfg.hop_length == 50
-    shapes = jax.eval_shape(lambda x: SEANetEncoder(cfg).init_with_output(jax.random.PRNGKey(0), x)[0],
-                            jax.ShapeDtypeStruct((1, 4800), jnp.float32))
+    shapes = jax.eval_shape(
+        lambda x: SEANetEncoder(cfg).init_with_output(jax.random.PRNGKey(0), x)[0],
+        jax.ShapeDtypeStruct((1, 4800), jnp.float32),
+    )
     assert shapes.shape == (1, 10, 128)
 
 
@@ -167,8 +172,9 @@ def test_grouped_conv_gradients_equal_xla(stride, groups, padding):
     w = jax.random.normal(kw, (9, 8 // groups, 16))
 
     def xla(x, w):
-        return jax.lax.conv_general_dilated(x, w, (stride,), (padding,), feature_group_count=groups,
-                                            dimension_numbers=("NWC", "WIO", "NWC"))
+        return jax.lax.conv_general_dilated(
+            x, w, (stride,), (padding,), feature_group_count=groups, dimension_numbers=("NWC", "WIO", "NWC")
+        )
 
     y = xla(x, w)
     cot = jax.random.normal(ky, y.shape)

@@ -1,4 +1,5 @@
 """Compiled KV-cache decoding: cache == full forward pass, sampling filters, legal ranges, CFG."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -96,8 +97,16 @@ def test_generate_loop_logits_match_full_forward(semantic_model, prefix_len):
     assert prompt.shape == (3, 1 + 12 + prefix_len)
     lo, hi = _legal_ranges(model)
     ids, logits = decoding.generate(
-        model.module, params, prompt, jax.random.key(0), num_steps=24 - prefix_len, level_lo=lo, level_hi=hi,
-        start_position=prefix_len, temperature=1.0, return_logits=True,
+        model.module,
+        params,
+        prompt,
+        jax.random.key(0),
+        num_steps=24 - prefix_len,
+        level_lo=lo,
+        level_hi=hi,
+        start_position=prefix_len,
+        temperature=1.0,
+        return_logits=True,
     )
     full = _sequence_logits(model, params, prompt, ids)
     legal = np.isfinite(np.asarray(logits))
@@ -130,8 +139,12 @@ def test_top_k_1_equals_greedy(semantic_model):
 
 def test_kth_largest_equals_top_k_with_ties_infinities_and_signed_zeros():
     rng = np.random.default_rng(0)
-    rows = [rng.normal(size=1028), np.round(rng.normal(size=1028) * 2),  # many ties
-            np.concatenate([np.full(1000, -np.inf), rng.normal(size=28)]), np.array([0.0, -0.0, -1.0, 2.0, -0.0, 0.0])]
+    rows = [
+        rng.normal(size=1028),
+        np.round(rng.normal(size=1028) * 2),  # many ties
+        np.concatenate([np.full(1000, -np.inf), rng.normal(size=28)]),
+        np.array([0.0, -0.0, -1.0, 2.0, -0.0, 0.0]),
+    ]
     bisect = jax.jit(decoding._kth_largest_by_bisection, static_argnums=1)  # the CPU path on any backend
     public = jax.jit(decoding.kth_largest, static_argnums=1)
     for row in rows:
@@ -139,7 +152,9 @@ def test_kth_largest_equals_top_k_with_ties_infinities_and_signed_zeros():
         for k in sorted({1, 2, 5, 102, len(row) // 2, len(row)} & set(range(1, len(row) + 1))):
             want = np.asarray(jax.lax.top_k(x, k)[0][..., -1:])
             for fn in (bisect, public):  # bit for bit: signed zeros too
-                np.testing.assert_array_equal(np.asarray(fn(x, k)).view(np.uint32), want.view(np.uint32), err_msg=f"k={k}")
+                np.testing.assert_array_equal(
+                    np.asarray(fn(x, k)).view(np.uint32), want.view(np.uint32), err_msg=f"k={k}"
+                )
     x = jnp.asarray(rng.normal(size=(2, 3, 50)), jnp.bfloat16)  # any leading shape and float dtype
     np.testing.assert_array_equal(decoding._kth_largest_by_bisection(x, 7), jax.lax.top_k(x, 7)[0][..., -1:])
 
@@ -172,8 +187,14 @@ def test_samples_lie_in_the_target_levels_range(coarse_model):
     # [0, size) mean every sampled id was legal.
     prefix = jnp.asarray(np.array([[1, 2, 3, 4, 5, 1], [0, 7, 11, 4, 15, 0]]), jnp.int32)
     codes = model.predict_batch(
-        params, {**batch, "acoustic_tokens": prefix}, jax.random.key(3), num_target_tokens=frames * 4,
-        num_samples=3, temperature=2.0, top_k=10, top_p=0.95,
+        params,
+        {**batch, "acoustic_tokens": prefix},
+        jax.random.key(3),
+        num_target_tokens=frames * 4,
+        num_samples=3,
+        temperature=2.0,
+        top_k=10,
+        top_p=0.95,
     )
     codes = np.asarray(codes)
     assert codes.shape == (6, frames * 4)
@@ -244,18 +265,26 @@ def trained_copy_model():
     order = np.random.default_rng(0)
     for i in range(steps):
         idx = order.integers(0, 4096, batch_size)
-        params, opt_state = step(params, opt_state, {k: jnp.asarray(v[idx]) for k, v in pool.items()}, jax.random.key(i))
+        params, opt_state = step(
+            params, opt_state, {k: jnp.asarray(v[idx]) for k, v in pool.items()}, jax.random.key(i)
+        )
     return model, params
 
 
 def test_trained_model_decodes_permuted_copy(trained_copy_model):
     model, params = trained_copy_model
-    held_out = {k: jnp.asarray(v) for k, v in permuted_copy_batch(0, 64, split="eval", codebook_size=TASK_CODEBOOK).items()}
-    codes = model.predict_batch(params, {"mulan_tokens": held_out["mulan_tokens"]}, num_target_tokens=24, temperature=0.0)
+    held_out = {
+        k: jnp.asarray(v) for k, v in permuted_copy_batch(0, 64, split="eval", codebook_size=TASK_CODEBOOK).items()
+    }
+    codes = model.predict_batch(
+        params, {"mulan_tokens": held_out["mulan_tokens"]}, num_target_tokens=24, temperature=0.0
+    )
     assert np.mean(np.asarray(codes) == np.asarray(held_out["semantic_tokens"])) > 0.95
     # Continuation: the first 12 targets given, the model continues the period.
     cont = model.predict_batch(
-        params, {**held_out, "semantic_tokens": held_out["semantic_tokens"][:, :12]}, num_target_tokens=24,
+        params,
+        {**held_out, "semantic_tokens": held_out["semantic_tokens"][:, :12]},
+        num_target_tokens=24,
         temperature=0.0,
     )
     np.testing.assert_array_equal(cont[:, :12], held_out["semantic_tokens"][:, :12])

@@ -1,6 +1,7 @@
 """FAD embedders: the VGGish front end (frames, HTK-mel bands, 0.96 s examples), a VGGish-shaped
 network round-tripped through its TF-slim-named weights file (the released architecture's
 shapes checked with eval_shape), MuLan's audio tower, the registry and FAD on their points."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,8 +31,9 @@ def test_front_end_frames_bands_and_examples():
 
 
 def test_released_architecture_shapes():
-    shapes = jax.eval_shape(lambda: embedders._vggish_module(embedders.VGGishConfig()).init(
-        jax.random.key(0), jnp.zeros((1, 96, 64))))["params"]
+    shapes = jax.eval_shape(
+        lambda: embedders._vggish_module(embedders.VGGishConfig()).init(jax.random.key(0), jnp.zeros((1, 96, 64)))
+    )["params"]
     assert shapes["conv1"]["kernel"].shape == (3, 3, 1, 64)
     assert shapes["fc1_fc1_1"]["kernel"].shape == (12288, 4096)  # 6 x 4 x 512 after four pools
     assert shapes["fc2"]["kernel"].shape == (4096, 128)
@@ -64,7 +66,9 @@ def test_weights_file_round_trip_registry_and_fad(tmp_path):
         embedders.get_embedder("vggish", weights=str(tmp_path / "bad.npz"))
     with pytest.raises(ValueError, match="unknown embedder"):
         embedders.get_embedder("trill")
-    embedders.register_embedder("constant", lambda dim=3: type("E", (), {"fad_points": lambda self, c, sr: np.ones((len(c), dim))})())
+    embedders.register_embedder(
+        "constant", lambda dim=3: type("E", (), {"fad_points": lambda self, c, sr: np.ones((len(c), dim))})()
+    )
     assert embedders.get_embedder("constant").fad_points(noise, SR).shape == (3, 3)
 
 

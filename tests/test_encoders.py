@@ -1,4 +1,5 @@
 """MuLan tower building blocks (nn/encoders.py): shapes, masking, param counts, learning."""
+
 import dataclasses
 
 import flax.linen as nn

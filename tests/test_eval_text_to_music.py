@@ -2,6 +2,7 @@
 own numbers; the same clips paired with the wrong captions keep FAD and lose KLD), and
 `musiclm eval --gin_file=runs/eval_text_to_music.gin` on a tiny random MusicLM, whose HTML report
 renders in headless Chromium with every plot and audio player loaded."""
+
 import glob
 import json
 import os
@@ -13,8 +14,8 @@ import tempfile
 import numpy as np
 import pytest
 import soundfile
-
 from model_dirs import CODEC_SR
+
 from musiclm_jax import main
 from musiclm_jax.evaluation import eval_sets, text_to_music
 from musiclm_jax.evaluation.embedders import MuLanAudioEmbedder
@@ -32,10 +33,25 @@ def render_in_chromium(page: str) -> dict:
     assert browser, "the report test needs Chromium (Debian: apt-get install chromium; .ci/run installs it)"
     with tempfile.TemporaryDirectory() as profile:
         out = subprocess.run(
-            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--virtual-time-budget=15000", "--dump-dom", f"file://{page}"],
-            capture_output=True, text=True, timeout=120)
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=15000",
+                "--dump-dom",
+                f"file://{page}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     body = re.search(r"<body([^>]*)>", out.stdout)
     assert body, f"Chromium rendered no page: {out.stderr[-2000:]}"
     return dict(re.findall(r'data-([a-z-]+)="([^"]*)"', body.group(1)))
@@ -51,8 +67,13 @@ def test_a_perfect_generator_scores_the_references_own_numbers(tmp_path, items, 
     from musiclm_jax.tokenizers.mulan import MuLanEmbedder
 
     mulan = MuLanEmbedder.from_model_dir(musiclm_model_dirs["mulan_dir"])
-    common = dict(mulan=mulan, embedders={"mulan": MuLanAudioEmbedder(mulan)}, generated_sample_rate=CODEC_SR,
-                  classifier=text_to_music.SyntheticAttributeClassifier(None, **CLASSIFIER), num_report_samples=1)
+    common = dict(
+        mulan=mulan,
+        embedders={"mulan": MuLanAudioEmbedder(mulan)},
+        generated_sample_rate=CODEC_SR,
+        classifier=text_to_music.SyntheticAttributeClassifier(None, **CLASSIFIER),
+        num_report_samples=1,
+    )
     references = np.stack([i.reference for i in items])
     codec = AcousticTokenizer.from_model_dir(musiclm_model_dirs["soundstream_dir"])
     same = text_to_music.generate_and_score(str(tmp_path / "same"), items, generated=references, codec=codec, **common)
@@ -63,7 +84,9 @@ def test_a_perfect_generator_scores_the_references_own_numbers(tmp_path, items, 
     assert {"register", "drums"} <= set(same["adherence"])
     assert same["fad_codec"]["mulan"] > 0 and same["codec"]["bitrate_kbps"] > 0  # the codec is lossy
     # The same clips, each paired with another caption: the set (FAD) is unchanged, the pairs (KLD) are not.
-    swapped = text_to_music.generate_and_score(str(tmp_path / "swapped"), items, generated=references[[1, 2, 3, 0]], **common)
+    swapped = text_to_music.generate_and_score(
+        str(tmp_path / "swapped"), items, generated=references[[1, 2, 3, 0]], **common
+    )
     assert swapped["fad"]["mulan"] == pytest.approx(0.0, abs=1e-4)
     assert swapped["kld"]["mean"] > 0.05
     with pytest.raises(ValueError, match="at least 2"):
@@ -74,9 +97,17 @@ def test_a_perfect_generator_scores_the_references_own_numbers(tmp_path, items, 
 def test_eval_cli_writes_results_tensorboard_and_a_report_that_renders(tmp_path, musiclm_model_dirs):
     out = tmp_path / "eval"
     dirs = [f"--gin.{k.upper()}='{v}'" for k, v in musiclm_model_dirs.items()]
-    flags = ["eval", "--gin_file=runs/eval_text_to_music.gin", f"--gin.EVAL_DIR='{out}'", *dirs,
-             "--gin.NUM_EVAL_ITEMS=3", f"--gin.EVAL_SECONDS={SECONDS}", "--gin.EVAL_BATCH_SIZE=3",
-             "--gin.NUM_REPORT_SAMPLES=2", f"--gin.KLD_CLASSIFIER_KWARGS={CLASSIFIER}"]
+    flags = [
+        "eval",
+        "--gin_file=runs/eval_text_to_music.gin",
+        f"--gin.EVAL_DIR='{out}'",
+        *dirs,
+        "--gin.NUM_EVAL_ITEMS=3",
+        f"--gin.EVAL_SECONDS={SECONDS}",
+        "--gin.EVAL_BATCH_SIZE=3",
+        "--gin.NUM_REPORT_SAMPLES=2",
+        f"--gin.KLD_CLASSIFIER_KWARGS={CLASSIFIER}",
+    ]
     assert main.main(flags) == 0
     with open(out / text_to_music.RESULTS_FILE) as f:
         results = json.load(f)
@@ -109,7 +140,8 @@ def test_prompts_are_held_out_and_state_register_and_drums():
     prompts = eval_sets.held_out_prompts(6, train_examples=500)
     assert len({p["caption"] for p in prompts}) == 6
     assert {(p["labels"]["register"], p["labels"]["drums"]) for p in prompts} == {
-        (r, d) for r in ("low", "mid", "high") for d in (True, False)}
+        (r, d) for r in ("low", "mid", "high") for d in (True, False)
+    }
     for p in prompts:
         assert {"register", "drums"} <= set(p["mentioned"])
     a = eval_sets.adherence(prompts, [p["labels"] for p in prompts])  # a perfect generator
@@ -125,14 +157,16 @@ def test_task_eval_set_reads_a_captioned_audio_task(tmp_path):
     from musiclm_jax.data.sources import ManifestSource
 
     sr, lines = 16000, []
-    for i, (seconds, caption) in enumerate([(0.5, "a short bell"), (2.0, "a long organ chord"), (1.0, ""),
-                                            (1.5, "soft strings")]):
+    for i, (seconds, caption) in enumerate(
+        [(0.5, "a short bell"), (2.0, "a long organ chord"), (1.0, ""), (1.5, "soft strings")]
+    ):
         write_wav(tmp_path / f"{i}.wav", 0.1 * np.sin(np.arange(int(seconds * sr)) * 0.05), sr)
         lines.append(json.dumps({"path": f"{i}.wav", "caption": caption, "split": "validation"}))
     (tmp_path / "manifest.jsonl").write_text("\n".join(lines) + "\n")
-    name = audio_tasks.register_audio_task("test_eval_captions", ManifestSource(tmp_path / "manifest.jsonl",
-                                                                                 sample_rate=sr))
+    name = audio_tasks.register_audio_task(
+        "test_eval_captions", ManifestSource(tmp_path / "manifest.jsonl", sample_rate=sr)
+    )
     items = eval_sets.task_eval_set(name, "validation", 3, 1.0)  # the rate is the source's
     assert [i.caption for i in items] == ["a short bell", "a long organ chord", "soft strings"]
     assert all(len(i.reference) == sr and i.sample_rate == sr and not i.labels for i in items)
-    assert np.all(items[0].reference[sr // 2 + 1:] == 0) and np.any(items[1].reference[-100:] != 0)
+    assert np.all(items[0].reference[sr // 2 + 1 :] == 0) and np.any(items[1].reference[-100:] != 0)

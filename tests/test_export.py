@@ -1,13 +1,15 @@
 """`musiclm export`: params-only checkpoints (optionally bfloat16) that the loaders read
 unchanged; StableHLO samplers + codec decoder (cpu and tpu, symbolic batch) whose generation
 equals the training checkpoint's for the same seed; corrupted exports refused; no pickle."""
+
 import os
 import pathlib
 
 import numpy as np
 import pytest
 
-from musiclm_jax import export, generate as gen, model_io
+from musiclm_jax import export, model_io
+from musiclm_jax import generate as gen
 from musiclm_jax.models.musiclm import SamplingSettings
 
 TEXTS = ["a slow sad piano melody", "fast drums and a bright organ"]
@@ -18,7 +20,9 @@ SETTINGS = {"semantic": SamplingSettings(1.0, top_k=8, guidance_scale=1.5)}
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, musiclm_model_dirs):
     out = str(tmp_path_factory.mktemp("export") / "bundle")
-    manifest = export.export_musiclm(out, seconds=0.5, settings=SETTINGS, platforms=("cpu", "tpu"), **musiclm_model_dirs)
+    manifest = export.export_musiclm(
+        out, seconds=0.5, settings=SETTINGS, platforms=("cpu", "tpu"), **musiclm_model_dirs
+    )
     return out, manifest
 
 
@@ -40,7 +44,10 @@ def test_exported_generation_equals_the_training_checkpoint(bundle, musiclm_mode
     stage = os.path.join(out, "coarse_stage")
     items = os.listdir(os.path.join(stage, "checkpoints", "1"))
     assert "params" in items and "state" not in items  # no optimiser state
-    assert model_io.load(stage, kind="StageModel")[0].config == model_io.load(musiclm_model_dirs["coarse_stage_dir"], kind="StageModel")[0].config
+    assert (
+        model_io.load(stage, kind="StageModel")[0].config
+        == model_io.load(musiclm_model_dirs["coarse_stage_dir"], kind="StageModel")[0].config
+    )
 
 
 def test_bfloat16_export_halves_the_bytes_and_loads(tmp_path, musiclm_model_dirs):
@@ -93,8 +100,11 @@ def test_corrupted_export_is_refused(bundle, tmp_path):
 
 def test_no_pickle_in_the_package():
     root = pathlib.Path(export.__file__).parent
-    offenders = [str(p) for p in root.rglob("*.py")
-                 if any(s in p.read_text() for s in ("import pickle", "allow_pickle=True", "cloudpickle", "dill"))]
+    offenders = [
+        str(p)
+        for p in root.rglob("*.py")
+        if any(s in p.read_text() for s in ("import pickle", "allow_pickle=True", "cloudpickle", "dill"))
+    ]
     assert offenders == []
 
 
@@ -102,19 +112,24 @@ def test_export_cli_and_gin(tmp_path, musiclm_model_dirs, capsys):
     """`musiclm export --model_dir --output_dir --dtype` (one model, no gin) and runs/export.gin's
     bindings (the generate macros, bound to export_musiclm), in-process."""
     import gin
-
     from musiclm_jax import gin_utils, main
 
     out = tmp_path / "mulan"
-    assert main.main(["export", f"--model_dir={musiclm_model_dirs['mulan_dir']}", f"--output_dir={out}",
-                      "--dtype=bfloat16"]) == 0
+    assert (
+        main.main(
+            ["export", f"--model_dir={musiclm_model_dirs['mulan_dir']}", f"--output_dir={out}", "--dtype=bfloat16"]
+        )
+        == 0
+    )
     assert "exported MuLan step 1 (bfloat16)" in capsys.readouterr().out
     assert sorted(os.listdir(out)) == ["checkpoints", "export.json", "model.json", "mulan_rvq", "text_vocab"]
     assert main.main(["export", f"--model_dir={musiclm_model_dirs['mulan_dir']}", f"--output_dir={out}"]) == 2
     assert "not empty" in capsys.readouterr().err
     gin.clear_config()
     try:
-        gin_utils.parse(["runs/export.gin"], ["EXPORT_DIR = '/x'", "GENERATE_SECONDS = 20.0", "EXPORT_DTYPE = 'bfloat16'"])
+        gin_utils.parse(
+            ["runs/export.gin"], ["EXPORT_DIR = '/x'", "GENERATE_SECONDS = 20.0", "EXPORT_DTYPE = 'bfloat16'"]
+        )
         assert gin.query_parameter("export_musiclm.seconds").scoped_configurable_fn() == 20.0  # the macro
         assert gin.query_parameter("%EXPORT_PLATFORMS") == ("cpu", "tpu")
     finally:
@@ -135,14 +150,17 @@ def test_tf_savedmodel_runs_the_bundles_functions(bundle, tmp_path):
     model = export.load_exported_musiclm(out)
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 8, size=(3, 7, info["decode_levels"]), dtype=np.int32)  # batch and frames symbolic
-    np.testing.assert_allclose(loaded.decode(tf.constant(codes)).numpy(),
-                               np.asarray(decoder.call(model.codec.params, codes)), atol=1e-5)
+    np.testing.assert_allclose(
+        loaded.decode(tf.constant(codes)).numpy(), np.asarray(decoder.call(model.codec.params, codes)), atol=1e-5
+    )
     entry, (sig, fn) = info["samplers"][-1], list(samplers.items())[-1]
     batch = {k: rng.integers(0, 4, size=(2, *shape), dtype=np.int32) for k, shape in entry["features"].items()}
     key = np.asarray(jax.random.key_data(jax.random.key(3)))
-    tokens = getattr(loaded, entry["function"])({k: tf.constant(v) for k, v in batch.items()}, tf.constant(key),
-                                                tf.constant(0.7))
-    np.testing.assert_array_equal(tokens.numpy(),
-                                  np.asarray(fn.call(model.stages[sig.stage][1], batch, key, np.float32(0.7))))
+    tokens = getattr(loaded, entry["function"])(
+        {k: tf.constant(v) for k, v in batch.items()}, tf.constant(key), tf.constant(0.7)
+    )
+    np.testing.assert_array_equal(
+        tokens.numpy(), np.asarray(fn.call(model.stages[sig.stage][1], batch, key, np.float32(0.7)))
+    )
     with pytest.raises(FileExistsError):
         export_tf.export_savedmodel(out, str(tmp_path / "savedmodel"))

@@ -1,6 +1,7 @@
 """Text -> music (models/musiclm.py, generate.py) on random-init tiny models: lengths and shapes,
 determinism by seed, MuLan re-ranking of candidates, guidance, the files written, and clear
 errors for bad input with nothing written."""
+
 import json
 import os
 
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 from model_dirs import CODEC_SR
 
-from musiclm_jax import generate as gen, model_io
+from musiclm_jax import generate as gen
+from musiclm_jax import model_io
 from musiclm_jax.models.musiclm import SamplingSettings
 
 
@@ -48,20 +50,35 @@ def test_generate_lengths_determinism_and_reranking(musiclm):
 
 def test_generate_writes_wav_json_png_and_refuses_bad_input(tmp_path, dirs, musiclm):
     out = tmp_path / "out"
-    sidecars = gen.generate(output_dir=str(out), seconds=0.5, prompts=["calm strings", "loud bass"], num_candidates=2,
-                            seed=7, model=musiclm, **dirs)
+    sidecars = gen.generate(
+        output_dir=str(out),
+        seconds=0.5,
+        prompts=["calm strings", "loud bass"],
+        num_candidates=2,
+        seed=7,
+        model=musiclm,
+        **dirs,
+    )
     names = sorted(os.listdir(out))
-    assert names == [f"{i:03d}_{s}.{e}" for i, s in enumerate(["calm_strings", "loud_bass"]) for e in ("json", "png", "wav")]
+    assert names == [
+        f"{i:03d}_{s}.{e}" for i, s in enumerate(["calm_strings", "loud_bass"]) for e in ("json", "png", "wav")
+    ]
     meta = json.load(open(out / "000_calm_strings.json"))
     assert meta == sidecars[0] and meta["seed"] == 7 and meta["settings"]["fine"]["temperature"] == 0.4
     assert -1.0 <= meta["mulan_score"] <= 1.0
     bad = tmp_path / "bad"
-    for kwargs, match in [(dict(prompts=[]), "no prompt"), (dict(prompts=["ok", " "]), "empty"),
-                          (dict(prompts=["ok"], seconds=0), "seconds"), (dict(prompts=["ok"], seconds=301), "seconds")]:
+    for kwargs, match in [
+        (dict(prompts=[]), "no prompt"),
+        (dict(prompts=["ok", " "]), "empty"),
+        (dict(prompts=["ok"], seconds=0), "seconds"),
+        (dict(prompts=["ok"], seconds=301), "seconds"),
+    ]:
         with pytest.raises(ValueError, match=match):
             gen.generate(output_dir=str(bad), **{"seconds": 1.0, **kwargs}, model=musiclm, **dirs)
     with pytest.raises(FileNotFoundError, match="coarse_stage_dir"):
-        gen.generate(output_dir=str(bad), seconds=1.0, prompts=["ok"], **{**dirs, "coarse_stage_dir": str(tmp_path / "no")})
+        gen.generate(
+            output_dir=str(bad), seconds=1.0, prompts=["ok"], **{**dirs, "coarse_stage_dir": str(tmp_path / "no")}
+        )
     with pytest.raises(ValueError, match="StageModel"):  # a MuLan directory where a stage belongs
         model_io.load(dirs["mulan_dir"], kind="StageModel")
     assert not bad.exists()
@@ -72,11 +89,15 @@ def test_generate_gin_and_cli_flags(tmp_path, dirs, musiclm, capsys):
     paper's temperatures); the CLI refuses a run without prompts before loading anything.
     In-process with the already compiled model (a subprocess would compile everything again)."""
     import gin
-
     from musiclm_jax import configurables, gin_utils, main
 
-    macros = {"mulan_dir": "MULAN_DIR", "semantic_stage_dir": "SEMANTIC_STAGE_DIR", "coarse_stage_dir": "COARSE_STAGE_DIR",
-              "fine_stage_dir": "FINE_STAGE_DIR", "soundstream_dir": "SOUNDSTREAM_DIR"}
+    macros = {
+        "mulan_dir": "MULAN_DIR",
+        "semantic_stage_dir": "SEMANTIC_STAGE_DIR",
+        "coarse_stage_dir": "COARSE_STAGE_DIR",
+        "fine_stage_dir": "FINE_STAGE_DIR",
+        "soundstream_dir": "SOUNDSTREAM_DIR",
+    }
     bindings = [f"{macros[k]} = '{v}'" for k, v in dirs.items()]
     bindings += ["GENERATE_SECONDS = 0.5", "NUM_CANDIDATES = 2", f"GENERATE_DIR = '{tmp_path}'"]
     gin.clear_config()
@@ -92,7 +113,10 @@ def test_generate_gin_and_cli_flags(tmp_path, dirs, musiclm, capsys):
     assert main.main(["generate", "--gin_file=runs/generate.gin", f"--output_dir={tmp_path / 'none'}", *flags]) == 2
     assert "no prompt" in capsys.readouterr().err and not (tmp_path / "none").exists()
     story = ["--story=10:a calm intro", "--story=ten:drums"]
-    assert main.main(["generate", "--gin_file=runs/generate.gin", f"--output_dir={tmp_path / 'none'}", *story, *flags]) == 2
+    assert (
+        main.main(["generate", "--gin_file=runs/generate.gin", f"--output_dir={tmp_path / 'none'}", *story, *flags])
+        == 2
+    )
     assert "SECONDS:TEXT" in capsys.readouterr().err and not (tmp_path / "none").exists()
     assert gen.parse_story(["10:a calm intro", "2.5: drums: loud"]) == [("a calm intro", 10.0), ("drums: loud", 2.5)]
 
@@ -114,8 +138,11 @@ def windowed(dirs, tokenizer_model_dirs):
     """The same models with short windows (semantic 0.4 s / 0.2 s stride = 10 / 5 tokens;
     acoustic 0.1 s / 0.05 s = 20 / 10 frames at 200 Hz) and the semantic tokenizer, with every
     stage call recorded."""
-    model = gen.load_musiclm(**dirs, w2v_bert_dir=tokenizer_model_dirs["w2v_bert_dir"],
-                             windows={"semantic": (0.4, 0.2), "coarse": (0.1, 0.05), "fine": (0.1, 0.05)})
+    model = gen.load_musiclm(
+        **dirs,
+        w2v_bert_dir=tokenizer_model_dirs["w2v_bert_dir"],
+        windows={"semantic": (0.4, 0.2), "coarse": (0.1, 0.05), "fine": (0.1, 0.05)},
+    )
     calls = []
     run_stage = model._run_stage
 
@@ -142,13 +169,13 @@ def _check_windows(calls, result, *, semantic_tokens, coarse_levels=2):
     assert semantic.shape[1] == semantic_tokens
     # the last coarse window's semantic condition is the end of the semantic tokens
     last = per_stage["coarse"][-1][1]["semantic_tokens"][:, :, 0]
-    np.testing.assert_array_equal(last, semantic[:, semantic.shape[1] - last.shape[1]:])
+    np.testing.assert_array_equal(last, semantic[:, semantic.shape[1] - last.shape[1] :])
     # the last fine window reads the final coarse frames, and its prefix is the fine levels before
     fine = per_stage["fine"][-1][1]
     frames = fine["acoustic_tokens"].shape[1]
     np.testing.assert_array_equal(fine["acoustic_tokens"], acoustic[:, -frames:, :coarse_levels])
     prefix = fine[TARGET_PREFIX_KEY]
-    np.testing.assert_array_equal(prefix, acoustic[:, -frames:-frames + prefix.shape[1], coarse_levels:])
+    np.testing.assert_array_equal(prefix, acoustic[:, -frames : -frames + prefix.shape[1], coarse_levels:])
     return per_stage
 
 
@@ -166,9 +193,9 @@ def _sampling_starts(calls, stage, rate, levels):
 
 def test_sliding_windows_and_story_mode(windowed):
     """0.6 s through windows of 0.4 s (semantic) and 0.1 s (acoustic), with the text changing at
-    0.4 s (on window boundaries, so that few window shapes compile): the requested length; each window reads back the overlap and the aligned span; every
-    window samples under the text of its time; deterministic by seed (one generation, as each
-    new window shape compiles)."""
+    0.4 s (on window boundaries, so that few window shapes compile): the requested length; each
+    window reads back the overlap and the aligned span; every window samples under the text of
+    its time; deterministic by seed (one generation, as each new window shape compiles)."""
     model, calls = windowed
     calls.clear()
     story = [("a calm piano melody", 0.4), ("loud fast drums", 0.2)]
@@ -178,10 +205,15 @@ def test_sliding_windows_and_story_mode(windowed):
     # semantic windows (start, sampled from, end): (0, 0, 10), (5, 10, 15); acoustic: 20 frames
     # at a stride of 10 (plan_windows' own test covers windows cut short by a change)
     assert [len(per_stage[s]) for s in ("semantic", "coarse", "fine")] == [2, 11, 11]
-    np.testing.assert_array_equal(per_stage["semantic"][1][1]["target_prefix"][:, :, 0], result.semantic_tokens[:, 5:10])
+    np.testing.assert_array_equal(
+        per_stage["semantic"][1][1]["target_prefix"][:, :, 0], result.semantic_tokens[:, 5:10]
+    )
     first, second = model.mulan.text_tokens([t for t, _ in story])
-    for stage, rate, levels in [("semantic", model.semantic_rate, 1), ("coarse", model.acoustic_rate, 2),
-                                ("fine", model.acoustic_rate, 2)]:
+    for stage, rate, levels in [
+        ("semantic", model.semantic_rate, 1),
+        ("coarse", model.acoustic_rate, 2),
+        ("fine", model.acoustic_rate, 2),
+    ]:
         starts = _sampling_starts(calls, stage, rate, levels)
         assert any(abs(t - 0.4) < 1e-9 for _, t in starts), stage  # a window begins at the change
         for batch, t in starts:

@@ -2,12 +2,13 @@
 include it and override only what differs; each size resolves to its documented dimensions.
 
 Parsing only (the configs' dataclasses are built, no model is initialised): a few seconds."""
+
 import pathlib
 import re
 
-import gin
 import pytest
 
+import gin
 from musiclm_jax import gin_registry, gin_utils
 from musiclm_jax.nn.encoders import ResNetConfig
 
@@ -81,9 +82,14 @@ def _stage(model, size, params):
     return gin_registry.StageConfig(), _query("TASK_FEATURE_LENGTHS")
 
 
-@pytest.mark.parametrize("size,layers,d_model,semantic,params", [
-    ("paper", 24, 1024, 750, 455e6), ("small", 8, 512, 250, 60e6), ("tiny", 2, 64, 24, 3.4e6),
-])
+@pytest.mark.parametrize(
+    "size,layers,d_model,semantic,params",
+    [
+        ("paper", 24, 1024, 750, 455e6),
+        ("small", 8, 512, 250, 60e6),
+        ("tiny", 2, 64, 24, 3.4e6),
+    ],
+)
 def test_semantic_stage_sizes(size, layers, d_model, semantic, params):
     config, lengths = _stage("semantic_stage", size, params)
     assert (config.num_layers, config.d_model) == (layers, d_model)
@@ -92,14 +98,17 @@ def test_semantic_stage_sizes(size, layers, d_model, semantic, params):
     assert str(config.dtype) == ("bfloat16" if size == "paper" else "float32")
 
 
-@pytest.mark.parametrize("model,size,layers,d_model,target,acoustic,params", [
-    ("coarse_stage", "paper", 24, 1024, (0, 4), (500, 12), 455e6),
-    ("coarse_stage", "small", 6, 256, (0, 4), (200, 8), 7.9e6),
-    ("coarse_stage", "tiny", 2, 64, (0, 2), (100, 4), 0.2e6),
-    ("fine_stage", "paper", 24, 1024, (4, 8), (150, 12), 455e6),
-    ("fine_stage", "small", 6, 256, (4, 4), (100, 8), 7.9e6),
-    ("fine_stage", "tiny", 2, 64, (2, 2), (100, 4), 0.2e6),
-])
+@pytest.mark.parametrize(
+    "model,size,layers,d_model,target,acoustic,params",
+    [
+        ("coarse_stage", "paper", 24, 1024, (0, 4), (500, 12), 455e6),
+        ("coarse_stage", "small", 6, 256, (0, 4), (200, 8), 7.9e6),
+        ("coarse_stage", "tiny", 2, 64, (0, 2), (100, 4), 0.2e6),
+        ("fine_stage", "paper", 24, 1024, (4, 8), (150, 12), 455e6),
+        ("fine_stage", "small", 6, 256, (4, 4), (100, 8), 7.9e6),
+        ("fine_stage", "tiny", 2, 64, (2, 2), (100, 4), 0.2e6),
+    ],
+)
 def test_acoustic_stage_sizes(model, size, layers, d_model, target, acoustic, params):
     config, lengths = _stage(model, size, params)
     assert (config.num_layers, config.d_model) == (layers, d_model)
@@ -110,11 +119,14 @@ def test_acoustic_stage_sizes(model, size, layers, d_model, target, acoustic, pa
     assert dict((name, levels) for name, levels, _ in config.layout.streams)["acoustic"] == acoustic[1]
 
 
-@pytest.mark.parametrize("size,rate,strides,levels,codes,crop", [
-    ("paper", 24000, (3, 4, 5, 8), 12, 1024, 48000),  # 480 hop: 50 Hz, 2 s crops
-    ("small", 24000, (2, 4, 5, 6), 8, 256, 24000),    # 240 hop: 100 Hz, 1 s
-    ("tiny", 16000, (2, 4, 5), 4, 64, 8000),          # 40 hop: 400 Hz, 0.5 s
-])
+@pytest.mark.parametrize(
+    "size,rate,strides,levels,codes,crop",
+    [
+        ("paper", 24000, (3, 4, 5, 8), 12, 1024, 48000),  # 480 hop: 50 Hz, 2 s crops
+        ("small", 24000, (2, 4, 5, 6), 8, 256, 24000),  # 240 hop: 100 Hz, 1 s
+        ("tiny", 16000, (2, 4, 5), 4, 64, 8000),  # 40 hop: 400 Hz, 0.5 s
+    ],
+)
 def test_soundstream_sizes(size, rate, strides, levels, codes, crop):
     _parse(f"models/soundstream/{size}.gin")
     config = gin_registry.SoundStreamConfig()
@@ -125,9 +137,14 @@ def test_soundstream_sizes(size, rate, strides, levels, codes, crop):
     assert _query("OptimizerConfig.schedule") == "constant"
 
 
-@pytest.mark.parametrize("size,layers,d_model,codes,embedding_layer,dtype", [
-    ("paper", 12, 1024, 1024, 7, "bfloat16"), ("small", 4, 128, 256, 3, "float32"), ("tiny", 2, 64, 64, 1, "float32"),
-])
+@pytest.mark.parametrize(
+    "size,layers,d_model,codes,embedding_layer,dtype",
+    [
+        ("paper", 12, 1024, 1024, 7, "bfloat16"),
+        ("small", 4, 128, 256, 3, "float32"),
+        ("tiny", 2, 64, 64, 1, "float32"),
+    ],
+)
 def test_w2v_bert_sizes(size, layers, d_model, codes, embedding_layer, dtype):
     _parse(f"models/w2v_bert/{size}.gin")
     config = gin_registry.W2vBertConfig()
@@ -137,10 +154,14 @@ def test_w2v_bert_sizes(size, layers, d_model, codes, embedding_layer, dtype):
     assert config.contrastive.scan_layers == (size == "paper")
 
 
-@pytest.mark.parametrize("size,tower,text_layers,embed_dim,rvq,text_length", [
-    ("paper", "resnet", 12, 128, (12, 1024), 128), ("small", "transformer", 4, 128, (12, 64), 48),
-    ("tiny", "transformer", 2, 64, (4, 32), 32),
-])
+@pytest.mark.parametrize(
+    "size,tower,text_layers,embed_dim,rvq,text_length",
+    [
+        ("paper", "resnet", 12, 128, (12, 1024), 128),
+        ("small", "transformer", 4, 128, (12, 64), 48),
+        ("tiny", "transformer", 2, 64, (4, 32), 32),
+    ],
+)
 def test_mulan_sizes(size, tower, text_layers, embed_dim, rvq, text_length):
     _parse(f"models/mulan/{size}.gin")
     config = gin_registry.MuLanConfig()

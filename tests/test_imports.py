@@ -3,6 +3,7 @@
 Every import statement of every module counts, those inside functions included: a lazy import
 hides a dependency from the reader, not from the rule.
 """
+
 import ast
 import pathlib
 
@@ -96,13 +97,29 @@ def rel(module: str) -> str:
 
 def test_every_part_of_the_package_has_a_rule_or_is_a_job(graph):
     jobs = sorted({part_of(m) for m in graph} - set(MAY_IMPORT))
-    assert set(jobs) <= {"main", "train", "eval", "generate", "export", "export_tf", "precompute", "pipeline",
-                         "configurables", "gin_registry", "aot", "inspect_data"}, jobs
+    assert set(jobs) <= {
+        "main",
+        "train",
+        "eval",
+        "generate",
+        "export",
+        "export_tf",
+        "precompute",
+        "pipeline",
+        "configurables",
+        "gin_registry",
+        "aot",
+        "inspect_data",
+    }, jobs
 
 
 def test_no_forbidden_import(graph):
-    bad = [f"{rel(a)} imports {rel(b)}" for a, targets in sorted(graph.items()) for b in sorted(targets)
-           if not allowed(a, b)]
+    bad = [
+        f"{rel(a)} imports {rel(b)}"
+        for a, targets in sorted(graph.items())
+        for b in sorted(targets)
+        if not allowed(a, b)
+    ]
     assert not bad, "forbidden imports (DESIGN.md section 3):\n" + "\n".join(bad)
 
 

@@ -1,5 +1,6 @@
 """k-means for semantic tokens: recovers planted clusters, matches sklearn's inertia, sharded
 equals unsharded, deterministic, artifacts round-trip, bad input is named."""
+
 import json
 import os
 

@@ -1,4 +1,5 @@
 """FAD / KLD / MCC maths against closed forms and scipy."""
+
 import numpy as np
 import pytest
 from scipy import spatial, stats
@@ -9,6 +10,7 @@ from musiclm_jax.evaluation import metrics
 def _w2_symmetric(mean_a, cov_a, mean_b, cov_b):
     """Frechet (2-Wasserstein^2) distance via the symmetric form tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2),
     with square roots from eigendecompositions (independent of the scipy.linalg.sqrtm path)."""
+
     def sqrt_psd(m):
         w, v = np.linalg.eigh(m)
         return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
@@ -40,7 +42,8 @@ def test_fad_of_samples_matches_the_fitted_gaussians_and_grows_with_shift():
     shifted = same + 1.0
     fit_ref, fit_shift = np.mean(ref, 0), np.cov(shifted, rowvar=False)
     assert metrics.fad(ref, shifted) == pytest.approx(
-        _w2_symmetric(fit_ref, np.cov(ref, rowvar=False), np.mean(shifted, 0), fit_shift), rel=1e-6)
+        _w2_symmetric(fit_ref, np.cov(ref, rowvar=False), np.mean(shifted, 0), fit_shift), rel=1e-6
+    )
     assert metrics.fad(ref, same) < 0.3 < 7.0 < metrics.fad(ref, shifted)  # shift of 1 in 8 dims: ~8
     # fewer clips than dimensions: singular covariances still give a finite distance
     assert np.isfinite(metrics.fad(rng.standard_normal((5, 16)), rng.standard_normal((5, 16))))

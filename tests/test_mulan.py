@@ -1,5 +1,6 @@
 """MuLan: the contrastive towers learn on synthetic music, the loss is global-batch under sharding,
 the at-chance guard fires on a model that cannot learn, and MuLan tokens carry the match."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,8 +9,15 @@ import pytest
 
 from musiclm_jax.data import synthetic
 from musiclm_jax.data.text_vocab import load_caption_vocabulary, train_caption_vocabulary
-from musiclm_jax.models.mulan import (MuLan, MuLanConfig, contrastive_loss, cycle_consistency, is_at_chance,
-                                      recall_at_k, window_starts)
+from musiclm_jax.models.mulan import (
+    MuLan,
+    MuLanConfig,
+    contrastive_loss,
+    cycle_consistency,
+    is_at_chance,
+    recall_at_k,
+    window_starts,
+)
 from musiclm_jax.nn.encoders import EncoderConfig
 from musiclm_jax.tokenizers import mulan as mulan_tok
 from musiclm_jax.training.partitioning import Partitioner, unbox
@@ -20,10 +28,25 @@ N_TRAIN, N_HELD_OUT, BATCH, STEPS = 1024, 128, 32, 300
 
 def tiny_config(**overrides) -> MuLanConfig:
     enc = EncoderConfig(num_layers=2, num_heads=4, head_dim=16, d_model=64, d_ff=128)
-    kwargs = dict(n_fft=640, hop_length=320, n_mels=32, audio_encoder="transformer", spectrogram_transformer=enc,
-                  patch_frames=5, patch_mels=8, max_patches=64, text_encoder=enc, vocab_size=VOCAB,
-                  max_text_length=TEXT_LEN, embed_dim=64, window_seconds=SECONDS, hop_seconds=1.0, rvq_levels=4,
-                  rvq_codebook_size=16, chance_patience=3)
+    kwargs = dict(
+        n_fft=640,
+        hop_length=320,
+        n_mels=32,
+        audio_encoder="transformer",
+        spectrogram_transformer=enc,
+        patch_frames=5,
+        patch_mels=8,
+        max_patches=64,
+        text_encoder=enc,
+        vocab_size=VOCAB,
+        max_text_length=TEXT_LEN,
+        embed_dim=64,
+        window_seconds=SECONDS,
+        hop_seconds=1.0,
+        rvq_levels=4,
+        rvq_codebook_size=16,
+        chance_patience=3,
+    )
     kwargs.update(overrides)
     return MuLanConfig(**kwargs)
 
@@ -37,21 +60,24 @@ def init_params(model: MuLan, seed: int = 0):
 def data(tmp_path_factory):
     train = [synthetic.render(11, i, sample_rate=SR, duration_s=SECONDS) for i in range(N_TRAIN)]
     held_out = [synthetic.render(12, i, sample_rate=SR, duration_s=SECONDS) for i in range(N_HELD_OUT)]
-    path = train_caption_vocabulary([e.caption for e in train], str(tmp_path_factory.mktemp("vocab") / "captions"),
-                                    vocab_size=VOCAB)
+    path = train_caption_vocabulary(
+        [e.caption for e in train], str(tmp_path_factory.mktemp("vocab") / "captions"), vocab_size=VOCAB
+    )
     vocab = load_caption_vocabulary(path)
 
     def ids(captions):
         out = np.full((len(captions), TEXT_LEN), -1, np.int32)
         for i, c in enumerate(captions):
             x = list(vocab.encode(c))[:TEXT_LEN]
-            out[i, :len(x)] = x
+            out[i, : len(x)] = x
         return out
 
-    return {"train": {"audio": np.stack([e.audio for e in train]), "text_tokens": ids([e.caption for e in train])},
-            "held_out": {"audio": np.stack([e.audio for e in held_out]),
-                         "text_tokens": ids([e.caption for e in held_out])},
-            "held_out_captions": [e.caption for e in held_out], "vocab": vocab}
+    return {
+        "train": {"audio": np.stack([e.audio for e in train]), "text_tokens": ids([e.caption for e in train])},
+        "held_out": {"audio": np.stack([e.audio for e in held_out]), "text_tokens": ids([e.caption for e in held_out])},
+        "held_out_captions": [e.caption for e in held_out],
+        "vocab": vocab,
+    }
 
 
 def train_mulan(data, *, shuffle_captions: bool, steps: int = STEPS, evals: int = 4):
@@ -59,8 +85,10 @@ def train_mulan(data, *, shuffle_captions: bool, steps: int = STEPS, evals: int 
     batch 32, the eval batch of a run) taken `evals` times."""
     model = MuLan(tiny_config())
     params = init_params(model)
-    tx = optax.chain(optax.clip_by_global_norm(1.0),
-                     optax.adamw(optax.warmup_cosine_decay_schedule(0.0, 2e-3, 20, steps), weight_decay=0.01))
+    tx = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.adamw(optax.warmup_cosine_decay_schedule(0.0, 2e-3, 20, steps), weight_decay=0.01),
+    )
     opt = tx.init(params)
 
     @jax.jit
@@ -120,14 +148,19 @@ def test_sharded_loss_equals_single_device():
     model = MuLan(tiny_config())
     params = init_params(model)
     rng = np.random.default_rng(1)
-    batch = {"audio": 0.1 * rng.standard_normal((16, int(SR * SECONDS))).astype(np.float32),
-             "text_tokens": rng.integers(3, 300, (16, TEXT_LEN)).astype(np.int32)}
+    batch = {
+        "audio": 0.1 * rng.standard_normal((16, int(SR * SECONDS))).astype(np.float32),
+        "text_tokens": rng.integers(3, 300, (16, TEXT_LEN)).astype(np.int32),
+    }
     loss_and_grad = jax.value_and_grad(lambda p, b: model.loss_fn(p, b, None)[0])
     ref_loss, ref_grad = jax.jit(loss_and_grad)(params, batch)
 
     part = Partitioner(ici_mesh_shape=(8, 1, 1))
-    fn = part.compile(loss_and_grad, in_shardings=(part.replicated, {k: part.batch_sharding(2) for k in batch}),
-                      out_shardings=part.replicated)
+    fn = part.compile(
+        loss_and_grad,
+        in_shardings=(part.replicated, {k: part.batch_sharding(2) for k in batch}),
+        out_shardings=part.replicated,
+    )
     loss, grad = fn(params, part.global_batch(batch))
     assert float(loss) == pytest.approx(float(ref_loss), rel=1e-5)
     assert abs(float(loss) - np.log(16)) < 0.5
@@ -211,8 +244,9 @@ def test_embed_audio_windows_any_length_and_deterministic():
     one = np.asarray(embed(params, jnp.asarray(clips[1][None])))
     np.testing.assert_allclose(out[1], one[0], atol=1e-5)
     # a 57000-sample clip = mean of its 3 windows at 0, 1 and 2 s (the last one zero-padded)
-    windows = [np.pad(clips[2][s:s + 32000], (0, max(0, 32000 - len(clips[2][s:s + 32000])))) for s in
-               (0, 16000, 32000)]
+    windows = [
+        np.pad(clips[2][s : s + 32000], (0, max(0, 32000 - len(clips[2][s : s + 32000])))) for s in (0, 16000, 32000)
+    ]
     mean = np.asarray(embed(params, jnp.asarray(np.stack(windows)))).mean(0)
     np.testing.assert_allclose(out[2], mean / np.linalg.norm(mean), atol=1e-5)
     with pytest.raises(ValueError, match="empty"):
@@ -229,7 +263,6 @@ def test_rvq_save_load_round_trip(tmp_path):
         np.testing.assert_array_equal(cb[k], loaded[k])
     with pytest.raises(FileNotFoundError, match="fit_mulan_rvq"):
         mulan_tok.load_rvq(str(tmp_path / "missing"))
-
 
 
 @pytest.mark.slow
@@ -250,8 +283,11 @@ def test_cli_fit_rvq_eval_and_tokenizer(tmp_path, tiny_pipeline):
     r = musiclm("fit_mulan_rvq", *flags, "--gin.RVQ_EXAMPLES=32", "--gin.RVQ_EVAL_EXAMPLES=8")
     assert r.returncode == 0, r.stderr[-3000:]
     info = json.load(open(model_dir / "mulan_rvq" / "rvq.json"))
-    assert info["levels"] == 4 and info["num_examples"] == 32 and set(info["reconstruction_cosine"]) == {
-        "train", "validation"}
+    assert (
+        info["levels"] == 4
+        and info["num_examples"] == 32
+        and set(info["reconstruction_cosine"]) == {"train", "validation"}
+    )
     r = musiclm("eval", "--gin_file=runs/eval.gin", *flags, "--gin.EVAL_STEPS=2")
     assert r.returncode == 0, r.stderr[-3000:]
     step = max(int(d) for d in os.listdir(model_dir / "checkpoints") if d.isdigit())
@@ -273,9 +309,7 @@ def test_paper_config_sizes():
     """gin/models/mulan/paper.gin: a ResNet-50 audio tower (~23.5M) and a BERT-base-sized text
     tower (~85M + the embedding table), checked with jax.eval_shape (nothing is allocated)."""
     import gin
-
-    from musiclm_jax import gin_utils
-    from musiclm_jax import gin_registry
+    from musiclm_jax import gin_registry, gin_utils
     from musiclm_jax.nn.transformer import count_params
 
     gin.clear_config()
@@ -286,9 +320,20 @@ def test_paper_config_sizes():
         gin.clear_config()
     c = model.config
     assert (c.audio_encoder, c.n_mels, c.embed_dim, c.window_seconds, c.rvq_levels, c.rvq_codebook_size) == (
-        "resnet", 64, 128, 10.0, 12, 1024)
-    shapes = jax.eval_shape(lambda: unbox(model.get_initial_variables(
-        jax.random.PRNGKey(0), {"audio": (1, c.window_samples), "text_tokens": (1, c.max_text_length)}))["params"])
+        "resnet",
+        64,
+        128,
+        10.0,
+        12,
+        1024,
+    )
+    shapes = jax.eval_shape(
+        lambda: unbox(
+            model.get_initial_variables(
+                jax.random.PRNGKey(0), {"audio": (1, c.window_samples), "text_tokens": (1, c.max_text_length)}
+            )
+        )["params"]
+    )
     counts = {k: count_params(v) for k, v in shapes.items()}
     assert 23.3e6 < counts["audio_tower"] < 23.7e6
     text_body = counts["text_tower"] - c.vocab_size * 768 - c.max_text_length * 768

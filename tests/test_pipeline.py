@@ -1,15 +1,15 @@
 """`musiclm pipeline` end to end at the tiny sizes: every step runs in order (five models trained
 on the synthetic source, k-means, RVQ, token cache, generation, the text-to-music eval), the summary
 and the music are written, and a rerun skips finished steps (no training again)."""
+
 import json
 import os
 
 import pytest
 import soundfile
+from conftest import PIPELINE_SECONDS as SECONDS
 
 from musiclm_jax import main, pipeline
-
-from conftest import PIPELINE_SECONDS as SECONDS
 
 
 @pytest.mark.slow
@@ -53,19 +53,24 @@ def test_tiny_pipeline_runs_end_to_end(tiny_pipeline):
 @pytest.mark.slow
 def test_rerun_resumes_without_training_again(tiny_pipeline, capsys):
     model_dir, first = tiny_pipeline
-    checkpoints = {name: sorted(os.listdir(os.path.join(model_dir, name, "checkpoints")))
-                   for name in ("codec", "w2v_bert", "mulan", "semantic_stage", "coarse_stage", "fine_stage")}
+    checkpoints = {
+        name: sorted(os.listdir(os.path.join(model_dir, name, "checkpoints")))
+        for name in ("codec", "w2v_bert", "mulan", "semantic_stage", "coarse_stage", "fine_stage")
+    }
     markers = {s: os.path.getmtime(pipeline.marker_path(model_dir, s)) for s in pipeline.STEPS}
     os.remove(pipeline.marker_path(model_dir, "evaluate"))  # as if stopped during the last step
     capsys.readouterr()
-    again = pipeline.run_pipeline(model_dir=model_dir, size="tiny", seconds=SECONDS, num_prompts=2,
-                                  train_captions_checked=64)
+    again = pipeline.run_pipeline(
+        model_dir=model_dir, size="tiny", seconds=SECONDS, num_prompts=2, train_captions_checked=64
+    )
     out = capsys.readouterr().out
     assert out.count("already done") == len(pipeline.STEPS) - 1
     assert "train step compiled" not in out  # nothing was trained
     for s in pipeline.STEPS[:-1]:
         assert os.path.getmtime(pipeline.marker_path(model_dir, s)) == markers[s]
-    assert {name: sorted(os.listdir(os.path.join(model_dir, name, "checkpoints"))) for name in checkpoints} == checkpoints
+    assert {
+        name: sorted(os.listdir(os.path.join(model_dir, name, "checkpoints"))) for name in checkpoints
+    } == checkpoints
     assert again["metrics"]["adherence"] == first["metrics"]["adherence"]  # same music, same detectors
     assert again["wall_s"]["codec"] == first["wall_s"]["codec"]
 

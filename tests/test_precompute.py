@@ -1,6 +1,7 @@
 """`musiclm precompute`: the cache holds exactly the tokenizers' tokens, is readable by seqio's
 own cache reader, resumes without redoing finished shards, counts bad input, and token tasks
 crop every stream at the same whole seconds."""
+
 import json
 import os
 
@@ -9,8 +10,8 @@ import pytest
 import seqio
 from model_dirs import SR
 
-from musiclm_jax.audio.io import resample, write_wav
 from musiclm_jax import precompute
+from musiclm_jax.audio.io import resample, write_wav
 from musiclm_jax.data import audio_tasks, token_cache_tasks
 from musiclm_jax.data.sources import Example, ManifestSource
 
@@ -51,9 +52,12 @@ def _expected(model_dirs, task, split):
     for ex in source.examples(split):
         mulan, windows = toks.mulan.audio_tokens_with_windows([ex.audio])
         np.testing.assert_array_equal(mulan, toks.mulan.audio_tokens([ex.audio]))  # one pass gives both
-        out[ex.id] = {"mulan_tokens": mulan[0], "mulan_window_tokens": windows[0],
-                      "semantic_tokens": toks.semantic.tokenize([ex.audio])[0],
-                      "acoustic_tokens": toks.acoustic.encode(resample(ex.audio, SR, 24000)[None])[0]}
+        out[ex.id] = {
+            "mulan_tokens": mulan[0],
+            "mulan_window_tokens": windows[0],
+            "semantic_tokens": toks.semantic.tokenize([ex.audio])[0],
+            "acoustic_tokens": toks.acoustic.encode(resample(ex.audio, SR, 24000)[None])[0],
+        }
     return out
 
 
@@ -62,10 +66,16 @@ def _read_cached(cache_root, name, split):
     feat = lambda rank: seqio.Feature(seqio.PassThroughVocabulary(64), add_eos=False, dtype="int32", rank=rank)  # noqa: E731
     if name not in seqio.TaskRegistry.names():
         seqio.TaskRegistry.add(
-            name, source=seqio.FunctionDataSource(lambda split, shuffle_files: None, splits=("train", "validation")),
+            name,
+            source=seqio.FunctionDataSource(lambda split, shuffle_files: None, splits=("train", "validation")),
             preprocessors=[seqio.CacheDatasetPlaceholder(required=True)],
-            output_features={"mulan_tokens": feat(1), "mulan_window_tokens": feat(2), "semantic_tokens": feat(1),
-                             "acoustic_tokens": feat(2)})
+            output_features={
+                "mulan_tokens": feat(1),
+                "mulan_window_tokens": feat(2),
+                "semantic_tokens": feat(1),
+                "acoustic_tokens": feat(2),
+            },
+        )
     old = seqio.get_global_cache_dirs()
     seqio.set_global_cache_dirs([str(cache_root)])
     try:
@@ -78,8 +88,9 @@ def _read_cached(cache_root, name, split):
 @pytest.fixture(scope="module")
 def cache(model_dirs, manifest_task, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("cache") / "precompute_test_cached")
-    summary = precompute.precompute_tokens(task=manifest_task, splits=("train", "validation"), output_dir=out,
-                                           num_shards=2, **model_dirs)
+    summary = precompute.precompute_tokens(
+        task=manifest_task, splits=("train", "validation"), output_dir=out, num_shards=2, **model_dirs
+    )
     return out, summary
 
 
@@ -109,7 +120,9 @@ def test_cache_equals_tokenizers_and_counts_bad_input(cache, model_dirs, manifes
         assert all(cached[c]["acoustic_tokens"].shape == (int(np.ceil(seconds[c] * 200)), 4) for c in cached)
         # tiny MuLan: 2 s windows at a 1 s hop -> 2 windows of a 3 s clip, 4 of a 4.5 s one
         assert all(cached[c]["mulan_window_tokens"].shape == ({3.0: 2, 4.5: 4}[seconds[c]], 4) for c in cached)
-    n_tokens = sum(int(s.size) for s in (e["semantic_tokens"] for e in _expected(model_dirs, manifest_task, "train").values()))
+    n_tokens = sum(
+        int(s.size) for s in (e["semantic_tokens"] for e in _expected(model_dirs, manifest_task, "train").values())
+    )
     assert train["tokens"]["semantic_tokens"] == n_tokens
 
 
@@ -121,32 +134,42 @@ def test_second_run_skips_finished_shards(cache, model_dirs, manifest_task, monk
     calls = []
     real = precompute._Tokenizers.tokenize
     monkeypatch.setattr(precompute._Tokenizers, "tokenize", lambda self, *a: calls.append(1) or real(self, *a))
-    again = precompute.precompute_tokens(task=manifest_task, splits=("train", "validation"), output_dir=out,
-                                         num_shards=2, **model_dirs)
+    again = precompute.precompute_tokens(
+        task=manifest_task, splits=("train", "validation"), output_dir=out, num_shards=2, **model_dirs
+    )
     assert calls == [] and again["shards_run"] == 0 and again["splits_skipped"] == ["train", "validation"]
     assert {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in records} == before
     # A lost shard (with its split's info) is redone alone; the others are kept.
     os.remove(os.path.join(out, records[1]))
     os.remove(os.path.join(out, "info.train.json"))
-    redone = precompute.precompute_tokens(task=manifest_task, splits=("train", "validation"), output_dir=out,
-                                          num_shards=2, **model_dirs)
+    redone = precompute.precompute_tokens(
+        task=manifest_task, splits=("train", "validation"), output_dir=out, num_shards=2, **model_dirs
+    )
     assert redone["shards_run"] == 1 and redone["shards_skipped"] == 3 and len(calls) == 1
     assert redone["splits"] == again["splits"]
     assert os.stat(os.path.join(out, records[0])).st_mtime_ns == before[records[0]]
     # A cache is never mixed with another task's or models' tokens.
     with pytest.raises(ValueError, match="made with task"):
-        precompute.precompute_tokens(task="synthetic_music", splits=("train",), output_dir=out, num_shards=2,
-                                     **model_dirs)
+        precompute.precompute_tokens(
+            task="synthetic_music", splits=("train",), output_dir=out, num_shards=2, **model_dirs
+        )
     with pytest.raises(FileNotFoundError, match="model.json"):
-        precompute.precompute_tokens(task=manifest_task, splits=("train",), output_dir=out, num_shards=2,
-                                     **{**model_dirs, "soundstream_dir": out + "/nowhere"})
+        precompute.precompute_tokens(
+            task=manifest_task,
+            splits=("train",),
+            output_dir=out,
+            num_shards=2,
+            **{**model_dirs, "soundstream_dir": out + "/nowhere"},
+        )
 
 
 def test_token_task_crops_align_across_streams(cache):
     out, _ = cache
     whole = token_cache_tasks.register_token_task("precompute_test_whole", out)
-    full = {ex["id"].decode(): ex for ex in
-            seqio.get_mixture_or_task(whole).get_dataset(None, split="train", shuffle=False).as_numpy_iterator()}
+    full = {
+        ex["id"].decode(): ex
+        for ex in seqio.get_mixture_or_task(whole).get_dataset(None, split="train", shuffle=False).as_numpy_iterator()
+    }
     name = token_cache_tasks.register_token_task("precompute_test_2s", out, crop_seconds=2)
     task = seqio.get_mixture_or_task(name)
 
@@ -159,13 +182,14 @@ def test_token_task_crops_align_across_streams(cache):
     for cid, ex in train.items():
         s, ref = int(ex["crop_start_s"]), full[cid]
         assert ex["semantic_tokens"].shape == (50,) and ex["acoustic_tokens"].shape == (400, 4)
-        np.testing.assert_array_equal(ex["semantic_tokens"], ref["semantic_tokens"][s * 25:(s + 2) * 25])
-        np.testing.assert_array_equal(ex["acoustic_tokens"], ref["acoustic_tokens"][s * 200:(s + 2) * 200])
+        np.testing.assert_array_equal(ex["semantic_tokens"], ref["semantic_tokens"][s * 25 : (s + 2) * 25])
+        np.testing.assert_array_equal(ex["acoustic_tokens"], ref["acoustic_tokens"][s * 200 : (s + 2) * 200])
         np.testing.assert_array_equal(ex["mulan_tokens"], ref["mulan_tokens"])  # whole-clip condition
         assert 0 <= s <= len(ref["semantic_tokens"]) // 25 - 2
         starts.add(s)
-    assert {c: int(e["crop_start_s"]) for c, e in crops("train", 0).items()} == {c: int(e["crop_start_s"])
-                                                                                for c, e in train.items()}
+    assert {c: int(e["crop_start_s"]) for c, e in crops("train", 0).items()} == {
+        c: int(e["crop_start_s"]) for c, e in train.items()
+    }
     others = [{c: int(e["crop_start_s"]) for c, e in crops("train", seed).items()} for seed in (1, 2, 3)]
     assert any(o != {c: int(e["crop_start_s"]) for c, e in train.items()} for o in others)  # seeded, not fixed
     # Validation: centred, the same for every seed (3 s -> start 0, 4.5 s -> whole 4 s -> start 1).
@@ -173,11 +197,15 @@ def test_token_task_crops_align_across_streams(cache):
         val = crops("validation", seed)
         assert {c: int(e["crop_start_s"]) for c, e in val.items()} == {"c5": 1, "c6": 0}
     # Per-window MuLan tokens: a 2 s crop from second s (centre s + 1) gets the 2 s window at s.
-    windowed = token_cache_tasks.register_token_task("precompute_test_2s_windows", out, crop_seconds=2,
-                                                     mulan_per_window=True)
+    windowed = token_cache_tasks.register_token_task(
+        "precompute_test_2s_windows", out, crop_seconds=2, mulan_per_window=True
+    )
     for seed in (0, 1):
-        for ex in seqio.get_mixture_or_task(windowed).get_dataset(None, split="train", shuffle=False,
-                                                                 seed=seed).as_numpy_iterator():
+        for ex in (
+            seqio.get_mixture_or_task(windowed)
+            .get_dataset(None, split="train", shuffle=False, seed=seed)
+            .as_numpy_iterator()
+        ):
             ref = full[ex["id"].decode()]
             np.testing.assert_array_equal(ex["mulan_tokens"], ref["mulan_window_tokens"][int(ex["crop_start_s"])])
     # Clips shorter than the crop stay whole ('keep'; the batch pipeline pads) or go ('drop').
@@ -205,7 +233,8 @@ class _ClipsWithAnEmptyOne:
 
 def test_rejected_clip_is_counted_not_fatal(model_dirs, tmp_path):
     name = audio_tasks.register_audio_task("precompute_test_empty", _ClipsWithAnEmptyOne())
-    summary = precompute.precompute_tokens(task=name, splits=("train",), output_dir=str(tmp_path), num_shards=1,
-                                           **model_dirs)
+    summary = precompute.precompute_tokens(
+        task=name, splits=("train",), output_dir=str(tmp_path), num_shards=1, **model_dirs
+    )
     assert summary["splits"]["train"]["clips"] == 1
     assert summary["splits"]["train"]["skipped"] == {precompute.TOKENIZER_REJECTED: 1}

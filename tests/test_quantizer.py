@@ -1,4 +1,5 @@
 """Residual vector quantizer: reconstruction, EMA, dead-code restart, dropout, k-means, jit."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,8 +79,12 @@ def test_ema_update_matches_numpy():
     L, K, D = 3, 5, 4
     cs = rs.rand(L, K).astype(np.float32) + 0.5
     es = rs.randn(L, K, D).astype(np.float32)
-    cb = {"embed": jnp.asarray(rs.randn(L, K, D), jnp.float32), "cluster_size": jnp.asarray(cs),
-          "embed_sum": jnp.asarray(es), "initialized": jnp.ones(())}
+    cb = {
+        "embed": jnp.asarray(rs.randn(L, K, D), jnp.float32),
+        "cluster_size": jnp.asarray(cs),
+        "embed_sum": jnp.asarray(es),
+        "initialized": jnp.ones(()),
+    }
     counts = rs.randint(0, 4, size=(L, K)).astype(np.float32)
     counts[2] = 0  # an inactive level: must not change
     sums = rs.randn(L, K, D).astype(np.float32)
@@ -105,8 +110,11 @@ def test_dead_codes_restarted():
     embed = np.concatenate([centers, np.full((4, D), 100.0, np.float32)])  # codes 4..7 far away
     cb = _codebooks(embed[None])
     x = (centers[rs.randint(0, 4, 64)] + 0.05 * rs.randn(64, D)).astype(np.float32)
-    update = jax.jit(lambda cb, k: (lambda o: (rvq.ema_update(cb, o.counts, o.sums, decay=0.5), o.samples))(
-        rvq.quantize(cb, x, rng=k)))
+    update = jax.jit(
+        lambda cb, k: (lambda o: (rvq.ema_update(cb, o.counts, o.sums, decay=0.5), o.samples))(
+            rvq.quantize(cb, x, rng=k)
+        )
+    )
     for step in range(4):
         cb, samples = update(cb, jax.random.PRNGKey(step))
     cs = np.asarray(cb["cluster_size"][0])

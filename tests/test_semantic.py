@@ -1,5 +1,6 @@
 """The semantic tokenizer: shapes and determinism for any length, from a model directory, and the
 token/label agreement measures against scikit-learn."""
+
 import json
 
 import jax
@@ -14,9 +15,7 @@ from musiclm_jax.training.partitioning import unbox
 @pytest.fixture(scope="module")
 def tiny_w2v_bert() -> W2vBert:
     import gin
-
-    from musiclm_jax import gin_utils
-    from musiclm_jax import gin_registry
+    from musiclm_jax import gin_registry, gin_utils
 
     gin.clear_config()
     try:
@@ -73,10 +72,18 @@ def test_cli_fit_kmeans_and_tokenizer_from_model_dir(tmp_path, tokenizer_model_d
 
     model_dir = tmp_path / "w2v"
     shutil.copytree(tokenizer_model_dirs["w2v_bert_dir"], model_dir, ignore=shutil.ignore_patterns("kmeans"))
-    code = main.main(["fit_semantic_kmeans", "--gin_file=experiments/w2v_bert_tiny.gin", "--gin.KMEANS_CLUSTERS=8",
-                      "--gin.KMEANS_EXAMPLES=12", "--gin.KMEANS_EVAL_EXAMPLES=4",
-                      "--gin.w2v_task/SyntheticSource.num_examples=32",
-                      "--gin.w2v_task/SyntheticSource.num_validation_examples=8", f"--gin.MODEL_DIR='{model_dir}'"])
+    code = main.main(
+        [
+            "fit_semantic_kmeans",
+            "--gin_file=experiments/w2v_bert_tiny.gin",
+            "--gin.KMEANS_CLUSTERS=8",
+            "--gin.KMEANS_EXAMPLES=12",
+            "--gin.KMEANS_EVAL_EXAMPLES=4",
+            "--gin.w2v_task/SyntheticSource.num_examples=32",
+            "--gin.w2v_task/SyntheticSource.num_validation_examples=8",
+            f"--gin.MODEL_DIR='{model_dir}'",
+        ]
+    )
     assert code == 0, capsys.readouterr().err[-3000:]
     assert "fitted 8 clusters on layer 1" in capsys.readouterr().out
     info = json.load(open(model_dir / "kmeans" / "kmeans.json"))

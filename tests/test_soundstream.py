@@ -1,4 +1,5 @@
 """SoundStream: it learns, its two-optimizer step shards and resumes, the tokenizer round-trips."""
+
 import json
 import os
 
@@ -27,9 +28,12 @@ def tiny_config(**overrides) -> SoundStreamConfig:
     cfg = dict(
         sample_rate=SR,
         seanet=SEANetConfig(channels=8, strides=(2, 4, 5), channel_multipliers=(2, 4, 8), dim=16),
-        discriminators=DiscriminatorConfig(stft_window=256, stft_hop=64, stft_channels=4, wave_channels=4,
-                                           wave_max_channels=32, wave_downsample=(4, 4)),
-        num_levels=4, codebook_size=64, kmeans_iters=5,
+        discriminators=DiscriminatorConfig(
+            stft_window=256, stft_hop=64, stft_channels=4, wave_channels=4, wave_max_channels=32, wave_downsample=(4, 4)
+        ),
+        num_levels=4,
+        codebook_size=64,
+        kmeans_iters=5,
     )
     cfg.update(overrides)
     return SoundStreamConfig(**cfg)
@@ -37,21 +41,33 @@ def tiny_config(**overrides) -> SoundStreamConfig:
 
 def clips(seed, n, samples=SAMPLES):
     """Synthetic music excerpts (the middle of 1 s pieces, past the attack of the first note)."""
-    out = [synthetic.render(seed, i, sample_rate=SR, duration_s=1.0).audio[2000:2000 + samples] for i in range(n)]
+    out = [synthetic.render(seed, i, sample_rate=SR, duration_s=1.0).audio[2000 : 2000 + samples] for i in range(n)]
     return np.stack(out).astype(np.float32)
 
 
 def make_trainer(model, ici=(-1, 1, 1), devices=None, batch=8, samples=SAMPLES):
-    return Trainer(model, Partitioner(ici_mesh_shape=ici, devices=devices), OPT, total_steps=1000,
-                   input_shapes={"audio": (batch, samples)})
+    return Trainer(
+        model,
+        Partitioner(ici_mesh_shape=ici, devices=devices),
+        OPT,
+        total_steps=1000,
+        input_shapes={"audio": (batch, samples)},
+    )
 
 
 # Smallest discriminators (STFT + one wave scale, one layer each): for codecs trained without
 # the GAN, whose discriminators are initialised but never run. CPU compile time grows with the
 # number of layers (~0.1 s per parameter tensor for the init alone).
-NO_GAN_DISCRIMINATORS = DiscriminatorConfig(stft_window=256, stft_hop=64, stft_channels=4, stft_dilations=(),
-                                            wave_channels=4, wave_max_channels=32, wave_downsample=(),
-                                            wave_num_scales=1)
+NO_GAN_DISCRIMINATORS = DiscriminatorConfig(
+    stft_window=256,
+    stft_hop=64,
+    stft_channels=4,
+    stft_dilations=(),
+    wave_channels=4,
+    wave_max_channels=32,
+    wave_downsample=(),
+    wave_num_scales=1,
+)
 
 
 def run(trainer, batches, state=None, seed=0):
@@ -76,9 +92,14 @@ def test_tiny_codec_learns_on_synthetic_music():
     # After 200 steps: mel distance x0.47, SI-SDR +15.4 dB (the larger codec, after 250 steps:
     # x0.49 and +7.5 dB).
     samples = 2000
-    model = SoundStream(tiny_config(  # GAN off
-        discriminator_start_step=-1, quantizer_dropout=False, discriminators=NO_GAN_DISCRIMINATORS,
-        seanet=SEANetConfig(channels=8, strides=(2, 4, 5), channel_multipliers=(2, 4, 8), dim=16, dilations=(1, 3))))
+    model = SoundStream(
+        tiny_config(  # GAN off
+            discriminator_start_step=-1,
+            quantizer_dropout=False,
+            discriminators=NO_GAN_DISCRIMINATORS,
+            seanet=SEANetConfig(channels=8, strides=(2, 4, 5), channel_multipliers=(2, 4, 8), dim=16, dilations=(1, 3)),
+        )
+    )
     trainer = make_trainer(model, devices=jax.devices()[:1], samples=samples)
     train = clips(synthetic.SPLIT_SEEDS["train"], 32, samples=samples)
     held_out = {"audio": clips(synthetic.SPLIT_SEEDS["validation"], 8, samples=samples)}
@@ -98,12 +119,22 @@ def test_sharded_gan_step_matches_single_device_and_resumes(tmp_path):
     # Every part of the GAN step (encoder, RVQ, decoder, STFT and 2-scale wave discriminators),
     # one layer each: CPU compile time grows with the layer count, and this test compiles an
     # init and a step twice (one device, 8 devices); what it checks does not depend on depth.
-    model = SoundStream(tiny_config(
-        discriminator_start_step=1,
-        seanet=SEANetConfig(channels=8, strides=(4,), channel_multipliers=(2,), dim=16, dilations=(1,)),
-        discriminators=DiscriminatorConfig(stft_window=256, stft_hop=64, stft_channels=4, stft_dilations=(1,),
-                                           wave_channels=4, wave_max_channels=32, wave_downsample=(4,),
-                                           wave_num_scales=2)))
+    model = SoundStream(
+        tiny_config(
+            discriminator_start_step=1,
+            seanet=SEANetConfig(channels=8, strides=(4,), channel_multipliers=(2,), dim=16, dilations=(1,)),
+            discriminators=DiscriminatorConfig(
+                stft_window=256,
+                stft_hop=64,
+                stft_channels=4,
+                stft_dilations=(1,),
+                wave_channels=4,
+                wave_max_channels=32,
+                wave_downsample=(4,),
+                wave_num_scales=2,
+            ),
+        )
+    )
     batches = [clips(0, 8), clips(1, 8), clips(2, 8)]
     single_trainer = make_trainer(model, (1, 1, 1), jax.devices()[:1])
     state0 = single_trainer.init_state(single_trainer.rng(0))
@@ -157,8 +188,11 @@ def test_acoustic_tokenizer_round_trip(tmp_path):
     trainer = make_trainer(model, devices=jax.devices()[:1])
     state = trainer.init_state(trainer.rng(0))
     # k-means-initialised codebooks (what the first train step does), without compiling a train step.
-    kmeans = jax.jit(lambda p, x, r: quantizer.kmeans_init(p["codebooks"], model.encode_latents(p, x), r,
-                                                           iters=model.config.kmeans_iters))
+    kmeans = jax.jit(
+        lambda p, x, r: quantizer.kmeans_init(
+            p["codebooks"], model.encode_latents(p, x), r, iters=model.config.kmeans_iters
+        )
+    )
     state = state.replace(params={**state.params, "codebooks": kmeans(state.params, clips(0, 8), trainer.rng(1))})
     tok = AcousticTokenizer.from_model_dir(_model_dir(tmp_path, model, jax.device_get(state)))
     hop = model.config.hop_length
@@ -241,27 +275,44 @@ def test_frozen_tokens_trains_only_the_decoder(tmp_path):
     from musiclm_jax.train import train
 
     seanet = SEANetConfig(channels=8, strides=(4,), channel_multipliers=(2,), dim=16, dilations=(1,))
-    model = SoundStream(tiny_config(discriminator_start_step=-1, quantizer_dropout=False, frozen_tokens=True,
-                                    discriminators=NO_GAN_DISCRIMINATORS, seanet=seanet))
+    model = SoundStream(
+        tiny_config(
+            discriminator_start_step=-1,
+            quantizer_dropout=False,
+            frozen_tokens=True,
+            discriminators=NO_GAN_DISCRIMINATORS,
+            seanet=seanet,
+        )
+    )
     with pytest.raises(ValueError, match="decoder of a trained codec"):
         train(model=model, model_dir=str(tmp_path / "fresh"), train_steps=1, train_dataset_cfg=None)
     trainer = make_trainer(model, devices=jax.devices()[:1], samples=2000)
     state = trainer.init_state(trainer.rng(0))
     # As if trained before: k-means-initialised codebooks and non-zero Adam moments everywhere.
-    kmeans = jax.jit(lambda p, x, r: quantizer.kmeans_init(p["codebooks"], model.encode_latents(p, x), r,
-                                                           iters=model.config.kmeans_iters))
+    kmeans = jax.jit(
+        lambda p, x, r: quantizer.kmeans_init(
+            p["codebooks"], model.encode_latents(p, x), r, iters=model.config.kmeans_iters
+        )
+    )
     codebooks = kmeans(state.params, clips(0, 8, samples=2000), trainer.rng(1))
-    state = state.replace(params={**state.params, "codebooks": codebooks},
-                          opt_state=jax.tree.map(lambda x: jnp.full_like(x, 0.01) if x.ndim else x, state.opt_state))
+    state = state.replace(
+        params={**state.params, "codebooks": codebooks},
+        opt_state=jax.tree.map(lambda x: jnp.full_like(x, 0.01) if x.ndim else x, state.opt_state),
+    )
     before = jax.device_get(state.params)
     audio = clips(9, 4, samples=2000)
     codes = model.encode(state.params, audio)
     state, metrics = run(trainer, [clips(i, 8, samples=2000) for i in range(3)], state=state)
     after = jax.device_get(state.params)
-    for b, a in ((before["generator"]["encoder"], after["generator"]["encoder"]), (before["codebooks"], after["codebooks"])):
+    for b, a in (
+        (before["generator"]["encoder"], after["generator"]["encoder"]),
+        (before["codebooks"], after["codebooks"]),
+    ):
         for x, y in zip(jax.tree.leaves(b), jax.tree.leaves(a)):
             np.testing.assert_array_equal(x, y)
-    assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(before["generator"]["decoder"]),
-                                                        jax.tree.leaves(after["generator"]["decoder"])))
+    assert any(
+        not np.array_equal(x, y)
+        for x, y in zip(jax.tree.leaves(before["generator"]["decoder"]), jax.tree.leaves(after["generator"]["decoder"]))
+    )
     np.testing.assert_array_equal(codes, model.encode(state.params, audio))
     assert np.isfinite(metrics["loss"]) and float(metrics["dead_codes_l0"]) == 0.0

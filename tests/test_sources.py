@@ -1,4 +1,5 @@
 """Real audio sources, audio I/O and bad-input accounting, on files made in tmp_path."""
+
 import json
 import logging
 import os
@@ -66,7 +67,7 @@ def test_crop_reads_only_the_window(tmp_path):
     x = np.concatenate([tone(300, 2.0), tone(2000, 3.0), tone(300, 2.0)])
     path = write(tmp_path / "c.wav", x, subtype="FLOAT")
     audio, info = audio_io.load_audio(path, sample_rate=SR, start_s=2.0, end_s=5.0)
-    np.testing.assert_array_equal(audio, x[2 * SR:5 * SR])
+    np.testing.assert_array_equal(audio, x[2 * SR : 5 * SR])
     assert info.file_duration_s == pytest.approx(7.0)
 
 
@@ -106,18 +107,21 @@ def test_mp3_decodes(tmp_path):
     assert abs(dominant_freq(audio, SR) - 880) < 5
 
 
-@pytest.mark.parametrize("make, category", [
-    ("corrupt", bad_input.CORRUPT),
-    ("truncated", bad_input.TRUNCATED),
-    ("empty", bad_input.EMPTY_FILE),
-    ("silent", bad_input.SILENT),
-    ("nan", bad_input.NON_FINITE),
-    ("ext", bad_input.UNKNOWN_EXTENSION),
-    ("missing", bad_input.MISSING_FILE),
-    ("crop_past_end", bad_input.TRUNCATED),
-    # libsndfile reports a cut FLAC stream like a damaged one ("lost sync"): counted corrupt.
-    ("truncated_flac", bad_input.CORRUPT),
-])
+@pytest.mark.parametrize(
+    "make, category",
+    [
+        ("corrupt", bad_input.CORRUPT),
+        ("truncated", bad_input.TRUNCATED),
+        ("empty", bad_input.EMPTY_FILE),
+        ("silent", bad_input.SILENT),
+        ("nan", bad_input.NON_FINITE),
+        ("ext", bad_input.UNKNOWN_EXTENSION),
+        ("missing", bad_input.MISSING_FILE),
+        ("crop_past_end", bad_input.TRUNCATED),
+        # libsndfile reports a cut FLAC stream like a damaged one ("lost sync"): counted corrupt.
+        ("truncated_flac", bad_input.CORRUPT),
+    ],
+)
 def test_load_audio_error_categories(tmp_path, make, category):
     path = make_bad_file(tmp_path, make)
     with pytest.raises(audio_io.AudioDecodeError) as e:
@@ -137,13 +141,13 @@ def make_bad_file(folder, kind):
         path = write(os.path.join(folder, "truncated.wav"), tone(440, 1.0), subtype="PCM_16")
         data = open(path, "rb").read()
         with open(path, "wb") as f:
-            f.write(data[:len(data) // 2])
+            f.write(data[: len(data) // 2])
         return path
     if kind == "truncated_flac":
         path = write(os.path.join(folder, "truncated.flac"), tone(440, 4.0))
         data = open(path, "rb").read()
         with open(path, "wb") as f:
-            f.write(data[:len(data) // 2])
+            f.write(data[: len(data) // 2])
         return path
     if kind == "empty":
         path = os.path.join(folder, "empty.wav")
@@ -208,11 +212,14 @@ def test_manifest_source_paths_captions_labels_and_splits(tmp_path):
     write(tmp_path / "audio" / "a.wav", tone(440, 1.0))
     write(tmp_path / "audio" / "b.flac", tone(660, 1.5))
     abs_path = write(tmp_path / "elsewhere" / "c.wav", tone(880, 1.0))
-    manifest = write_manifest(tmp_path / "m.jsonl", [
-        {"path": "audio/a.wav", "caption": "a calm tone", "genre": "ambient", "bpm": 60},
-        {"path": "audio/b.flac", "caption": "higher", "id": "clip-b"},
-        {"path": abs_path, "caption": "absolute", "split": "valid"},
-    ])
+    manifest = write_manifest(
+        tmp_path / "m.jsonl",
+        [
+            {"path": "audio/a.wav", "caption": "a calm tone", "genre": "ambient", "bpm": 60},
+            {"path": "audio/b.flac", "caption": "higher", "id": "clip-b"},
+            {"path": abs_path, "caption": "absolute", "split": "valid"},
+        ],
+    )
     source = ManifestSource(manifest, sample_rate=SR, validation_fraction=0.0)
     train = collect(source)
     assert set(train) == {"audio/a.wav", "clip-b"}
@@ -248,8 +255,10 @@ def test_manifest_source_hash_split_partitions(tmp_path):
 
 
 def _musiccaps_csv(path, rows):
-    header = ("ytid,start_s,end_s,audioset_positive_labels,aspect_list,caption,author_id,"
-              "is_balanced_subset,is_audioset_eval\n")
+    header = (
+        "ytid,start_s,end_s,audioset_positive_labels,aspect_list,caption,author_id,"
+        "is_balanced_subset,is_audioset_eval\n"
+    )
     with open(path, "w") as f:
         f.write(header + "".join(rows))
     return str(path)
@@ -261,20 +270,26 @@ def test_musiccaps_crops_parses_aspects_and_maps_eval_split(tmp_path):
     write(audio_dir / "abc123.wav", x, subtype="FLOAT")
     write(audio_dir / "[def456] some title.flac", tone(500, 10.0))
     write(audio_dir / "evl789.ogg", tone(700, 10.0))
-    csv_path = _musiccaps_csv(tmp_path / "mc.csv", [
-        'abc123,2,5,"/m/0140xf,/m/02cjck","[\'pop\', \'mellow\']",A bright tone.,4,True,False\n',
-        "def456,30,40,/m/04rlf,\"['rock']\",Guitar.,1,False,False\n",
-        "evl789,0,10,,\"['jazz']\",Eval clip.,2,True,True\n",
-    ])
+    csv_path = _musiccaps_csv(
+        tmp_path / "mc.csv",
+        [
+            "abc123,2,5,\"/m/0140xf,/m/02cjck\",\"['pop', 'mellow']\",A bright tone.,4,True,False\n",
+            "def456,30,40,/m/04rlf,\"['rock']\",Guitar.,1,False,False\n",
+            "evl789,0,10,,\"['jazz']\",Eval clip.,2,True,True\n",
+        ],
+    )
     source = MusicCapsSource(csv_path, audio_dir, sample_rate=SR, already_cropped=False)
     train = collect(source)
     clip = train["abc123"]
     assert clip.audio.shape == (3 * SR,)
-    np.testing.assert_array_equal(clip.audio, x[2 * SR:5 * SR])
+    np.testing.assert_array_equal(clip.audio, x[2 * SR : 5 * SR])
     assert abs(dominant_freq(clip.audio, SR) - 2000) < 2
     assert clip.caption == "A bright tone."
-    assert clip.labels == {"aspect_list": ["pop", "mellow"], "audioset_positive_labels": ["/m/0140xf", "/m/02cjck"],
-                           "author_id": "4"}
+    assert clip.labels == {
+        "aspect_list": ["pop", "mellow"],
+        "audioset_positive_labels": ["/m/0140xf", "/m/02cjck"],
+        "author_id": "4",
+    }
     # def456's file is a 10 s clip but 30-40 s is asked: truncated, with a hint.
     assert "def456" not in train and source.report.as_dict() == {"truncated": 1}
     val = collect(source, "validation")
@@ -314,9 +329,15 @@ def test_every_bad_input_category_is_counted_and_logged(tmp_path, caplog):
     os.makedirs(folder)
     expected = {}  # category -> path that must be logged
     records = []
-    for kind, category in [("corrupt", "corrupt"), ("truncated", "truncated"), ("empty", "empty_file"),
-                           ("silent", "silent"), ("nan", "non_finite"), ("ext", "unknown_extension"),
-                           ("missing", "missing_file")]:
+    for kind, category in [
+        ("corrupt", "corrupt"),
+        ("truncated", "truncated"),
+        ("empty", "empty_file"),
+        ("silent", "silent"),
+        ("nan", "non_finite"),
+        ("ext", "unknown_extension"),
+        ("missing", "missing_file"),
+    ]:
         path = make_bad_file(folder, kind)
         records.append({"path": os.path.relpath(path, tmp_path), "caption": kind})
         expected[category] = path
@@ -356,10 +377,15 @@ def test_source_with_no_usable_example_raises(tmp_path):
     write(tmp_path / "bad" / "x.wav", np.zeros(SR, np.float32))
     with open(tmp_path / "bad" / "y.flac", "wb") as f:
         f.write(b"garbage")
-    manifest = write_manifest(tmp_path / "m.jsonl", [
-        {"path": "bad/x.wav", "caption": "s"}, {"path": "bad/y.flac", "caption": "c"},
-        {"path": "bad/gone.wav", "caption": "m"}, {"path": "bad/gone2.wav", "caption": "m"},
-    ])
+    manifest = write_manifest(
+        tmp_path / "m.jsonl",
+        [
+            {"path": "bad/x.wav", "caption": "s"},
+            {"path": "bad/y.flac", "caption": "c"},
+            {"path": "bad/gone.wav", "caption": "m"},
+            {"path": "bad/gone2.wav", "caption": "m"},
+        ],
+    )
     source = ManifestSource(manifest, sample_rate=SR, validation_fraction=0.0)
     with pytest.raises(NoUsableExamplesError) as e:
         list(source.examples("train"))

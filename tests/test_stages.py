@@ -1,17 +1,17 @@
 """Token stages: layout ids, sequences, CFG condition dropout, sizes, and learning a task."""
+
 import pathlib
 
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from musiclm_jax import gin_utils
+import gin
+from musiclm_jax import gin_registry, gin_utils
 from musiclm_jax.data.token_tasks import permuted_copy_batch
-from musiclm_jax import gin_registry
 from musiclm_jax.models.base import dummy_batch
 from musiclm_jax.models.stages import StageConfig, StageModel, StreamSpec
 from musiclm_jax.models.token_layout import BOS_ID, NULL_COND_ID, PAD_ID, TokenLayout
@@ -205,8 +205,9 @@ def test_trainer_flops_count_scanned_layers_like_the_analytic_formula():
     flops = {}
     for scan in (True, False):
         model = StageModel(StageConfig(num_layers=4, num_heads=2, head_dim=16, d_model=32, d_ff=64, scan_layers=scan))
-        trainer = Trainer(model, Partitioner(devices=jax.devices()[:1]), OptimizerConfig(), total_steps=10,
-                          input_shapes=shapes)
+        trainer = Trainer(
+            model, Partitioner(devices=jax.devices()[:1]), OptimizerConfig(), total_steps=10, input_shapes=shapes
+        )
         flops[scan] = trainer.flops_per_step_per_device
     assert flops[True] == pytest.approx(flops[False], rel=1e-6)
     # The formula counts output logits at every position, the model at target positions only.
@@ -258,13 +259,17 @@ def test_remat_and_unscanned_layers_match_plain(plain_grads, policy, scan):
     np.testing.assert_allclose(loss_other, loss_plain, rtol=1e-5)
     np.testing.assert_allclose(grad_other["logits"]["kernel"], grad_plain["logits"]["kernel"], rtol=1e-4, atol=1e-6)
     wq = grad_plain["layers"]["attention"]["query"]
-    wq_other = grad_other["layers"]["attention"]["query"] if scan else jnp.stack(
-        [grad_other[f"layers_{i}"]["attention"]["query"] for i in range(2)]
+    wq_other = (
+        grad_other["layers"]["attention"]["query"]
+        if scan
+        else jnp.stack([grad_other[f"layers_{i}"]["attention"]["query"] for i in range(2)])
     )
     np.testing.assert_allclose(wq_other, wq, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("size,layers,d_model,target_len", [("tiny", 2, 64, 24), ("small", 8, 512, 250), ("paper", 24, 1024, 750)])
+@pytest.mark.parametrize(
+    "size,layers,d_model,target_len", [("tiny", 2, 64, 24), ("small", 8, 512, 250), ("paper", 24, 1024, 750)]
+)
 def test_gin_configs(size, layers, d_model, target_len):
     gin.clear_config()
     try:
@@ -334,18 +339,24 @@ def test_tiny_stage_learns_permuted_copy():
     model, params, losses = train_permuted_copy()
     assert np.mean(losses[-10:]) < 0.1 * np.mean(losses[:10])
     held_out = {
-        k: jnp.asarray(v)
-        for k, v in permuted_copy_batch(0, 256, split="eval", codebook_size=TASK_CODEBOOK).items()
+        k: jnp.asarray(v) for k, v in permuted_copy_batch(0, 256, split="eval", codebook_size=TASK_CODEBOOK).items()
     }
     metrics = jax.jit(model.eval_fn)(params, held_out)
     assert float(metrics["num_tokens"]) == 256 * 24
     assert float(metrics["accuracy"]) > 0.95, metrics
 
 
-@pytest.mark.parametrize("stage, lengths, sequence", [
-    ("coarse_stage", {"mulan_tokens": (1, 12), "semantic_tokens": (1, 250), "acoustic_tokens": (1, 500, 12)}, (262, 2000)),
-    ("fine_stage", {"mulan_tokens": (1, 12), "acoustic_tokens": (1, 150, 12)}, (612, 1200)),
-])
+@pytest.mark.parametrize(
+    "stage, lengths, sequence",
+    [
+        (
+            "coarse_stage",
+            {"mulan_tokens": (1, 12), "semantic_tokens": (1, 250), "acoustic_tokens": (1, 500, 12)},
+            (262, 2000),
+        ),
+        ("fine_stage", {"mulan_tokens": (1, 12), "acoustic_tokens": (1, 150, 12)}, (612, 1200)),
+    ],
+)
 def test_paper_acoustic_stage_configs(stage, lengths, sequence):
     """gin/models/{coarse,fine}_stage/paper.gin: the semantic stage's transformer on the paper's
     acoustic crops (10 s of levels 1-4 after MuLan + semantic; 3 s of levels 5-12 after MuLan +
@@ -366,8 +377,16 @@ def test_config_dict_round_trips_through_json():
     """model.json (written by `musiclm train`) rebuilds the same stage: layouts, streams, dtypes."""
     import json
 
-    config = StageConfig(layout=TokenLayout(streams=(("mulan", 4, 32), ("acoustic", 3, (64, 32, 16)))),
-                         conditions=(("mulan_tokens", "mulan", 0, 4),), target=("acoustic_tokens", "acoustic", 1, 2),
-                         num_layers=2, num_heads=2, head_dim=8, d_model=16, d_ff=32, dtype="bfloat16")
+    config = StageConfig(
+        layout=TokenLayout(streams=(("mulan", 4, 32), ("acoustic", 3, (64, 32, 16)))),
+        conditions=(("mulan_tokens", "mulan", 0, 4),),
+        target=("acoustic_tokens", "acoustic", 1, 2),
+        num_layers=2,
+        num_heads=2,
+        head_dim=8,
+        d_model=16,
+        d_ff=32,
+        dtype="bfloat16",
+    )
     spec = json.loads(json.dumps(StageModel(config).config_dict()))
     assert spec["model"] == "StageModel" and StageConfig.from_dict(spec["config"]) == config

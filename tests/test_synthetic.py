@@ -1,4 +1,5 @@
 """The synthetic music source: determinism, musical structure, distinct timbres, captions."""
+
 import re
 
 import numpy as np
@@ -45,8 +46,14 @@ def test_notes_are_in_key_and_phrases_repeat():
         assert all(int(n.midi) % 12 in scale for n in score.notes), labels
         if labels["texture"] != "arpeggio":
             beat = 60 / labels["bpm"]
-            bar = [[(round(n.start_s - b * 4 * beat, 6), n.midi) for n in score.notes
-                    if n.voice == "melody" and b * 4 * beat <= n.start_s < (b + 1) * 4 * beat] for b in range(2)]
+            bar = [
+                [
+                    (round(n.start_s - b * 4 * beat, 6), n.midi)
+                    for n in score.notes
+                    if n.voice == "melody" and b * 4 * beat <= n.start_s < (b + 1) * 4 * beat
+                ]
+                for b in range(2)
+            ]
             assert bar[0] == bar[1], "the first motif is repeated in the second bar"
 
 
@@ -79,7 +86,7 @@ def test_timbres_have_clearly_different_spectra():
         profiles[inst] = p - p.max()
     names = list(profiles)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             dist = np.sqrt(np.mean((profiles[a] - profiles[b]) ** 2))
             assert dist > 1.0, f"{a} and {b} sound alike (log-spectrum distance {dist:.2f})"
 
@@ -90,11 +97,13 @@ def test_drums_add_percussive_energy():
     plain = synthetic.render_score(synthetic.Score(labels, 4.0, score.notes, ()), 16000)
     hits = tuple(synthetic.Hit(t * 0.5, "kick" if t % 2 == 0 else "snare", 1.0) for t in range(8))
     drummed = synthetic.render_score(synthetic.Score(dict(labels, drums=True), 4.0, score.notes, hits), 16000)
+
     # Spectral flux (onset strength) is much higher with the kit.
     def flux(x):
         frames = np.lib.stride_tricks.sliding_window_view(x, 1024)[::256]
         mag = np.abs(np.fft.rfft(frames * np.hanning(1024), axis=-1))
         return np.maximum(np.diff(np.log1p(mag * 10), axis=0), 0).sum(1).mean()
+
     assert flux(drummed) > 1.5 * flux(plain)
 
 
@@ -113,8 +122,9 @@ def test_captions_agree_with_labels_and_vary():
         for other, words in synthetic._INSTRUMENT_WORDS.items():
             if other != labels["instrument"]:
                 assert not any(_word_in(caption, w) for w in words), (caption, labels)
-        assert any(_word_in(caption, w) for w in synthetic._DRUM_WORDS[labels["drums"]]) or \
-            _word_in(caption, "drums" if labels["drums"] else "no drums"), (caption, labels)
+        assert any(_word_in(caption, w) for w in synthetic._DRUM_WORDS[labels["drums"]]) or _word_in(
+            caption, "drums" if labels["drums"] else "no drums"
+        ), (caption, labels)
         for cls, words in synthetic._TEMPO_WORDS.items():
             if cls != labels["tempo_class"]:
                 assert not any(_word_in(caption, w) for w in words), (caption, labels)

@@ -1,15 +1,16 @@
 """Caption vocabularies: deterministic SentencePiece training, round trips, reuse, task tokens."""
+
 import itertools
 import os
 import random
 import types
 
-import gin
 import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
 
+import gin
 from musiclm_jax.data import audio_tasks, pipeline, synthetic, text_vocab
 
 SR = 16000
@@ -127,10 +128,10 @@ def test_task_with_vocabulary_batches_text_tokens_padded_with_minus_one(tmp_path
     for b, batch in enumerate(batches):
         tokens = batch["text_tokens"]
         assert tokens.dtype == np.int32 and tokens.shape == (4, 32) and batch["audio"].shape == (4, SR)
-        for row, caption in zip(tokens, captions[4 * b:4 * b + 4]):
+        for row, caption in zip(tokens, captions[4 * b : 4 * b + 4]):
             expected = vocab.encode(caption)[:32]
-            np.testing.assert_array_equal(row[:len(expected)], expected)
-            assert np.all(row[len(expected):] == -1)
+            np.testing.assert_array_equal(row[: len(expected)], expected)
+            assert np.all(row[len(expected) :] == -1)
             num_padded += len(expected) < 32
     assert num_padded > 0
 
@@ -139,8 +140,12 @@ def test_task_keeps_the_caption_string_and_refuses_a_missing_vocabulary(tmp_path
     vocab_path = text_vocab.train_caption_vocabulary(_captions(), str(tmp_path / "captions"), vocab_size=300)
     name, source = _register_task("test_text_tokens_raw", vocab_path)
     try:
-        ex = next(seqio.get_mixture_or_task(name).get_dataset(None, split="validation", shuffle=False)
-                  .take(1).as_numpy_iterator())
+        ex = next(
+            seqio.get_mixture_or_task(name)
+            .get_dataset(None, split="validation", shuffle=False)
+            .take(1)
+            .as_numpy_iterator()
+        )
     finally:
         _unregister(name)
     caption = next(source.captions("validation"))
@@ -158,19 +163,23 @@ def test_gin_binds_the_caption_vocabulary_into_a_task(tmp_path):
     model_dir = tmp_path / "run"
     gin.clear_config()
     try:
-        gin_utils.parse([], [
-            f"MODEL_DIR = '{model_dir}'",
-            "TASK = @mulan_task/register_audio_task()",
-            "mulan_task/register_audio_task.name = 'test_gin_text_tokens'",
-            "mulan_task/register_audio_task.source = @mulan_task/SyntheticSource()",
-            "mulan_task/register_audio_task.text_vocabulary = @caption_vocabulary()",
-            "caption_vocabulary.model_dir = %MODEL_DIR",
-            "caption_vocabulary.source = @mulan_task/SyntheticSource()",
-            "caption_vocabulary.vocab_size = 300",
-            "mulan_task/SyntheticSource.num_examples = 50",
-            "DatasetConfig.mixture_or_task_name = %TASK",
-            "DatasetConfig.task_feature_lengths = {'audio': 16000, 'text_tokens': 32}",
-            "DatasetConfig.batch_size = 2"])
+        gin_utils.parse(
+            [],
+            [
+                f"MODEL_DIR = '{model_dir}'",
+                "TASK = @mulan_task/register_audio_task()",
+                "mulan_task/register_audio_task.name = 'test_gin_text_tokens'",
+                "mulan_task/register_audio_task.source = @mulan_task/SyntheticSource()",
+                "mulan_task/register_audio_task.text_vocabulary = @caption_vocabulary()",
+                "caption_vocabulary.model_dir = %MODEL_DIR",
+                "caption_vocabulary.source = @mulan_task/SyntheticSource()",
+                "caption_vocabulary.vocab_size = 300",
+                "mulan_task/SyntheticSource.num_examples = 50",
+                "DatasetConfig.mixture_or_task_name = %TASK",
+                "DatasetConfig.task_feature_lengths = {'audio': 16000, 'text_tokens': 32}",
+                "DatasetConfig.batch_size = 2",
+            ],
+        )
         cfg = configurables.DatasetConfig()
         operative = gin.operative_config_str()
     finally:

@@ -1,4 +1,5 @@
 """Token-space attribute probes (evaluation/token_probes.py) and the synthetic labels by id."""
+
 import numpy as np
 import pytest
 
@@ -22,7 +23,7 @@ def _clips(rng, n, informative=True):
     hits = (rng.random((n, 50)) < 0.3) & drums[:, None].astype(bool)
     semantic[hits] = rng.integers(12, 16, hits.sum())  # drum frames: codes 12-15
     acoustic = rng.integers(0, 12, (n, 40, 2))
-    acoustic[:, :, 1] = rng.integers(0, 3, (n, 40)) + 3 * reg[:, None] + drums[:, None] * (rng.random((n, 40)) < .5)
+    acoustic[:, :, 1] = rng.integers(0, 3, (n, 40)) + 3 * reg[:, None] + drums[:, None] * (rng.random((n, 40)) < 0.5)
     return {"mulan": mulan, "semantic": semantic, "acoustic": acoustic}, labels
 
 
@@ -59,8 +60,12 @@ def test_probe_features_and_bad_input():
     with pytest.raises(ValueError, match="unknown stream"):
         token_probes.features("video", sem, 4)
     with pytest.raises(ValueError, match="nothing to fit"):
-        token_probes.fit_probes({"semantic": np.zeros((3, 4), int)}, [{"drums": True}] * 3,
-                                codebook_sizes={"semantic": 4}, attributes=("drums",))
+        token_probes.fit_probes(
+            {"semantic": np.zeros((3, 4), int)},
+            [{"drums": True}] * 3,
+            codebook_sizes={"semantic": 4},
+            attributes=("drums",),
+        )
 
 
 def test_labels_of_id_matches_rendered_examples():

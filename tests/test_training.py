@@ -92,7 +92,11 @@ def test_restore_onto_another_mesh(tmp_path, tiny_stage_config):
 
 def test_schedules():
     cos = make_schedule(OptimizerConfig(learning_rate=1.0, warmup_steps=10, end_learning_rate_fraction=0.0), 110)
-    assert float(cos(0)) == 0.0 and float(cos(10)) == pytest.approx(1.0) and float(cos(110)) == pytest.approx(0.0, abs=1e-6)
+    assert (
+        float(cos(0)) == 0.0
+        and float(cos(10)) == pytest.approx(1.0)
+        and float(cos(110)) == pytest.approx(0.0, abs=1e-6)
+    )
     assert float(cos(60)) == pytest.approx(0.5, abs=1e-3)
     rsqrt = make_schedule(OptimizerConfig(learning_rate=1.0, schedule="rsqrt", warmup_steps=100), 1000)
     assert float(rsqrt(50)) == pytest.approx(0.5) and float(rsqrt(400)) == pytest.approx(0.5)
@@ -135,8 +139,16 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
     cfg = DatasetConfig("permuted_copy_32", {"mulan_tokens": 12, "semantic_tokens": 24}, batch_size=8)
     opt = OptimizerConfig(learning_rate=1.0, schedule="constant", warmup_steps=0, weight_decay=0.0, clip_grad_norm=None)
     with pytest.raises(NonFiniteError, match="not finite at step") as err:
-        train(model=BlowsUp(), model_dir=str(tmp_path), train_steps=50, train_dataset_cfg=cfg, optimizer=opt,
-              checkpoint_period=2, log_period=1, partitioner=Partitioner(devices=jax.devices()[:1]))
+        train(
+            model=BlowsUp(),
+            model_dir=str(tmp_path),
+            train_steps=50,
+            train_dataset_cfg=cfg,
+            optimizer=opt,
+            checkpoint_period=2,
+            log_period=1,
+            partitioner=Partitioner(devices=jax.devices()[:1]),
+        )
     ckpt = checkpoints.Checkpointer(str(tmp_path / "checkpoints"))
     latest = ckpt.latest_step()
     assert latest is not None and f"latest checkpoint is step {latest}" in str(err.value)
@@ -173,8 +185,11 @@ def test_terminate_on_nan_checks_one_step_late_and_names_the_latest_checkpoint(t
     assert action.mode is ActionMode.GUARD and action.period == 1
 
     def ctx(step, finite, commit=False):
-        metrics = {"finite": jnp.asarray(finite), "loss": jnp.asarray(1.0 if finite else np.nan),
-                   "grad_norm": jnp.asarray(np.inf)}
+        metrics = {
+            "finite": jnp.asarray(finite),
+            "loss": jnp.asarray(1.0 if finite else np.nan),
+            "grad_norm": jnp.asarray(np.inf),
+        }
         return actions_lib.StepContext(step, 10, None, metrics, None, ckpt, commit=commit)
 
     assert action.run(ctx(5, True)) is False
@@ -183,7 +198,8 @@ def test_terminate_on_nan_checks_one_step_late_and_names_the_latest_checkpoint(t
         action.run(ctx(7, True))
     assert str(err.value) == (
         "loss or gradients are not finite at step 6 (loss=nan, grad_norm=inf); training stopped without applying "
-        f"that update; the latest checkpoint is step 4 in {tmp_path}")
+        f"that update; the latest checkpoint is step 4 in {tmp_path}"
+    )
     # A step the loop is about to log or save is checked before it is recorded.
     with pytest.raises(NonFiniteError, match="at step 8 "):
         actions_lib.TerminateOnNaN().run(ctx(8, False, commit=True))
@@ -202,9 +218,17 @@ def test_custom_actions_run_at_their_period_and_can_end_training(tmp_path, capsy
     every_third = Recorder(ActionMode.TRAIN, 3, stop_at=9)
     guard = Recorder(ActionMode.GUARD, 1)
     never = Recorder(ActionMode.TRAIN, 0)
-    state = train(model=BlowsUp(), model_dir=str(tmp_path), train_steps=20, train_dataset_cfg=cfg, optimizer=GENTLE,
-                  checkpoint_period=100, log_period=5, partitioner=Partitioner(devices=jax.devices()[:1]),
-                  actions=[every_third, guard, never])
+    state = train(
+        model=BlowsUp(),
+        model_dir=str(tmp_path),
+        train_steps=20,
+        train_dataset_cfg=cfg,
+        optimizer=GENTLE,
+        checkpoint_period=100,
+        log_period=5,
+        partitioner=Partitioner(devices=jax.devices()[:1]),
+        actions=[every_third, guard, never],
+    )
     assert [s for s, _, _ in every_third.seen] == [3, 6, 9] and never.seen == []
     # Guards run after every step, told which steps the loop logs or saves; the step an action
     # ended training at is checked again before it is recorded as the last.
@@ -237,9 +261,20 @@ def test_periodic_eval_writes_scalars_media_and_warnings(tmp_path, capsys):
     cfg = DatasetConfig("permuted_copy_32", TOKENS, batch_size=8)
     eval_cfg = DatasetConfig("permuted_copy_32", TOKENS, batch_size=8, split="validation", shuffle=False)
     after_eval = Recorder(ActionMode.TRAIN_EVAL, 1)
-    train(model=Audible(), model_dir=str(tmp_path), train_steps=4, train_dataset_cfg=cfg, optimizer=GENTLE,
-          eval_dataset_cfg=eval_cfg, eval_period=2, eval_steps=1, checkpoint_period=100, log_period=2,
-          partitioner=Partitioner(devices=jax.devices()[:1]), actions=[after_eval])
+    train(
+        model=Audible(),
+        model_dir=str(tmp_path),
+        train_steps=4,
+        train_dataset_cfg=cfg,
+        optimizer=GENTLE,
+        eval_dataset_cfg=eval_cfg,
+        eval_period=2,
+        eval_steps=1,
+        checkpoint_period=100,
+        log_period=2,
+        partitioner=Partitioner(devices=jax.devices()[:1]),
+        actions=[after_eval],
+    )
     assert [s for s, _, _ in after_eval.seen] == [2, 4]
     assert all(set(r) == {"loss"} and np.isfinite(r["loss"]) for _, _, r in after_eval.seen)
     out = capsys.readouterr().out

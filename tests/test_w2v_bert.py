@@ -1,6 +1,7 @@
 """w2v-BERT and its conformer: frame rate and shapes, span masking statistics, negatives, the
 paper config's size, and learning on synthetic music (held-out masked-LM accuracy well above both
 the uniform rate and the majority target, without a collapsed target codebook)."""
+
 import dataclasses
 import math
 
@@ -12,8 +13,15 @@ import optax
 import pytest
 
 from musiclm_jax.data import synthetic
-from musiclm_jax.models.w2v_bert import (W2vBert, W2vBertConfig, code_perplexity, contrastive_loss, diversity_loss,
-                                         sample_negatives, span_mask)
+from musiclm_jax.models.w2v_bert import (
+    W2vBert,
+    W2vBertConfig,
+    code_perplexity,
+    contrastive_loss,
+    diversity_loss,
+    sample_negatives,
+    span_mask,
+)
 from musiclm_jax.nn.conformer import ConformerConfig, ConformerStack, bidirectional_relative_position_bucket
 from musiclm_jax.training.partitioning import unbox
 
@@ -23,9 +31,7 @@ SAMPLES = int(SR * SECONDS)
 
 def _gin_model(path: str) -> W2vBert:
     import gin
-
-    from musiclm_jax import gin_utils
-    from musiclm_jax import gin_registry
+    from musiclm_jax import gin_registry, gin_utils
 
     gin.clear_config()
     try:
@@ -157,11 +163,17 @@ def test_paper_config_sizes():
     model = _gin_model("models/w2v_bert/paper.gin")
     c = model.config
     assert (c.contrastive.num_layers, c.mlm.num_layers, c.d_model, c.codebook_size, c.embedding_layer) == (
-        12, 12, 1024, 1024, 7)
+        12,
+        12,
+        1024,
+        1024,
+        7,
+    )
     assert (c.n_mels, c.hop_length, c.mask_prob, c.mask_span, c.num_negatives) == (80, 160, 0.065, 10, 100)
     assert c.contrastive.dtype == jnp.bfloat16 and c.num_frames(160000) == 250
-    shapes = jax.eval_shape(lambda: unbox(model.get_initial_variables(jax.random.PRNGKey(0),
-                                                                      {"audio": (1, 160000)}))["params"])
+    shapes = jax.eval_shape(
+        lambda: unbox(model.get_initial_variables(jax.random.PRNGKey(0), {"audio": (1, 160000)}))["params"]
+    )
     counts = {k: count_params(v) for k, v in shapes.items()}
     total = sum(counts.values())
     assert 550e6 < total < 650e6, counts
@@ -176,8 +188,10 @@ def trained_tiny(tiny):
     init_params = params
     train = np.stack([synthetic.render(21, i, sample_rate=SR, duration_s=SECONDS).audio for i in range(256)])
     steps, batch = 300, 16
-    tx = optax.chain(optax.clip_by_global_norm(1.0),
-                     optax.adamw(optax.warmup_cosine_decay_schedule(0.0, 2e-3, 20, steps), weight_decay=0.01))
+    tx = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.adamw(optax.warmup_cosine_decay_schedule(0.0, 2e-3, 20, steps), weight_decay=0.01),
+    )
     opt = tx.init(params)
 
     @jax.jit
@@ -235,8 +249,7 @@ def test_trained_tokens_say_more_about_pitch_than_random_init(trained_tiny, held
     from musiclm_jax.tokenizers.semantic import synthetic_token_agreement
 
     model, params, init_params = trained_tiny
-    fit = jnp.asarray(np.stack([synthetic.render(21, i, sample_rate=SR, duration_s=SECONDS).audio
-                                for i in range(64)]))
+    fit = jnp.asarray(np.stack([synthetic.render(21, i, sample_rate=SR, duration_s=SECONDS).audio for i in range(64)]))
     held = jnp.asarray(np.stack([e.audio for e in held_out]))
     embed = jax.jit(model.embeddings, static_argnums=2)
     scores = {}

@@ -1,8 +1,10 @@
 """TPU VMs and pod slices for musiclm-jax: create, set up, preflight, launch, logs, stop, delete.
 
     python tpu_scripts/tpu.py preflight --accelerator v5e-16 --gin_file=models/semantic_stage/paper.gin
-    python tpu_scripts/tpu.py create    --name mlm --zone us-west4-a --project P --accelerator v5e-16 [--queued] [--spot]
-    python tpu_scripts/tpu.py setup     --name mlm --zone us-west4-a --project P --accelerator v5e-16 --package dist/musiclm_jax-0.1.0-py3-none-any.whl
+    python tpu_scripts/tpu.py create    --name mlm --zone us-west4-a --project P --accelerator v5e-16 \\
+                                        [--queued] [--spot]
+    python tpu_scripts/tpu.py setup     --name mlm --zone us-west4-a --project P --accelerator v5e-16 \\
+                                        --package dist/musiclm_jax-0.1.0-py3-none-any.whl
     python tpu_scripts/tpu.py launch    --name mlm ... --gin_file=experiments/X.gin --model_dir gs://bucket/runs/x
     python tpu_scripts/tpu.py logs      --name mlm ...          (follows worker 0's log)
     python tpu_scripts/tpu.py stop      --name mlm ...          (stops the job on every worker)
@@ -18,6 +20,7 @@ A pod slice has several hosts: `setup`, `launch` and `stop` run on all of them a
 step for the slice's topology with the real TPU compiler (`musiclm aot`, libtpu) on this
 machine and fails before anything is rented if the step does not fit in a chip's memory.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,8 +75,17 @@ def _where(args) -> list[str]:
 
 
 def _ssh(args, command: str, worker: str = "all") -> list[str]:
-    return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", args.name, *_where(args), f"--worker={worker}",
-            f"--command={command}"]
+    return [
+        "gcloud",
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "ssh",
+        args.name,
+        *_where(args),
+        f"--worker={worker}",
+        f"--command={command}",
+    ]
 
 
 def _gin_flags(args) -> list[str]:
@@ -86,18 +98,45 @@ def preflight_commands(args) -> list[list[str]]:
         raise ValueError("preflight needs --gin_file (the model or experiment to compile)")
     acc = accelerator(args.accelerator)
     _, fsdp, model = acc.mesh  # the mesh `launch` trains with
-    return [["musiclm", "aot", *_gin_flags(args), f"--topology={acc.topology}", f"--gin.FSDP_PARALLELISM={fsdp}",
-             f"--gin.MODEL_PARALLELISM={model}"]]
+    return [
+        [
+            "musiclm",
+            "aot",
+            *_gin_flags(args),
+            f"--topology={acc.topology}",
+            f"--gin.FSDP_PARALLELISM={fsdp}",
+            f"--gin.MODEL_PARALLELISM={model}",
+        ]
+    ]
 
 
 def create_commands(args) -> list[list[str]]:
     acc = accelerator(args.accelerator)
     if args.queued:
-        cmd = ["gcloud", "compute", "tpus", "queued-resources", "create", args.name, f"--node-id={args.name}",
-               *_where(args), f"--accelerator-type={acc.gcloud_type}", f"--runtime-version={acc.runtime_version}"]
+        cmd = [
+            "gcloud",
+            "compute",
+            "tpus",
+            "queued-resources",
+            "create",
+            args.name,
+            f"--node-id={args.name}",
+            *_where(args),
+            f"--accelerator-type={acc.gcloud_type}",
+            f"--runtime-version={acc.runtime_version}",
+        ]
     else:
-        cmd = ["gcloud", "compute", "tpus", "tpu-vm", "create", args.name, *_where(args),
-               f"--accelerator-type={acc.gcloud_type}", f"--version={acc.runtime_version}"]
+        cmd = [
+            "gcloud",
+            "compute",
+            "tpus",
+            "tpu-vm",
+            "create",
+            args.name,
+            *_where(args),
+            f"--accelerator-type={acc.gcloud_type}",
+            f"--version={acc.runtime_version}",
+        ]
     return [cmd + (["--spot"] if args.spot else [])]
 
 
@@ -107,8 +146,17 @@ def setup_commands(args) -> list[list[str]]:
     if not args.package:
         raise ValueError("setup needs --package (a wheel: pip wheel --no-deps -w dist .)")
     wheel = args.package.rsplit("/", 1)[-1]
-    scp = ["gcloud", "compute", "tpus", "tpu-vm", "scp", args.package, f"{args.name}:{wheel}", *_where(args),
-           "--worker=all"]
+    scp = [
+        "gcloud",
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "scp",
+        args.package,
+        f"{args.name}:{wheel}",
+        *_where(args),
+        "--worker=all",
+    ]
     install = f'python3 -m pip install --upgrade pip && python3 -m pip install "{wheel}[tpu]"'
     return [scp, _ssh(args, install)]
 
@@ -124,8 +172,11 @@ def launch_commands(args) -> list[list[str]]:
         raise ValueError(f"--model_dir must not contain quotes, spaces, '$' or backslashes: {args.model_dir!r}")
     # Double quotes escaped for the remote shell: gin gets a string literal, and the --command
     # argument holds no single quote (so it prints readably).
-    bindings = [f'--gin.MODEL_DIR=\\"{args.model_dir}\\"', f"--gin.FSDP_PARALLELISM={fsdp}",
-                f"--gin.MODEL_PARALLELISM={model}"]
+    bindings = [
+        f'--gin.MODEL_DIR=\\"{args.model_dir}\\"',
+        f"--gin.FSDP_PARALLELISM={fsdp}",
+        f"--gin.MODEL_PARALLELISM={model}",
+    ]
     train = " ".join(["musiclm", "train", *(shlex.quote(f) for f in _gin_flags(args)), *bindings])
     return [_ssh(args, f"nohup {train} > {LOG_FILE} 2>&1 &")]
 
@@ -142,13 +193,21 @@ def stop_commands(args) -> list[list[str]]:
 
 def delete_commands(args) -> list[list[str]]:
     if args.queued:
-        return [["gcloud", "compute", "tpus", "queued-resources", "delete", args.name, *_where(args), "--force",
-                 "--quiet"]]
+        return [
+            ["gcloud", "compute", "tpus", "queued-resources", "delete", args.name, *_where(args), "--force", "--quiet"]
+        ]
     return [["gcloud", "compute", "tpus", "tpu-vm", "delete", args.name, *_where(args), "--quiet"]]
 
 
-COMMANDS = {"preflight": preflight_commands, "create": create_commands, "setup": setup_commands,
-            "launch": launch_commands, "logs": logs_commands, "stop": stop_commands, "delete": delete_commands}
+COMMANDS = {
+    "preflight": preflight_commands,
+    "create": create_commands,
+    "setup": setup_commands,
+    "launch": launch_commands,
+    "logs": logs_commands,
+    "stop": stop_commands,
+    "delete": delete_commands,
+}
 
 
 def parser() -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ Every failure is an `AudioDecodeError` whose `category` is one of the decode-fai
 categories below (which `musiclm_jax.data.bad_input` counts), so sources can count it without
 parsing messages.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -97,9 +98,16 @@ def load_audio(
         mono, gain_db, limited = normalize_rms(mono, normalize_db)
     mono = np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)
     info = AudioInfo(
-        path=path, orig_sample_rate=file_sr, orig_channels=channels, sample_rate=sample_rate,
-        num_samples=int(mono.shape[0]), file_duration_s=file_frames / file_sr,
-        resampled=resampled, downmixed=channels > 1, gain_db=gain_db, peak_limited=limited,
+        path=path,
+        orig_sample_rate=file_sr,
+        orig_channels=channels,
+        sample_rate=sample_rate,
+        num_samples=int(mono.shape[0]),
+        file_duration_s=file_frames / file_sr,
+        resampled=resampled,
+        downmixed=channels > 1,
+        gain_db=gain_db,
+        peak_limited=limited,
     )
     return mono, info
 
@@ -150,7 +158,8 @@ def _read_frames(path: str, start_s: float | None, end_s: float | None) -> tuple
             raise AudioDecodeError(CORRUPT, path, f"decode failed (damaged or truncated stream): {e}") from e
     if frames.shape[0] < stop - start:
         raise AudioDecodeError(
-            TRUNCATED, path, f"decoded {frames.shape[0]} of the {stop - start} frames the header promises")
+            TRUNCATED, path, f"decoded {frames.shape[0]} of the {stop - start} frames the header promises"
+        )
     return frames, sr, total
 
 
@@ -162,7 +171,8 @@ def _crop_frames(path: str, sr: int, total: int, start_s: float | None, end_s: f
     if stop > total:
         hint = " (already-cropped files need already_cropped=True)" if start >= total else ""
         raise AudioDecodeError(
-            TRUNCATED, path, f"clip needs up to {stop / sr:.2f} s, file has {total / sr:.2f} s{hint}")
+            TRUNCATED, path, f"clip needs up to {stop / sr:.2f} s, file has {total / sr:.2f} s{hint}"
+        )
     return start, stop
 
 
@@ -179,8 +189,7 @@ def _read_with_audioread(path: str, start_s: float | None, end_s: float | None) 
         raise AudioDecodeError(CORRUPT, path, f"audioread could not decode: {e}") from e
     frames = np.atleast_2d(y).T
     if end_s is not None and frames.shape[0] < int(round(duration * sr)):
-        raise AudioDecodeError(TRUNCATED, path,
-                               f"clip needs up to {end_s:.2f} s, file has {total / sr:.2f} s")
+        raise AudioDecodeError(TRUNCATED, path, f"clip needs up to {end_s:.2f} s, file has {total / sr:.2f} s")
     return np.ascontiguousarray(frames), int(sr), total
 
 

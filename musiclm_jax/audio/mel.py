@@ -6,6 +6,7 @@ Note that librosa >= 0.10 pads with zeros by default (`pad_mode='constant'`); he
 default is 'reflect' (librosa < 0.10, torchaudio); pass pad_mode='constant' to match
 current librosa defaults exactly.
 """
+
 from __future__ import annotations
 
 import functools

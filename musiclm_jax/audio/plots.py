@@ -4,6 +4,7 @@ Log-mel spectrogram sheets, one row per clip: used by `musiclm inspect` (example
 and at eval (inputs over their reconstructions, as PNG files and TensorBoard images). A codec's
 quality against its bitrate: written at each SoundStream eval.
 """
+
 from __future__ import annotations
 
 import textwrap
@@ -12,8 +13,12 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 
-def spectrogram_sheet(rows: Sequence[tuple[str, np.ndarray, int]], path: Optional[str] = None,
-                      width: float = 11.0, row_height: float = 2.3) -> np.ndarray:
+def spectrogram_sheet(
+    rows: Sequence[tuple[str, np.ndarray, int]],
+    path: Optional[str] = None,
+    width: float = 11.0,
+    row_height: float = 2.3,
+) -> np.ndarray:
     """Rows of (title, mono waveform, sample rate) -> RGB uint8 image [H, W, 3] of their log-mel
     spectrograms (librosa's mel filters, dB re full scale, same colour scale on every row);
     also saved as a PNG when `path` is given."""
@@ -30,8 +35,17 @@ def spectrogram_sheet(rows: Sequence[tuple[str, np.ndarray, int]], path: Optiona
     for ax, (title, audio, sr) in zip(axes[:, 0], rows):
         audio = np.asarray(audio, np.float32)
         mel = librosa.feature.melspectrogram(y=audio, sr=sr, n_fft=1024, hop_length=256, n_mels=80)
-        img = librosa.display.specshow(librosa.power_to_db(mel, ref=1.0, top_db=80.0), sr=sr, hop_length=256,
-                                       x_axis="time", y_axis="mel", ax=ax, cmap="magma", vmin=-80, vmax=0)
+        img = librosa.display.specshow(
+            librosa.power_to_db(mel, ref=1.0, top_db=80.0),
+            sr=sr,
+            hop_length=256,
+            x_axis="time",
+            y_axis="mel",
+            ax=ax,
+            cmap="magma",
+            vmin=-80,
+            vmax=0,
+        )
         ax.set_title("\n".join(textwrap.wrap(title, 110)), fontsize=8, loc="left")
         ax.set_xlabel("")
         fig.colorbar(img, ax=ax, format="%+.0f dB", pad=0.01)
@@ -55,8 +69,10 @@ def quality_vs_bitrate(rows: Sequence[Mapping[str, float]], path: str, title: st
 
     kbps = [r["bitrate_kbps"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    panels = (("si_sdr", "SI-SDR (dB)", "SI-SDR (higher is better)", "C0"),
-              ("mel_distance", "multi-scale mel distance", "mel distance (lower is better)", "C1"))
+    panels = (
+        ("si_sdr", "SI-SDR (dB)", "SI-SDR (higher is better)", "C0"),
+        ("mel_distance", "multi-scale mel distance", "mel distance (lower is better)", "C1"),
+    )
     for ax, (key, ylabel, name, colour) in zip(axes, panels):
         values = [r[key] for r in rows]
         ax.plot(kbps, values, "o-", color=colour)

@@ -22,6 +22,7 @@ string `caption` stays). The batch pipeline pads them with -1 to their task feat
     caption_vocabulary.model_dir = %MODEL_DIR
     caption_vocabulary.source = @mulan_task/SyntheticSource()
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,14 +40,12 @@ from musiclm_jax.data.bad_input import NoUsableExamplesError
 
 PAD_RULES = ("zeros", "drop")
 CROP_MODES = ("random", "center")
-SYNTHETIC_LABEL_KEYS = ("instrument", "tempo_class", "bpm", "key", "mode", "register", "drums", "loudness",
-                        "texture")
+SYNTHETIC_LABEL_KEYS = ("instrument", "tempo_class", "bpm", "key", "mode", "register", "drums", "loudness", "texture")
 _registered: dict[str, Any] = {}  # audio tasks this module registered, by name
 
 
 def _string_feature(required: bool = True) -> seqio.Feature:
-    return seqio.Feature(seqio.PassThroughVocabulary(0), add_eos=False, dtype=tf.string, rank=0,
-                         required=required)
+    return seqio.Feature(seqio.PassThroughVocabulary(0), add_eos=False, dtype=tf.string, rank=0, required=required)
 
 
 def _output_features(with_labels: bool) -> dict:
@@ -57,47 +56,65 @@ def _output_features(with_labels: bool) -> dict:
     }
     if with_labels:
         for key in SYNTHETIC_LABEL_KEYS:
-            features[key] = (seqio.ContinuousFeature(dtype=tf.int32, rank=0, required=False)
-                             if key in ("bpm", "drums") else _string_feature(required=False))
+            features[key] = (
+                seqio.ContinuousFeature(dtype=tf.int32, rank=0, required=False)
+                if key in ("bpm", "drums")
+                else _string_feature(required=False)
+            )
     return features
 
 
 def _signature(with_labels: bool) -> dict:
-    sig = {"audio": tf.TensorSpec([None], tf.float32), "caption": tf.TensorSpec([], tf.string),
-           "id": tf.TensorSpec([], tf.string), "sample_rate": tf.TensorSpec([], tf.int32)}
+    sig = {
+        "audio": tf.TensorSpec([None], tf.float32),
+        "caption": tf.TensorSpec([], tf.string),
+        "id": tf.TensorSpec([], tf.string),
+        "sample_rate": tf.TensorSpec([], tf.int32),
+    }
     if with_labels:
         for key in SYNTHETIC_LABEL_KEYS:
             sig[key] = tf.TensorSpec([], tf.int32 if key in ("bpm", "drums") else tf.string)
     return sig
 
 
-def _source_dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None, *, source,
-                       with_labels: bool) -> tf.data.Dataset:
+def _source_dataset_fn(
+    split: str, shuffle_files: bool, seed: Optional[int] = None, *, source, with_labels: bool
+) -> tf.data.Dataset:
     """The source's examples in order (decoding happens in Python; seqio shuffles downstream)."""
     del shuffle_files, seed
 
     def generate():
         for ex in source.examples(split):
-            out = {"audio": np.asarray(ex.audio, np.float32), "caption": ex.caption, "id": ex.id,
-                   "sample_rate": np.int32(ex.sample_rate)}
+            out = {
+                "audio": np.asarray(ex.audio, np.float32),
+                "caption": ex.caption,
+                "id": ex.id,
+                "sample_rate": np.int32(ex.sample_rate),
+            }
             if with_labels:
-                out.update({k: (np.int32(ex.labels[k]) if k in ("bpm", "drums") else str(ex.labels[k]))
-                            for k in SYNTHETIC_LABEL_KEYS})
+                out.update(
+                    {
+                        k: (np.int32(ex.labels[k]) if k in ("bpm", "drums") else str(ex.labels[k]))
+                        for k in SYNTHETIC_LABEL_KEYS
+                    }
+                )
             yield out
 
     return tf.data.Dataset.from_generator(generate, output_signature=_signature(with_labels))
 
 
-def crop_audio(dataset: tf.data.Dataset, *, seconds: int, sample_rate: int, mode: str = "random",
-               pad: str = "zeros") -> tf.data.Dataset:
+def crop_audio(
+    dataset: tf.data.Dataset, *, seconds: int, sample_rate: int, mode: str = "random", pad: str = "zeros"
+) -> tf.data.Dataset:
     """Crops `audio` to `seconds` starting at a whole second (random or centred).
 
     Shorter clips are zero-padded (`pad='zeros'`) or dropped (`pad='drop'`); `audio_length`
     holds the number of real samples either way.
     """
     if seconds <= 0 or mode not in CROP_MODES or pad not in PAD_RULES:
-        raise ValueError(f"crop_audio: need seconds > 0, mode in {CROP_MODES}, pad in {PAD_RULES}; "
-                         f"got {seconds}, {mode!r}, {pad!r}")
+        raise ValueError(
+            f"crop_audio: need seconds > 0, mode in {CROP_MODES}, pad in {PAD_RULES}; got {seconds}, {mode!r}, {pad!r}"
+        )
     length = seconds * sample_rate
     if pad == "drop":
         dataset = dataset.filter(lambda ex: tf.shape(ex["audio"])[0] >= length)
@@ -111,7 +128,7 @@ def crop_audio(dataset: tf.data.Dataset, *, seconds: int, sample_rate: int, mode
             start = tf.random.stateless_uniform([], seed, minval=0, maxval=last_start + 1, dtype=tf.int32)
         else:
             start = last_start // 2
-        clip = audio[start * sample_rate:start * sample_rate + length]
+        clip = audio[start * sample_rate : start * sample_rate + length]
         n = tf.shape(clip)[0]
         out = dict(ex)
         out["audio"] = tf.ensure_shape(tf.pad(clip, [[0, length - n]]), [length])
@@ -122,8 +139,9 @@ def crop_audio(dataset: tf.data.Dataset, *, seconds: int, sample_rate: int, mode
     return crop(dataset)
 
 
-def tokenize_caption(dataset: tf.data.Dataset, *, vocabulary: seqio.Vocabulary,
-                     key: str = "text_tokens") -> tf.data.Dataset:
+def tokenize_caption(
+    dataset: tf.data.Dataset, *, vocabulary: seqio.Vocabulary, key: str = "text_tokens"
+) -> tf.data.Dataset:
     """Adds `key`: the `caption` encoded with `vocabulary` (int32 [n], no EOS)."""
 
     @seqio.map_over_dataset
@@ -135,23 +153,49 @@ def tokenize_caption(dataset: tf.data.Dataset, *, vocabulary: seqio.Vocabulary,
     return tokenize(dataset)
 
 
-def register_audio_task(name: str, source, *, crop_seconds: Optional[int] = None, crop_mode: str = "random",
-                        pad: str = "zeros", shuffle_buffer_size: int = 256,
-                        text_vocabulary: Optional[str] = None) -> str:
+def register_audio_task(
+    name: str,
+    source,
+    *,
+    crop_seconds: Optional[int] = None,
+    crop_mode: str = "random",
+    pad: str = "zeros",
+    shuffle_buffer_size: int = 256,
+    text_vocabulary: Optional[str] = None,
+) -> str:
     """Registers (or re-registers) `source` as the seqio task `name` and returns the name.
 
     `text_vocabulary`: a SentencePiece .model path; the task then has `text_tokens` (see above)."""
     with_labels = isinstance(source, synthetic.SyntheticSource)
     data_source = seqio.FunctionDataSource(
-        functools.partial(_source_dataset_fn, source=source, with_labels=with_labels), splits=("train", "validation"))
-    return _register(name, data_source, source, source.sample_rate, with_labels=with_labels,
-                     crop_seconds=crop_seconds, crop_mode=crop_mode, pad=pad, shuffle_buffer_size=shuffle_buffer_size,
-                     text_vocabulary=text_vocabulary)
+        functools.partial(_source_dataset_fn, source=source, with_labels=with_labels), splits=("train", "validation")
+    )
+    return _register(
+        name,
+        data_source,
+        source,
+        source.sample_rate,
+        with_labels=with_labels,
+        crop_seconds=crop_seconds,
+        crop_mode=crop_mode,
+        pad=pad,
+        shuffle_buffer_size=shuffle_buffer_size,
+        text_vocabulary=text_vocabulary,
+    )
 
 
-def register_tfds_audio_task(name: str, *, manifest_path: str, data_dir: str, sample_rate: int,
-                             crop_seconds: Optional[int] = None, crop_mode: str = "random", pad: str = "zeros",
-                             shuffle_buffer_size: int = 1024, text_vocabulary: Optional[str] = None) -> str:
+def register_tfds_audio_task(
+    name: str,
+    *,
+    manifest_path: str,
+    data_dir: str,
+    sample_rate: int,
+    crop_seconds: Optional[int] = None,
+    crop_mode: str = "random",
+    pad: str = "zeros",
+    shuffle_buffer_size: int = 1024,
+    text_vocabulary: Optional[str] = None,
+) -> str:
     """Registers the TFDS dataset of a JSONL manifest (built offline under `data_dir` first if it
     is not there yet) as the seqio task `name`. Reading is pure TF: parallel and fast, for
     collections too large to decode on the fly."""
@@ -160,38 +204,72 @@ def register_tfds_audio_task(name: str, *, manifest_path: str, data_dir: str, sa
     builder = tfds_builder.build_manifest_dataset(manifest_path, data_dir, sample_rate)
 
     def dataset_fn(split, shuffle_files, seed=None):
-        ds = builder.as_dataset(split=split, shuffle_files=shuffle_files,
-                                read_config=tfds.ReadConfig(shuffle_seed=seed))
-        return ds.map(lambda ex: {"audio": ex["audio"], "caption": ex["caption"], "id": ex["id"],
-                                  "sample_rate": tf.constant(sample_rate, tf.int32)},
-                      num_parallel_calls=tf.data.AUTOTUNE)
+        ds = builder.as_dataset(
+            split=split, shuffle_files=shuffle_files, read_config=tfds.ReadConfig(shuffle_seed=seed)
+        )
+        return ds.map(
+            lambda ex: {
+                "audio": ex["audio"],
+                "caption": ex["caption"],
+                "id": ex["id"],
+                "sample_rate": tf.constant(sample_rate, tf.int32),
+            },
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
 
     data_source = seqio.FunctionDataSource(dataset_fn, splits=tuple(builder.info.splits))
-    return _register(name, data_source, builder, sample_rate, with_labels=False, crop_seconds=crop_seconds,
-                     crop_mode=crop_mode, pad=pad, shuffle_buffer_size=shuffle_buffer_size,
-                     text_vocabulary=text_vocabulary)
+    return _register(
+        name,
+        data_source,
+        builder,
+        sample_rate,
+        with_labels=False,
+        crop_seconds=crop_seconds,
+        crop_mode=crop_mode,
+        pad=pad,
+        shuffle_buffer_size=shuffle_buffer_size,
+        text_vocabulary=text_vocabulary,
+    )
 
 
-def _register(name: str, data_source, origin, sample_rate: int, *, with_labels: bool, crop_seconds, crop_mode, pad,
-              shuffle_buffer_size, text_vocabulary: Optional[str] = None) -> str:
+def _register(
+    name: str,
+    data_source,
+    origin,
+    sample_rate: int,
+    *,
+    with_labels: bool,
+    crop_seconds,
+    crop_mode,
+    pad,
+    shuffle_buffer_size,
+    text_vocabulary: Optional[str] = None,
+) -> str:
     output_features = _output_features(with_labels)
     vocabulary = None
     if text_vocabulary is not None:  # loaded (and checked) before anything is registered
         vocabulary = text_vocab.load_caption_vocabulary(text_vocabulary)
-        output_features["text_tokens"] = seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32, rank=1,
-                                                       required=False)
+        output_features["text_tokens"] = seqio.Feature(
+            vocabulary, add_eos=False, dtype=tf.int32, rank=1, required=False
+        )
     if name in seqio.TaskRegistry.names():
         if name not in _registered:
             raise ValueError(f"task {name!r} already exists and is not an audio task")
         seqio.TaskRegistry.remove(name)
     preprocessors = []
     if crop_seconds is not None:
-        preprocessors.append(functools.partial(crop_audio, seconds=int(crop_seconds), sample_rate=sample_rate,
-                                               mode=crop_mode, pad=pad))
+        preprocessors.append(
+            functools.partial(crop_audio, seconds=int(crop_seconds), sample_rate=sample_rate, mode=crop_mode, pad=pad)
+        )
     if vocabulary is not None:  # after the crop: clips it drops are never tokenized
         preprocessors.append(functools.partial(tokenize_caption, vocabulary=vocabulary))
-    seqio.TaskRegistry.add(name, source=data_source, preprocessors=preprocessors,
-                           output_features=output_features, shuffle_buffer_size=shuffle_buffer_size)
+    seqio.TaskRegistry.add(
+        name,
+        source=data_source,
+        preprocessors=preprocessors,
+        output_features=output_features,
+        shuffle_buffer_size=shuffle_buffer_size,
+    )
     _registered[name] = origin
     return name
 

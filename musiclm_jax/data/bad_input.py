@@ -26,6 +26,7 @@ not flood the log); `summary()` says what happened at the end of a split, and
 Skipped inputs are logged at WARNING, repairs at INFO (resampling a 44.1 kHz collection
 is routine, so it should not drown the warnings that matter).
 """
+
 from __future__ import annotations
 
 import collections
@@ -33,7 +34,14 @@ import logging
 
 # Decoding's categories are defined where decoding fails (audio.io); the rest are the sources'.
 from musiclm_jax.audio.io import (
-    CORRUPT, EMPTY_FILE, MISSING_FILE, NON_FINITE, SILENT, SILENT_PEAK, TRUNCATED, UNKNOWN_EXTENSION)
+    CORRUPT,
+    EMPTY_FILE,
+    MISSING_FILE,
+    NON_FINITE,
+    SILENT,
+    TRUNCATED,
+    UNKNOWN_EXTENSION,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +52,18 @@ TOO_SHORT = "too_short"
 BAD_MANIFEST_LINE = "bad_manifest_line"
 
 CATEGORIES = (
-    CORRUPT, TRUNCATED, EMPTY_FILE, SILENT, NON_FINITE, UNKNOWN_EXTENSION, MISSING_FILE,
-    MISSING_CAPTION, RESAMPLED, DOWNMIXED, TOO_SHORT, BAD_MANIFEST_LINE,
+    CORRUPT,
+    TRUNCATED,
+    EMPTY_FILE,
+    SILENT,
+    NON_FINITE,
+    UNKNOWN_EXTENSION,
+    MISSING_FILE,
+    MISSING_CAPTION,
+    RESAMPLED,
+    DOWNMIXED,
+    TOO_SHORT,
+    BAD_MANIFEST_LINE,
 )
 # Categories whose example is kept after the repair (missing_caption depends on the source).
 REPAIR_CATEGORIES = frozenset({RESAMPLED, DOWNMIXED})
@@ -87,11 +105,17 @@ class BadInputReport:
         prefix = f"[{self.source_name}] " if self.source_name else ""
         if n <= self.log_limit:
             action = "skipped" if skipped else "repaired"
-            logger.log(level, "%sbad input %s (%s): %s%s", prefix, category, action, path,
-                       f": {detail}" if detail else "")
+            logger.log(
+                level, "%sbad input %s (%s): %s%s", prefix, category, action, path, f": {detail}" if detail else ""
+            )
         elif n == self.log_limit + 1:
-            logger.log(level, "%sbad input %s: ... more (only the first %d are logged; see the summary)",
-                       prefix, category, self.log_limit)
+            logger.log(
+                level,
+                "%sbad input %s: ... more (only the first %d are logged; see the summary)",
+                prefix,
+                category,
+                self.log_limit,
+            )
 
     def __bool__(self) -> bool:
         return bool(self.counts)
@@ -111,8 +135,10 @@ class BadInputReport:
         head = f"bad inputs for {self.source_name!r}" if self.source_name else "bad inputs"
         if not self.counts:
             return f"{head}: none"
-        lines = [f"{head}: {sum(self._skipped.values())} skipped, "
-                 f"{sum(self.counts.values()) - sum(self._skipped.values())} repaired"]
+        lines = [
+            f"{head}: {sum(self._skipped.values())} skipped, "
+            f"{sum(self.counts.values()) - sum(self._skipped.values())} repaired"
+        ]
         for title, table in (("skipped", self.skipped()), ("repaired", self.repaired())):
             for category, count in table.items():
                 shown = ", ".join(self.paths[category])

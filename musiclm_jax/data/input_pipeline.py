@@ -3,6 +3,7 @@
 Deterministic given the seed: a run resumed at batch N (`start_batch`) sees exactly the
 batches an uninterrupted run would from N on. Each host reads its own shard.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,6 +45,7 @@ def _dims(length) -> tuple[int, ...]:
 def _crop_or_pad(lengths: Mapping[str, Any]):
     """Crops or pads the first dimension to the length; a tuple length also fixes the rest
     (e.g. (500, 12): 500 frames of 12 RVQ levels)."""
+
     def fn(ex):
         out = {}
         for k, length in lengths.items():

@@ -12,6 +12,7 @@ Splits are "train" and "validation". An explicit split in the data wins (a manif
 Each `examples(split)` pass gets a fresh report (`self.report`, also `self.reports[split]`);
 a line too broken to know its split (`bad_manifest_line`) is counted in every split's report.
 """
+
 from __future__ import annotations
 
 import ast
@@ -35,9 +36,14 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "validation")
 # Split names found in the wild, mapped onto ours; "test" data is held out, so validation.
 _SPLIT_ALIASES = {
-    "train": "train", "training": "train",
-    "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation",
-    "eval": "validation", "test": "validation",
+    "train": "train",
+    "training": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "dev": "validation",
+    "eval": "validation",
+    "test": "validation",
 }
 _SIDECAR_EXTENSIONS = (".txt", ".json")
 
@@ -145,9 +151,14 @@ class _AudioSource:
                 yield example
         if report:  # repairs alone (a 44.1 kHz collection) are routine: INFO, not WARNING
             logger.log(logging.WARNING if report.skipped() else logging.INFO, "%s", report.summary())
-        hint = "" if num_entries or report else (
-            f"no entry falls in this split; validation_fraction={self.validation_fraction} of ids go to "
-            "validation by hash unless the data names a split")
+        hint = (
+            ""
+            if num_entries or report
+            else (
+                f"no entry falls in this split; validation_fraction={self.validation_fraction} of ids go to "
+                "validation by hash unless the data names a split"
+            )
+        )
         report.check_usable(self.name, num_ok, split, hint=hint)
 
     def _load(self, entry: _Entry, report: BadInputReport) -> Example | None:
@@ -155,8 +166,13 @@ class _AudioSource:
             report.add(bad_input.MISSING_CAPTION, entry.path, "no caption (require_caption=True)", skipped=True)
             return None
         try:
-            audio, info = load_audio(entry.path, sample_rate=self.sample_rate, start_s=entry.start_s,
-                                     end_s=entry.end_s, normalize_db=self.normalize_db)
+            audio, info = load_audio(
+                entry.path,
+                sample_rate=self.sample_rate,
+                start_s=entry.start_s,
+                end_s=entry.end_s,
+                normalize_db=self.normalize_db,
+            )
         except AudioDecodeError as e:
             report.add(e.category, e.path, e.detail)
             return None
@@ -170,8 +186,9 @@ class _AudioSource:
             report.add(bad_input.DOWNMIXED, entry.path, f"{info.orig_channels} channels -> mono")
         if not entry.caption:  # counted only for kept examples: a repair of something skipped is noise
             report.add(bad_input.MISSING_CAPTION, entry.path, 'no caption; using ""', skipped=False)
-        return Example(id=entry.id, audio=audio, sample_rate=self.sample_rate, caption=entry.caption or "",
-                       labels=entry.labels)
+        return Example(
+            id=entry.id, audio=audio, sample_rate=self.sample_rate, caption=entry.caption or "", labels=entry.labels
+        )
 
     def _split_of(self, example_id: str, explicit: Any = None) -> str | None:
         if explicit is not None and explicit != "":
@@ -216,8 +233,14 @@ class ManifestSource(_AudioSource):
                     continue
                 path = os.path.join(root, os.path.expanduser(record["path"]))
                 labels = {k: v for k, v in record.items() if k not in self._RESERVED}
-                yield _Entry(example_id, os.path.normpath(path), record.get("caption"), labels,
-                             _float_or_none(record.get("start_s")), _float_or_none(record.get("end_s")))
+                yield _Entry(
+                    example_id,
+                    os.path.normpath(path),
+                    record.get("caption"),
+                    labels,
+                    _float_or_none(record.get("start_s")),
+                    _float_or_none(record.get("end_s")),
+                )
 
 
 def _parse_manifest_line(line: str, where: str, report: BadInputReport) -> dict | None:
@@ -246,8 +269,9 @@ class MusicCapsSource(_AudioSource):
     literal list) is parsed with `ast.literal_eval` into `labels["aspect_list"]`.
     """
 
-    def __init__(self, csv_path: str | os.PathLike, audio_dir: str | os.PathLike, *,
-                 already_cropped: bool = False, **kwargs: Any):
+    def __init__(
+        self, csv_path: str | os.PathLike, audio_dir: str | os.PathLike, *, already_cropped: bool = False, **kwargs: Any
+    ):
         self.csv_path = os.path.abspath(os.fspath(csv_path))
         self.audio_dir = os.path.abspath(os.fspath(audio_dir))
         self.already_cropped = already_cropped
@@ -277,8 +301,11 @@ class MusicCapsSource(_AudioSource):
                     continue
                 path = self._find_audio(ytid)
                 if path is None:
-                    report.add(bad_input.MISSING_FILE, os.path.join(self.audio_dir, f"{ytid}.*"),
-                               f"no audio for ytid {ytid} ({where})")
+                    report.add(
+                        bad_input.MISSING_FILE,
+                        os.path.join(self.audio_dir, f"{ytid}.*"),
+                        f"no audio for ytid {ytid} ({where})",
+                    )
                     continue
                 crop = (None, None) if self.already_cropped else (start_s, end_s)
                 yield _Entry(ytid, path, row.get("caption", "").strip(), labels, *crop)
@@ -290,8 +317,11 @@ class MusicCapsSource(_AudioSource):
                 return candidate
         escaped = glob.escape(ytid)
         for pattern in (f"[[]{escaped}]*", f"{escaped}_*"):
-            hits = sorted(p for p in glob.glob(os.path.join(self.audio_dir, pattern))
-                          if os.path.splitext(p)[1].lower() in AUDIO_EXTENSIONS)
+            hits = sorted(
+                p
+                for p in glob.glob(os.path.join(self.audio_dir, pattern))
+                if os.path.splitext(p)[1].lower() in AUDIO_EXTENSIONS
+            )
             if hits:
                 return hits[0]
         return None
@@ -315,7 +345,7 @@ def _parse_musiccaps_row(row: dict, where: str, report: BadInputReport) -> tuple
 
 
 def _parse_literal_list(text: str | None) -> list[str]:
-    """"['pop', 'mellow']" -> ['pop', 'mellow'] via ast.literal_eval (no eval)."""
+    """ "['pop', 'mellow']" -> ['pop', 'mellow'] via ast.literal_eval (no eval)."""
     if not text:
         return []
     value = ast.literal_eval(text)

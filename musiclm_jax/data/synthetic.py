@@ -16,6 +16,7 @@ example carries the labels it was made from, so text adherence is measurable:
 Pure numpy (Karplus-Strong computed a period at a time), so it renders far faster than
 real time on one core; see bench/bench_synthetic.py.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -190,8 +191,10 @@ def sample_score(seed: int, index: int, duration_s: float) -> Score:
             t += length * eighth
             prev = degree
         # Close-position triad within the octave above the tonic.
-        triad = sorted(tonic + (_degree_to_midi(tonic, mode, chord + d, raise_seventh=(chord == 4)) - tonic) % 12
-                       for d in (0, 2, 4))
+        triad = sorted(
+            tonic + (_degree_to_midi(tonic, mode, chord + d, raise_seventh=(chord == 4)) - tonic) % 12
+            for d in (0, 2, 4)
+        )
         if labels["texture"] == "melody_chords":  # quiet block chord an octave under the melody
             for m in triad:
                 notes.append(Note(b * bar, bar * 0.95, m - 12, 0.2, "chord"))
@@ -233,15 +236,24 @@ def _hz(midi: float) -> float:
 
 def _adsr(n: int, sr: int, attack: float, decay: float, sustain: float, release: float, held: int) -> np.ndarray:
     t = np.arange(n) / sr
-    env = np.where(t < attack, t / max(attack, 1e-4), sustain + (1 - sustain) * np.exp(-(t - attack) / max(decay, 1e-4)))
+    env = np.where(
+        t < attack, t / max(attack, 1e-4), sustain + (1 - sustain) * np.exp(-(t - attack) / max(decay, 1e-4))
+    )
     held_t = held / sr
     level_at_release = env[min(held, n - 1)]
     tail = level_at_release * np.exp(-(t - held_t) / max(release, 1e-4) * 3)
     return np.where(t < held_t, env, tail).astype(np.float32)
 
 
-def _additive(f0: float, n: int, sr: int, amps: Sequence[float], ratios: Sequence[float], decays=None,
-              phase_mod: np.ndarray | None = None) -> np.ndarray:
+def _additive(
+    f0: float,
+    n: int,
+    sr: int,
+    amps: Sequence[float],
+    ratios: Sequence[float],
+    decays=None,
+    phase_mod: np.ndarray | None = None,
+) -> np.ndarray:
     """Sum of sinusoids at f0*ratio (skipping those above Nyquist), optional per-partial decay."""
     t = np.arange(n, dtype=np.float32) / sr
     out = np.zeros(n, np.float32)
@@ -260,8 +272,15 @@ def _additive(f0: float, n: int, sr: int, amps: Sequence[float], ratios: Sequenc
     return out
 
 
-def _wavetable(f0: float, n: int, sr: int, amps: Sequence[float], harmonics: Sequence[int],
-               phase_mod: np.ndarray | None = None, size: int = 2048) -> np.ndarray:
+def _wavetable(
+    f0: float,
+    n: int,
+    sr: int,
+    amps: Sequence[float],
+    harmonics: Sequence[int],
+    phase_mod: np.ndarray | None = None,
+    size: int = 2048,
+) -> np.ndarray:
     """Like `_additive` for integer harmonics without per-partial decay, but reads one
     band-limited period from a table (linear interpolation): one lookup per sample instead of
     one sine per partial, which keeps rich timbres (strings, square lead) fast."""
@@ -319,12 +338,15 @@ def _karplus_strong(f0, n, held, sr, rng):
     start = p + 1
     while start < len(y):
         stop = min(start + p, len(y))
-        y[start:stop] = gain * (0.5 * (1 - w) * (y[start - p:stop - p] + y[start - p - 1:stop - p - 1])
-                                + 0.5 * w * (y[start - p - 1:stop - p - 1] + y[start - p - 2:stop - p - 2]
-                                             if start - p - 2 >= 0 else 0.0))
+        y[start:stop] = gain * (
+            0.5 * (1 - w) * (y[start - p : stop - p] + y[start - p - 1 : stop - p - 1])
+            + 0.5
+            * w
+            * (y[start - p - 1 : stop - p - 1] + y[start - p - 2 : stop - p - 2] if start - p - 2 >= 0 else 0.0)
+        )
         start = stop
-    out = y[: n]
-    return out / (np.abs(out[:p + 1]).max() + 1e-6) * _adsr(n, sr, 0.001, 10.0, 1.0, 0.08, held)
+    out = y[:n]
+    return out / (np.abs(out[: p + 1]).max() + 1e-6) * _adsr(n, sr, 0.001, 10.0, 1.0, 0.08, held)
 
 
 def _square_lead(f0, n, held, sr, rng):
@@ -335,7 +357,7 @@ def _square_lead(f0, n, held, sr, rng):
 
 def _strings(f0, n, held, sr, rng):
     k = np.arange(1, 16)
-    amps = 1.0 / k ** 1.1
+    amps = 1.0 / k**1.1
     vib = _vibrato(n, sr, f0, 0.12, 5.0)
     # Ensemble: three slightly detuned sawtooth-like voices.
     out = sum(_wavetable(f0 * d, n, sr, amps, k, phase_mod=vib) for d in (0.997, 1.0, 1.004)) / 3
@@ -358,11 +380,18 @@ def _bass(f0, n, held, sr, rng):
     k = np.arange(1, 9)
     decays = 2.0 + 3.0 * k
     env = _adsr(n, sr, 0.005, 0.25, 0.6, 0.06, held)
-    return _additive(f0, n, sr, 1.0 / k ** 1.5, k, decays) * env
+    return _additive(f0, n, sr, 1.0 / k**1.5, k, decays) * env
 
 
-_TIMBRES = {"piano": _piano, "organ": _organ, "plucked": _karplus_strong, "square_lead": _square_lead,
-            "strings": _strings, "bell": _bell, "bass": _bass}
+_TIMBRES = {
+    "piano": _piano,
+    "organ": _organ,
+    "plucked": _karplus_strong,
+    "square_lead": _square_lead,
+    "strings": _strings,
+    "bell": _bell,
+    "bass": _bass,
+}
 _RELEASE_S = {"piano": 0.3, "organ": 0.1, "plucked": 0.2, "square_lead": 0.1, "strings": 0.5, "bell": 0.8, "bass": 0.1}
 
 
@@ -394,7 +423,7 @@ def render_score(score: Score, sample_rate: int, seed: int = 0) -> np.ndarray:
         held = max(int(note.duration_s * 0.92 * sr), 1)
         n = held + int(release * sr)
         start = int(note.start_s * sr)
-        music[start:start + n] += note.velocity * timbre(_hz(note.midi), n, held, sr, rng)[: len(music) - start]
+        music[start : start + n] += note.velocity * timbre(_hz(note.midi), n, held, sr, rng)[: len(music) - start]
     music = music[:total]
     # Level the music alone, so drums neither hide it nor change the loudness class.
     music *= 10 ** (LOUDNESS_DBFS[labels["loudness"]] / 20) / (np.sqrt(np.mean(music**2)) + 1e-9)
@@ -403,11 +432,11 @@ def render_score(score: Score, sample_rate: int, seed: int = 0) -> np.ndarray:
         kit = {k: _drum(k, sr, rng) for k in ("kick", "snare", "hat")}
         for h in score.hits:
             start = int(h.start_s * sr)
-            drums[start:start + len(kit[h.drum])] += h.velocity * kit[h.drum]
+            drums[start : start + len(kit[h.drum])] += h.velocity * kit[h.drum]
         drums = drums[:total]
         music += drums * (DRUMS_LEVEL * np.sqrt(np.mean(music**2)) / (np.sqrt(np.mean(drums**2)) + 1e-9))
     fade = min(int(0.02 * sr), total)
-    music[total - fade:] *= np.linspace(1, 0, fade, dtype=np.float32)
+    music[total - fade :] *= np.linspace(1, 0, fade, dtype=np.float32)
     return _limit(music, sr)
 
 
@@ -447,19 +476,39 @@ _MOOD_WORDS = {
     ("fast", "major"): ("happy", "energetic", "joyful", "upbeat"),
     ("fast", "minor"): ("tense", "dramatic", "urgent", "brooding"),
 }
-_REGISTER_WORDS = {"low": ("low", "deep", "low-register"), "mid": ("mid-range", "middle-register", "mid-register"),
-                   "high": ("high", "high-pitched", "bright high-register")}
-_LOUDNESS_WORDS = {"soft": ("soft", "quiet", "gentle-volume"), "medium": ("moderately loud", "medium-volume",
-                                                                         "balanced-volume"),
-                   "loud": ("loud", "powerful", "full-volume")}
-_TEXTURE_WORDS = {"melody": ("melody", "solo melody", "single-line tune", "lead line"),
-                  "melody_chords": ("melody over chords", "tune with chords", "melody with chordal accompaniment",
-                                    "chords and melody"),
-                  "arpeggio": ("arpeggio", "arpeggiated pattern", "broken-chord figure", "rolling arpeggios")}
-_DRUM_WORDS = {True: ("with drums", "with a steady beat", "over a drum kit", "with kick, snare and hi-hats"),
-               False: ("no drums", "without drums", "with no percussion", "without any beat")}
-_GENRE = {"square_lead": "electronic", "bell": "ambient", "organ": "gospel-tinged", "piano": "piano",
-          "plucked": "acoustic", "strings": "orchestral", "bass": "bass-driven"}
+_REGISTER_WORDS = {
+    "low": ("low", "deep", "low-register"),
+    "mid": ("mid-range", "middle-register", "mid-register"),
+    "high": ("high", "high-pitched", "bright high-register"),
+}
+_LOUDNESS_WORDS = {
+    "soft": ("soft", "quiet", "gentle-volume"),
+    "medium": ("moderately loud", "medium-volume", "balanced-volume"),
+    "loud": ("loud", "powerful", "full-volume"),
+}
+_TEXTURE_WORDS = {
+    "melody": ("melody", "solo melody", "single-line tune", "lead line"),
+    "melody_chords": (
+        "melody over chords",
+        "tune with chords",
+        "melody with chordal accompaniment",
+        "chords and melody",
+    ),
+    "arpeggio": ("arpeggio", "arpeggiated pattern", "broken-chord figure", "rolling arpeggios"),
+}
+_DRUM_WORDS = {
+    True: ("with drums", "with a steady beat", "over a drum kit", "with kick, snare and hi-hats"),
+    False: ("no drums", "without drums", "with no percussion", "without any beat"),
+}
+_GENRE = {
+    "square_lead": "electronic",
+    "bell": "ambient",
+    "organ": "gospel-tinged",
+    "piano": "piano",
+    "plucked": "acoustic",
+    "strings": "orchestral",
+    "bass": "bass-driven",
+}
 
 # 24 templates; every slot they name is filled from the labels, so no caption contradicts them.
 _TEMPLATES = (
@@ -492,20 +541,30 @@ _TEMPLATES = (
 
 def caption_for(labels: dict, rng: np.random.Generator) -> str:
     """A caption in one of the templates with synonyms drawn from rng; agrees with `labels`."""
+
     def pick(options):
         return str(options[rng.integers(len(options))])
 
     tempo, mode = labels["tempo_class"], labels["mode"]
     drums = pick(_DRUM_WORDS[labels["drums"]])
-    energy = {"slow": ("laid-back", "relaxed"), "medium": ("easygoing", "steady"),
-              "fast": ("energetic", "lively")}[tempo]
+    energy = {"slow": ("laid-back", "relaxed"), "medium": ("easygoing", "steady"), "fast": ("energetic", "lively")}[
+        tempo
+    ]
     slots = {
-        "tempo": pick(_TEMPO_WORDS[tempo]), "mood": pick(_MOOD_WORDS[(tempo, mode)]),
-        "instrument": pick(_INSTRUMENT_WORDS[labels["instrument"]]), "texture": pick(_TEXTURE_WORDS[labels["texture"]]),
-        "key": labels["key"], "mode": mode, "drums": drums, "drums_cap": drums[0].upper() + drums[1:],
-        "drums_short": "drums" if labels["drums"] else "no drums", "bpm": labels["bpm"],
-        "register": pick(_REGISTER_WORDS[labels["register"]]), "loudness": pick(_LOUDNESS_WORDS[labels["loudness"]]),
-        "genre": _GENRE[labels["instrument"]], "energy": pick(energy),
+        "tempo": pick(_TEMPO_WORDS[tempo]),
+        "mood": pick(_MOOD_WORDS[(tempo, mode)]),
+        "instrument": pick(_INSTRUMENT_WORDS[labels["instrument"]]),
+        "texture": pick(_TEXTURE_WORDS[labels["texture"]]),
+        "key": labels["key"],
+        "mode": mode,
+        "drums": drums,
+        "drums_cap": drums[0].upper() + drums[1:],
+        "drums_short": "drums" if labels["drums"] else "no drums",
+        "bpm": labels["bpm"],
+        "register": pick(_REGISTER_WORDS[labels["register"]]),
+        "loudness": pick(_LOUDNESS_WORDS[labels["loudness"]]),
+        "genre": _GENRE[labels["instrument"]],
+        "energy": pick(energy),
     }
     text = pick(_TEMPLATES).format(**slots)
     if text.startswith("an ") and slots["energy"][0] not in "aeiou":
@@ -544,15 +603,22 @@ def render(seed: int, index: int, *, sample_rate: int = 16000, duration_s: float
     score = sample_score(seed, index, duration_s)
     audio = render_score(score, sample_rate, seed=int(seed) * 1_000_003 + int(index))
     caption = caption_for(score.labels, _rng(seed, index, stream=1))
-    return SyntheticExample(f"synthetic-{seed}-{index}", audio.astype(np.float32), sample_rate, caption,
-                            dict(score.labels), score=score)
+    return SyntheticExample(
+        f"synthetic-{seed}-{index}", audio.astype(np.float32), sample_rate, caption, dict(score.labels), score=score
+    )
 
 
 class SyntheticSource:
     """The synthetic source with the same interface as the real ones (data/sources.py)."""
 
-    def __init__(self, *, sample_rate: int = 16000, duration_s: float = 10.0, num_examples: int = 10_000,
-                 num_validation_examples: int = 200):
+    def __init__(
+        self,
+        *,
+        sample_rate: int = 16000,
+        duration_s: float = 10.0,
+        num_examples: int = 10_000,
+        num_validation_examples: int = 200,
+    ):
         if num_examples <= 0 or num_validation_examples <= 0:
             raise ValueError("num_examples and num_validation_examples must be positive")
         self.name = f"synthetic@{sample_rate}Hz"

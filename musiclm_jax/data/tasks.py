@@ -1,4 +1,5 @@
 """seqio task registry: token tasks known by name (gin's MIXTURE_OR_TASK_NAME)."""
+
 from __future__ import annotations
 
 import functools
@@ -67,5 +68,3 @@ def validate_name(name: str) -> None:
         close = [n for n in known_task_names() if name.split("_")[0] in n][:5]
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ValueError(f"unknown seqio task or mixture {name!r}{hint}; known: {', '.join(known_task_names())}")
-
-

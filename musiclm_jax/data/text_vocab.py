@@ -14,6 +14,7 @@ Training is deterministic: captions are sorted, nothing is sampled or shuffled, 
 captions give the same model (and each host of a pod may train its own copy safely: the files
 are written under temporary names and renamed).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -32,8 +33,9 @@ VOCAB_FILENAME = "captions.model"
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 
 
-def train_caption_vocabulary(captions: Iterable[str], model_prefix_path: str, *, vocab_size: int = 1000,
-                             seed: int = 0, model_type: str = "bpe") -> str:
+def train_caption_vocabulary(
+    captions: Iterable[str], model_prefix_path: str, *, vocab_size: int = 1000, seed: int = 0, model_type: str = "bpe"
+) -> str:
     """Trains a SentencePiece model on `captions`; writes `<prefix>.model` and `<prefix>.vocab`
     (atomically: trained under a temporary prefix in the same folder, then renamed) and returns
     the .model path.
@@ -58,8 +60,11 @@ def train_caption_vocabulary(captions: Iterable[str], model_prefix_path: str, *,
         else:
             num_empty += 1
     if not texts:
-        raise ValueError(f"no captions to train a caption vocabulary on ({num_empty} empty ones)" if num_empty
-                         else "no captions to train a caption vocabulary on")
+        raise ValueError(
+            f"no captions to train a caption vocabulary on ({num_empty} empty ones)"
+            if num_empty
+            else "no captions to train a caption vocabulary on"
+        )
     texts.sort()  # the model depends on the captions, not on the order a source lists them in
 
     prefix = os.path.abspath(model_prefix_path)
@@ -70,18 +75,27 @@ def train_caption_vocabulary(captions: Iterable[str], model_prefix_path: str, *,
     try:
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=iter(texts), model_prefix=tmp, model_type=model_type, vocab_size=int(vocab_size),
-                pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
+                sentence_iterator=iter(texts),
+                model_prefix=tmp,
+                model_type=model_type,
+                vocab_size=int(vocab_size),
+                pad_id=PAD_ID,
+                eos_id=EOS_ID,
+                unk_id=UNK_ID,
+                bos_id=-1,
                 # A caption set often supports fewer pieces than vocab_size (10,000 synthetic captions
                 # give ~480); with the default hard limit SentencePiece then fails ("Vocabulary size
                 # too high ... set it to a value <= N"). A soft limit makes vocab_size an upper bound.
                 hard_vocab_limit=False,
                 character_coverage=1.0,  # keep every character seen (a rare '#' must not become <unk>)
-                input_sentence_size=0, shuffle_input_sentence=False,  # all captions, in the order given
-                minloglevel=2)
+                input_sentence_size=0,
+                shuffle_input_sentence=False,  # all captions, in the order given
+                minloglevel=2,
+            )
         except RuntimeError as e:
-            raise ValueError(f"training a SentencePiece vocabulary (vocab_size={vocab_size}) on {len(texts)} "
-                             f"captions failed: {e}") from e
+            raise ValueError(
+                f"training a SentencePiece vocabulary (vocab_size={vocab_size}) on {len(texts)} captions failed: {e}"
+            ) from e
         _set_model_prefix(tmp + ".model", os.path.basename(prefix))
         os.replace(tmp + ".vocab", prefix + ".vocab")
         os.replace(tmp + ".model", prefix + ".model")  # last: an existing .model means a complete pair
@@ -90,8 +104,14 @@ def train_caption_vocabulary(captions: Iterable[str], model_prefix_path: str, *,
             if os.path.exists(leftover):
                 os.remove(leftover)
     pieces = spm.SentencePieceProcessor(model_file=prefix + ".model").get_piece_size()
-    logger.info("caption vocabulary %s.model: %d pieces (vocab_size=%d) from %d captions%s", prefix, pieces,
-                vocab_size, len(texts), f" ({num_empty} empty ones skipped)" if num_empty else "")
+    logger.info(
+        "caption vocabulary %s.model: %d pieces (vocab_size=%d) from %d captions%s",
+        prefix,
+        pieces,
+        vocab_size,
+        len(texts),
+        f" ({num_empty} empty ones skipped)" if num_empty else "",
+    )
     return prefix + ".model"
 
 
@@ -112,8 +132,15 @@ def caption_vocabulary_path(model_dir: str) -> str:
     return os.path.join(model_dir, VOCAB_DIRNAME, VOCAB_FILENAME)
 
 
-def caption_vocabulary(model_dir: str, source, *, vocab_size: int = 1000, split: str = "train",
-                       max_captions: Optional[int] = None, model_type: str = "bpe") -> str:
+def caption_vocabulary(
+    model_dir: str,
+    source,
+    *,
+    vocab_size: int = 1000,
+    split: str = "train",
+    max_captions: Optional[int] = None,
+    model_type: str = "bpe",
+) -> str:
     """The caption vocabulary stored with the model: MODEL_DIR/text_vocab/captions.model.
 
     An existing file is returned as is (never retrained, whatever `source` and `vocab_size` say,
@@ -139,8 +166,7 @@ def caption_vocabulary(model_dir: str, source, *, vocab_size: int = 1000, split:
     name = getattr(source, "name", type(source).__name__)
     logger.info("caption vocabulary: training %s on %d %s captions of %s", path, len(captions), split, name)
     try:
-        return train_caption_vocabulary(captions, path[: -len(".model")], vocab_size=vocab_size,
-                                        model_type=model_type)
+        return train_caption_vocabulary(captions, path[: -len(".model")], vocab_size=vocab_size, model_type=model_type)
     except ValueError as e:
         raise ValueError(f"caption vocabulary for {model_dir} from the {split} split of {name}: {e}") from e
 
@@ -148,8 +174,9 @@ def caption_vocabulary(model_dir: str, source, *, vocab_size: int = 1000, split:
 def load_caption_vocabulary(path: str) -> seqio.SentencePieceVocabulary:
     """The SentencePiece model at `path` as a seqio vocabulary (checked to use seqio's ids)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"caption vocabulary {path} not found (train it with caption_vocabulary or "
-                                "train_caption_vocabulary)")
+        raise FileNotFoundError(
+            f"caption vocabulary {path} not found (train it with caption_vocabulary or train_caption_vocabulary)"
+        )
     vocab = seqio.SentencePieceVocabulary(path)
     try:
         tok = vocab.tokenizer
@@ -157,6 +184,5 @@ def load_caption_vocabulary(path: str) -> seqio.SentencePieceVocabulary:
         raise ValueError(f"caption vocabulary {path} is not a SentencePiece model: {e}") from e
     ids = (tok.pad_id(), tok.eos_id(), tok.unk_id())
     if ids != (PAD_ID, EOS_ID, UNK_ID):
-        raise ValueError(f"caption vocabulary {path} has pad/eos/unk ids {ids}; seqio needs "
-                         f"{(PAD_ID, EOS_ID, UNK_ID)}")
+        raise ValueError(f"caption vocabulary {path} has pad/eos/unk ids {ids}; seqio needs {(PAD_ID, EOS_ID, UNK_ID)}")
     return vocab

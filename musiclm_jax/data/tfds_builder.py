@@ -8,6 +8,7 @@ prepare step is plain Python; reading back with `builder.as_dataset` is pure TF.
     builder = build_manifest_dataset("/data/music.jsonl", "/data/tfds", sample_rate=24000)
     ds = builder.as_dataset(split="train")
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,11 +56,13 @@ class MusicManifest(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({
-                "audio": tfds.features.Audio(shape=(None,), dtype=np.float32, sample_rate=self._config.sample_rate),
-                "caption": tfds.features.Text(),
-                "id": tfds.features.Text(),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "audio": tfds.features.Audio(shape=(None,), dtype=np.float32, sample_rate=self._config.sample_rate),
+                    "caption": tfds.features.Text(),
+                    "id": tfds.features.Text(),
+                }
+            ),
             supervised_keys=None,
         )
 
@@ -71,8 +74,11 @@ class MusicManifest(tfds.core.GeneratorBasedBuilder):
     def _source(self) -> ManifestSource:
         config = self._config
         return ManifestSource(
-            config.manifest_path, sample_rate=config.sample_rate, min_seconds=config.min_seconds,
-            normalize_db=config.normalize_db, validation_fraction=config.validation_fraction,
+            config.manifest_path,
+            sample_rate=config.sample_rate,
+            min_seconds=config.min_seconds,
+            normalize_db=config.normalize_db,
+            validation_fraction=config.validation_fraction,
         )
 
     def _generate_examples(self, split: str):
@@ -85,15 +91,21 @@ def manifest_config(manifest_path: str | os.PathLike, sample_rate: int, **kwargs
     path = os.path.abspath(os.fspath(manifest_path))
     stem = "".join(c if c.isalnum() else "_" for c in os.path.splitext(os.path.basename(path))[0]).lower()
     digest = hashlib.sha256(path.encode("utf-8")).hexdigest()[:8]
-    return MusicManifestConfig(name=f"{stem}_{sample_rate}hz_{digest}", manifest_path=path,
-                               sample_rate=int(sample_rate), **kwargs)
+    return MusicManifestConfig(
+        name=f"{stem}_{sample_rate}hz_{digest}", manifest_path=path, sample_rate=int(sample_rate), **kwargs
+    )
 
 
-def build_manifest_dataset(manifest_path: str | os.PathLike, data_dir: str | os.PathLike, sample_rate: int,
-                           **config_kwargs) -> MusicManifest:
+def build_manifest_dataset(
+    manifest_path: str | os.PathLike, data_dir: str | os.PathLike, sample_rate: int, **config_kwargs
+) -> MusicManifest:
     """Builds (or reuses) the dataset of `manifest_path` under `data_dir`, offline."""
-    builder = MusicManifest(config=manifest_config(manifest_path, sample_rate, **config_kwargs),
-                            data_dir=os.fspath(data_dir))
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP))
+    builder = MusicManifest(
+        config=manifest_config(manifest_path, sample_rate, **config_kwargs), data_dir=os.fspath(data_dir)
+    )
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+            try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP
+        )
+    )
     return builder

@@ -2,9 +2,10 @@
 
 The cache (written by precompute.py) holds each clip tokenised once, whole:
 `mulan_tokens` [levels], `mulan_window_tokens` [windows, levels], `semantic_tokens` [frames],
-`acoustic_tokens` [frames, levels], `caption`, `id`. A token task crops it at a whole-second start s for L seconds in every
-stream at once (semantic [s*r_s : (s+L)*r_s], acoustic [s*r_a : (s+L)*r_a], rates read from
-the cache's precompute.json), so one tokenisation serves every stage and crop length:
+`acoustic_tokens` [frames, levels], `caption`, `id`. A token task crops it at a whole-second
+start s for L seconds in every stream at once (semantic [s*r_s : (s+L)*r_s], acoustic
+[s*r_a : (s+L)*r_a], rates read from the cache's precompute.json), so one tokenisation serves
+every stage and crop length:
 
     register_token_task('music_tokens_30s', '/data/cache/music', crop_seconds=30)
 
@@ -26,6 +27,7 @@ Task with a CacheDatasetPlaceholder through `use_cached=True` when it sits at
     precompute.json                        task, model dirs, token rates, levels, codebook sizes
     summary.json                           totals of the last run (also logged)
 """
+
 from __future__ import annotations
 
 import functools
@@ -59,11 +61,18 @@ def shard_stats_path(cache_dir: str, split: str, shard: int, num_shards: int) ->
 def info_dict(num_shards: int, acoustic_levels: int, mulan_levels: int) -> dict:
     """seqio's info.<split>.json (what beam_utils.GetInfo writes for these features)."""
     token = lambda shape: {"shape": shape, "dtype": "int32"}  # noqa: E731
-    return {"num_shards": int(num_shards), "seqio_version": seqio.__version__,
-            "features": {"mulan_tokens": token([None]), "mulan_window_tokens": token([None, int(mulan_levels)]),
-                         "semantic_tokens": token([None]),
-                         "acoustic_tokens": token([None, int(acoustic_levels)]),
-                         "caption": {"shape": [], "dtype": "string"}, "id": {"shape": [], "dtype": "string"}}}
+    return {
+        "num_shards": int(num_shards),
+        "seqio_version": seqio.__version__,
+        "features": {
+            "mulan_tokens": token([None]),
+            "mulan_window_tokens": token([None, int(mulan_levels)]),
+            "semantic_tokens": token([None]),
+            "acoustic_tokens": token([None, int(acoustic_levels)]),
+            "caption": {"shape": [], "dtype": "string"},
+            "id": {"shape": [], "dtype": "string"},
+        },
+    }
 
 
 def read_json(path: str) -> dict:
@@ -83,8 +92,10 @@ def load_cache_meta(cache_dir: str) -> dict:
     """precompute.json of a finished cache, with a clear error when the cache is not there."""
     meta_path = os.path.join(cache_dir, META_FILE)
     if not tf.io.gfile.exists(meta_path) or not tf.io.gfile.exists(os.path.join(cache_dir, "COMPLETED")):
-        raise FileNotFoundError(f"{cache_dir} is not a finished token cache (no {META_FILE} or COMPLETED): "
-                                "run `musiclm precompute` into it first")
+        raise FileNotFoundError(
+            f"{cache_dir} is not a finished token cache (no {META_FILE} or COMPLETED): "
+            "run `musiclm precompute` into it first"
+        )
     meta = read_json(meta_path)
     missing = [k for k in ("rates", "levels", "codebook_sizes", "splits") if k not in meta]
     if missing:
@@ -129,11 +140,12 @@ def read_cache(cache_dir: str, split: str):
 def _crop_at(ex: dict, start, seconds: int, rates: dict, mulan_windows: Optional[dict] = None) -> dict:
     out = dict(ex)
     for key, rate in rates.items():
-        out[key] = ex[key][start * rate:(start + seconds) * rate]
+        out[key] = ex[key][start * rate : (start + seconds) * rate]
     out["crop_start_s"] = start + ex.get("crop_start_s", 0)
     if mulan_windows is not None:
-        out["mulan_tokens"] = ex["mulan_window_tokens"][window_for_crop(start, seconds, mulan_windows,
-                                                                       tf.shape(ex["mulan_window_tokens"])[0])]
+        out["mulan_tokens"] = ex["mulan_window_tokens"][
+            window_for_crop(start, seconds, mulan_windows, tf.shape(ex["mulan_window_tokens"])[0])
+        ]
     return out
 
 
@@ -150,8 +162,15 @@ def _whole_seconds(ex: dict, rates: dict):
     return tf.reduce_min(tf.stack([tf.shape(ex[k])[0] // r for k, r in rates.items()]))
 
 
-def fixed_crop(dataset: tf.data.Dataset, *, seconds: int, rates: dict, mode: str = "center",
-               pad: str = "keep", mulan_windows: Optional[dict] = None) -> tf.data.Dataset:
+def fixed_crop(
+    dataset: tf.data.Dataset,
+    *,
+    seconds: int,
+    rates: dict,
+    mode: str = "center",
+    pad: str = "keep",
+    mulan_windows: Optional[dict] = None,
+) -> tf.data.Dataset:
     """Crops every stream in `rates` ({feature: tokens per second}) to `seconds` from a fixed
     whole-second start: 0 ('start') or the centre ('center'). Shorter clips stay whole
     ('keep'; the batch pipeline pads them) or are dropped ('drop'). With `mulan_windows`
@@ -167,8 +186,9 @@ def fixed_crop(dataset: tf.data.Dataset, *, seconds: int, rates: dict, mode: str
     return dataset.map(crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def random_crop(dataset: tf.data.Dataset, *, seconds: int, rates: dict, pad: str = "keep",
-                mulan_windows: Optional[dict] = None) -> tf.data.Dataset:
+def random_crop(
+    dataset: tf.data.Dataset, *, seconds: int, rates: dict, pad: str = "keep", mulan_windows: Optional[dict] = None
+) -> tf.data.Dataset:
     """Like `fixed_crop`, from a random whole-second start (seqio gives each example its seed)."""
     if pad == "drop":
         dataset = dataset.filter(lambda ex: _whole_seconds(ex, rates) >= seconds)
@@ -194,10 +214,17 @@ def _dataset_fn(split, shuffle_files, seed=None, *, cache_dir, random_splits, cr
     return ds if crop is None or split in random_splits else crop(ds)
 
 
-def register_token_task(name: str, cache_dir: str, *, crop_seconds: Optional[int] = None,
-                        validation_crop: str = "center", pad: str = "keep",
-                        random_crop_splits: Sequence[str] = ("train",), shuffle_buffer_size: int = 1024,
-                        mulan_per_window: bool = False) -> str:
+def register_token_task(
+    name: str,
+    cache_dir: str,
+    *,
+    crop_seconds: Optional[int] = None,
+    validation_crop: str = "center",
+    pad: str = "keep",
+    random_crop_splits: Sequence[str] = ("train",),
+    shuffle_buffer_size: int = 1024,
+    mulan_per_window: bool = False,
+) -> str:
     """Registers (or re-registers) the token cache at `cache_dir` as the seqio task `name`.
 
     `crop_seconds=None` gives whole tracks. Splits in `random_crop_splits` get random crops;
@@ -206,11 +233,14 @@ def register_token_task(name: str, cache_dir: str, *, crop_seconds: Optional[int
     if crop_seconds is not None and int(crop_seconds) <= 0:
         raise ValueError(f"crop_seconds must be positive, got {crop_seconds}")
     if validation_crop not in CROP_MODES or pad not in PAD_RULES:
-        raise ValueError(f"validation_crop must be in {CROP_MODES} and pad in {PAD_RULES}; "
-                         f"got {validation_crop!r}, {pad!r}")
+        raise ValueError(
+            f"validation_crop must be in {CROP_MODES} and pad in {PAD_RULES}; got {validation_crop!r}, {pad!r}"
+        )
     meta = load_cache_meta(cache_dir)
-    rates = {"semantic_tokens": tokens_per_second(meta, "semantic"),
-             "acoustic_tokens": tokens_per_second(meta, "acoustic")}
+    rates = {
+        "semantic_tokens": tokens_per_second(meta, "semantic"),
+        "acoustic_tokens": tokens_per_second(meta, "acoustic"),
+    }
     splits = tuple(meta["splits"])
     for split in splits:
         if not tf.io.gfile.exists(seqio.utils.get_cached_info_path(cache_dir, split)):
@@ -223,29 +253,44 @@ def register_token_task(name: str, cache_dir: str, *, crop_seconds: Optional[int
     windows = None
     if mulan_per_window:
         if crop_seconds is None or "mulan_windows" not in meta:
-            raise ValueError(f"mulan_per_window needs crop_seconds and a cache with per-window MuLan tokens "
-                             f"({cache_dir} lacks them: precompute it again)" if crop_seconds is not None else
-                             "mulan_per_window needs crop_seconds")
+            raise ValueError(
+                f"mulan_per_window needs crop_seconds and a cache with per-window MuLan tokens "
+                f"({cache_dir} lacks them: precompute it again)"
+                if crop_seconds is not None
+                else "mulan_per_window needs crop_seconds"
+            )
         windows = meta["mulan_windows"]
     fixed = random = None
     if crop_seconds is not None:
-        fixed = functools.partial(fixed_crop, seconds=int(crop_seconds), rates=rates, mode=validation_crop, pad=pad,
-                                  mulan_windows=windows)
+        fixed = functools.partial(
+            fixed_crop, seconds=int(crop_seconds), rates=rates, mode=validation_crop, pad=pad, mulan_windows=windows
+        )
         random = functools.partial(random_crop, seconds=int(crop_seconds), rates=rates, pad=pad, mulan_windows=windows)
     source = seqio.FunctionDataSource(
         functools.partial(_dataset_fn, cache_dir=cache_dir, random_splits=tuple(random_crop_splits), crop=fixed),
-        splits=splits)
+        splits=splits,
+    )
 
     def codes(stream: str, rank: int) -> seqio.Feature:
         vocab = seqio.PassThroughVocabulary(int(meta["codebook_sizes"][stream]))
         return seqio.Feature(vocab, add_eos=False, dtype=tf.int32, rank=rank)
 
     text = seqio.Feature(seqio.PassThroughVocabulary(0), add_eos=False, dtype=tf.string, rank=0)
-    features = {"mulan_tokens": codes("mulan", 1), "semantic_tokens": codes("semantic", 1),
-                "acoustic_tokens": codes("acoustic", 2), "caption": text, "id": text}
+    features = {
+        "mulan_tokens": codes("mulan", 1),
+        "semantic_tokens": codes("semantic", 1),
+        "acoustic_tokens": codes("acoustic", 2),
+        "caption": text,
+        "id": text,
+    }
     if "mulan_windows" in meta:  # caches from before per-window tokens lack the feature
         features["mulan_window_tokens"] = codes("mulan", 2)
-    seqio.TaskRegistry.add(name, source=source, preprocessors=[random] if random else [],
-                           output_features=features, shuffle_buffer_size=shuffle_buffer_size)
+    seqio.TaskRegistry.add(
+        name,
+        source=source,
+        preprocessors=[random] if random else [],
+        output_features=features,
+        shuffle_buffer_size=shuffle_buffer_size,
+    )
     _registered.add(name)
     return name

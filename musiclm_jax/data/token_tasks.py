@@ -5,6 +5,7 @@ with targets that are a fixed function of the prefix: semantic[i] = perm[mulan[i
 A model that reads its condition reaches ~100% held-out token accuracy; one that ignores
 it cannot beat 1/num_values on the first 12 target tokens.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -6,6 +6,7 @@ ranges of the embedded synthetic source (data/synthetic.py) but use nothing it d
 in the audio. The classifier (log-mel conv net, one softmax head per attribute) gives label
 *distributions*, which the KLD metric compares between reference and generated audio.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -67,7 +68,7 @@ def _onset_envelope(x: np.ndarray, sample_rate: int) -> np.ndarray:
 
 def _normalized_autocorrelation(env: np.ndarray) -> np.ndarray:
     env = env - env.mean()
-    acf = np.correlate(env, env, "full")[len(env) - 1:]
+    acf = np.correlate(env, env, "full")[len(env) - 1 :]
     acf = acf / (acf[0] + 1e-9)
     return acf * len(env) / (len(env) - np.arange(len(env)))  # unbiased: long lags see fewer frames
 
@@ -76,7 +77,7 @@ def _pulse_strength(acf: np.ndarray, bpm: float, fps: float) -> float:
     """Autocorrelation peak within +-3% of the lag of a pulse at `bpm`."""
     lag = 60.0 * fps / bpm
     lo, hi = int(np.floor(lag * 0.97)), int(np.ceil(lag * 1.03)) + 1
-    return float(acf[lo:min(hi, len(acf))].max()) if lo < len(acf) - 1 else 0.0
+    return float(acf[lo : min(hi, len(acf))].max()) if lo < len(acf) - 1 else 0.0
 
 
 def tempo_class_of(bpm: float) -> str:
@@ -97,16 +98,18 @@ def detect_tempo(waveform: np.ndarray, sample_rate: int) -> tuple[str, float]:
     fps = sample_rate / _ONSET_HOP
     acf = _normalized_autocorrelation(_onset_envelope(x, sample_rate))
     grid = np.exp(np.linspace(np.log(TEMPO_SEARCH_BPM[0]), np.log(TEMPO_SEARCH_BPM[1]), 240))
-    score = [_pulse_strength(acf, b, fps) + _pulse_strength(acf, 2 * b, fps) - _pulse_strength(acf, 4 * b, fps)
-             for b in grid]
+    score = [
+        _pulse_strength(acf, b, fps) + _pulse_strength(acf, 2 * b, fps) - _pulse_strength(acf, 4 * b, fps) for b in grid
+    ]
     score = np.asarray(score)
     # The +-3% windows make neighbouring grid points tie; the middle of the tied run is the estimate.
     bpm = float(np.median(grid[score >= score.max() - 1e-6]))
     return tempo_class_of(bpm), bpm
 
 
-def _octave_corrected(f0: np.ndarray, spectrum: np.ndarray, sample_rate: int, n_fft: int,
-                      ratio: float = 0.7) -> np.ndarray:
+def _octave_corrected(
+    f0: np.ndarray, spectrum: np.ndarray, sample_rate: int, n_fft: int, ratio: float = 0.7
+) -> np.ndarray:
     """Moves each f0 up an octave while the spectrum at f0 is weak next to that at 2*f0.
 
     pyin (like most f0 trackers) drops to a subharmonic under block chords, on the organ's 16'
@@ -150,8 +153,15 @@ def detect_register(waveform: np.ndarray, sample_rate: int) -> tuple[str, float]
     import librosa
 
     x = _as_mono(waveform)
-    f0, voiced, _ = librosa.pyin(x, fmin=_PYIN_FMIN, fmax=min(_PYIN_FMAX, 0.45 * sample_rate), sr=sample_rate,
-                                 frame_length=_PYIN_FRAME, hop_length=_PYIN_HOP, resolution=0.2)
+    f0, voiced, _ = librosa.pyin(
+        x,
+        fmin=_PYIN_FMIN,
+        fmax=min(_PYIN_FMAX, 0.45 * sample_rate),
+        sr=sample_rate,
+        frame_length=_PYIN_FRAME,
+        hop_length=_PYIN_HOP,
+        resolution=0.2,
+    )
     f0 = np.where(voiced, f0, np.nan)
     if not np.isfinite(f0).any():
         return "mid", float("nan")
@@ -172,8 +182,9 @@ def detect_key(waveform: np.ndarray, sample_rate: int) -> tuple[str, str, float]
     chroma = (librosa.feature.chroma_cqt(y=x, sr=sample_rate, hop_length=512) ** 2).mean(axis=1)
     if not np.any(chroma > 0) or np.allclose(chroma, chroma[0]):
         return synthetic.PITCH_CLASSES[0], "major", 0.0
-    scores = np.array([np.corrcoef(chroma, np.roll(profile, k))[0, 1]
-                       for profile in (KK_MAJOR, KK_MINOR) for k in range(12)])
+    scores = np.array(
+        [np.corrcoef(chroma, np.roll(profile, k))[0, 1] for profile in (KK_MAJOR, KK_MINOR) for k in range(12)]
+    )
     best = int(np.argmax(scores))
     return synthetic.PITCH_CLASSES[best % 12], ("major", "minor")[best // 12], float(scores[best])
 
@@ -232,11 +243,17 @@ def detect_all(waveform: np.ndarray, sample_rate: int) -> dict:
     drums, drums_value = detect_drums(waveform, sample_rate)
     loudness, dbfs = detect_loudness(waveform, sample_rate, drums=drums)
     return {
-        "tempo_class": tempo_class, "bpm": bpm,
-        "register": register, "median_midi": median_midi,
-        "key": key, "mode": mode, "key_score": key_score,
-        "drums": drums, "drums_measure": drums_value,
-        "loudness": loudness, "rms_dbfs": dbfs,
+        "tempo_class": tempo_class,
+        "bpm": bpm,
+        "register": register,
+        "median_midi": median_midi,
+        "key": key,
+        "mode": mode,
+        "key_score": key_score,
+        "drums": drums,
+        "drums_measure": drums_value,
+        "loudness": loudness,
+        "rms_dbfs": dbfs,
     }
 
 
@@ -251,8 +268,9 @@ DETECTORS: dict[str, Callable[[np.ndarray, int], object]] = {
 }
 
 
-def detector_accuracy(examples: Iterable[synthetic.SyntheticExample],
-                      attributes: Sequence[str] = tuple(DETECTORS)) -> dict[str, float]:
+def detector_accuracy(
+    examples: Iterable[synthetic.SyntheticExample], attributes: Sequence[str] = tuple(DETECTORS)
+) -> dict[str, float]:
     """Fraction of examples whose detected label equals the source label, per attribute."""
     hits = {a: [] for a in attributes}
     for ex in examples:
@@ -280,8 +298,9 @@ class ClassifierConfig:
     hidden: int = 128
     attributes: tuple[str, ...] = CLASSIFIER_ATTRIBUTES
     # Class names per attribute, as strings (drums' False/True become "False"/"True").
-    classes: tuple[tuple[str, ...], ...] = tuple(tuple(str(v) for v in synthetic.LABEL_VALUES[a])
-                                                 for a in CLASSIFIER_ATTRIBUTES)
+    classes: tuple[tuple[str, ...], ...] = tuple(
+        tuple(str(v) for v in synthetic.LABEL_VALUES[a]) for a in CLASSIFIER_ATTRIBUTES
+    )
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -303,8 +322,9 @@ def log_mel_features(waveforms: np.ndarray, config: ClassifierConfig, sample_rat
     x = np.atleast_2d(np.asarray(waveforms, dtype=np.float32))
     if sample_rate != config.sample_rate:
         x = librosa.resample(x, orig_sr=sample_rate, target_sr=config.sample_rate, axis=-1)
-    mel = librosa.feature.melspectrogram(y=x, sr=config.sample_rate, n_fft=config.n_fft,
-                                         hop_length=config.hop_length, n_mels=config.n_mels)
+    mel = librosa.feature.melspectrogram(
+        y=x, sr=config.sample_rate, n_fft=config.n_fft, hop_length=config.hop_length, n_mels=config.n_mels
+    )
     db = 10 * np.log10(mel + 1e-10)
     return (np.maximum(db, -100.0) / 20.0 + 2.0).transpose(0, 2, 1).astype(np.float32)
 
@@ -330,14 +350,24 @@ def _make_model(config: ClassifierConfig):
 
 
 def _label_indices(examples: Sequence[synthetic.SyntheticExample], config: ClassifierConfig) -> dict[str, np.ndarray]:
-    return {a: np.array([c.index(str(ex.labels[a])) for ex in examples], np.int32)
-            for a, c in zip(config.attributes, config.classes)}
+    return {
+        a: np.array([c.index(str(ex.labels[a])) for ex in examples], np.int32)
+        for a, c in zip(config.attributes, config.classes)
+    }
 
 
-def train_attribute_classifier(num_examples: int = 256, seed: int = 0, sample_rate: int = 16000,
-                               duration_s: float = 4.0, steps: int = 300, *, batch_size: int = 32,
-                               learning_rate: float = 2e-3, config: ClassifierConfig | None = None,
-                               progress: bool = False) -> tuple[dict, ClassifierConfig]:
+def train_attribute_classifier(
+    num_examples: int = 256,
+    seed: int = 0,
+    sample_rate: int = 16000,
+    duration_s: float = 4.0,
+    steps: int = 300,
+    *,
+    batch_size: int = 32,
+    learning_rate: float = 2e-3,
+    config: ClassifierConfig | None = None,
+    progress: bool = False,
+) -> tuple[dict, ClassifierConfig]:
     """Trains on `num_examples` synthetic training-split clips (seed offsets the split's
     stream, so training never sees validation clips). Returns (params, config)."""
     import jax
@@ -347,8 +377,10 @@ def train_attribute_classifier(num_examples: int = 256, seed: int = 0, sample_ra
     if num_examples <= 0 or steps <= 0:
         raise ValueError(f"num_examples and steps must be positive, got {num_examples} and {steps}")
     config = config or ClassifierConfig(sample_rate=sample_rate)
-    examples = [synthetic.render(synthetic.SPLIT_SEEDS["train"] + seed, i, sample_rate=sample_rate,
-                                 duration_s=duration_s) for i in range(num_examples)]
+    examples = [
+        synthetic.render(synthetic.SPLIT_SEEDS["train"] + seed, i, sample_rate=sample_rate, duration_s=duration_s)
+        for i in range(num_examples)
+    ]
     feats = log_mel_features(np.stack([ex.audio for ex in examples]), config, sample_rate)
     labels = _label_indices(examples, config)
     model = _make_model(config)
@@ -370,6 +402,7 @@ def train_attribute_classifier(num_examples: int = 256, seed: int = 0, sample_ra
     iterator = range(steps)
     if progress:
         from tqdm import tqdm
+
         iterator = tqdm(iterator, desc="train classifier")
     for _ in iterator:
         idx = rng.choice(num_examples, size=min(batch_size, num_examples), replace=False)
@@ -377,15 +410,16 @@ def train_attribute_classifier(num_examples: int = 256, seed: int = 0, sample_ra
     return jax.device_get(params), config
 
 
-def predict_label_distributions(params: dict, config: ClassifierConfig, waveforms: np.ndarray,
-                                sample_rate: int, batch_size: int = 64) -> dict[str, np.ndarray]:
+def predict_label_distributions(
+    params: dict, config: ClassifierConfig, waveforms: np.ndarray, sample_rate: int, batch_size: int = 64
+) -> dict[str, np.ndarray]:
     """{attribute: probabilities [batch, classes]} for mono waveforms [batch, samples]."""
     import jax
 
     model = _make_model(config)
-    apply = jax.jit(lambda p, x: {a: jax.nn.softmax(l, -1) for a, l in model.apply({"params": p}, x).items()})
+    apply = jax.jit(lambda p, x: {a: jax.nn.softmax(logits, -1) for a, logits in model.apply({"params": p}, x).items()})
     feats = log_mel_features(waveforms, config, sample_rate)
-    chunks = [apply(params, feats[i:i + batch_size]) for i in range(0, len(feats), batch_size)]
+    chunks = [apply(params, feats[i : i + batch_size]) for i in range(0, len(feats), batch_size)]
     return {a: np.concatenate([np.asarray(c[a]) for c in chunks]) for a in config.attributes}
 
 

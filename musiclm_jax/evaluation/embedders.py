@@ -16,6 +16,7 @@ the file, so tests use narrow networks of the same architecture.
 
 MuLan's audio tower (`mulan`, from a `musiclm train` MuLan directory) gives one point per clip.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,14 +40,19 @@ def _hz_to_mel(hz):
     return 1127.0 * np.log(1.0 + np.asarray(hz, np.float64) / 700.0)
 
 
-def vggish_mel_matrix(num_bands: int = 64, num_bins: int = 257, sample_rate: int = VGGISH_RATE,
-                      low_hz: float = 125.0, high_hz: float = 7500.0) -> np.ndarray:
+def vggish_mel_matrix(
+    num_bands: int = 64,
+    num_bins: int = 257,
+    sample_rate: int = VGGISH_RATE,
+    low_hz: float = 125.0,
+    high_hz: float = 7500.0,
+) -> np.ndarray:
     """[num_bins, num_bands] triangular HTK-mel weights, built in the mel domain; DC gets none."""
     bins_mel = _hz_to_mel(np.linspace(0.0, sample_rate / 2, num_bins))
     edges = np.linspace(_hz_to_mel(low_hz), _hz_to_mel(high_hz), num_bands + 2)
     weights = np.zeros((num_bins, num_bands))
     for i in range(num_bands):
-        lower, center, upper = edges[i:i + 3]
+        lower, center, upper = edges[i : i + 3]
         rising = (bins_mel - lower) / (center - lower)
         falling = (upper - bins_mel) / (upper - center)
         weights[:, i] = np.maximum(0.0, np.minimum(rising, falling))
@@ -66,8 +72,11 @@ def vggish_examples(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
     spectrum = np.abs(np.fft.rfft(x[index] * hann, n_fft))
     log_mel = np.log(spectrum @ vggish_mel_matrix() + 0.01)
     count = max(0, 1 + (frames - 96) // 96)
-    return np.stack([log_mel[i * 96:(i + 1) * 96] for i in range(count)]).astype(np.float32) if count else \
-        np.zeros((0, 96, 64), np.float32)
+    return (
+        np.stack([log_mel[i * 96 : (i + 1) * 96] for i in range(count)]).astype(np.float32)
+        if count
+        else np.zeros((0, 96, 64), np.float32)
+    )
 
 
 # ---- the network ---------------------------------------------------------------------------
@@ -134,14 +143,22 @@ class VGGishEmbedder:
     @classmethod
     def from_npz(cls, path: str, **kwargs) -> "VGGishEmbedder":
         with np.load(path, allow_pickle=False) as f:
-            missing = [f"vggish/{n}/{k}" for n in (*_CONVS, *_FCS) for k in ("weights", "biases")
-                       if f"vggish/{n}/{k}" not in f.files]
+            missing = [
+                f"vggish/{n}/{k}"
+                for n in (*_CONVS, *_FCS)
+                for k in ("weights", "biases")
+                if f"vggish/{n}/{k}" not in f.files
+            ]
             if missing:
                 raise ValueError(f"{path} is not a VGGish weights file: it lacks {missing[:3]}...")
-            params = {n.replace("/", "_"): {"kernel": f[f"vggish/{n}/weights"], "bias": f[f"vggish/{n}/biases"]}
-                      for n in (*_CONVS, *_FCS)}
-        config = VGGishConfig(channels=tuple(int(params[n.replace("/", "_")]["kernel"].shape[-1]) for n in _CONVS),
-                              fc=tuple(int(params[n.replace("/", "_")]["kernel"].shape[-1]) for n in _FCS))
+            params = {
+                n.replace("/", "_"): {"kernel": f[f"vggish/{n}/weights"], "bias": f[f"vggish/{n}/biases"]}
+                for n in (*_CONVS, *_FCS)
+            }
+        config = VGGishConfig(
+            channels=tuple(int(params[n.replace("/", "_")]["kernel"].shape[-1]) for n in _CONVS),
+            fc=tuple(int(params[n.replace("/", "_")]["kernel"].shape[-1]) for n in _FCS),
+        )
         if params["conv1"]["kernel"].shape[:3] != (3, 3, 1):
             raise ValueError(f"{path}: conv1 weights must be [3, 3, 1, C], got {params['conv1']['kernel'].shape}")
         return cls(params, config, **kwargs)
@@ -157,10 +174,10 @@ class VGGishEmbedder:
         """[n, 96, 64] log-mel patches -> float32 [n, embedding]."""
         out = []
         for i in range(0, len(examples), self.batch_size):
-            chunk = examples[i:i + self.batch_size]
+            chunk = examples[i : i + self.batch_size]
             pad = self.batch_size - len(chunk)  # fixed shape: one compile
             padded = np.concatenate([chunk, np.zeros((pad, 96, 64), np.float32)]) if pad else chunk
-            out.append(np.asarray(self._apply(self.params, padded))[:len(chunk)])
+            out.append(np.asarray(self._apply(self.params, padded))[: len(chunk)])
         return np.concatenate(out) if out else np.zeros((0, self.config.fc[-1]), np.float32)
 
     def fad_points(self, clips: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
@@ -209,5 +226,3 @@ def num_examples(seconds: float) -> int:
     """VGGish examples in a clip of `seconds` (0.96 s patches of 10 ms frames)."""
     frames = 1 + (int(round(seconds * VGGISH_RATE)) - 400) // 160
     return max(0, 1 + (frames - 96) // 96) if frames >= 96 else 0
-
-

@@ -9,6 +9,7 @@ An `EvalItem` is one caption with the reference audio it describes: FAD compares
 references' embeddings with the generations', KLD the classifier's label distributions of
 each reference with those of the music generated from its caption.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,8 +44,11 @@ def mentioned_attributes(labels: dict, caption_rng_seed: tuple) -> list[str]:
     out = []
     for attr in ATTRIBUTES:
         for value in synthetic.LABEL_VALUES[attr]:
-            if value != labels[attr] and synthetic.caption_for(
-                    {**labels, attr: value}, np.random.default_rng(list(caption_rng_seed))) != base:
+            if (
+                value != labels[attr]
+                and synthetic.caption_for({**labels, attr: value}, np.random.default_rng(list(caption_rng_seed)))
+                != base
+            ):
                 out.append(attr)
                 break
     return out
@@ -65,7 +69,8 @@ def held_out_prompts(num_prompts: int, *, train_examples: int = 0, search: int =
         mentioned = mentioned_attributes(labels, (seed, index, 1))
         if {"register", "drums"} <= set(mentioned) and caption not in train:
             by_combo[(labels["register"], labels["drums"])].append(
-                {"caption": caption, "labels": labels, "mentioned": mentioned, "index": index})
+                {"caption": caption, "labels": labels, "mentioned": mentioned, "index": index}
+            )
         if all(len(v) * len(combos) >= num_prompts for v in by_combo.values()):
             break
     found = sum(len(v) for v in by_combo.values())
@@ -76,22 +81,31 @@ def held_out_prompts(num_prompts: int, *, train_examples: int = 0, search: int =
 
 def synthetic_item(prompt: dict, seconds: float, sample_rate: int) -> EvalItem:
     """A `held_out_prompts` entry with its validation piece rendered as the reference."""
-    audio = synthetic.render(synthetic.SPLIT_SEEDS["validation"], prompt["index"], sample_rate=sample_rate,
-                             duration_s=seconds).audio
-    return EvalItem(id=f"validation/{prompt['index']}", caption=prompt["caption"], reference=audio,
-                    sample_rate=sample_rate, labels=prompt["labels"], mentioned=prompt["mentioned"])
+    audio = synthetic.render(
+        synthetic.SPLIT_SEEDS["validation"], prompt["index"], sample_rate=sample_rate, duration_s=seconds
+    ).audio
+    return EvalItem(
+        id=f"validation/{prompt['index']}",
+        caption=prompt["caption"],
+        reference=audio,
+        sample_rate=sample_rate,
+        labels=prompt["labels"],
+        mentioned=prompt["mentioned"],
+    )
 
 
-def synthetic_eval_set(num_items: int, seconds: float, *, sample_rate: int = 16000,
-                       train_examples: int = 0) -> list[EvalItem]:
+def synthetic_eval_set(
+    num_items: int, seconds: float, *, sample_rate: int = 16000, train_examples: int = 0
+) -> list[EvalItem]:
     """`held_out_prompts` rendered: the validation pieces themselves are the references."""
     if num_items < 2:
         raise ValueError(f"an eval set needs at least 2 items (FAD fits a covariance), got {num_items}")
     return [synthetic_item(p, seconds, sample_rate) for p in held_out_prompts(num_items, train_examples=train_examples)]
 
 
-def task_eval_set(task: str, split: str, num_items: int, seconds: float, *,
-                  sample_rate: Optional[int] = None) -> list[EvalItem]:
+def task_eval_set(
+    task: str, split: str, num_items: int, seconds: float, *, sample_rate: Optional[int] = None
+) -> list[EvalItem]:
     """The first `num_items` captioned clips of a raw-audio seqio task (e.g. 'musiccaps' from
     gin/data/musiccaps.gin), each cut or zero-padded to `seconds`. `sample_rate`: the task's
     rate (default: its source's). Clips with an empty caption are skipped."""
@@ -115,8 +129,14 @@ def task_eval_set(task: str, split: str, num_items: int, seconds: float, *,
             audio = ex["audio"][: int(ex["audio_length"])] if "audio_length" in ex else ex["audio"]
             audio = np.pad(audio[:length], (0, max(0, length - len(audio)))).astype(np.float32)
             ident = ex.get("id", str(len(items)))
-            items.append(EvalItem(id=ident.decode() if isinstance(ident, bytes) else str(ident), caption=caption,
-                                  reference=audio, sample_rate=sample_rate))
+            items.append(
+                EvalItem(
+                    id=ident.decode() if isinstance(ident, bytes) else str(ident),
+                    caption=caption,
+                    reference=audio,
+                    sample_rate=sample_rate,
+                )
+            )
             if len(items) >= num_items:
                 break
     if len(items) < 2:
@@ -129,6 +149,7 @@ def adherence(items: Sequence, detected: Sequence[dict]) -> dict:
     against the caption's, uniform chance (1 / classes), and the shuffled chance (the accuracy
     expected if the music were paired with captions at random: sum over classes of
     P(caption) x P(detected)). `items` are EvalItems or dicts with labels and mentioned."""
+
     def field(item, name):
         return item[name] if isinstance(item, dict) else getattr(item, name)
 
@@ -141,8 +162,12 @@ def adherence(items: Sequence, detected: Sequence[dict]) -> dict:
         values = synthetic.LABEL_VALUES[attr]
         p_want = np.array([want.count(v) for v in values]) / len(want)
         p_got = np.array([got.count(v) for v in values]) / len(got)
-        out[attr] = {"n": len(pairs), "accuracy": float(np.mean([w == g for w, g in pairs])),
-                     "chance": 1.0 / len(values), "shuffled_chance": float(p_want @ p_got)}
+        out[attr] = {
+            "n": len(pairs),
+            "accuracy": float(np.mean([w == g for w, g in pairs])),
+            "chance": 1.0 / len(values),
+            "shuffled_chance": float(p_want @ p_got),
+        }
         out[attr]["above_chance"] = out[attr]["accuracy"] > max(out[attr]["chance"], out[attr]["shuffled_chance"])
     return out
 

@@ -10,6 +10,7 @@ pluggable. The Frechet distance follows the FAD / FID reference
 with the matrix square root from scipy and a small diagonal offset when the product is
 singular (fewer clips than dimensions).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -61,7 +62,12 @@ def kld(reference: np.ndarray, generated: np.ndarray, eps: float = 1e-8) -> floa
     p, q = np.asarray(reference, np.float64), np.asarray(generated, np.float64)
     if p.shape != q.shape or p.ndim != 2:
         raise ValueError(f"label distributions must both be [clips, labels], got {p.shape} and {q.shape}")
-    if np.any(p < 0) or np.any(q < 0) or not np.allclose(p.sum(1), 1, atol=1e-4) or not np.allclose(q.sum(1), 1, atol=1e-4):
+    if (
+        np.any(p < 0)
+        or np.any(q < 0)
+        or not np.allclose(p.sum(1), 1, atol=1e-4)
+        or not np.allclose(q.sum(1), 1, atol=1e-4)
+    ):
         raise ValueError("label distributions must be non-negative rows summing to 1")
     p, q = np.clip(p, eps, None), np.clip(q, eps, None)
     p, q = p / p.sum(1, keepdims=True), q / q.sum(1, keepdims=True)

@@ -5,6 +5,7 @@ person opens in a browser, copies or serves as is. A small script on the page co
 and audio players the browser could load and writes the counts on <body> (data-images-loaded,
 data-audio-loaded): the render test in headless Chromium reads them.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -79,8 +80,14 @@ def _headline_rows(results: Mapping) -> list[tuple[str, str, str, str]]:
         rows.append((f"codec {k}", _num(v), _EXPLAIN["codec"][0], better))
     if "generation" in results:
         g = results["generation"]
-        rows.append(("generation speed", f"{g['realtime_factor']:.3g}x real time",
-                     f"{g['wall_s']:.1f} s for all captions, batch {g['batch_size']}", "higher"))
+        rows.append(
+            (
+                "generation speed",
+                f"{g['realtime_factor']:.3g}x real time",
+                f"{g['wall_s']:.1f} s for all captions, batch {g['batch_size']}",
+                "higher",
+            )
+        )
     return rows
 
 
@@ -89,14 +96,29 @@ def _adherence_table(results: Mapping) -> str:
     if not gen:
         return ""
     ref, ceil = results.get("adherence_reference", {}), results.get("adherence_codec_ceiling", {})
-    lines = ["<table><tr><th>attribute</th><th>captions</th><th>generated</th><th>chance</th>"
-             "<th>shuffled chance</th><th>references</th><th>codec reconstructions</th><th>above chance</th></tr>"]
+    lines = [
+        "<table><tr><th>attribute</th><th>captions</th><th>generated</th><th>chance</th>"
+        "<th>shuffled chance</th><th>references</th><th>codec reconstructions</th><th>above chance</th></tr>"
+    ]
     for attr, a in gen.items():
-        cells = [attr, a["n"], a["accuracy"], a["chance"], a["shuffled_chance"],
-                 ref.get(attr, {}).get("accuracy"), ceil.get(attr, {}).get("accuracy"),
-                 "yes" if a["above_chance"] else "no"]
-        lines.append("<tr>" + "".join(f"<td class='num'>{_num(c)}</td>" if not isinstance(c, str) else
-                                      f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+        cells = [
+            attr,
+            a["n"],
+            a["accuracy"],
+            a["chance"],
+            a["shuffled_chance"],
+            ref.get(attr, {}).get("accuracy"),
+            ceil.get(attr, {}).get("accuracy"),
+            "yes" if a["above_chance"] else "no",
+        ]
+        lines.append(
+            "<tr>"
+            + "".join(
+                f"<td class='num'>{_num(c)}</td>" if not isinstance(c, str) else f"<td>{html.escape(c)}</td>"
+                for c in cells
+            )
+            + "</tr>"
+        )
     return "\n".join(lines) + "</table>"
 
 
@@ -111,8 +133,10 @@ def plot_adherence(results: Mapping, path: str) -> Optional[str]:
     import matplotlib.pyplot as plt
 
     attrs = list(gen)
-    series = [("generated", [gen[a]["accuracy"] for a in attrs]),
-              ("chance", [max(gen[a]["chance"], gen[a]["shuffled_chance"]) for a in attrs])]
+    series = [
+        ("generated", [gen[a]["accuracy"] for a in attrs]),
+        ("chance", [max(gen[a]["chance"], gen[a]["shuffled_chance"]) for a in attrs]),
+    ]
     for key, label in (("adherence_reference", "references"), ("adherence_codec_ceiling", "codec reconstructions")):
         if results.get(key):
             series.append((label, [results[key].get(a, {}).get("accuracy", np.nan) for a in attrs]))
@@ -129,8 +153,9 @@ def plot_adherence(results: Mapping, path: str) -> Optional[str]:
     return path
 
 
-def plot_embeddings(points: Mapping[str, tuple[np.ndarray, np.ndarray]], fad: Mapping[str, float],
-                    path: str) -> Optional[str]:
+def plot_embeddings(
+    points: Mapping[str, tuple[np.ndarray, np.ndarray]], fad: Mapping[str, float], path: str
+) -> Optional[str]:
     """Per embedder, references and generations projected on the references' two principal axes:
     the picture behind the FAD number."""
     if not points:
@@ -181,30 +206,46 @@ def _sample_html(row: Mapping, png: Optional[str]) -> str:
         meta.append(f"MuLan score {row['mulan_score']:.3f}")
     if row.get("labels"):
         stated = [a for a in row.get("mentioned", []) if a in row["detected"]]
-        meta.append("stated / detected: " + ", ".join(
-            f"{a} {html.escape(str(row['labels'][a]))} / {html.escape(str(row['detected'][a]))}" for a in stated))
+        meta.append(
+            "stated / detected: "
+            + ", ".join(
+                f"{a} {html.escape(str(row['labels'][a]))} / {html.escape(str(row['detected'][a]))}" for a in stated
+            )
+        )
     parts.append(f"<div class='small'>{'; '.join(meta)}</div>")
     parts.append("<table><tr><th>generated</th><th>reference</th></tr><tr>")
     for key in ("generated_wav", "reference_wav"):
         src = row.get(key)
-        parts.append(f"<td><audio controls preload='metadata' src='{html.escape(src)}'></audio></td>" if src else
-                     "<td class='small'>(not kept)</td>")
+        parts.append(
+            f"<td><audio controls preload='metadata' src='{html.escape(src)}'></audio></td>"
+            if src
+            else "<td class='small'>(not kept)</td>"
+        )
     parts.append("</tr></table>")
     if png:
         parts.append(f"<img src='{html.escape(png)}' alt='spectrograms: generated over reference'>")
     return "".join(parts) + "</div>"
 
 
-def write_report(output_dir: str, results: Mapping, *, references: np.ndarray, generated: np.ndarray,
-                 sample_rate: int, points: Mapping[str, tuple[np.ndarray, np.ndarray]],
-                 num_samples: int = 8) -> str:
+def write_report(
+    output_dir: str,
+    results: Mapping,
+    *,
+    references: np.ndarray,
+    generated: np.ndarray,
+    sample_rate: int,
+    points: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    num_samples: int = 8,
+) -> str:
     """Writes output_dir/report.html and its plots (plots/*.png); the WAVs named in
     results['items'] must already be in output_dir. Returns the page's path."""
     plots_dir = os.path.join(output_dir, "plots")
     os.makedirs(plots_dir, exist_ok=True)
-    figures = [plot_adherence(results, os.path.join(plots_dir, "adherence.png")),
-               plot_embeddings(points, results.get("fad", {}), os.path.join(plots_dir, "embeddings.png")),
-               plot_kld(results, os.path.join(plots_dir, "kld.png"))]
+    figures = [
+        plot_adherence(results, os.path.join(plots_dir, "adherence.png")),
+        plot_embeddings(points, results.get("fad", {}), os.path.join(plots_dir, "embeddings.png")),
+        plot_kld(results, os.path.join(plots_dir, "kld.png")),
+    ]
     samples = []
     for k, row in enumerate(results["items"][:num_samples]):
         png = os.path.join(plots_dir, f"sample_{k:03d}.png")
@@ -212,22 +253,25 @@ def write_report(output_dir: str, results: Mapping, *, references: np.ndarray, g
         samples.append(_sample_html(row, os.path.relpath(png, output_dir)))
 
     title = html.escape(results.get("title", "eval"))
-    headline = "".join(f"<tr><td>{html.escape(n)}</td><td class='num'>{v}</td><td>{html.escape(what)}</td>"
-                       f"<td>{better}</td></tr>" for n, v, what, better in _headline_rows(results))
+    headline = "".join(
+        f"<tr><td>{html.escape(n)}</td><td class='num'>{v}</td><td>{html.escape(what)}</td><td>{better}</td></tr>"
+        for n, v, what, better in _headline_rows(results)
+    )
     body = [
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>{_STYLE}</head><body>",
         f"<h1>{title}</h1>",
         f"<p class='small'>{results['num_items']} captions, {results['seconds']:.3g} s each, seed {results['seed']}; "
         f"written {datetime.datetime.now().isoformat(timespec='seconds')}. Numbers in results.json, "
         f"curves in tensorboard/.</p>",
-        "<h2>Metrics</h2><table><tr><th>metric</th><th>value</th><th>what</th><th>better</th></tr>"
-        f"{headline}</table>",
+        f"<h2>Metrics</h2><table><tr><th>metric</th><th>value</th><th>what</th><th>better</th></tr>{headline}</table>",
     ]
     adherence = _adherence_table(results)
     if adherence:
-        body.append("<h2>Attribute adherence</h2><p class='small'>Per attribute a caption states: how often the "
-                    "detector's label of the music equals the caption's. Chance is 1 / classes; shuffled chance is "
-                    "the agreement if captions and music were paired at random.</p>" + adherence)
+        body.append(
+            "<h2>Attribute adherence</h2><p class='small'>Per attribute a caption states: how often the "
+            "detector's label of the music equals the caption's. Chance is 1 / classes; shuffled chance is "
+            "the agreement if captions and music were paired at random.</p>" + adherence
+        )
     for fig in figures:
         if fig:
             body.append(f"<img src='{html.escape(os.path.relpath(fig, output_dir))}' alt='{os.path.basename(fig)}'>")

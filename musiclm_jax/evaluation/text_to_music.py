@@ -18,6 +18,7 @@ Metrics, in results.json, TensorBoard (output_dir/tensorboard) and report.html:
 `generated` lets a caller that already generated (the pipeline) skip generation.
 Library code without gin: `musiclm eval --gin_file=runs/eval_text_to_music.gin` wraps it.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,18 +27,15 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from musiclm_jax.evaluation import metrics
+from musiclm_jax.audio.io import resample, write_wav
+from musiclm_jax.evaluation import attributes, metrics, report
+from musiclm_jax.evaluation.attributes import predict_label_distributions
 from musiclm_jax.evaluation.eval_sets import EvalItem, adherence, detect
 from musiclm_jax.evaluation.report import REPORT_FILE
 from musiclm_jax.json_io import write_json
-from musiclm_jax.training.summaries import log
-from musiclm_jax.audio.io import resample
-from musiclm_jax.audio.io import write_wav
-from musiclm_jax.evaluation import attributes
-from musiclm_jax.evaluation import report
-from musiclm_jax.evaluation.attributes import predict_label_distributions
 from musiclm_jax.models.codec_losses import mel_distance, si_sdr
 from musiclm_jax.training import summaries
+from musiclm_jax.training.summaries import log
 
 RESULTS_FILE = "results.json"
 
@@ -50,8 +48,16 @@ def _fit_length(clips: Sequence[np.ndarray], samples: int) -> np.ndarray:
     return np.stack([np.pad(c[:samples], (0, max(0, samples - len(c)))) for c in clips]).astype(np.float32)
 
 
-def generate_for_items(model, items: Sequence[EvalItem], seconds: float, *, seed: int = 0, settings=None,
-                       num_candidates: int = 1, batch_size: int = 8) -> tuple[np.ndarray, Optional[np.ndarray]]:
+def generate_for_items(
+    model,
+    items: Sequence[EvalItem],
+    seconds: float,
+    *,
+    seed: int = 0,
+    settings=None,
+    num_candidates: int = 1,
+    batch_size: int = 8,
+) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """(audio [items, samples] at the model's codec rate, MuLan scores [items] or None), in
     batches of captions with a progress bar. Batch b uses seed + b, so results do not depend on
     anything but the items, the seed and the batch size."""
@@ -60,7 +66,7 @@ def generate_for_items(model, items: Sequence[EvalItem], seconds: float, *, seed
     audio, scores = [], []
     batches = range(0, len(items), batch_size)
     for b, start in enumerate(tqdm(batches, desc="eval: generate", unit="batch")):
-        captions = [i.caption for i in items[start:start + batch_size]]
+        captions = [i.caption for i in items[start : start + batch_size]]
         g = model.generate(captions, seconds, seed=seed + b, settings=settings, num_candidates=num_candidates)
         audio.append(g.audio)
         scores.append(g.mulan_score)
@@ -75,9 +81,11 @@ def codec_metrics(codec, clips: np.ndarray) -> tuple[dict, np.ndarray]:
     coded = codec.decode(codec.encode(clips), num_samples=clips.shape[1])
     x, y = jnp.asarray(clips), jnp.asarray(coded)
     config = codec.model.config
-    return {"mel_distance": float(jnp.mean(mel_distance(x, y, codec.sample_rate))),
-            "si_sdr": float(jnp.mean(si_sdr(x, y))),
-            "bitrate_kbps": config.bitrate(codec.num_levels) / 1000.0}, coded
+    return {
+        "mel_distance": float(jnp.mean(mel_distance(x, y, codec.sample_rate))),
+        "si_sdr": float(jnp.mean(si_sdr(x, y))),
+        "bitrate_kbps": config.bitrate(codec.num_levels) / 1000.0,
+    }, coded
 
 
 class SyntheticAttributeClassifier:
@@ -85,15 +93,21 @@ class SyntheticAttributeClassifier:
     distributions {attribute: [clips, classes]}. Loaded from `directory`; trained on the
     synthetic training split (and saved there) when the directory holds none."""
 
-    def __init__(self, directory: Optional[str] = None, *, steps: int = 300, num_examples: int = 256,
-                 seconds: float = 4.0):
+    def __init__(
+        self, directory: Optional[str] = None, *, steps: int = 300, num_examples: int = 256, seconds: float = 4.0
+    ):
         if directory and os.path.exists(os.path.join(directory, "config.json")):
             self.params, self.config = attributes.load_classifier(directory)
             return
-        log("eval: training the synthetic attribute classifier (%d steps on %d clips) into %s", steps,
-            num_examples, directory)
+        log(
+            "eval: training the synthetic attribute classifier (%d steps on %d clips) into %s",
+            steps,
+            num_examples,
+            directory,
+        )
         self.params, self.config = attributes.train_attribute_classifier(
-            num_examples=num_examples, steps=steps, duration_s=seconds, progress=True)
+            num_examples=num_examples, steps=steps, duration_s=seconds, progress=True
+        )
         if directory:
             attributes.save_classifier(directory, self.params, self.config)
 
@@ -126,11 +140,26 @@ def kld_by_label_set(classifier, reference: np.ndarray, generated: np.ndarray, s
     return out
 
 
-def generate_and_score(output_dir: str, items: Sequence[EvalItem], *, model=None, seconds: Optional[float] = None,
-                       generated: Optional[np.ndarray] = None, generated_sample_rate: Optional[int] = None,
-             mulan=None, codec=None, embedders: Optional[Mapping[str, object]] = None, classifier=None,
-             seed: int = 0, settings=None, num_candidates: int = 1, batch_size: int = 8,
-             num_report_samples: int = 8, title: str = "text-to-music eval", extra: Optional[dict] = None) -> dict:
+def generate_and_score(
+    output_dir: str,
+    items: Sequence[EvalItem],
+    *,
+    model=None,
+    seconds: Optional[float] = None,
+    generated: Optional[np.ndarray] = None,
+    generated_sample_rate: Optional[int] = None,
+    mulan=None,
+    codec=None,
+    embedders: Optional[Mapping[str, object]] = None,
+    classifier=None,
+    seed: int = 0,
+    settings=None,
+    num_candidates: int = 1,
+    batch_size: int = 8,
+    num_report_samples: int = 8,
+    title: str = "text-to-music eval",
+    extra: Optional[dict] = None,
+) -> dict:
     """Generates (unless `generated` [items, samples] is given) and measures; writes results.json,
     WAVs, plots, TensorBoard summaries and report.html to `output_dir`. Returns the results.
 
@@ -149,18 +178,29 @@ def generate_and_score(output_dir: str, items: Sequence[EvalItem], *, model=None
     ref_rate = items[0].sample_rate
     seconds = float(seconds if seconds is not None else len(items[0].reference) / ref_rate)
     os.makedirs(output_dir, exist_ok=True)
-    results: dict = {"title": title, "output_dir": output_dir, "num_items": len(items), "seconds": seconds,
-                     "seed": seed, **(extra or {})}
+    results: dict = {
+        "title": title,
+        "output_dir": output_dir,
+        "num_items": len(items),
+        "seconds": seconds,
+        "seed": seed,
+        **(extra or {}),
+    }
 
     t0 = time.perf_counter()
     scores = None
     if generated is None:
-        generated, scores = generate_for_items(model, items, seconds, seed=seed, settings=settings,
-                                               num_candidates=num_candidates, batch_size=batch_size)
+        generated, scores = generate_for_items(
+            model, items, seconds, seed=seed, settings=settings, num_candidates=num_candidates, batch_size=batch_size
+        )
         rate = model.codec.sample_rate
         elapsed = time.perf_counter() - t0
-        results["generation"] = {"wall_s": elapsed, "realtime_factor": len(items) * seconds / elapsed,
-                                 "batch_size": batch_size, "num_candidates": num_candidates}
+        results["generation"] = {
+            "wall_s": elapsed,
+            "realtime_factor": len(items) * seconds / elapsed,
+            "batch_size": batch_size,
+            "num_candidates": num_candidates,
+        }
     else:
         rate = int(generated_sample_rate or ref_rate)
     generated = np.asarray(generated, np.float32)
@@ -184,22 +224,39 @@ def generate_and_score(output_dir: str, items: Sequence[EvalItem], *, model=None
         scores = _mcc(results, mulan, [i.caption for i in items], references, generated, rate)
     detected = [detect(a, rate) for a in generated]
     _adherence(results, items, detected, references, coded, rate)
-    results["items"] = _write_items(output_dir, items, generated, references, rate, detected, scores,
-                                    num_report_samples)
+    results["items"] = _write_items(
+        output_dir, items, generated, references, rate, detected, scores, num_report_samples
+    )
     results["eval_wall_s"] = time.perf_counter() - t0
 
     write_json(os.path.join(output_dir, RESULTS_FILE), results)
     _write_tensorboard(os.path.join(output_dir, "tensorboard"), results, generated[:num_report_samples], rate)
-    report.write_report(output_dir, results, references=references, generated=generated, sample_rate=rate,
-                        points=points, num_samples=num_report_samples)
+    report.write_report(
+        output_dir,
+        results,
+        references=references,
+        generated=generated,
+        sample_rate=rate,
+        points=points,
+        num_samples=num_report_samples,
+    )
     headline = {k: v for k, v in scalar_metrics(results).items() if k.count("/") == 0 or k.startswith("fad")}
-    log("eval: %s; report in %s", ", ".join(f"{k} {v:.4g}" for k, v in headline.items()),
-        os.path.join(output_dir, REPORT_FILE))
+    log(
+        "eval: %s; report in %s",
+        ", ".join(f"{k} {v:.4g}" for k, v in headline.items()),
+        os.path.join(output_dir, REPORT_FILE),
+    )
     return results
 
 
-def _fad(results: dict, embedders: Mapping[str, object], references: np.ndarray, generated: np.ndarray,
-         coded: Optional[np.ndarray], rate: int) -> dict:
+def _fad(
+    results: dict,
+    embedders: Mapping[str, object],
+    references: np.ndarray,
+    generated: np.ndarray,
+    coded: Optional[np.ndarray],
+    rate: int,
+) -> dict:
     """FAD (and FAD of the codec reconstructions) per embedder into results; returns the
     embedders' points {name: (references, generated)} for the report's picture."""
     results["fad"], results["fad_codec"], points = {}, {}, {}
@@ -212,8 +269,9 @@ def _fad(results: dict, embedders: Mapping[str, object], references: np.ndarray,
     return points
 
 
-def _mcc(results: dict, mulan, captions: Sequence[str], references: np.ndarray, generated: np.ndarray,
-         rate: int) -> np.ndarray:
+def _mcc(
+    results: dict, mulan, captions: Sequence[str], references: np.ndarray, generated: np.ndarray, rate: int
+) -> np.ndarray:
     """MCC of the generations and of the references into results; returns each generation's
     MuLan score (its cosine with its caption)."""
     text = mulan.embed_text(list(captions))
@@ -224,8 +282,14 @@ def _mcc(results: dict, mulan, captions: Sequence[str], references: np.ndarray, 
     return metrics.pair_cosines(text, gen_audio)
 
 
-def _adherence(results: dict, items: Sequence[EvalItem], detected: Sequence[dict], references: np.ndarray,
-               coded: Optional[np.ndarray], rate: int) -> None:
+def _adherence(
+    results: dict,
+    items: Sequence[EvalItem],
+    detected: Sequence[dict],
+    references: np.ndarray,
+    coded: Optional[np.ndarray],
+    rate: int,
+) -> None:
     """Adherence of the generations, the references and their codec reconstructions, over the
     items whose labels are known."""
     keep = [k for k, i in enumerate(items) if i.labels]
@@ -239,15 +303,29 @@ def _adherence(results: dict, items: Sequence[EvalItem], detected: Sequence[dict
         results["adherence_codec_ceiling"] = adherence(labelled, [detect(coded[k], rate) for k in keep])
 
 
-def _write_items(output_dir: str, items: Sequence[EvalItem], generated: np.ndarray, references: np.ndarray,
-                 rate: int, detected: Sequence[dict], scores: Optional[np.ndarray], num_samples: int) -> list[dict]:
+def _write_items(
+    output_dir: str,
+    items: Sequence[EvalItem],
+    generated: np.ndarray,
+    references: np.ndarray,
+    rate: int,
+    detected: Sequence[dict],
+    scores: Optional[np.ndarray],
+    num_samples: int,
+) -> list[dict]:
     """Every generation's WAV (and the first `num_samples` references') under output_dir/audio;
     returns the per-item rows of results.json (paths relative to output_dir)."""
     os.makedirs(os.path.join(output_dir, "audio"), exist_ok=True)
     rows = []
     for k, item in enumerate(items):
-        row = {"id": item.id, "caption": item.caption, "labels": item.labels, "mentioned": item.mentioned,
-               "detected": detected[k], "generated_wav": os.path.join("audio", f"{k:03d}_generated.wav")}
+        row = {
+            "id": item.id,
+            "caption": item.caption,
+            "labels": item.labels,
+            "mentioned": item.mentioned,
+            "detected": detected[k],
+            "generated_wav": os.path.join("audio", f"{k:03d}_generated.wav"),
+        }
         write_wav(os.path.join(output_dir, row["generated_wav"]), generated[k], rate)
         if k < num_samples:
             row["reference_wav"] = os.path.join("audio", f"{k:03d}_reference.wav")

@@ -10,6 +10,7 @@ prompt asked for, before the codec and the audio detectors add their own losses.
     probes = fit_probes(train_tokens, train_labels, attributes=('drums', 'register'))
     predictions = predict(probes, {'semantic': generated_semantic_tokens})
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,8 +54,13 @@ class Probe:
         return list(self.model.predict(features(self.stream, tokens, self.codebook_size)))
 
 
-def fit_probes(tokens: Mapping[str, np.ndarray], labels: Sequence[Mapping], *, codebook_sizes: Mapping[str, int],
-               attributes: Sequence[str]) -> dict[tuple[str, str], Probe]:
+def fit_probes(
+    tokens: Mapping[str, np.ndarray],
+    labels: Sequence[Mapping],
+    *,
+    codebook_sizes: Mapping[str, int],
+    attributes: Sequence[str],
+) -> dict[tuple[str, str], Probe]:
     """{(stream, attribute): Probe} for every stream in `tokens` ({stream: [clips, ...]}, one row
     per entry of `labels`) and attribute. Labels are compared as strings (True -> 'True')."""
     from sklearn.linear_model import LogisticRegression

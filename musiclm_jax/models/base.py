@@ -5,6 +5,7 @@ generator + discriminator) returns its own step from `custom_train_step`. `BaseM
 docstring lists the core methods, the optional training hooks and the optional eval-reporting
 protocol.
 """
+
 from __future__ import annotations
 
 import abc

@@ -4,6 +4,7 @@ Waveforms are [B, T]. Discriminator outputs are the lists returned by
 `nn.discriminators.Discriminators`: one logits array (any shape) per discriminator and one
 list of feature maps per discriminator.
 """
+
 from __future__ import annotations
 
 from typing import Sequence

@@ -26,14 +26,15 @@ doubled batch [cond rows; uncond rows] that shares every step; the sampled token
 both halves. Guided logits = cond + s * (cond - uncond) (Ho & Salimans' w: s = 0 is
 unguided sampling and reproduces cond exactly; s = 2 is "3x" in the MusicGen convention).
 """
+
 from __future__ import annotations
 
 import functools
 from typing import Any, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 import numpy as np
 
 from musiclm_jax.nn.transformer import unscanned
@@ -51,6 +52,7 @@ def compiler_options() -> Optional[dict]:
 
 def init_cache(module: nn.Module, batch_size: int, length: int) -> Any:
     """A zero KV cache (the 'cache' collection) of `length` positions for `module`."""
+
     def make():
         ids = jnp.zeros((batch_size, length), jnp.int32)
         return module.init(jax.random.key(0), ids, decode=True, deterministic=True)["cache"]
@@ -137,6 +139,7 @@ def kth_largest(logits: jax.Array, k: int) -> jax.Array:
     keys above the middle) finds the same value exactly in 0.12 ms. The choice is made per
     platform when lowering (an exported cpu + tpu sampler gets both); other platforms, and
     float64 logits (no exact 32-bit keys), keep TopK."""
+
     def top_k(x):
         return jax.lax.top_k(x, k)[0][..., -1:]
 

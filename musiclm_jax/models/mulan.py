@@ -14,6 +14,7 @@ with a learnable temperature (CLIP) or the sigmoid loss (SigLIP) with a learnabl
 A model that does not learn sits at loss = ln(batch): `eval_warning` says so loudly when the
 eval loss stays within `chance_tolerance` of ln(eval batch) for `chance_patience` evals in a row.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from musiclm_jax.audio.mel import log_mel
+from musiclm_jax.models.base import BaseModel, Batch, Metrics, Variables
 from musiclm_jax.nn import axes, config_io
-from musiclm_jax.models.base import Batch, BaseModel, Metrics, Variables
 from musiclm_jax.nn.encoders import EncoderConfig, ResNetAudioEncoder, ResNetConfig, SpectrogramTransformer, TextEncoder
 from musiclm_jax.nn.layers import dense, l2_normalize
 
@@ -50,8 +51,9 @@ class MuLanConfig:
     mel_scale: float = 0.25
     audio_encoder: str = "resnet"
     resnet: ResNetConfig = ResNetConfig()
-    spectrogram_transformer: EncoderConfig = EncoderConfig(num_layers=12, num_heads=12, head_dim=64, d_model=768,
-                                                           d_ff=3072)
+    spectrogram_transformer: EncoderConfig = EncoderConfig(
+        num_layers=12, num_heads=12, head_dim=64, d_model=768, d_ff=3072
+    )
     patch_frames: int = 16
     patch_mels: int = 16
     max_patches: int = 128
@@ -109,17 +111,20 @@ class MuLanTowers(nn.Module):
         if c.audio_encoder == "resnet":
             self.audio_tower = ResNetAudioEncoder(c.resnet)
         else:
-            self.audio_tower = SpectrogramTransformer(c.spectrogram_transformer, c.patch_frames, c.patch_mels,
-                                                      c.max_patches)
+            self.audio_tower = SpectrogramTransformer(
+                c.spectrogram_transformer, c.patch_frames, c.patch_mels, c.max_patches
+            )
         self.audio_proj = dense(c.embed_dim, (axes.EMBED, None), "audio_proj")
         self.text_tower = TextEncoder(c.text_encoder, c.vocab_size, c.max_text_length)
         self.text_proj = dense(c.embed_dim, (axes.EMBED, None), "text_proj")
         scale_init = math.log(1.0 / c.init_temperature) if c.loss == "softmax" else math.log(10.0)
-        self.logit_scale = self.param("logit_scale", nn.with_logical_partitioning(
-            nn.initializers.constant(scale_init), ()), ())
+        self.logit_scale = self.param(
+            "logit_scale", nn.with_logical_partitioning(nn.initializers.constant(scale_init), ()), ()
+        )
         if c.loss == "sigmoid":
-            self.logit_bias = self.param("logit_bias", nn.with_logical_partitioning(
-                nn.initializers.constant(-10.0), ()), ())
+            self.logit_bias = self.param(
+                "logit_bias", nn.with_logical_partitioning(nn.initializers.constant(-10.0), ()), ()
+            )
 
     def log_mel(self, audio: jax.Array) -> jax.Array:
         c = self.config
@@ -150,8 +155,9 @@ def _gathered(x: jax.Array) -> jax.Array:
     return nn.with_logical_constraint(x, (None, None))
 
 
-def contrastive_loss(audio_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array, logit_bias: jax.Array,
-                     kind: str = "softmax") -> tuple[jax.Array, Metrics]:
+def contrastive_loss(
+    audio_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array, logit_bias: jax.Array, kind: str = "softmax"
+) -> tuple[jax.Array, Metrics]:
     """Loss of matched pairs (row i of each) against every other pair of the global batch.
 
     softmax: mean of the text->audio and audio->text cross-entropies (chance = ln B).
@@ -201,7 +207,7 @@ def is_at_chance(losses: Sequence[float], chances: Sequence[float], tolerance: f
     """True when each of the last `patience` eval losses is no better than (1 - tolerance) x chance."""
     if patience <= 0 or len(losses) < patience:
         return False
-    return all(l > (1.0 - tolerance) * c for l, c in zip(losses[-patience:], chances[-patience:]))
+    return all(loss > (1.0 - tolerance) * c for loss, c in zip(losses[-patience:], chances[-patience:]))
 
 
 class MuLan(BaseModel):
@@ -218,8 +224,9 @@ class MuLan(BaseModel):
         samples = input_shapes["audio"][-1]
         text_len = input_shapes["text_tokens"][-1]
         if text_len > self.config.max_text_length:
-            raise ValueError(f"text_tokens length {text_len} exceeds MuLanConfig.max_text_length "
-                             f"{self.config.max_text_length}")
+            raise ValueError(
+                f"text_tokens length {text_len} exceeds MuLanConfig.max_text_length {self.config.max_text_length}"
+            )
         audio = jnp.zeros((1, samples), jnp.float32)
         ids = jnp.zeros((1, text_len), jnp.int32)
         return {"params": self.module.init({"params": rng}, audio, ids)["params"]}
@@ -252,10 +259,12 @@ class MuLan(BaseModel):
         chances = [h["chance_loss"] for h in history if "loss" in h and "chance_loss" in h]
         c = self.config
         if self.config.loss == "softmax" and is_at_chance(losses, chances, c.chance_tolerance, c.chance_patience):
-            return (f"MuLan IS AT CHANCE: the eval loss has stayed within {c.chance_tolerance:.0%} of ln(batch) = "
-                    f"{chances[-1]:.3f} for the last {c.chance_patience} evals (last: {losses[-1]:.3f}); the towers "
-                    "are not learning to match captions with audio. Check that captions belong to their clips, "
-                    "the learning rate and the temperature.")
+            return (
+                f"MuLan IS AT CHANCE: the eval loss has stayed within {c.chance_tolerance:.0%} of ln(batch) = "
+                f"{chances[-1]:.3f} for the last {c.chance_patience} evals (last: {losses[-1]:.3f}); the towers "
+                "are not learning to match captions with audio. Check that captions belong to their clips, "
+                "the learning rate and the temperature."
+            )
         return None
 
     def predict_batch(self, params, batch: Batch, rng: Optional[jax.Array] = None, **kwargs) -> jax.Array:

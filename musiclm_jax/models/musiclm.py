@@ -23,6 +23,7 @@ clip with w2v-BERT and SoundStream and treats its tokens as already generated.
 
 Library code, no gin: `musiclm generate` (generate.py) builds this from checkpoint directories.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -35,9 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from musiclm_jax.audio.io import resample
 from musiclm_jax.models import decoding
 from musiclm_jax.models.stages import TARGET_PREFIX_KEY, StageModel
-from musiclm_jax.audio.io import resample
 
 STAGES = ("semantic", "coarse", "fine")
 
@@ -85,8 +86,9 @@ class Window:
 PAPER_WINDOWS = {"semantic": Window(30.0, 15.0), "coarse": Window(10.0, 5.0), "fine": Window(3.0, 1.5)}
 
 
-def plan_windows(total: int, window: int, stride: int, *, done: int = 0,
-                 changes: Sequence[int] = ()) -> list[tuple[int, int, int]]:
+def plan_windows(
+    total: int, window: int, stride: int, *, done: int = 0, changes: Sequence[int] = ()
+) -> list[tuple[int, int, int]]:
     """The windows that extend `done` generated frames to `total`: (start, done, end) per window,
     where [start, done) is the prefix read back and [done, end) is sampled. Windows start
     `stride` apart (start = done - (window - stride)) and never cross a change point (story
@@ -143,15 +145,25 @@ class MusicLM:
     (default PAPER_WINDOWS); `semantic_tokenizer`: a SemanticTokenizer, needed only to continue
     an audio prompt."""
 
-    def __init__(self, mulan, stages: Mapping[str, tuple[StageModel, Any]], codec, *, semantic_rate: float = 25.0,
-                 windows: Optional[Mapping[str, Any]] = None, semantic_tokenizer=None):
+    def __init__(
+        self,
+        mulan,
+        stages: Mapping[str, tuple[StageModel, Any]],
+        codec,
+        *,
+        semantic_rate: float = 25.0,
+        windows: Optional[Mapping[str, Any]] = None,
+        semantic_tokenizer=None,
+    ):
         missing = [s for s in STAGES if s not in stages]
         if missing:
             raise ValueError(f"MusicLM needs the {', '.join(missing)} stage(s)")
         self.mulan, self.stages, self.codec = mulan, dict(stages), codec
         self.semantic_rate = float(semantic_rate)
-        self.windows = {**PAPER_WINDOWS, **{k: w if isinstance(w, Window) else Window(*w)
-                                            for k, w in (windows or {}).items()}}
+        self.windows = {
+            **PAPER_WINDOWS,
+            **{k: w if isinstance(w, Window) else Window(*w) for k, w in (windows or {}).items()},
+        }
         self.semantic_tokenizer = semantic_tokenizer
         self._check_streams()
         self._samplers: dict = {}
@@ -174,8 +186,10 @@ class MusicLM:
         """Clear errors for parts that do not fit together (e.g. a stage trained on another codec)."""
         coarse, fine = self.stages["coarse"][0].config, self.stages["fine"][0].config
         if coarse.target.first_level != 0 or fine.target.first_level != coarse.target.num_levels:
-            raise ValueError(f"the fine stage must predict the levels after the coarse stage's: coarse "
-                             f"{coarse.target}, fine {fine.target}")
+            raise ValueError(
+                f"the fine stage must predict the levels after the coarse stage's: coarse "
+                f"{coarse.target}, fine {fine.target}"
+            )
         levels = coarse.target.num_levels + fine.target.num_levels
         if levels > self.codec.num_levels:
             raise ValueError(f"the stages predict {levels} RVQ levels but the codec has {self.codec.num_levels}")
@@ -187,8 +201,10 @@ class MusicLM:
         for name, (model, _) in self.stages.items():
             for spec in model.config.conditions:
                 if spec.stream == "mulan" and spec.num_levels > self.mulan.num_levels:
-                    raise ValueError(f"the {name} stage reads {spec.num_levels} MuLan levels; the MuLan RVQ has "
-                                     f"{self.mulan.num_levels}")
+                    raise ValueError(
+                        f"the {name} stage reads {spec.num_levels} MuLan levels; the MuLan RVQ has "
+                        f"{self.mulan.num_levels}"
+                    )
 
     # --- sampling ----------------------------------------------------------------------------
 
@@ -201,22 +217,43 @@ class MusicLM:
             model = self.stages[stage][0]
 
             def sample(params, batch, rng, temperature):
-                return model.predict_batch(params, batch, rng, num_target_tokens=num_tokens, temperature=temperature,
-                                           top_k=settings.top_k, top_p=settings.top_p,
-                                           guidance_scale=settings.guidance_scale)
+                return model.predict_batch(
+                    params,
+                    batch,
+                    rng,
+                    num_target_tokens=num_tokens,
+                    temperature=temperature,
+                    top_k=settings.top_k,
+                    top_p=settings.top_p,
+                    guidance_scale=settings.guidance_scale,
+                )
 
             self._samplers[key] = jax.jit(sample, compiler_options=decoding.compiler_options())
         return self._samplers[key]
 
     def _run_stage(self, stage: str, batch: dict, rng, num_tokens: int, settings: SamplingSettings) -> np.ndarray:
         fn = self._sampler(stage, num_tokens, settings)
-        return np.asarray(fn(self.stages[stage][1], {k: jnp.asarray(v) for k, v in batch.items()}, rng,
-                             jnp.float32(settings.temperature)))
+        return np.asarray(
+            fn(
+                self.stages[stage][1],
+                {k: jnp.asarray(v) for k, v in batch.items()},
+                rng,
+                jnp.float32(settings.temperature),
+            )
+        )
 
-    def generate(self, texts: Sequence[str], seconds: float, *, seed: int = 0,
-                 settings: Optional[Mapping[str, SamplingSettings]] = None, num_candidates: int = 1,
-                 prompt_audio: Optional[np.ndarray] = None, prompt_sample_rate: Optional[int] = None,
-                 progress: Optional[Callable[[str, int, int], None]] = None) -> Generation:
+    def generate(
+        self,
+        texts: Sequence[str],
+        seconds: float,
+        *,
+        seed: int = 0,
+        settings: Optional[Mapping[str, SamplingSettings]] = None,
+        num_candidates: int = 1,
+        prompt_audio: Optional[np.ndarray] = None,
+        prompt_sample_rate: Optional[int] = None,
+        progress: Optional[Callable[[str, int, int], None]] = None,
+    ) -> Generation:
         """`seconds` of music for each text (any length: stages slide their windows). With
         `prompt_audio` (one mono clip at `prompt_sample_rate`), the music continues that clip; the
         returned audio starts with the clip's codec reconstruction. `progress(stage, window,
@@ -225,9 +262,16 @@ class MusicLM:
             texts = [texts]
         if not texts:
             raise ValueError("generate needs at least one text")
-        return self._generate([(list(texts), 0.0)], seconds, seed=seed, settings=settings,
-                              num_candidates=num_candidates, prompt_audio=prompt_audio,
-                              prompt_sample_rate=prompt_sample_rate, progress=progress)
+        return self._generate(
+            [(list(texts), 0.0)],
+            seconds,
+            seed=seed,
+            settings=settings,
+            num_candidates=num_candidates,
+            prompt_audio=prompt_audio,
+            prompt_sample_rate=prompt_sample_rate,
+            progress=progress,
+        )
 
     def generate_story(self, story: Sequence[tuple[str, float]], **kwargs) -> Generation:
         """One piece whose text changes over time: `story` = [(text, seconds), ...] in order
@@ -242,10 +286,18 @@ class MusicLM:
             start += float(seconds)
         return self._generate(schedule, start, **kwargs)
 
-    def _generate(self, schedule: list, seconds: float, *, seed: int = 0,
-                  settings: Optional[Mapping[str, SamplingSettings]] = None, num_candidates: int = 1,
-                  prompt_audio: Optional[np.ndarray] = None, prompt_sample_rate: Optional[int] = None,
-                  progress: Optional[Callable[[str, int, int], None]] = None) -> Generation:
+    def _generate(
+        self,
+        schedule: list,
+        seconds: float,
+        *,
+        seed: int = 0,
+        settings: Optional[Mapping[str, SamplingSettings]] = None,
+        num_candidates: int = 1,
+        prompt_audio: Optional[np.ndarray] = None,
+        prompt_sample_rate: Optional[int] = None,
+        progress: Optional[Callable[[str, int, int], None]] = None,
+    ) -> Generation:
         """`schedule`: [(texts [B], start second of the new music), ...], the first at 0."""
         if not seconds > 0:
             raise ValueError(f"seconds must be positive, got {seconds}")
@@ -262,15 +314,33 @@ class MusicLM:
         starts = [offset + start for _, start in schedule]
         total = offset + seconds
         slide = functools.partial(self._slide, segment_tokens=segment_tokens, changes=starts[1:], progress=note)
-        semantic = slide("semantic", k_sem, settings["semantic"], rate=self.semantic_rate,
-                         total=math.ceil(total * self.semantic_rate - 1e-9), generated=prompt.semantic[..., None])
+        semantic = slide(
+            "semantic",
+            k_sem,
+            settings["semantic"],
+            rate=self.semantic_rate,
+            total=math.ceil(total * self.semantic_rate - 1e-9),
+            generated=prompt.semantic[..., None],
+        )
         frames = math.ceil(total * self.acoustic_rate - 1e-9)
-        coarse = slide("coarse", k_coarse, settings["coarse"], rate=self.acoustic_rate, total=frames,
-                       generated=prompt.acoustic[..., :self.coarse_levels],
-                       aligned={"semantic": (semantic, self.semantic_rate)})
-        fine = slide("fine", k_fine, settings["fine"], rate=self.acoustic_rate, total=frames,
-                     generated=prompt.acoustic[..., self.coarse_levels:self.coarse_levels + self.fine_levels],
-                     aligned={"acoustic": (coarse, self.acoustic_rate)})
+        coarse = slide(
+            "coarse",
+            k_coarse,
+            settings["coarse"],
+            rate=self.acoustic_rate,
+            total=frames,
+            generated=prompt.acoustic[..., : self.coarse_levels],
+            aligned={"semantic": (semantic, self.semantic_rate)},
+        )
+        fine = slide(
+            "fine",
+            k_fine,
+            settings["fine"],
+            rate=self.acoustic_rate,
+            total=frames,
+            generated=prompt.acoustic[..., self.coarse_levels : self.coarse_levels + self.fine_levels],
+            aligned={"acoustic": (coarse, self.acoustic_rate)},
+        )
         acoustic = np.concatenate([coarse, fine], axis=2)
         note("decode", 0, 1)
         audio = self.codec.decode(acoustic, num_samples=int(round(total * self.codec.sample_rate)))
@@ -280,22 +350,43 @@ class MusicLM:
             scores = self._schedule_scores(schedule, starts, audio).reshape(b, n)
             best = scores.argmax(axis=1)
         rows = np.arange(b) * n + best
-        return Generation(audio=audio[rows], sample_rate=self.codec.sample_rate,
-                          mulan_score=None if scores is None else scores[np.arange(b), best],
-                          candidate_scores=scores, mulan_tokens=segment_tokens[0][rows],
-                          semantic_tokens=semantic[rows, :, 0], acoustic_tokens=acoustic[rows], prompt_seconds=offset)
+        return Generation(
+            audio=audio[rows],
+            sample_rate=self.codec.sample_rate,
+            mulan_score=None if scores is None else scores[np.arange(b), best],
+            candidate_scores=scores,
+            mulan_tokens=segment_tokens[0][rows],
+            semantic_tokens=semantic[rows, :, 0],
+            acoustic_tokens=acoustic[rows],
+            prompt_seconds=offset,
+        )
 
-    def _slide(self, stage: str, key, settings: SamplingSettings, *, rate: float, total: int, generated: np.ndarray,
-               segment_tokens: Sequence[np.ndarray], changes: Sequence[float], progress,
-               aligned: Optional[Mapping[str, tuple[np.ndarray, float]]] = None) -> np.ndarray:
+    def _slide(
+        self,
+        stage: str,
+        key,
+        settings: SamplingSettings,
+        *,
+        rate: float,
+        total: int,
+        generated: np.ndarray,
+        segment_tokens: Sequence[np.ndarray],
+        changes: Sequence[float],
+        progress,
+        aligned: Optional[Mapping[str, tuple[np.ndarray, float]]] = None,
+    ) -> np.ndarray:
         """Extends `generated` [rows, done, levels] to `total` frames at `rate`, window by window;
         frames from `changes[i]` seconds on are sampled under the MuLan tokens segment_tokens[i + 1]."""
         model = self.stages[stage][0]
         window = self.windows[stage]
         change_frames = [round(t * rate) for t in changes]
-        spans = plan_windows(total, _frames(window.seconds, rate, f"{stage} window"),
-                             _frames(window.stride, rate, f"{stage} stride"), done=generated.shape[1],
-                             changes=change_frames)
+        spans = plan_windows(
+            total,
+            _frames(window.seconds, rate, f"{stage} window"),
+            _frames(window.stride, rate, f"{stage} stride"),
+            done=generated.shape[1],
+            changes=change_frames,
+        )
         levels = model.config.target.num_levels
         rows = generated.shape[0]
         for i, (start, done, end) in enumerate(spans):
@@ -304,7 +395,7 @@ class MusicLM:
             for spec in model.config.conditions:
                 if spec.stream == "mulan":
                     tokens = segment_tokens[bisect.bisect_right(change_frames, done)]
-                    batch[spec.feature] = tokens[:, spec.first_level:spec.first_level + spec.num_levels]
+                    batch[spec.feature] = tokens[:, spec.first_level : spec.first_level + spec.num_levels]
                 else:  # a time-aligned stream: read over this window's span
                     array, array_rate = aligned[spec.stream]
                     lo, hi = math.floor(start * array_rate / rate + 1e-9), math.ceil(end * array_rate / rate - 1e-9)
@@ -312,7 +403,7 @@ class MusicLM:
             if done > start:
                 batch[TARGET_PREFIX_KEY] = generated[:, start:done]
             codes = self._run_stage(stage, batch, jax.random.fold_in(key, i), (end - start) * levels, settings)
-            generated = np.concatenate([generated, codes.reshape(rows, end - start, levels)[:, done - start:]], axis=1)
+            generated = np.concatenate([generated, codes.reshape(rows, end - start, levels)[:, done - start :]], axis=1)
         return generated
 
     def _encode_prompt(self, audio: Optional[np.ndarray], sample_rate: Optional[int], rows: int) -> "_Prompt":
@@ -325,18 +416,24 @@ class MusicLM:
             raise ValueError("continuing an audio prompt needs the semantic tokenizer (w2v-BERT + k-means)")
         audio = np.asarray(audio, np.float32)
         if audio.ndim != 1 or not sample_rate or sample_rate <= 0:
-            raise ValueError(f"prompt_audio must be one mono clip [samples] with a positive prompt_sample_rate, "
-                             f"got shape {audio.shape} at {sample_rate}")
+            raise ValueError(
+                f"prompt_audio must be one mono clip [samples] with a positive prompt_sample_rate, "
+                f"got shape {audio.shape} at {sample_rate}"
+            )
         semantic = self.semantic_tokenizer.tokenize(
-            [resample(audio, sample_rate, self.semantic_tokenizer.sample_rate)])[0]
+            [resample(audio, sample_rate, self.semantic_tokenizer.sample_rate)]
+        )[0]
         count = min(len(semantic), math.floor(len(audio) / sample_rate * self.semantic_rate + 1e-9))
         if count < 1:
             raise ValueError(f"prompt_audio ({len(audio) / sample_rate:.3f} s) is shorter than one semantic token")
         seconds = count / self.semantic_rate
         frames = math.floor(seconds * self.acoustic_rate + 1e-9)
         acoustic = self.codec.encode(resample(audio, sample_rate, self.codec.sample_rate)[None])[0, :frames, :levels]
-        return _Prompt(seconds, np.repeat(semantic[None, :count], rows, axis=0).astype(np.int32),
-                       np.repeat(acoustic[None], rows, axis=0).astype(np.int32))
+        return _Prompt(
+            seconds,
+            np.repeat(semantic[None, :count], rows, axis=0).astype(np.int32),
+            np.repeat(acoustic[None], rows, axis=0).astype(np.int32),
+        )
 
     def _schedule_scores(self, schedule: list, starts: Sequence[float], audio: np.ndarray) -> np.ndarray:
         """Each row's MuLan text-audio cosine, averaged over the story's segments by duration
@@ -346,7 +443,7 @@ class MusicLM:
         total = 0.0
         scores = np.zeros(audio.shape[0])
         for (texts, _), start, end in zip(schedule, starts, ends):
-            scores += (end - start) * self.mulan_scores(texts, audio[:, round(start * sr):round(end * sr)])
+            scores += (end - start) * self.mulan_scores(texts, audio[:, round(start * sr) : round(end * sr)])
             total += end - start
         return scores / total
 

@@ -11,6 +11,7 @@ The step (`custom_train_step`) updates the generator every step and the discrimi
 `discriminator_start_step` trains a reconstruction-only codec: the discriminators are never
 run (the step is ~2-4x cheaper; useful for a warm-up run and for quick tests).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,10 +26,9 @@ import optax
 
 from musiclm_jax.audio import plots
 from musiclm_jax.models import codec_losses
-from musiclm_jax.nn import config_io
-from musiclm_jax.models.base import Batch, BaseModel, Metrics, Variables
-from musiclm_jax.nn import quantizer
-from musiclm_jax.nn.discriminators import Discriminators, DiscriminatorConfig
+from musiclm_jax.models.base import BaseModel, Batch, Metrics, Variables
+from musiclm_jax.nn import config_io, quantizer
+from musiclm_jax.nn.discriminators import DiscriminatorConfig, Discriminators
 from musiclm_jax.nn.seanet import SEANetConfig, SEANetDecoder, SEANetEncoder
 
 
@@ -65,7 +65,9 @@ class SoundStreamConfig:
 
     def __post_init__(self):
         if self.adversarial_loss not in ("hinge", "lsgan"):
-            raise ValueError(f"SoundStreamConfig.adversarial_loss must be 'hinge' or 'lsgan', got {self.adversarial_loss!r}")
+            raise ValueError(
+                f"SoundStreamConfig.adversarial_loss must be 'hinge' or 'lsgan', got {self.adversarial_loss!r}"
+            )
         if self.num_levels < 1 or self.codebook_size < 2:
             raise ValueError("SoundStreamConfig needs num_levels >= 1 and codebook_size >= 2")
         if self.discriminator_update_every < 1:
@@ -115,8 +117,15 @@ def quality_by_levels(metrics: Mapping[str, float]) -> list[dict]:
     """The per-level eval metrics (`mel_distance_q{n}`, `si_sdr_q{n}`, `bitrate_kbps_q{n}`) as
     rows [{levels, bitrate_kbps, si_sdr, mel_distance}] sorted by levels."""
     levels = sorted({int(m.group(1)) for k in metrics for m in [re.fullmatch(r"si_sdr_q(\d+)", k)] if m})
-    return [{"levels": n, "bitrate_kbps": float(metrics[f"bitrate_kbps_q{n}"]), "si_sdr": float(metrics[f"si_sdr_q{n}"]),
-             "mel_distance": float(metrics[f"mel_distance_q{n}"])} for n in levels]
+    return [
+        {
+            "levels": n,
+            "bitrate_kbps": float(metrics[f"bitrate_kbps_q{n}"]),
+            "si_sdr": float(metrics[f"si_sdr_q{n}"]),
+            "mel_distance": float(metrics[f"mel_distance_q{n}"]),
+        }
+        for n in levels
+    ]
 
 
 class SoundStream(BaseModel):
@@ -133,28 +142,37 @@ class SoundStream(BaseModel):
         return {"model": "SoundStream", "config": self.config.to_dict()}
 
     def optimizer_groups(self):
-        return {"generator": dict(self.config.generator_optimizer),
-                "discriminator": dict(self.config.discriminator_optimizer),
-                "codebooks": None}
+        return {
+            "generator": dict(self.config.generator_optimizer),
+            "discriminator": dict(self.config.discriminator_optimizer),
+            "codebooks": None,
+        }
 
     def get_initial_variables(self, rng: jax.Array, input_shapes: Mapping[str, Sequence[int]]) -> Variables:
         samples = self._check_length(input_shapes["audio"][-1])
         r_enc, r_dec, r_disc, r_cb = jax.random.split(rng, 4)
         audio = jnp.zeros((1, samples), jnp.float32)
         latents = jnp.zeros((1, samples // self.config.hop_length, self.config.seanet.dim), jnp.float32)
-        codebooks = quantizer.init_codebooks(r_cb, self.config.num_levels, self.config.codebook_size,
-                                             self.config.seanet.dim)
-        return {"params": {
-            "generator": {"encoder": self.encoder.init(r_enc, audio)["params"],
-                          "decoder": self.decoder.init(r_dec, latents)["params"]},
-            "discriminator": self.discriminator.init(r_disc, audio)["params"],
-            "codebooks": _boxed(codebooks),
-        }}
+        codebooks = quantizer.init_codebooks(
+            r_cb, self.config.num_levels, self.config.codebook_size, self.config.seanet.dim
+        )
+        return {
+            "params": {
+                "generator": {
+                    "encoder": self.encoder.init(r_enc, audio)["params"],
+                    "decoder": self.decoder.init(r_dec, latents)["params"],
+                },
+                "discriminator": self.discriminator.init(r_disc, audio)["params"],
+                "codebooks": _boxed(codebooks),
+            }
+        }
 
     def _check_length(self, samples: int) -> int:
         if samples % self.config.hop_length:
-            raise ValueError(f"audio length {samples} is not a multiple of the codec's hop {self.config.hop_length} "
-                             f"(strides {self.config.seanet.strides})")
+            raise ValueError(
+                f"audio length {samples} is not a multiple of the codec's hop {self.config.hop_length} "
+                f"(strides {self.config.seanet.strides})"
+            )
         return samples
 
     # ---- pieces --------------------------------------------------------------------------
@@ -195,8 +213,7 @@ class SoundStream(BaseModel):
             real = self._discriminate(params["discriminator"], audio)
             fake = self._discriminate(params["discriminator"], recon)
             adv = codec_losses.adversarial_generator_loss([logits for logits, _ in fake], cfg.adversarial_loss)
-            fm = codec_losses.feature_matching_loss([jax.lax.stop_gradient(f) for _, f in real],
-                                                    [f for _, f in fake])
+            fm = codec_losses.feature_matching_loss([jax.lax.stop_gradient(f) for _, f in real], [f for _, f in fake])
             gan_on = (step >= cfg.discriminator_start_step).astype(jnp.float32)
             total = total + gan_on * (cfg.adversarial_weight * adv + cfg.feature_matching_weight * fm)
             metrics.update(adversarial_loss=adv, feature_matching_loss=fm)
@@ -205,13 +222,15 @@ class SoundStream(BaseModel):
     def _discriminator_loss(self, disc_params, audio, recon):
         real = self._discriminate(disc_params, audio)
         fake = self._discriminate(disc_params, jax.lax.stop_gradient(recon))
-        return codec_losses.adversarial_discriminator_loss([r for r, _ in real], [f for f, _ in fake],
-                                                           self.config.adversarial_loss)
+        return codec_losses.adversarial_discriminator_loss(
+            [r for r, _ in real], [f for f, _ in fake], self.config.adversarial_loss
+        )
 
     def loss_fn(self, params, batch: Batch, dropout_rng=None):
         """The generator's reconstruction objective with all levels (no GAN terms): what eval reports."""
-        loss, (metrics, _, _) = self._generator_loss(params["generator"], params, batch["audio"], None,
-                                                     jnp.asarray(-1), None, with_gan=False)
+        loss, (metrics, _, _) = self._generator_loss(
+            params["generator"], params, batch["audio"], None, jnp.asarray(-1), None, with_gan=False
+        )
         return loss, metrics
 
     def eval_fn(self, params, batch: Batch) -> Metrics:
@@ -246,8 +265,11 @@ class SoundStream(BaseModel):
         """The first 3 inputs and their reconstructions with all levels and with one level."""
         audio = batch["audio"][:3]
         codes = self.encode(params, audio)
-        return {"input": audio, "reconstruction": self.decode(params, codes),
-                "reconstruction_1_level": self.decode(params, codes[..., :1])}
+        return {
+            "input": audio,
+            "reconstruction": self.decode(params, codes),
+            "reconstruction_1_level": self.decode(params, codes[..., :1]),
+        }
 
     def write_eval_report(self, metrics, output_dir: str, step: int) -> None:
         rows = quality_by_levels(metrics)
@@ -271,28 +293,38 @@ class SoundStream(BaseModel):
                 codebooks = jax.lax.cond(
                     codebooks["initialized"] < 0.5,
                     lambda cb: quantizer.kmeans_init(
-                        cb, jax.lax.stop_gradient(self.encode_latents(params, audio)), r_kmeans, iters=cfg.kmeans_iters),
-                    lambda cb: cb, codebooks)
+                        cb, jax.lax.stop_gradient(self.encode_latents(params, audio)), r_kmeans, iters=cfg.kmeans_iters
+                    ),
+                    lambda cb: cb,
+                    codebooks,
+                )
             params = {**params, "codebooks": codebooks}
             levels = quantizer.quantizer_dropout_levels(r_levels, cfg.num_levels) if cfg.quantizer_dropout else None
 
             grad_fn = jax.value_and_grad(self._generator_loss, has_aux=True)
-            (g_loss, (metrics, q, recon)), g_grads = grad_fn(params["generator"], params, audio, levels,
-                                                            state.step, r_sample, cfg.gan_enabled)
+            (g_loss, (metrics, q, recon)), g_grads = grad_fn(
+                params["generator"], params, audio, levels, state.step, r_sample, cfg.gan_enabled
+            )
             if cfg.gan_enabled:
                 d_loss, d_grads = jax.value_and_grad(self._discriminator_loss)(params["discriminator"], audio, recon)
             else:
                 d_loss, d_grads = jnp.zeros(()), jax.tree.map(jnp.zeros_like, params["discriminator"])
 
-            g_updates, g_opt = optimizers["generator"].update(g_grads, state.opt_state["generator"], params["generator"])
+            g_updates, g_opt = optimizers["generator"].update(
+                g_grads, state.opt_state["generator"], params["generator"]
+            )
             new_gen = optax.apply_updates(params["generator"], g_updates)
             if cfg.frozen_tokens:  # Adam's momentum would still move it
                 new_gen = {**new_gen, "encoder": params["generator"]["encoder"]}
             d_updates, d_opt = optimizers["discriminator"].update(
-                d_grads, state.opt_state["discriminator"], params["discriminator"])
+                d_grads, state.opt_state["discriminator"], params["discriminator"]
+            )
             new_disc = optax.apply_updates(params["discriminator"], d_updates)
-            train_d = (cfg.gan_enabled & (state.step >= cfg.discriminator_start_step)
-                       & (state.step % cfg.discriminator_update_every == 0))
+            train_d = (
+                cfg.gan_enabled
+                & (state.step >= cfg.discriminator_start_step)
+                & (state.step % cfg.discriminator_update_every == 0)
+            )
             keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(train_d, n, o), new, old)  # noqa: E731
             new_disc = keep(new_disc, params["discriminator"])
             d_opt = keep(d_opt, state.opt_state["discriminator"])
@@ -309,7 +341,8 @@ class SoundStream(BaseModel):
             new_state = state.replace(
                 step=state.step + 1,
                 params={"generator": new_gen, "discriminator": new_disc, "codebooks": new_cb},
-                opt_state={**state.opt_state, "generator": g_opt, "discriminator": d_opt})
+                opt_state={**state.opt_state, "generator": g_opt, "discriminator": d_opt},
+            )
             g_norm, d_norm = optax.tree.norm(g_grads), optax.tree.norm(d_grads)
             finite = jnp.isfinite(g_loss) & jnp.isfinite(d_loss) & jnp.isfinite(g_norm) & jnp.isfinite(d_norm)
             new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)

@@ -16,6 +16,7 @@ model input = [BOS] + sequence[:-1], and the loss is the token cross-entropy on 
 positions only. For classifier-free guidance, training replaces an example's condition ids
 by NULL_COND with probability `cond_dropout_rate` (only when a dropout rng is given).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from musiclm_jax.models import decoding
-from musiclm_jax.models.base import Batch, BaseModel, Metrics, Variables
+from musiclm_jax.models.base import BaseModel, Batch, Metrics, Variables
 from musiclm_jax.models.token_layout import BOS_ID, NULL_COND_ID, TokenLayout
 from musiclm_jax.nn import config_io
 from musiclm_jax.nn.stack import RelPosStackConfig
@@ -86,8 +87,10 @@ class StageConfig(RelPosStackConfig):
         """Inverse of `to_dict` (JSON lists back to the layout's and streams' tuples)."""
         d = dict(d)
         layout = dict(d["layout"])
-        layout["streams"] = tuple((name, levels, tuple(sizes) if isinstance(sizes, list) else sizes)
-                                  for name, levels, sizes in layout["streams"])
+        layout["streams"] = tuple(
+            (name, levels, tuple(sizes) if isinstance(sizes, list) else sizes)
+            for name, levels, sizes in layout["streams"]
+        )
         d["layout"] = TokenLayout(**layout)
         d["conditions"] = tuple(StreamSpec(*c) for c in d["conditions"])
         d["target"] = StreamSpec(*d["target"])
@@ -269,8 +272,8 @@ class StageModel(BaseModel):
         P codes (see `prefix_codes`) is copied to the first P output positions and the model
         samples the remaining num_target_tokens - P. Rows b * num_samples + s are the samples
         of prompt b. `guidance_scale` > 0 (a Python number: it decides whether the batch is
-        doubled) enables classifier-free guidance (logits cond + s * (cond - uncond)); `temperature` 0 is greedy. `rng=None` uses
-        a fixed key (reproducible output).
+        doubled) enables classifier-free guidance (logits cond + s * (cond - uncond)); `temperature`
+        0 is greedy. `rng=None` uses a fixed key (reproducible output).
         """
         spec = self.config.target
         if num_samples < 1:

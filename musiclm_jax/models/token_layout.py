@@ -13,6 +13,7 @@ Raw codes (0 .. codebook_size-1, negative = padding) become global ids and back.
 are frame-major: [B, frames, levels] or already flattened [B, frames * levels]; the level of
 flat position p is `first_level + p % num_levels`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -60,7 +61,9 @@ class TokenLayout:
                 sizes = (int(sizes),) * num_levels
             sizes = tuple(int(s) for s in sizes)
             if len(sizes) != num_levels or min(sizes) <= 0:
-                raise ValueError(f"TokenLayout: stream {name!r} codebook sizes {sizes} do not match {num_levels} levels")
+                raise ValueError(
+                    f"TokenLayout: stream {name!r} codebook sizes {sizes} do not match {num_levels} levels"
+                )
             normalized.append((name, int(num_levels), sizes))
         object.__setattr__(self, "streams", tuple(normalized))
         if self.pad_to_multiple <= 0:
@@ -116,8 +119,7 @@ class TokenLayout:
         n = self.num_levels(stream)
         if num_levels <= 0 or first_level < 0 or first_level + num_levels > n:
             raise ValueError(
-                f"levels [{first_level}, {first_level + num_levels}) out of range for stream {stream!r} "
-                f"with {n} levels"
+                f"levels [{first_level}, {first_level + num_levels}) out of range for stream {stream!r} with {n} levels"
             )
 
     # --- codes <-> ids -----------------------------------------------------------------------
@@ -167,9 +169,7 @@ class TokenLayout:
         legal = (ids >= lo_p) & (ids < hi_p)
         return jnp.where(legal, ids - lo_p, -1).astype(jnp.int32)
 
-    def vocab_mask(
-        self, stream: str, first_level: int, num_levels: int, positions: Any
-    ) -> jax.Array:
+    def vocab_mask(self, stream: str, first_level: int, num_levels: int, positions: Any) -> jax.Array:
         """bool [len(positions), vocab_size]: the ids allowed at each flat target position.
 
         `positions` may be traced (decoding builds one row per step this way, O(vocab)).

@@ -42,6 +42,7 @@ Semantic tokens come from `embeddings(params, audio, layer)`: the output of MLM-
 `layer` (1-based; the paper uses the 7th) on unmasked audio, computed by running only the first
 `layer` MLM layers. `predict_batch` returns it for `embedding_layer`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,15 +53,16 @@ import jax
 import jax.numpy as jnp
 
 from musiclm_jax.audio.mel import log_mel
+from musiclm_jax.models.base import BaseModel, Batch, Metrics, Variables
 from musiclm_jax.nn import axes, config_io
-from musiclm_jax.models.base import Batch, BaseModel, Metrics, Variables
 from musiclm_jax.nn.conformer import ConformerConfig, ConformerStack
 from musiclm_jax.nn.initializers import he_normal
 from musiclm_jax.nn.layers import NEG_INF, dense, l2_normalize, masked_mean, norm
 
 # The paper's w2v-BERT XL: 12 contrastive + 12 MLM conformer layers, d 1024 (~600M params).
-PAPER_CONFORMER = ConformerConfig(num_layers=12, num_heads=8, head_dim=128, d_model=1024, d_ff=4096,
-                                  conv_kernel_size=5, dropout_rate=0.1)
+PAPER_CONFORMER = ConformerConfig(
+    num_layers=12, num_heads=8, head_dim=128, d_model=1024, d_ff=4096, conv_kernel_size=5, dropout_rate=0.1
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,11 +101,23 @@ class W2vBertConfig:
 
     def __post_init__(self):
         config_io.check_positive_ints(
-            self, "sample_rate", "n_fft", "hop_length", "n_mels", "subsampler_channels", "codebook_size", "codebook_dim",
-            "num_negatives", "mask_span", "embedding_layer")
+            self,
+            "sample_rate",
+            "n_fft",
+            "hop_length",
+            "n_mels",
+            "subsampler_channels",
+            "codebook_size",
+            "codebook_dim",
+            "num_negatives",
+            "mask_span",
+            "embedding_layer",
+        )
         if self.contrastive.d_model != self.mlm.d_model:
-            raise ValueError(f"W2vBertConfig: the contrastive ({self.contrastive.d_model}) and MLM "
-                             f"({self.mlm.d_model}) modules must have the same d_model")
+            raise ValueError(
+                f"W2vBertConfig: the contrastive ({self.contrastive.d_model}) and MLM "
+                f"({self.mlm.d_model}) modules must have the same d_model"
+            )
         if not 0.0 < self.mask_prob < 1.0:
             raise ValueError(f"W2vBertConfig.mask_prob must be in (0, 1), got {self.mask_prob}")
         for name in ("diversity_temperature", "contrastive_temperature"):
@@ -113,8 +127,10 @@ class W2vBertConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"W2vBertConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.embedding_layer > self.mlm.num_layers:
-            raise ValueError(f"W2vBertConfig.embedding_layer={self.embedding_layer} exceeds the MLM module's "
-                             f"{self.mlm.num_layers} layers")
+            raise ValueError(
+                f"W2vBertConfig.embedding_layer={self.embedding_layer} exceeds the MLM module's "
+                f"{self.mlm.num_layers} layers"
+            )
         if self.n_mels < 4:
             raise ValueError(f"W2vBertConfig.n_mels must be >= 4 (two stride-2 convs), got {self.n_mels}")
 
@@ -183,8 +199,14 @@ def sample_negatives(rng: jax.Array, mask: jax.Array, num_negatives: int) -> tup
     return idx, valid
 
 
-def contrastive_loss(context: jax.Array, quantized: jax.Array, mask: jax.Array, neg_idx: jax.Array,
-                     neg_valid: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
+def contrastive_loss(
+    context: jax.Array,
+    quantized: jax.Array,
+    mask: jax.Array,
+    neg_idx: jax.Array,
+    neg_valid: jax.Array,
+    temperature: float,
+) -> tuple[jax.Array, jax.Array]:
     """wav2vec 2.0's InfoNCE at masked frames: -log softmax over [true, negatives] of cos / kappa.
 
     context, quantized [B, T, D]; mask [B, T]; neg_idx/neg_valid [B, T, K] (`sample_negatives`).
@@ -229,11 +251,19 @@ class W2vBertNet(nn.Module):
         dt, pdt = c.contrastive.dtype, c.contrastive.param_dtype
 
         def conv(name):
-            return nn.Conv(c.subsampler_channels, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=dt,
-                           param_dtype=pdt, name=name,
-                           kernel_init=nn.with_logical_partitioning(
-                               he_normal(), (axes.CONV_HEIGHT, axes.CONV_WIDTH, axes.CONV_IN, axes.CONV_OUT)),
-                           bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes.CONV_OUT,)))
+            return nn.Conv(
+                c.subsampler_channels,
+                (3, 3),
+                strides=(2, 2),
+                padding=((1, 1), (1, 1)),
+                dtype=dt,
+                param_dtype=pdt,
+                name=name,
+                kernel_init=nn.with_logical_partitioning(
+                    he_normal(), (axes.CONV_HEIGHT, axes.CONV_WIDTH, axes.CONV_IN, axes.CONV_OUT)
+                ),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes.CONV_OUT,)),
+            )
 
         self.subsample_conv1 = conv("subsample_conv1")
         self.subsample_conv2 = conv("subsample_conv2")
@@ -243,13 +273,23 @@ class W2vBertNet(nn.Module):
         # The quantizer works in float32 whatever the activation dtype.
         # No bias: the input is centred, and a bias would add back a component shared by all frames.
         self.quantizer_kernel = self.param(
-            "quantizer_kernel", nn.with_logical_partitioning(nn.initializers.lecun_normal(), (axes.EMBED, None)),
-            (c.d_model, c.codebook_dim), jnp.float32)
-        self.codebook = self.param("codebook", nn.with_logical_partitioning(nn.initializers.normal(1.0),
-                                                                            (axes.VOCAB, None)),
-                                   (c.codebook_size, c.codebook_dim), jnp.float32)
-        self.mask_embedding = self.param("mask_embedding", nn.with_logical_partitioning(
-            nn.initializers.uniform(1.0), (axes.EMBED,)), (c.d_model,), pdt)
+            "quantizer_kernel",
+            nn.with_logical_partitioning(nn.initializers.lecun_normal(), (axes.EMBED, None)),
+            (c.d_model, c.codebook_dim),
+            jnp.float32,
+        )
+        self.codebook = self.param(
+            "codebook",
+            nn.with_logical_partitioning(nn.initializers.normal(1.0), (axes.VOCAB, None)),
+            (c.codebook_size, c.codebook_dim),
+            jnp.float32,
+        )
+        self.mask_embedding = self.param(
+            "mask_embedding",
+            nn.with_logical_partitioning(nn.initializers.uniform(1.0), (axes.EMBED,)),
+            (c.d_model,),
+            pdt,
+        )
         self.contrastive = ConformerStack(c.contrastive, name="contrastive")
         self.context_proj = dense(c.codebook_dim, (axes.EMBED, None), "context_proj", dtype=jnp.float32, **biased)
         self.mlm = ConformerStack(c.mlm, name="mlm")
@@ -290,8 +330,9 @@ class W2vBertNet(nn.Module):
         sims = nn.with_logical_constraint(sims, axes.VOCAB_ACT)
         ids = jnp.argmax(sims, axis=-1).astype(jnp.int32)
         code = jnp.take(codebook, ids, axis=0)
-        vq_loss = (jnp.mean(jnp.sum(jnp.square(jax.lax.stop_gradient(z) - code), -1))
-                   + c.commitment_cost * jnp.mean(jnp.sum(jnp.square(z - jax.lax.stop_gradient(code)), -1)))
+        vq_loss = jnp.mean(jnp.sum(jnp.square(jax.lax.stop_gradient(z) - code), -1)) + c.commitment_cost * jnp.mean(
+            jnp.sum(jnp.square(z - jax.lax.stop_gradient(code)), -1)
+        )
         # Straight-through to the projected features unless the targets are stop-gradient.
         quantized = code if c.quantizer_stop_gradient else z + jax.lax.stop_gradient(code - z)
         return ids, quantized, sims, vq_loss
@@ -306,9 +347,14 @@ class W2vBertNet(nn.Module):
         context = self.context_proj(h.astype(jnp.float32))
         m = self.mlm(h, None, deterministic=deterministic)
         logits = self.mlm_head(m.astype(jnp.float32))
-        return {"codes": codes, "quantized": quantized, "code_similarities": sims, "vq_loss": vq_loss,
-                "context": context,
-                "mlm_logits": nn.with_logical_constraint(logits, axes.VOCAB_ACT)}
+        return {
+            "codes": codes,
+            "quantized": quantized,
+            "code_similarities": sims,
+            "vq_loss": vq_loss,
+            "context": context,
+            "mlm_logits": nn.with_logical_constraint(logits, axes.VOCAB_ACT),
+        }
 
     def embed(self, audio: jax.Array, return_layers: bool = False) -> jax.Array:
         """Unmasked, deterministic: the MLM module's output [B, T, d] (its last layer), or every
@@ -347,16 +393,22 @@ class W2vBert(BaseModel):
         rng = jax.random.PRNGKey(0) if rng is None else rng
         k_mask, k_neg, k_drop = jax.random.split(rng, 3)
         mask = span_mask(k_mask, audio.shape[0], c.num_frames(audio.shape[1]), c.mask_prob, c.mask_span)
-        out = self.module.apply({"params": params}, audio, mask, deterministic=deterministic,
-                                rngs={} if deterministic else {"dropout": k_drop})
+        out = self.module.apply(
+            {"params": params},
+            audio,
+            mask,
+            deterministic=deterministic,
+            rngs={} if deterministic else {"dropout": k_drop},
+        )
         out["neg_idx"], out["neg_valid"] = sample_negatives(k_neg, mask, c.num_negatives)
         return out, mask
 
     def loss_fn(self, params, batch: Batch, dropout_rng: Optional[jax.Array]) -> tuple[jax.Array, Metrics]:
         c = self.config
         out, mask = self.forward(params, batch["audio"], dropout_rng)
-        l_con, con_acc = contrastive_loss(out["context"], out["quantized"], mask, out["neg_idx"], out["neg_valid"],
-                                          c.contrastive_temperature)
+        l_con, con_acc = contrastive_loss(
+            out["context"], out["quantized"], mask, out["neg_idx"], out["neg_valid"], c.contrastive_temperature
+        )
         probs = jax.nn.softmax(out["code_similarities"] / c.diversity_temperature, axis=-1)
         l_div, prob_perplexity = diversity_loss(probs.reshape(-1, c.codebook_size))
         targets = jax.lax.stop_gradient(out["codes"])
@@ -364,8 +416,12 @@ class W2vBert(BaseModel):
         ce = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
         l_mlm = masked_mean(ce, mask)
         mlm_acc = masked_mean(jnp.argmax(logits, axis=-1) == targets, mask)
-        loss = (c.contrastive_weight * l_con + c.diversity_weight * l_div + c.codebook_weight * out["vq_loss"]
-                + c.mlm_weight * l_mlm)
+        loss = (
+            c.contrastive_weight * l_con
+            + c.diversity_weight * l_div
+            + c.codebook_weight * out["vq_loss"]
+            + c.mlm_weight * l_mlm
+        )
         metrics = {
             "contrastive_loss": l_con,
             "diversity_loss": l_div,
@@ -384,10 +440,12 @@ class W2vBert(BaseModel):
         every target is then the same code and the MLM accuracy means nothing."""
         last = [h["codebook_perplexity"] for h in history[-2:] if "codebook_perplexity" in h]
         if len(last) == 2 and max(last) < 2.0:
-            return (f"w2v-BERT TARGET CODEBOOK COLLAPSED: codebook perplexity {last[-1]:.2f} of "
-                    f"{self.config.codebook_size} codes in the last two evals; the MLM accuracy is meaningless. "
-                    "Raise diversity_weight, keep center_quantizer_input and quantizer_stop_gradient on, or "
-                    "lower the learning rate.")
+            return (
+                f"w2v-BERT TARGET CODEBOOK COLLAPSED: codebook perplexity {last[-1]:.2f} of "
+                f"{self.config.codebook_size} codes in the last two evals; the MLM accuracy is meaningless. "
+                "Raise diversity_weight, keep center_quantizer_input and quantizer_stop_gradient on, or "
+                "lower the learning rate."
+            )
         return None
 
     def embeddings(self, params, audio: jax.Array, layer: int) -> jax.Array:
@@ -398,8 +456,11 @@ class W2vBert(BaseModel):
             raise ValueError(f"w2v-BERT layer must be in [1, {c.mlm.num_layers}] (MLM-module layers), got {layer}")
         module, params = self.module, _raw(params)
         if layer < c.mlm.num_layers:
-            module = W2vBertNet(dataclasses.replace(c, mlm=dataclasses.replace(c.mlm, num_layers=layer),
-                                                    embedding_layer=min(c.embedding_layer, layer)))
+            module = W2vBertNet(
+                dataclasses.replace(
+                    c, mlm=dataclasses.replace(c.mlm, num_layers=layer), embedding_layer=min(c.embedding_layer, layer)
+                )
+            )
             params = dict(params)
             if c.mlm.scan_layers:
                 mlm = dict(params["mlm"])

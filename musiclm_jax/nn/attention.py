@@ -16,13 +16,14 @@ all `max_len` cache slots; the bias must then be [.., L, max_len] and mask unwri
 (the causal mask does: they lie in the queries' future). Writing past `max_len` is not
 checked (the index is traced); callers size the cache.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from musiclm_jax.nn import axes
 from musiclm_jax.nn.initializers import default_kernel_init
@@ -70,9 +71,7 @@ class MultiHeadAttention(nn.Module):
                 index = cache_index.value
                 start = (jnp.zeros((), jnp.int32), index, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
                 key = jax.lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype), start)
-                value = jax.lax.dynamic_update_slice(
-                    cached_value.value, value.astype(cached_value.value.dtype), start
-                )
+                value = jax.lax.dynamic_update_slice(cached_value.value, value.astype(cached_value.value.dtype), start)
                 cached_key.value = key
                 cached_value.value = value
                 cache_index.value = index + x.shape[1]

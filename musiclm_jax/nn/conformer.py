@@ -30,6 +30,7 @@ frames never see padded content; outputs at padded frames are computed but meani
 Logical axes are nn/axes.py's; the conv module's channels use 'mlp' (it is an MLP-shaped block:
 the depthwise conv is per channel, so a 'model'-sharded channel axis needs no communication).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -58,18 +59,21 @@ class ConformerConfig(RelPosStackConfig):
         super().__post_init__()
         config_io.check_positive_ints(self, "conv_kernel_size")
         if self.conv_kernel_size % 2 == 0:
-            raise ValueError(f"ConformerConfig.conv_kernel_size must be odd (centred 'same' conv), got "
-                             f"{self.conv_kernel_size}")
+            raise ValueError(
+                f"ConformerConfig.conv_kernel_size must be odd (centred 'same' conv), got {self.conv_kernel_size}"
+            )
         if self.relpos_num_buckets < 4:
-            raise ValueError(f"ConformerConfig.relpos_num_buckets must be >= 4 (half per direction), got "
-                             f"{self.relpos_num_buckets}")
+            raise ValueError(
+                f"ConformerConfig.relpos_num_buckets must be >= 4 (half per direction), got {self.relpos_num_buckets}"
+            )
         if self.relpos_max_distance <= self.relpos_num_buckets // 4:
-            raise ValueError(f"ConformerConfig.relpos_max_distance ({self.relpos_max_distance}) must exceed "
-                             f"relpos_num_buckets // 4 ({self.relpos_num_buckets // 4})")
+            raise ValueError(
+                f"ConformerConfig.relpos_max_distance ({self.relpos_max_distance}) must exceed "
+                f"relpos_num_buckets // 4 ({self.relpos_num_buckets // 4})"
+            )
 
 
-def bidirectional_relative_position_bucket(distance: Array, *, num_buckets: int = 32,
-                                           max_distance: int = 128) -> Array:
+def bidirectional_relative_position_bucket(distance: Array, *, num_buckets: int = 32, max_distance: int = 128) -> Array:
     """T5's bidirectional bucketing of `distance = query_position - key_position`: half the
     buckets for keys at or before the query, half (offset by num_buckets // 2) for keys after it,
     each half bucketed as nn/position.causal_relative_position_bucket does."""
@@ -97,7 +101,8 @@ class BidirectionalRelativePositionBias(nn.Module):
         )
         pos = jnp.arange(length, dtype=jnp.int32)
         buckets = bidirectional_relative_position_bucket(
-            pos[:, None] - pos[None, :], num_buckets=self.num_buckets, max_distance=self.max_distance)
+            pos[:, None] - pos[None, :], num_buckets=self.num_buckets, max_distance=self.max_distance
+        )
         return jnp.take(jnp.asarray(table, jnp.float32), buckets, axis=1)[None]
 
 
@@ -119,13 +124,23 @@ class ConvModule(nn.Module):
         gate = nn.with_logical_constraint(gate, axes.MLP_ACT)
         h = value * nn.sigmoid(gate)
         h = h * mask.astype(h.dtype)
-        kernel = self.param("depthwise_kernel", nn.with_logical_partitioning(
-            nn.initializers.lecun_normal(), (axes.CONV_KERNEL, None, axes.MLP)), (k, 1, d), cfg.param_dtype)
-        bias = self.param("depthwise_bias", nn.with_logical_partitioning(nn.initializers.zeros, (axes.MLP,)), (d,),
-                          cfg.param_dtype)
+        kernel = self.param(
+            "depthwise_kernel",
+            nn.with_logical_partitioning(nn.initializers.lecun_normal(), (axes.CONV_KERNEL, None, axes.MLP)),
+            (k, 1, d),
+            cfg.param_dtype,
+        )
+        bias = self.param(
+            "depthwise_bias", nn.with_logical_partitioning(nn.initializers.zeros, (axes.MLP,)), (d,), cfg.param_dtype
+        )
         h = jax.lax.conv_general_dilated(
-            h, kernel.astype(cfg.dtype), window_strides=(1,), padding=(((k - 1) // 2, (k - 1) // 2),),
-            dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=d)
+            h,
+            kernel.astype(cfg.dtype),
+            window_strides=(1,),
+            padding=(((k - 1) // 2, (k - 1) // 2),),
+            dimension_numbers=("NWC", "WIO", "NWC"),
+            feature_group_count=d,
+        )
         h = nn.with_logical_constraint(h + bias.astype(cfg.dtype), axes.MLP_ACT)
         h = nn.swish(norm("depthwise_norm", axis=axes.MLP, **cfg.dtypes)(h))
         h = dense(d, (axes.MLP, axes.EMBED), "pointwise_out", use_bias=True, **cfg.dtypes)(h)
@@ -143,14 +158,20 @@ class ConformerLayer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, bias: Array, mask: Array):
         cfg = self.config
-        ff = dict(activation=nn.swish, use_bias=True, pre_norm=True, output_dropout=True,
-                  deterministic=self.deterministic)
+        ff = dict(
+            activation=nn.swish, use_bias=True, pre_norm=True, output_dropout=True, deterministic=self.deterministic
+        )
         x = nn.with_logical_constraint(x, axes.EMBED_ACT)
         x = x + 0.5 * Mlp(cfg, name="ff_in", **ff)(x)
         h = norm("pre_attention_norm", **cfg.dtypes)(x)
-        h = MultiHeadAttention(num_heads=cfg.num_heads, head_dim=cfg.head_dim, dropout_rate=cfg.dropout_rate,
-                               dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="attention"
-                               )(h, bias, deterministic=self.deterministic)
+        h = MultiHeadAttention(
+            num_heads=cfg.num_heads,
+            head_dim=cfg.head_dim,
+            dropout_rate=cfg.dropout_rate,
+            dtype=cfg.dtype,
+            param_dtype=cfg.param_dtype,
+            name="attention",
+        )(h, bias, deterministic=self.deterministic)
         x = x + nn.Dropout(rate=cfg.dropout_rate)(h, deterministic=self.deterministic)
         x = x + ConvModule(cfg, self.deterministic, name="conv")(x, mask)
         x = x + 0.5 * Mlp(cfg, name="ff_out", **ff)(x)
@@ -167,14 +188,16 @@ class ConformerStack(nn.Module):
     config: ConformerConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask: Optional[Array] = None, *, deterministic: bool = True,
-                 return_layers: bool = False) -> Array:
+    def __call__(
+        self, x: Array, mask: Optional[Array] = None, *, deterministic: bool = True, return_layers: bool = False
+    ) -> Array:
         cfg = self.config
         if x.ndim != 3 or x.shape[-1] != cfg.d_model:
             raise ValueError(f"ConformerStack expects [batch, length, {cfg.d_model}], got {x.shape}")
         length = x.shape[1]
-        rel_bias = BidirectionalRelativePositionBias(cfg.num_heads, cfg.relpos_num_buckets, cfg.relpos_max_distance,
-                                                     cfg.param_dtype, name="relpos_bias")(length)
+        rel_bias = BidirectionalRelativePositionBias(
+            cfg.num_heads, cfg.relpos_num_buckets, cfg.relpos_max_distance, cfg.param_dtype, name="relpos_bias"
+        )(length)
         if mask is None:
             bias = rel_bias
             conv_mask = jnp.ones(x.shape[:2] + (1,), cfg.dtype)
@@ -185,8 +208,9 @@ class ConformerStack(nn.Module):
             conv_mask = mask[..., None].astype(cfg.dtype)
         x = nn.with_logical_constraint(x.astype(cfg.dtype), axes.EMBED_ACT)
 
-        x, ys = stack_layers(ConformerLayer, cfg, num_broadcast=2, deterministic=deterministic,
-                             return_layers=return_layers)(x, bias, conv_mask)
+        x, ys = stack_layers(
+            ConformerLayer, cfg, num_broadcast=2, deterministic=deterministic, return_layers=return_layers
+        )(x, bias, conv_mask)
         if return_layers and not cfg.scan_layers:
             ys = jnp.stack(ys)
         if return_layers:

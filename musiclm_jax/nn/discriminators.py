@@ -4,15 +4,16 @@ features is the list of hidden activations (after each leaky ReLU) for feature m
 
 Discriminators(config)(waveform [B, T]) -> [(logits, features)] for STFT + each wave scale.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 from typing import Any, List, Tuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 import numpy as np
 
 from musiclm_jax.nn import axes, config_io
@@ -42,7 +43,14 @@ class DiscriminatorConfig:
 
     def __post_init__(self):
         config_io.normalize_dtypes(self)
-        for name in ("stft_window", "stft_hop", "stft_channels", "wave_channels", "wave_max_channels", "wave_num_scales"):
+        for name in (
+            "stft_window",
+            "stft_hop",
+            "stft_channels",
+            "wave_channels",
+            "wave_max_channels",
+            "wave_num_scales",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"DiscriminatorConfig.{name} must be positive, got {getattr(self, name)}")
 
@@ -62,7 +70,9 @@ class STFTDiscriminator(nn.Module):
     def __call__(self, waveform: Array) -> DiscOutput:
         cfg = self.config
         if waveform.shape[-1] <= cfg.stft_window // 2:
-            raise ValueError(f"STFTDiscriminator: waveform of {waveform.shape[-1]} samples is too short for window {cfg.stft_window}")
+            raise ValueError(
+                f"STFTDiscriminator: waveform of {waveform.shape[-1]} samples is too short for window {cfg.stft_window}"
+            )
         spec = complex_stft(waveform, cfg.stft_window, cfg.stft_hop)
         x = jnp.stack([spec.real, spec.imag], axis=-1).astype(cfg.dtype)  # [B, frames, bins, 2]
         kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
@@ -100,7 +110,9 @@ class WaveDiscriminator(nn.Module):
         for i, f in enumerate(cfg.wave_downsample):
             out = min(c * f, cfg.wave_max_channels)
             groups = math.gcd(math.gcd(max(1, c // 4), c), out) if cfg.wave_grouped else 1
-            x = Conv(out, (10 * f + 1,), strides=(f,), padding=((5 * f, 5 * f),), groups=groups, name=f"conv_{i}", **kw)(x)
+            x = Conv(
+                out, (10 * f + 1,), strides=(f,), padding=((5 * f, 5 * f),), groups=groups, name=f"conv_{i}", **kw
+            )(x)
             x = nn.leaky_relu(x, cfg.leaky_slope)
             features.append(x)
             c = out

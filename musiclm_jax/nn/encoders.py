@@ -12,15 +12,16 @@ so). The 128-d projections into the shared space belong to the MuLan model, not 
 Logical axis names are nn/axes.py's; position tables and the patch-input axis are None
 (small, replicated).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 from typing import Any, Optional, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from musiclm_jax.nn import axes, config_io
 from musiclm_jax.nn.attention import MultiHeadAttention
@@ -127,14 +128,17 @@ class TextEncoder(nn.Module):
     def __call__(self, ids: Array, *, deterministic: bool = True) -> Array:
         cfg = self.config
         if self.vocab_size <= 0 or self.max_length <= 0:
-            raise ValueError(f"TextEncoder: vocab_size and max_length must be positive, got "
-                             f"{self.vocab_size}, {self.max_length}")
+            raise ValueError(
+                f"TextEncoder: vocab_size and max_length must be positive, got {self.vocab_size}, {self.max_length}"
+            )
         if ids.ndim != 2:
             raise ValueError(f"TextEncoder expects ids [batch, length], got shape {ids.shape}")
         length = ids.shape[1]
         if length > self.max_length:
-            raise ValueError(f"TextEncoder: text length {length} exceeds max_length {self.max_length}; "
-                             f"truncate the text or raise max_length")
+            raise ValueError(
+                f"TextEncoder: text length {length} exceeds max_length {self.max_length}; "
+                f"truncate the text or raise max_length"
+            )
         ids = ids.astype(jnp.int32)
         mask = ids >= 0
         x = nn.Embed(
@@ -170,27 +174,34 @@ class SpectrogramTransformer(nn.Module):
     def __call__(self, spec: Array, *, deterministic: bool = True) -> Array:
         cfg = self.config
         if min(self.patch_frames, self.patch_mels, self.max_patches) <= 0:
-            raise ValueError(f"SpectrogramTransformer: patch_frames, patch_mels, max_patches must be positive, got "
-                             f"{self.patch_frames}, {self.patch_mels}, {self.max_patches}")
+            raise ValueError(
+                f"SpectrogramTransformer: patch_frames, patch_mels, max_patches must be positive, got "
+                f"{self.patch_frames}, {self.patch_mels}, {self.max_patches}"
+            )
         if spec.ndim != 3:
             raise ValueError(f"SpectrogramTransformer expects log-mel [batch, frames, mels], got shape {spec.shape}")
         batch, frames, mels = spec.shape
         if mels % self.patch_mels:
-            raise ValueError(f"SpectrogramTransformer: {mels} mel bins are not divisible by patch_mels "
-                             f"{self.patch_mels}")
+            raise ValueError(
+                f"SpectrogramTransformer: {mels} mel bins are not divisible by patch_mels {self.patch_mels}"
+            )
         num_t, num_f = frames // self.patch_frames, mels // self.patch_mels
         if num_t == 0:
-            raise ValueError(f"SpectrogramTransformer: {frames} frames are fewer than patch_frames "
-                             f"{self.patch_frames}")
+            raise ValueError(f"SpectrogramTransformer: {frames} frames are fewer than patch_frames {self.patch_frames}")
         if num_t > self.max_patches:
-            raise ValueError(f"SpectrogramTransformer: {frames} frames give {num_t} time patches, more than "
-                             f"max_patches {self.max_patches}; crop the input or raise max_patches")
+            raise ValueError(
+                f"SpectrogramTransformer: {frames} frames give {num_t} time patches, more than "
+                f"max_patches {self.max_patches}; crop the input or raise max_patches"
+            )
         pf, pm = self.patch_frames, self.patch_mels
         x = spec[:, : num_t * pf].astype(cfg.dtype)
         x = x.reshape(batch, num_t, pf, num_f, pm).transpose(0, 1, 3, 2, 4).reshape(batch, num_t, num_f, pf * pm)
         x = dense(cfg.d_model, (None, axes.EMBED), "patch_embed", use_bias=True, **cfg.dtypes)(x)  # [B, T, F, d]
-        x = (x + _position_table(self, "time_embed", self.max_patches, cfg)[None, :num_t, None]
-             + _position_table(self, "freq_embed", num_f, cfg)[None, None])
+        x = (
+            x
+            + _position_table(self, "time_embed", self.max_patches, cfg)[None, :num_t, None]
+            + _position_table(self, "freq_embed", num_f, cfg)[None, None]
+        )
         x = nn.with_logical_constraint(x.reshape(batch, num_t * num_f, cfg.d_model), axes.EMBED_ACT)
         x = nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=deterministic)
         x = TransformerEncoder(cfg, name="encoder")(x, None, deterministic=deterministic)

@@ -6,6 +6,7 @@ forward pass (4.5 s against 24 ms for the MelGAN discriminator's 256-group layer
 input gradient stay XLA convolutions; the weight gradient is an einsum over unfolded input
 windows, one matmul per group (also the MXU's shape on TPU). Results equal XLA's own gradient.
 """
+
 from __future__ import annotations
 
 import functools
@@ -17,8 +18,9 @@ Array = jax.Array
 
 
 def _conv(x: Array, w: Array, stride: int, padding: tuple[int, int], groups: int) -> Array:
-    return jax.lax.conv_general_dilated(x, w, (stride,), (padding,), feature_group_count=groups,
-                                        dimension_numbers=("NWC", "WIO", "NWC"))
+    return jax.lax.conv_general_dilated(
+        x, w, (stride,), (padding,), feature_group_count=groups, dimension_numbers=("NWC", "WIO", "NWC")
+    )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))

@@ -1,4 +1,5 @@
 """Weight initialisers shared by the nn modules."""
+
 from __future__ import annotations
 
 import flax.linen as nn

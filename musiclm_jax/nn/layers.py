@@ -1,5 +1,6 @@
 """Shared building blocks: a Dense and a norm with logical axis names, the feed-forward block
 of every stack, a masked mean, L2 normalisation and the additive-mask constant."""
+
 from __future__ import annotations
 
 from typing import Any, Callable, Optional, Sequence
@@ -19,8 +20,16 @@ Array = jax.Array
 NEG_INF = -1e10
 
 
-def dense(features: int, names: Sequence[Optional[str]], name: str, *, dtype: Any = None,
-          param_dtype: Any = jnp.float32, use_bias: bool = False, kernel_init: Any = None) -> nn.Dense:
+def dense(
+    features: int,
+    names: Sequence[Optional[str]],
+    name: str,
+    *,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    use_bias: bool = False,
+    kernel_init: Any = None,
+) -> nn.Dense:
     """nn.Dense whose kernel has the logical axes `names` (in, out) and its bias names[-1:]."""
     return nn.Dense(
         features,
@@ -33,15 +42,28 @@ def dense(features: int, names: Sequence[Optional[str]], name: str, *, dtype: An
     )
 
 
-def norm(name: str, *, dtype: Any = None, param_dtype: Any = jnp.float32, rms: bool = False,
-         axis: str = axes.EMBED, epsilon: float = 1e-6) -> nn.Module:
+def norm(
+    name: str,
+    *,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    rms: bool = False,
+    axis: str = axes.EMBED,
+    epsilon: float = 1e-6,
+) -> nn.Module:
     """LayerNorm (scale and bias), or RMSNorm (scale only) with `rms`, over a feature axis
     with logical name `axis`."""
     scale_init = nn.with_logical_partitioning(nn.initializers.ones, (axis,))
     if rms:
         return nn.RMSNorm(epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, scale_init=scale_init, name=name)
-    return nn.LayerNorm(epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, scale_init=scale_init,
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis,)), name=name)
+    return nn.LayerNorm(
+        epsilon=epsilon,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=scale_init,
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis,)),
+        name=name,
+    )
 
 
 class Mlp(nn.Module):
@@ -75,8 +97,9 @@ class Mlp(nn.Module):
             gate = nn.with_logical_constraint(proj(cfg.d_ff, (axes.EMBED, axes.MLP), "wi_1")(x), axes.MLP_ACT)
             h = self.activation(h) * gate
         else:
-            h = self.activation(nn.with_logical_constraint(proj(cfg.d_ff, (axes.EMBED, axes.MLP), "wi")(x),
-                                                           axes.MLP_ACT))
+            h = self.activation(
+                nn.with_logical_constraint(proj(cfg.d_ff, (axes.EMBED, axes.MLP), "wi")(x), axes.MLP_ACT)
+            )
         h = nn.Dropout(rate=cfg.dropout_rate)(h, deterministic=self.deterministic)
         h = nn.with_logical_constraint(h, axes.MLP_ACT)
         out = proj(cfg.d_model, (axes.MLP, axes.EMBED), "wo")(h)

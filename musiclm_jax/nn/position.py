@@ -8,23 +8,22 @@ The bias depends only on how far back a key lies from its query, bucketed: dista
 One `RelativePositionBias` is created per transformer stack and its output is shared by all
 layers (as in T5), so a stack has a single `rel_embedding` of shape [heads, buckets].
 """
+
 from __future__ import annotations
 
 import math
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from musiclm_jax.nn import axes
 
 Array = jax.Array
 
 
-def causal_relative_position_bucket(
-    distance: Array, *, num_buckets: int = 32, max_distance: int = 128
-) -> Array:
+def causal_relative_position_bucket(distance: Array, *, num_buckets: int = 32, max_distance: int = 128) -> Array:
     """Bucket index (int32) for `distance = query_position - key_position`.
 
     Unidirectional T5 bucketing: negative distances (future keys) map to bucket 0; distances

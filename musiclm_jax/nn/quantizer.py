@@ -24,6 +24,7 @@ computed, even those beyond `num_active_levels`); inactive levels only drop out 
 output (`quantized`), the commitment loss and the EMA statistics. All distance math is
 float32 (also for bf16 inputs) and written as |x|^2 - 2 x.e + |e|^2 with a matmul.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Union

@@ -16,15 +16,16 @@ Parameters are explicit `self.param`s with logical axes ("conv_kernel", "conv_in
 Those names map to None (replicated) unless a rule says otherwise: the codec is data parallel.
 Activations are constrained to nn/axes.CONV1D_ACT ("activation_batch", "activation_length", None).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 from typing import Any, Optional, Sequence, Tuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from musiclm_jax.nn import axes, config_io
 from musiclm_jax.nn.grouped_conv import grouped_conv1d
@@ -66,7 +67,9 @@ class SEANetConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"SEANetConfig.{name} must be positive, got {getattr(self, name)}")
         if any(s <= 0 for s in self.strides) or any(m <= 0 for m in self.channel_multipliers):
-            raise ValueError(f"SEANetConfig strides/multipliers must be positive: {self.strides}, {self.channel_multipliers}")
+            raise ValueError(
+                f"SEANetConfig strides/multipliers must be positive: {self.strides}, {self.channel_multipliers}"
+            )
 
     @property
     def hop_length(self) -> int:
@@ -112,12 +115,17 @@ class Conv(nn.Module):
             (*self.kernel_size, cin // self.groups, self.features),
             self.param_dtype,
         )
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (axes.CONV_OUT,)),
-                          (self.features,), self.param_dtype)
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros, (axes.CONV_OUT,)),
+            (self.features,),
+            self.param_dtype,
+        )
         if nd == 1 and self.groups > 1 and not any(d > 1 for d in (self.dilation or ())):
             pad = tuple(self.padding[0]) if self.padding else (0, 0)
-            y = grouped_conv1d(x.astype(self.dtype), kernel.astype(self.dtype), int((self.strides or (1,))[0]), pad,
-                               self.groups)
+            y = grouped_conv1d(
+                x.astype(self.dtype), kernel.astype(self.dtype), int((self.strides or (1,))[0]), pad, self.groups
+            )
             return y + bias.astype(self.dtype)
         spec = ("NWC", "WIO", "NWC") if nd == 1 else ("NHWC", "HWIO", "NHWC")
         y = jax.lax.conv_general_dilated(
@@ -154,8 +162,12 @@ class ConvTranspose1d(nn.Module):
             (k, x.shape[-1], self.features),
             self.param_dtype,
         )
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (axes.CONV_OUT,)),
-                          (self.features,), self.param_dtype)
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros, (axes.CONV_OUT,)),
+            (self.features,),
+            self.param_dtype,
+        )
         t, s = x.shape[1], self.stride
         # Polyphase form of jax.lax.conv_transpose(x, kernel, strides=(s,), padding="VALID"): output
         # sample n*s + p is x[n] @ kernel[2s-1-p] + x[n-1] @ kernel[s-1-p], so one stride-1 conv with
@@ -164,7 +176,10 @@ class ConvTranspose1d(nn.Module):
         taps = kernel.astype(self.dtype)[::-1].reshape(2, s, x.shape[-1], self.features)
         taps = jnp.stack([taps[1], taps[0]]).transpose(0, 2, 1, 3).reshape(2, x.shape[-1], s * self.features)
         y = jax.lax.conv_general_dilated(
-            jnp.pad(x.astype(self.dtype), ((0, 0), (1, 1), (0, 0))), taps, (1,), "VALID",
+            jnp.pad(x.astype(self.dtype), ((0, 0), (1, 1), (0, 0))),
+            taps,
+            (1,),
+            "VALID",
             dimension_numbers=("NWC", "WIO", "NWC"),
         )
         y = y.reshape(y.shape[0], (t + 1) * s, self.features)

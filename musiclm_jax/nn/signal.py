@@ -1,4 +1,5 @@
 """Framing and the STFT in pure JAX (shared by audio/mel.py and the STFT discriminator)."""
+
 from __future__ import annotations
 
 import jax
@@ -29,9 +30,7 @@ def hann_window(n: int) -> np.ndarray:
     return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)).astype(np.float32)
 
 
-def stft(
-    waveform: Array, n_fft: int, hop: int, *, center: bool = True, pad_mode: str = "reflect"
-) -> Array:
+def stft(waveform: Array, n_fft: int, hop: int, *, center: bool = True, pad_mode: str = "reflect") -> Array:
     """[B, T] -> complex64 [B, frames, n_fft // 2 + 1], frames = 1 + T // hop when centered."""
     x = jnp.asarray(waveform, jnp.float32)
     if center:

@@ -5,6 +5,7 @@ The model configs extend these frozen dataclasses and keep their fields flat, so
 `StageConfig.num_layers`, `text/EncoderConfig.d_model`, `ConformerConfig.num_heads`, ... and
 model.json holds one flat dict per config.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -73,8 +74,9 @@ class RelPosStackConfig(StackConfig):
         config_io.check_positive_ints(self, "relpos_num_buckets", "relpos_max_distance")
 
 
-def stack_layers(layer_cls: type[nn.Module], config: StackConfig, *, num_broadcast: int = 1,
-                 **layer_kwargs) -> Callable:
+def stack_layers(
+    layer_cls: type[nn.Module], config: StackConfig, *, num_broadcast: int = 1, **layer_kwargs
+) -> Callable:
     """`config.num_layers` layers `layer_cls(config, **layer_kwargs)` as one function
     (x, *args) -> (x, ys); call it inside the parent's compact method.
 

@@ -9,15 +9,16 @@ written so far) and `key_positions` (arange(max_len); its static length is the c
 computes the position bias for the queries [cache_index, cache_index + L) against all
 max_len keys once, and passes it to every layer. See nn/attention.py for the cache layout.
 """
+
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import flax.linen as nn
 
 from musiclm_jax.nn import axes, config_io
 from musiclm_jax.nn.attention import MultiHeadAttention

@@ -7,6 +7,7 @@
 Any input length: waveforms are zero-padded to a multiple of the hop and the output is
 trimmed back (frames = ceil(samples / hop)). Encoding and decoding are jitted per shape.
 """
+
 from __future__ import annotations
 
 import functools
@@ -41,8 +42,9 @@ class AcousticTokenizer:
         self._decode = jax.jit(model.decode)
 
     @classmethod
-    def from_model_dir(cls, model_dir: str, *, step: Optional[int] = None, num_levels: Optional[int] = None
-                       ) -> "AcousticTokenizer":
+    def from_model_dir(
+        cls, model_dir: str, *, step: Optional[int] = None, num_levels: Optional[int] = None
+    ) -> "AcousticTokenizer":
         """Loads `model_dir/model.json` (written by `musiclm train`) and the checkpoint's params.
 
         Args:
@@ -103,8 +105,9 @@ class AcousticTokenizer:
         """
         c = np.asarray(codes, np.int32)
         if c.ndim != 3 or c.shape[-1] > self.model.config.num_levels:
-            raise ValueError(f"decode expects codes [batch, frames, levels <= {self.model.config.num_levels}], "
-                             f"got shape {c.shape}")
+            raise ValueError(
+                f"decode expects codes [batch, frames, levels <= {self.model.config.num_levels}], got shape {c.shape}"
+            )
         if c.min(initial=0) < 0 or c.max(initial=0) >= self.model.config.codebook_size:
             raise ValueError(f"codes must lie in [0, {self.model.config.codebook_size})")
         audio = np.asarray(self._decode(self.params, jnp.asarray(c)))

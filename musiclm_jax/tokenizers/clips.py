@@ -1,4 +1,5 @@
 """The clips the tokenizers' fitting steps (k-means, RVQ) read from a raw-audio task."""
+
 from __future__ import annotations
 
 from typing import Iterable, Optional

@@ -14,6 +14,7 @@ sharded over 'data' (and 'fsdp'), centroids are replicated, and the per-centroid
 counts are reductions over the batch, so the result equals the unsharded one up to float
 rounding. Single host only: every batch is the global batch.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -13,6 +13,7 @@ The RVQ (`fit_mulan_rvq`, `musiclm fit_mulan_rvq`) is k-means per level on the r
 audio embeddings of a task's clips (nn/quantizer.kmeans_init: k-means++ then Lloyd), then
 frozen; it lives in MODEL_DIR/mulan_rvq/ as codebooks.npz (no pickle) + rvq.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -123,7 +124,7 @@ class MuLanEmbedder:
                 raise ValueError(f"clip {i}: expected a non-empty 1-D waveform, got shape {clip.shape}")
             starts = window_starts(clip.size, c.window_samples, c.hop_samples)
             for start in starts:
-                w = clip[start:start + c.window_samples]
+                w = clip[start : start + c.window_samples]
                 windows.append(np.pad(w, (0, c.window_samples - w.size)))
             counts.append(len(starts))
         embs = self._run_in_batches(np.stack(windows), self._embed_audio)
@@ -150,7 +151,7 @@ class MuLanEmbedder:
             if not isinstance(text, str) or not text.strip():
                 raise ValueError(f"text {i} is empty: MuLan needs a description")
             ids = list(self.vocabulary.encode(text))[:length]
-            out[i, :len(ids)] = ids
+            out[i, : len(ids)] = ids
         return out
 
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
@@ -169,7 +170,7 @@ class MuLanEmbedder:
         n, b = len(x), self.window_batch
         pad = (-n) % b
         x = np.concatenate([x, np.repeat(x[:1], pad, axis=0)]) if pad else x  # fixed shape: one compile
-        outs = [np.asarray(fn(self.params, jnp.asarray(x[i:i + b]))) for i in range(0, len(x), b)]
+        outs = [np.asarray(fn(self.params, jnp.asarray(x[i : i + b]))) for i in range(0, len(x), b)]
         return np.concatenate(outs)[:n]
 
 
@@ -191,8 +192,9 @@ class MuLanTokenizer(MuLanEmbedder):
         self._encode = jax.jit(quantizer.encode)
 
     @classmethod
-    def from_model_dir(cls, model_dir: str, *, step: Optional[int] = None, rvq_dir: Optional[str] = None,
-                       **kwargs) -> "MuLanTokenizer":
+    def from_model_dir(
+        cls, model_dir: str, *, step: Optional[int] = None, rvq_dir: Optional[str] = None, **kwargs
+    ) -> "MuLanTokenizer":
         """The MuLan of a model directory with its fitted RVQ.
 
         Args:
@@ -315,9 +317,18 @@ def load_rvq(directory: str) -> tuple[dict, dict]:
     return codebooks, info
 
 
-def fit_mulan_rvq(*, model_dir: str, task: str, split: str = "train", num_examples: Optional[int] = 2000,
-                  eval_split: Optional[str] = "validation", num_eval_examples: int = 200,
-                  output_dir: Optional[str] = None, seed: int = 0, step: Optional[int] = None) -> dict:
+def fit_mulan_rvq(
+    *,
+    model_dir: str,
+    task: str,
+    split: str = "train",
+    num_examples: Optional[int] = 2000,
+    eval_split: Optional[str] = "validation",
+    num_eval_examples: int = 200,
+    output_dir: Optional[str] = None,
+    seed: int = 0,
+    step: Optional[int] = None,
+) -> dict:
     """Embeds up to `num_examples` clips of `task` with the MuLan of `model_dir`, fits the RVQ of
     its config (rvq_levels x rvq_codebook_size), reports reconstruction cosines (train and the
     eval split) and saves to `output_dir` (default MODEL_DIR/mulan_rvq). Returns the info dict.
@@ -352,8 +363,14 @@ def fit_mulan_rvq(*, model_dir: str, task: str, split: str = "train", num_exampl
                 embs.append(embedder.embed_audio(chunk))
                 chunk = []
                 done = sum(map(len, embs))
-                log("embedding %s/%s: %d/%s clips, %.1f clips/s", task, which, done, limit or "all",
-                    done / (time.perf_counter() - t0))
+                log(
+                    "embedding %s/%s: %d/%s clips, %.1f clips/s",
+                    task,
+                    which,
+                    done,
+                    limit or "all",
+                    done / (time.perf_counter() - t0),
+                )
         if chunk:
             embs.append(embedder.embed_audio(chunk))
         if not embs:
@@ -361,18 +378,35 @@ def fit_mulan_rvq(*, model_dir: str, task: str, split: str = "train", num_exampl
         return np.concatenate(embs)
 
     train = embed_split(split, num_examples)
-    log("embedded %d clips of %s/%s; fitting an RVQ of %d x %d", len(train), task, split, c.rvq_levels,
-        c.rvq_codebook_size)
-    codebooks = fit_rvq(train, levels=c.rvq_levels, codebook_size=c.rvq_codebook_size, iters=c.rvq_kmeans_iters,
-                        seed=seed)
-    info = {"task": task, "split": split, "num_examples": int(len(train)), "levels": c.rvq_levels,
-            "codebook_size": c.rvq_codebook_size, "seed": seed,
-            "reconstruction_cosine": {split: {str(k): v for k, v in rvq_reconstruction_cosine(codebooks, train).items()}}}
+    log(
+        "embedded %d clips of %s/%s; fitting an RVQ of %d x %d",
+        len(train),
+        task,
+        split,
+        c.rvq_levels,
+        c.rvq_codebook_size,
+    )
+    codebooks = fit_rvq(
+        train, levels=c.rvq_levels, codebook_size=c.rvq_codebook_size, iters=c.rvq_kmeans_iters, seed=seed
+    )
+    info = {
+        "task": task,
+        "split": split,
+        "num_examples": int(len(train)),
+        "levels": c.rvq_levels,
+        "codebook_size": c.rvq_codebook_size,
+        "seed": seed,
+        "reconstruction_cosine": {split: {str(k): v for k, v in rvq_reconstruction_cosine(codebooks, train).items()}},
+    }
     if eval_split:
         held_out = embed_split(eval_split, num_eval_examples)
         info["reconstruction_cosine"][eval_split] = {
-            str(k): v for k, v in rvq_reconstruction_cosine(codebooks, held_out).items()}
+            str(k): v for k, v in rvq_reconstruction_cosine(codebooks, held_out).items()
+        }
     save_rvq(output_dir, codebooks, info)
-    log("MuLan RVQ saved to %s; reconstruction cosine by levels: %s", output_dir,
-        json.dumps(info["reconstruction_cosine"]))
+    log(
+        "MuLan RVQ saved to %s; reconstruction cosine by levels: %s",
+        output_dir,
+        json.dumps(info["reconstruction_cosine"]),
+    )
     return info

@@ -12,6 +12,7 @@ The k-means (`fit_semantic_kmeans`, `musiclm fit_semantic_kmeans`) streams the c
 frame embeddings of a task's clips into mini-batch k-means (tokenizers/kmeans.py) and lives
 in MODEL_DIR/kmeans/ (kmeans.npz + kmeans.json, no pickle).
 """
+
 from __future__ import annotations
 
 import math
@@ -117,13 +118,15 @@ class SemanticTokenizer(W2vBertEmbedder):
     def __init__(self, model: W2vBert, params, centroids: np.ndarray, layer: Optional[int] = None):
         super().__init__(model, params, layer)
         if centroids.shape[1] != model.config.d_model:
-            raise ValueError(f"k-means centroids have dim {centroids.shape[1]}, w2v-BERT d_model is "
-                             f"{model.config.d_model}")
+            raise ValueError(
+                f"k-means centroids have dim {centroids.shape[1]}, w2v-BERT d_model is {model.config.d_model}"
+            )
         self.centroids = np.asarray(centroids, np.float32)
 
     @classmethod
-    def from_model_dir(cls, model_dir: str, *, step: Optional[int] = None, kmeans_dir: Optional[str] = None
-                       ) -> "SemanticTokenizer":
+    def from_model_dir(
+        cls, model_dir: str, *, step: Optional[int] = None, kmeans_dir: Optional[str] = None
+    ) -> "SemanticTokenizer":
         """The w2v-BERT of a model directory with its fitted k-means (and the layer it was fitted on).
 
         Args:
@@ -184,10 +187,21 @@ def _point_batches(embedder: W2vBertEmbedder, clips: Iterator[np.ndarray], batch
         yield np.concatenate(buffer)
 
 
-def fit_semantic_kmeans(*, model_dir: str, task: str, num_clusters: int = 1024, layer: Optional[int] = None,
-                        split: str = "train", num_examples: Optional[int] = 1000, batch_points: int = 4096,
-                        eval_split: Optional[str] = "validation", num_eval_examples: int = 50,
-                        output_dir: Optional[str] = None, seed: int = 0, step: Optional[int] = None) -> dict:
+def fit_semantic_kmeans(
+    *,
+    model_dir: str,
+    task: str,
+    num_clusters: int = 1024,
+    layer: Optional[int] = None,
+    split: str = "train",
+    num_examples: Optional[int] = 1000,
+    batch_points: int = 4096,
+    eval_split: Optional[str] = "validation",
+    num_eval_examples: int = 50,
+    output_dir: Optional[str] = None,
+    seed: int = 0,
+    step: Optional[int] = None,
+) -> dict:
     """Fits k-means (mini-batch, k-means++ seeded) on the frame embeddings of `layer` (default the
     model's `embedding_layer`) of up to `num_examples` clips of `task`, reports the mean squared
     distance to the nearest centroid on train and held-out frames, saves MODEL_DIR/kmeans/.
@@ -221,18 +235,30 @@ def fit_semantic_kmeans(*, model_dir: str, task: str, num_clusters: int = 1024, 
     output_dir = output_dir or os.path.join(model_dir, KMEANS_DIR)
     batches = _point_batches(embedder, task_clips(task, split, num_examples), batch_points, log)
     state = kmeans.fit_minibatch_kmeans(batches, num_clusters, seed=seed)
-    info = {"task": task, "split": split, "layer": embedder.layer, "num_clusters": num_clusters,
-            "model_dir": os.path.abspath(model_dir), "seed": seed,
-            "train_mean_sq_distance": float(np.mean(state.inertia_history[-5:]))}
+    info = {
+        "task": task,
+        "split": split,
+        "layer": embedder.layer,
+        "num_clusters": num_clusters,
+        "model_dir": os.path.abspath(model_dir),
+        "seed": seed,
+        "train_mean_sq_distance": float(np.mean(state.inertia_history[-5:])),
+    }
     if eval_split:
         held_out = np.concatenate(embedder.embed_clips(list(task_clips(task, eval_split, num_eval_examples))))
         info["held_out_mean_sq_distance"] = kmeans.inertia(state.centroids, held_out) / len(held_out)
         used = np.bincount(kmeans.assign(state.centroids, held_out), minlength=num_clusters)
         info["held_out_clusters_used"] = int(np.sum(used > 0))
     kmeans.save_kmeans(output_dir, state, info)
-    log("semantic k-means (%d clusters, layer %d, %d points in %d steps) saved to %s: %s", num_clusters,
-        embedder.layer, state.num_points, state.num_steps, output_dir,
-        {k: v for k, v in info.items() if "distance" in k or "used" in k})
+    log(
+        "semantic k-means (%d clusters, layer %d, %d points in %d steps) saved to %s: %s",
+        num_clusters,
+        embedder.layer,
+        state.num_points,
+        state.num_steps,
+        output_dir,
+        {k: v for k, v in info.items() if "distance" in k or "used" in k},
+    )
     return info
 
 
@@ -269,12 +295,16 @@ def synthetic_frame_labels(example, num_frames: int, frame_rate: float) -> dict[
     pitch = example.score.melody_pitch_at((np.arange(num_frames) + 0.5) / frame_rate)
     midi = np.where(np.isnan(pitch), -1, np.nan_to_num(pitch)).astype(np.int64)
     instrument = synthetic.INSTRUMENTS.index(example.labels["instrument"])
-    return {"pitch_class": np.where(midi >= 0, midi % 12, -1), "pitch": midi,
-            "instrument": np.full(num_frames, instrument, np.int64)}
+    return {
+        "pitch_class": np.where(midi >= 0, midi % 12, -1),
+        "pitch": midi,
+        "instrument": np.full(num_frames, instrument, np.int64),
+    }
 
 
-def synthetic_token_agreement(tokens: Sequence[np.ndarray], examples: Sequence, frame_rate: float
-                              ) -> dict[str, dict[str, float]]:
+def synthetic_token_agreement(
+    tokens: Sequence[np.ndarray], examples: Sequence, frame_rate: float
+) -> dict[str, dict[str, float]]:
     """`token_label_agreement` of each clip's tokens with its synthetic frame labels, per label:
     {'pitch_class': {'purity', 'nmi'}, 'pitch': ..., 'instrument': ...}."""
     labels = [synthetic_frame_labels(e, len(t), frame_rate) for t, e in zip(tokens, examples)]

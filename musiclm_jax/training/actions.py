@@ -16,6 +16,7 @@ last one, after running the guards again on it with `ctx.commit` set.
 
 Also here: the eval pass itself (`run_eval_batches`, `eval_media`), shared with `musiclm eval`.
 """
+
 from __future__ import annotations
 
 import abc
@@ -143,8 +144,11 @@ class TerminateOnNaN(BaseAction):
             return
         ckpt.wait()
         latest = ckpt.latest_step()
-        where = (f"the latest checkpoint is step {latest} in {ckpt.directory}" if latest is not None
-                 else "no checkpoint was written")
+        where = (
+            f"the latest checkpoint is step {latest} in {ckpt.directory}"
+            if latest is not None
+            else "no checkpoint was written"
+        )
         raise NonFiniteError(
             f"loss or gradients are not finite at step {step} (loss={float(metrics['loss'])}, "
             f"grad_norm={float(metrics['grad_norm'])}); training stopped without applying that update; {where}"
@@ -158,8 +162,15 @@ class PeriodicEval(BaseAction):
 
     mode = ActionMode.TRAIN
 
-    def __init__(self, batches: Callable[[], Iterable[Batch]], *, period: int, num_batches: int,
-                 writer: metric_writers.MetricWriter, name: str = "the eval split"):
+    def __init__(
+        self,
+        batches: Callable[[], Iterable[Batch]],
+        *,
+        period: int,
+        num_batches: int,
+        writer: metric_writers.MetricWriter,
+        name: str = "the eval split",
+    ):
         """An eval every `period` steps.
 
         Args:
@@ -229,8 +240,9 @@ class EvalWarnings(BaseAction):
 
 
 # ---- the eval pass ----------------------------------------------------------------------------
-def run_eval_batches(trainer: Trainer, params: Any, batches: Iterable[Batch], num_batches: int,
-                     name: str = "the eval split") -> dict[str, float]:
+def run_eval_batches(
+    trainer: Trainer, params: Any, batches: Iterable[Batch], num_batches: int, name: str = "the eval split"
+) -> dict[str, float]:
     """The eval metrics of `params` over the first `num_batches` batches.
 
     Args:

@@ -8,6 +8,7 @@ A checkpoint step holds three items, so that parameters can be restored on their
 Orbax writes each step into a temporary directory and renames it when complete, so a
 crash during a save leaves the previous step as the latest valid one.
 """
+
 from __future__ import annotations
 
 import os
@@ -95,7 +96,9 @@ def restore_params(path: str, abstract_params: Any) -> tuple[Any, int]:
     if not os.path.isdir(directory):
         raise CheckpointError(f"no checkpoint directory at {path}")
     manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False), item_names=("params", "state", "data")
+        directory,
+        options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+        item_names=("params", "state", "data"),
     )
     try:
         step = manager.latest_step() if step is None else step

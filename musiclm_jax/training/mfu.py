@@ -1,5 +1,6 @@
 """FLOPs and peak rates for MFU: FLOPs counted on a step's jaxpr,
 known accelerator peaks, and a measured matmul rate for CPUs (which have no published peak)."""
+
 from __future__ import annotations
 
 import time

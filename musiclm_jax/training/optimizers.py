@@ -1,4 +1,5 @@
 """Optax optimisers and learning-rate schedules, configured as plain data (gin binds the fields)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -83,14 +84,17 @@ def by_group(optimizers: Mapping[str, optax.GradientTransformation]) -> optax.Gr
         return {k: tx.init(params[k]) for k, tx in optimizers.items()}
 
     def update(updates, state, params=None):
-        out = {k: tx.update(updates[k], state[k], None if params is None else params[k]) for k, tx in optimizers.items()}
+        out = {
+            k: tx.update(updates[k], state[k], None if params is None else params[k]) for k, tx in optimizers.items()
+        }
         return {k: u for k, (u, _) in out.items()}, {k: s for k, (_, s) in out.items()}
 
     return optax.GradientTransformation(init, update)
 
 
-def make_group_optimizers(cfg: OptimizerConfig, total_steps: int, groups: Mapping[str, Optional[Mapping]]
-                          ) -> tuple[dict[str, optax.GradientTransformation], optax.Schedule]:
+def make_group_optimizers(
+    cfg: OptimizerConfig, total_steps: int, groups: Mapping[str, Optional[Mapping]]
+) -> tuple[dict[str, optax.GradientTransformation], optax.Schedule]:
     """Per-group optimisers: the run's config with each group's overrides; None freezes a group
     (its values are changed by the model's own step, e.g. EMA codebooks). Returns the first
     trained group's schedule for logging."""

@@ -5,6 +5,7 @@ Mesh axes are ('data', 'fsdp', 'model'). Sizes come from ICI (within a slice) an
 modules put on parameters and activations to mesh axes; they are data (set from gin),
 priority ordered: the first rule whose mesh axis is still free wins.
 """
+
 from __future__ import annotations
 
 import logging
@@ -141,7 +142,9 @@ class Partitioner:
         logical_axis_rules: LogicalRules = DEFAULT_LOGICAL_AXIS_RULES,
         devices: Optional[Sequence[Any]] = None,
     ):
-        self.logical_axis_rules = tuple((name, tuple(ax) if isinstance(ax, list) else ax) for name, ax in logical_axis_rules)
+        self.logical_axis_rules = tuple(
+            (name, tuple(ax) if isinstance(ax, list) else ax) for name, ax in logical_axis_rules
+        )
         self.mesh = create_mesh(ici_mesh_shape, dcn_mesh_shape, devices)
 
     @property

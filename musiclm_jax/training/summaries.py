@@ -1,4 +1,5 @@
 """TensorBoard summaries (clu metric writers) and the console progress line."""
+
 from __future__ import annotations
 
 import logging
@@ -16,8 +17,13 @@ def create_writer(logdir: str) -> metric_writers.MetricWriter:
     return metric_writers.create_default_writer(logdir, just_logging=jax.process_index() > 0, asynchronous=True)
 
 
-def write_eval_media(writer: metric_writers.MetricWriter, step: int, media: Mapping[str, np.ndarray],
-                     sample_rate: int, out_dir: Optional[str] = None) -> None:
+def write_eval_media(
+    writer: metric_writers.MetricWriter,
+    step: int,
+    media: Mapping[str, np.ndarray],
+    sample_rate: int,
+    out_dir: Optional[str] = None,
+) -> None:
     """Eval waveforms {name: [examples, samples]} as TensorBoard audio, plus one spectrogram sheet
     per example (every name stacked, e.g. input over reconstruction) as a TensorBoard image;
     with `out_dir`, also as WAV and PNG files there (process 0)."""

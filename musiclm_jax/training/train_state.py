@@ -1,4 +1,5 @@
 """The training state: step, parameters, optimiser state and an optional parameter EMA."""
+
 from __future__ import annotations
 
 from typing import Any, Optional

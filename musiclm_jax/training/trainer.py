@@ -4,6 +4,7 @@ The trainer knows only the model interface (models/base.py). Initialisation foll
 flax lm1b habit: `jax.eval_shape` -> logical partition specs -> mesh shardings -> a jitted
 init with out_shardings, so no host ever holds the full unsharded state.
 """
+
 from __future__ import annotations
 
 import functools
@@ -122,12 +123,13 @@ class Trainer:
         parameter's shape, dtype, logical axes and mesh sharding."""
         lines = [f"parameters: {self.param_count():,}", f"mesh: {dict(self.partitioner.mesh.shape)}", ""]
         flat_abstract = jax.tree_util.tree_flatten_with_path(self.abstract_state.params)[0]
-        flat_logical = jax.tree.leaves(self.logical_specs.params, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+        flat_logical = jax.tree.leaves(
+            self.logical_specs.params, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
+        )
         for (path, leaf), logical in zip(flat_abstract, flat_logical):
             name = "/".join(str(getattr(p, "key", getattr(p, "name", p))) for p in path)
-            lines.append(
-                f"{name:<60} {str(leaf.shape):<22} {str(leaf.dtype):<9} logical={tuple(logical)} mesh={tuple(leaf.sharding.spec)}"
-            )
+            shape, dtype = str(leaf.shape), str(leaf.dtype)
+            lines.append(f"{name:<60} {shape:<22} {dtype:<9} logical={tuple(logical)} mesh={tuple(leaf.sharding.spec)}")
         return "\n".join(lines) + "\n"
 
     # ---- steps -------------------------------------------------------------------------
