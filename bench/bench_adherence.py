@@ -190,11 +190,13 @@ def main() -> None:
     dirs = {k: os.path.join(d, v) for k, v in pipeline.DIRS.items()}
     codec_dir = args.codec_dir or next(c for c in (os.path.join(d, FINETUNED_CODEC), dirs["codec"]) if os.path.isdir(c))
     model = load_musiclm(
-        mulan_dir=dirs["mulan"],
-        semantic_stage_dir=dirs["semantic_stage"],
-        coarse_stage_dir=dirs["coarse_stage"],
-        fine_stage_dir=dirs["fine_stage"],
-        soundstream_dir=codec_dir,
+        {
+            "mulan_dir": dirs["mulan"],
+            "semantic_stage_dir": dirs["semantic_stage"],
+            "coarse_stage_dir": dirs["coarse_stage"],
+            "fine_stage_dir": dirs["fine_stage"],
+            "soundstream_dir": codec_dir,
+        }
     )
     semantic_tokenizer = SemanticTokenizer.from_model_dir(dirs["w2v_bert"])
     coarse = model.coarse_levels

@@ -142,7 +142,7 @@ def export_rows(pipeline_dir: str, seconds: float, runs: int) -> list[dict]:
 
         def run_bundle():
             shutil.rmtree(bundle, ignore_errors=True)
-            return export.export_musiclm(bundle, **dirs, seconds=seconds)
+            return export.export_musiclm(bundle, model_dirs=dirs, seconds=seconds)
 
         t, manifest = timed(run_bundle, runs)
         size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(bundle) for f in fs)
@@ -155,7 +155,7 @@ def export_rows(pipeline_dir: str, seconds: float, runs: int) -> list[dict]:
             }
         )
         for label, load in (
-            ("load_musiclm (training dirs)", lambda: load_musiclm(**dirs)),
+            ("load_musiclm (training dirs)", lambda: load_musiclm(dirs)),
             ("load_exported_musiclm (bundle)", lambda: export.load_exported_musiclm(bundle)),
         ):
             t_load, model = timed(load, runs)

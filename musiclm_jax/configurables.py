@@ -5,9 +5,6 @@ The model classes and the optimiser are registered in `gin_registry` (model gin 
 only that module, never the data stack).
 """
 
-import inspect
-from typing import Any, Callable, Mapping
-
 from musiclm_jax import aot, gin_registry, gin_utils, inspect_data, precompute
 from musiclm_jax import eval as eval_lib
 from musiclm_jax import export as export_lib
@@ -20,43 +17,10 @@ from musiclm_jax.tokenizers import mulan as mulan_tokenizer
 from musiclm_jax.tokenizers import semantic as semantic_tokenizer
 from musiclm_jax.training import partitioning
 
-# What generate, export_musiclm and evaluate_text_to_music take to build the model: bound once,
-# as the mapping MUSICLM_MODELS of runs/musiclm_models.gin, to their argument `models`.
-MUSICLM_MODEL_ARGS = (
-    "mulan_dir",
-    "semantic_stage_dir",
-    "coarse_stage_dir",
-    "fine_stage_dir",
-    "soundstream_dir",
-    "semantic_rate",
-    "windows",
-)
-
-
-def _taking_models(fn: Callable) -> Callable:
-    """`fn` with its MUSICLM_MODEL_ARGS given as one mapping, `models`."""
-    signature = inspect.signature(fn)
-    kept = [p for name, p in signature.parameters.items() if name not in MUSICLM_MODEL_ARGS]
-    models = inspect.Parameter("models", inspect.Parameter.KEYWORD_ONLY, annotation=Mapping[str, Any])
-
-    def wrapper(*, models: Mapping[str, Any], **kwargs):
-        unknown = sorted(set(models) - set(MUSICLM_MODEL_ARGS))
-        if unknown:
-            raise gin_utils.ConfigError(
-                f"{fn.__name__}.models: unknown keys {unknown}; known: {list(MUSICLM_MODEL_ARGS)}"
-            )
-        return fn(**models, **kwargs)
-
-    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
-    wrapper.__signature__ = signature.replace(parameters=[*kept, models])
-    wrapper.__annotations__ = {k: v for k, v in fn.__annotations__.items() if k not in MUSICLM_MODEL_ARGS}
-    return wrapper
-
-
 train = gin_utils.register(train_lib.train, "train")
 evaluate = gin_utils.register(eval_lib.evaluate_checkpoint, "evaluate")  # the `eval` mode
 # The text-to-music eval task (runs/eval_text_to_music.gin): generate per caption, FAD/KLD/MCC, report.
-evaluate_text_to_music = gin_utils.register(_taking_models(eval_lib.evaluate_text_to_music), "evaluate_text_to_music")
+evaluate_text_to_music = gin_utils.register(eval_lib.evaluate_text_to_music, "evaluate_text_to_music")
 compile_for_topology = gin_utils.register(aot.compile_for_topology, "compile_for_topology")
 DatasetConfig = gin_utils.register(input_pipeline.DatasetConfig, "DatasetConfig")
 OptimizerConfig = gin_registry.OptimizerConfig  # registered with the models (see there)
@@ -82,9 +46,9 @@ fit_semantic_kmeans = gin_utils.register(semantic_tokenizer.fit_semantic_kmeans,
 precompute_tokens = gin_utils.register(precompute.precompute_tokens, "precompute_tokens")
 register_token_task = gin_utils.register(token_cache_tasks.register_token_task, "register_token_task")
 # Text -> music from the trained models' directories (runs/generate.gin).
-generate = gin_utils.register(_taking_models(generate_lib.generate), "generate")
+generate = gin_utils.register(generate_lib.generate, "generate")
 SamplingSettings = gin_utils.register(musiclm.SamplingSettings, "SamplingSettings")
 # Export: the five models params-only + StableHLO samplers and codec decoder (runs/export.gin).
-export_musiclm = gin_utils.register(_taking_models(export_lib.export_musiclm), "export_musiclm")
+export_musiclm = gin_utils.register(export_lib.export_musiclm, "export_musiclm")
 # The whole recipe on the synthetic source (gin/pipeline/<size>.gin; steps in gin/pipeline/<size>/).
 run_pipeline = gin_utils.register(pipeline_lib.run_pipeline, "run_pipeline")

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional
+from typing import Mapping, Optional
 
 import jax
 
 from musiclm_jax.data.input_pipeline import BatchIterator, DatasetConfig
 from musiclm_jax.evaluation import embedders as embedders_lib
 from musiclm_jax.evaluation import eval_sets, text_to_music
-from musiclm_jax.generate import load_musiclm
+from musiclm_jax.generate import MODEL_DIRS, load_musiclm
 from musiclm_jax.models.base import BaseModel
 from musiclm_jax.run_setup import global_shapes, start_run
 from musiclm_jax.training import checkpoints, summaries
@@ -98,11 +98,7 @@ def evaluate_checkpoint(
 def evaluate_text_to_music(
     *,
     output_dir: str,
-    mulan_dir: str,
-    semantic_stage_dir: str,
-    coarse_stage_dir: str,
-    fine_stage_dir: str,
-    soundstream_dir: str,
+    model_dirs: Mapping[str, Optional[str]],
     seconds: float = 4.0,
     num_items: int = 16,
     task: Optional[str] = None,
@@ -123,8 +119,7 @@ def evaluate_text_to_music(
 
     Args:
       output_dir: where results.json, the WAVs, tensorboard/ and report.html go.
-      mulan_dir, semantic_stage_dir, coarse_stage_dir, fine_stage_dir, soundstream_dir,
-        semantic_rate, windows: the model, as `generate.load_musiclm` takes it.
+      model_dirs, semantic_rate, windows: the model, as `generate.load_musiclm` takes it.
       seconds: length of each reference clip and generation.
       num_items: captions to generate for (at least 2: FAD fits covariances).
       task, split: a captioned raw-audio seqio task (e.g. MusicCaps) and its split; task None:
@@ -147,15 +142,7 @@ def evaluate_text_to_music(
             f"need seconds > 0, num_items >= 2 (FAD fits covariances) and batch_size >= 1; got "
             f"{seconds}, {num_items}, {batch_size}"
         )
-    model = load_musiclm(
-        mulan_dir=mulan_dir,
-        semantic_stage_dir=semantic_stage_dir,
-        coarse_stage_dir=coarse_stage_dir,
-        fine_stage_dir=fine_stage_dir,
-        soundstream_dir=soundstream_dir,
-        semantic_rate=semantic_rate,
-        windows=windows,
-    )
+    model = load_musiclm(model_dirs, semantic_rate=semantic_rate, windows=windows)
     if task:
         items = eval_sets.task_eval_set(task, split, num_items, seconds)
     else:
@@ -190,12 +177,6 @@ def evaluate_text_to_music(
         extra={
             "task": task or "synthetic",
             "split": split,
-            "models": {
-                "mulan": mulan_dir,
-                "semantic_stage": semantic_stage_dir,
-                "coarse_stage": coarse_stage_dir,
-                "fine_stage": fine_stage_dir,
-                "soundstream": soundstream_dir,
-            },
+            "models": {k.removesuffix("_dir"): model_dirs[k] for k in MODEL_DIRS},
         },
     )

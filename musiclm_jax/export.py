@@ -1,7 +1,7 @@
 """`musiclm export`: trained models -> a self-contained, pickle-free generation bundle.
 
     export_checkpoint(model_dir, output_dir, dtype='bfloat16')    one model, parameters only
-    export_musiclm(output_dir, mulan_dir=..., ..., seconds=10)    the five models + StableHLO
+    export_musiclm(output_dir, model_dirs={...}, seconds=10)     the five models + StableHLO
 
 A params-only export is a directory shaped like a `musiclm train` one (model.json, config.gin,
 the tokenizer artifacts text_vocab/ mulan_rvq/ kmeans/, and checkpoints/<step>/params with no
@@ -31,13 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from musiclm_jax import model_io
-from musiclm_jax.generate import load_musiclm
+from musiclm_jax.generate import MODEL_DIRS, load_musiclm
 from musiclm_jax.model_io import EXPORT_FILE, ExportError, check_export  # noqa: F401  (re-exported)
 from musiclm_jax.models.musiclm import PAPER_SETTINGS, STAGES, Window
 
 FUNCTIONS_DIR = "functions"
 COPIED = ("model.json", "config.gin", "text_vocab", "mulan_rvq", "kmeans")
-MODEL_DIRS = ("mulan_dir", "semantic_stage_dir", "coarse_stage_dir", "fine_stage_dir", "soundstream_dir")
 
 
 def _file_hashes(directory: str) -> dict[str, str]:
@@ -212,11 +211,7 @@ def _export_decoder(codec, levels: int, platforms: Sequence[str]) -> bytes:
 def export_musiclm(
     output_dir: str,
     *,
-    mulan_dir: str,
-    semantic_stage_dir: str,
-    coarse_stage_dir: str,
-    fine_stage_dir: str,
-    soundstream_dir: str,
+    model_dirs: Mapping[str, Optional[str]],
     seconds: float,
     semantic_rate: float = 25.0,
     windows: Optional[Mapping[str, Any]] = None,
@@ -229,14 +224,11 @@ def export_musiclm(
     windows and settings, and the codec decoder. Returns the bundle's export.json.
 
     Args:
-      output_dir: the new bundle directory: absent or empty. Each model goes to its directory
-        argument's name without `_dir` (mulan/, semantic_stage/, coarse_stage/, fine_stage/,
+      output_dir: the new bundle directory: absent or empty. Each model goes to its key in
+        `model_dirs` without `_dir` (mulan/, semantic_stage/, coarse_stage/, fine_stage/,
         soundstream/), the functions to functions/ (<stage>-NNN.jaxexport, codec_decode.jaxexport).
-      mulan_dir: as `generate.load_musiclm`.
-      semantic_stage_dir: as `generate.load_musiclm`.
-      coarse_stage_dir: as `generate.load_musiclm`.
-      fine_stage_dir: as `generate.load_musiclm`.
-      soundstream_dir: as `generate.load_musiclm`. No w2v-BERT: a bundle cannot continue audio.
+      model_dirs: the five directories, as `generate.load_musiclm` takes them. A w2v_bert_dir is
+        not exported: a bundle cannot continue audio.
       seconds: the generation length the samplers are exported for (it fixes every window's shape).
       semantic_rate: semantic tokens per second, as `generate.load_musiclm`.
       windows: per-stage sliding windows, as `generate.load_musiclm`.
@@ -252,19 +244,11 @@ def export_musiclm(
       FileExistsError: `output_dir` exists and is not empty.
       FileNotFoundError, ValueError: as `generate.load_musiclm`.
     """
-
-    dirs = dict(
-        mulan_dir=mulan_dir,
-        semantic_stage_dir=semantic_stage_dir,
-        coarse_stage_dir=coarse_stage_dir,
-        fine_stage_dir=fine_stage_dir,
-        soundstream_dir=soundstream_dir,
-    )
     settings = {**PAPER_SETTINGS, **(settings or {})}
-    model = load_musiclm(**dirs, semantic_rate=semantic_rate, windows=windows)
+    model = load_musiclm(model_dirs, semantic_rate=semantic_rate, windows=windows)
     _fresh_dir(output_dir)
-    for key, directory in dirs.items():
-        export_checkpoint(directory, os.path.join(output_dir, key.removesuffix("_dir")), dtype=dtype)
+    for key in MODEL_DIRS:
+        export_checkpoint(model_dirs[key], os.path.join(output_dir, key.removesuffix("_dir")), dtype=dtype)
     functions = os.path.join(output_dir, FUNCTIONS_DIR)
     os.makedirs(functions)
     samplers = []
@@ -331,7 +315,7 @@ def load_exported_musiclm(export_dir: str):
     if manifest is None or manifest.get("bundle") != "musiclm":
         raise ExportError(f"{export_dir} is not a `musiclm export` bundle (no {EXPORT_FILE} from export_musiclm)")
     model = load_musiclm(
-        **{k: os.path.join(export_dir, k.removesuffix("_dir")) for k in MODEL_DIRS},
+        {k: os.path.join(export_dir, k.removesuffix("_dir")) for k in MODEL_DIRS},
         semantic_rate=manifest["semantic_rate"],
         windows={s: Window(**w) for s, w in manifest["windows"].items()},
     )

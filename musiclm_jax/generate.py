@@ -26,62 +26,69 @@ from musiclm_jax.tokenizers.mulan import MuLanTokenizer
 from musiclm_jax.tokenizers.semantic import SemanticTokenizer
 from musiclm_jax.training.summaries import log
 
+# The five trained models' directories, the keys of `model_dirs` (w2v_bert_dir is optional: its
+# semantic tokenizer only serves continuations of audio prompts).
+MODEL_DIRS = ("mulan_dir", "semantic_stage_dir", "coarse_stage_dir", "fine_stage_dir", "soundstream_dir")
+OPTIONAL_MODEL_DIRS = ("w2v_bert_dir",)
+
+
+def check_model_dirs(model_dirs: Mapping[str, Optional[str]]) -> dict[str, str]:
+    """The model directories that are given (an optional one may be None), checked.
+
+    Args:
+      model_dirs: {key in MODEL_DIRS or OPTIONAL_MODEL_DIRS: directory}.
+    Returns:
+      The same mapping without the optional directories that are None.
+    Raises:
+      ValueError: a directory of MODEL_DIRS is missing, or a key is unknown.
+      FileNotFoundError: a given directory does not exist.
+    """
+    dirs = {k: v for k, v in model_dirs.items() if v is not None or k not in OPTIONAL_MODEL_DIRS}
+    missing, unknown = [k for k in MODEL_DIRS if k not in dirs], sorted(set(dirs) - {*MODEL_DIRS, *OPTIONAL_MODEL_DIRS})
+    if missing or unknown:
+        raise ValueError(
+            f"model_dirs needs {list(MODEL_DIRS)} (and may have {list(OPTIONAL_MODEL_DIRS)}); "
+            f"missing {missing}, unknown {unknown}"
+        )
+    for name, d in dirs.items():
+        if not d or not os.path.isdir(d):
+            raise FileNotFoundError(f"{name}={d!r} is not a directory (a `musiclm train` MODEL_DIR)")
+    return dirs
+
 
 def load_musiclm(
+    model_dirs: Mapping[str, Optional[str]],
     *,
-    mulan_dir: str,
-    semantic_stage_dir: str,
-    coarse_stage_dir: str,
-    fine_stage_dir: str,
-    soundstream_dir: str,
     semantic_rate: float = 25.0,
     windows: Optional[Mapping[str, Window]] = None,
-    w2v_bert_dir: Optional[str] = None,
 ) -> MusicLM:
     """The whole model from its five training directories (MuLan with its RVQ in mulan_rvq/).
 
     Args:
-      mulan_dir: MuLan's `musiclm train` directory, with its RVQ in mulan_rvq/ (`musiclm fit_mulan_rvq`).
-      semantic_stage_dir: the semantic stage's directory (a StageModel).
-      coarse_stage_dir: the coarse acoustic stage's directory (a StageModel).
-      fine_stage_dir: the fine acoustic stage's directory (a StageModel).
-      soundstream_dir: the SoundStream codec's directory; its sample_rate / hop_length is the acoustic rate.
+      model_dirs: the `musiclm train` directories (or params-only exports) by key: mulan_dir (with
+        its RVQ in mulan_rvq/, `musiclm fit_mulan_rvq`), semantic_stage_dir, coarse_stage_dir,
+        fine_stage_dir (StageModels), soundstream_dir (the codec; its sample_rate / hop_length is
+        the acoustic rate), and optionally w2v_bert_dir (with kmeans/), only to continue audio.
       semantic_rate: semantic tokens per second (w2v-BERT's frame rate; 25 at the paper config).
       windows: each stage's sliding Window or (seconds, stride); a stage left out (or None) slides its
         training crop (read from its config.gin; the paper's window when that is unknown).
-      w2v_bert_dir: w2v-BERT's directory (with kmeans/), only to continue audio prompts.
     Returns:
       A MusicLM with every model at its latest checkpoint.
     Raises:
       FileNotFoundError: a directory is missing (or has no model.json, or the RVQ / k-means is not fitted).
-      ValueError: a model.json names another kind of model, or the parts do not fit together (e.g. a
-        stage trained on another codec).
+      ValueError: a directory is not named, a model.json names another kind of model, or the parts do
+        not fit together (e.g. a stage trained on another codec).
     """
-    dirs = {
-        "mulan_dir": mulan_dir,
-        "semantic_stage_dir": semantic_stage_dir,
-        "coarse_stage_dir": coarse_stage_dir,
-        "fine_stage_dir": fine_stage_dir,
-        "soundstream_dir": soundstream_dir,
-    }
-    if w2v_bert_dir is not None:
-        dirs["w2v_bert_dir"] = w2v_bert_dir
-    for name, d in dirs.items():
-        if not d or not os.path.isdir(d):
-            raise FileNotFoundError(f"{name}={d!r} is not a directory (a `musiclm train` MODEL_DIR)")
-    stages = {
-        "semantic": model_io.load(semantic_stage_dir, kind="StageModel"),
-        "coarse": model_io.load(coarse_stage_dir, kind="StageModel"),
-        "fine": model_io.load(fine_stage_dir, kind="StageModel"),
-    }
-    semantic_tokenizer = SemanticTokenizer.from_model_dir(w2v_bert_dir) if w2v_bert_dir else None
-    codec = AcousticTokenizer.from_model_dir(soundstream_dir)
+    dirs = check_model_dirs(model_dirs)
+    stage_dirs = {stage: dirs[f"{stage}_stage_dir"] for stage in STAGES}
+    stages = {stage: model_io.load(d, kind="StageModel") for stage, d in stage_dirs.items()}
+    semantic_tokenizer = SemanticTokenizer.from_model_dir(dirs["w2v_bert_dir"]) if "w2v_bert_dir" in dirs else None
+    codec = AcousticTokenizer.from_model_dir(dirs["soundstream_dir"])
     rates = {"semantic": semantic_rate, "coarse": codec.sample_rate / codec.hop_length}
     rates["fine"] = rates["coarse"]
-    stage_dirs = {"semantic": semantic_stage_dir, "coarse": coarse_stage_dir, "fine": fine_stage_dir}
     chosen = {**crop_windows(stage_dirs, rates), **{k: w for k, w in (windows or {}).items() if w is not None}}
     return MusicLM(
-        MuLanTokenizer.from_model_dir(mulan_dir),
+        MuLanTokenizer.from_model_dir(dirs["mulan_dir"]),
         stages,
         codec,
         semantic_rate=semantic_rate,
@@ -147,11 +154,7 @@ def generate(
     seconds: float,
     prompts: Sequence[str] = (),
     prompt_file: Optional[str] = None,
-    mulan_dir: str,
-    semantic_stage_dir: str,
-    coarse_stage_dir: str,
-    fine_stage_dir: str,
-    soundstream_dir: str,
+    model_dirs: Mapping[str, Optional[str]],
     semantic_rate: float = 25.0,
     max_seconds: float = 300.0,
     seed: int = 0,
@@ -160,7 +163,6 @@ def generate(
     windows: Optional[Mapping[str, Window]] = None,
     story: Sequence[tuple[str, float]] = (),
     continue_from: Optional[str] = None,
-    w2v_bert_dir: Optional[str] = None,
     model: Optional[MusicLM] = None,
 ) -> list[dict]:
     """Generates every prompt (or the one story); returns the sidecars written (one per output).
@@ -173,11 +175,8 @@ def generate(
         segments' sum.
       prompts: the texts, one piece each.
       prompt_file: a file with one prompt per line (blank lines skipped), read after `prompts`.
-      mulan_dir: as `load_musiclm`; the five directories are also recorded in each sidecar.
-      semantic_stage_dir: as `load_musiclm`.
-      coarse_stage_dir: as `load_musiclm`.
-      fine_stage_dir: as `load_musiclm`.
-      soundstream_dir: as `load_musiclm`.
+      model_dirs: as `load_musiclm` (w2v_bert_dir is needed by `continue_from`); the five
+        directories are also recorded in each sidecar.
       semantic_rate: semantic tokens per second, as `load_musiclm`.
       max_seconds: the longest `seconds` accepted.
       seed: the sampling seed: same seed, models and settings, same tokens.
@@ -188,7 +187,6 @@ def generate(
         each segment's seconds; its prompt (file name, sidecar) is the texts joined by " | ".
       continue_from: an audio file to continue; the written audio starts with its codec reconstruction
         (prompt_seconds long) before the `seconds` of new music.
-      w2v_bert_dir: w2v-BERT's directory (with kmeans/), needed by `continue_from`.
       model: an already loaded MusicLM (e.g. `export.load_exported_musiclm`); the directories are then
         only recorded, and `semantic_rate` and `windows` are unused.
     Returns:
@@ -216,16 +214,9 @@ def generate(
     if not 0 < seconds <= max_seconds:
         raise ValueError(f"seconds must be in (0, max_seconds={max_seconds}], got {seconds}")
     settings = {**PAPER_SETTINGS, **(settings or {})}
-    dirs = dict(
-        mulan_dir=mulan_dir,
-        semantic_stage_dir=semantic_stage_dir,
-        coarse_stage_dir=coarse_stage_dir,
-        fine_stage_dir=fine_stage_dir,
-        soundstream_dir=soundstream_dir,
-    )
-    if continue_from and not (w2v_bert_dir or (model and model.semantic_tokenizer)):
+    if continue_from and not (model_dirs.get("w2v_bert_dir") or (model and model.semantic_tokenizer)):
         raise ValueError("continue_from needs w2v_bert_dir (the semantic tokenizer, with its kmeans/)")
-    model = model or load_musiclm(**dirs, semantic_rate=semantic_rate, windows=windows, w2v_bert_dir=w2v_bert_dir)
+    model = model or load_musiclm(model_dirs, semantic_rate=semantic_rate, windows=windows)
     prompt = {}
     if continue_from:
         audio, info = load_audio(continue_from, sample_rate=model.codec.sample_rate)  # AudioDecodeError: clear
@@ -251,7 +242,7 @@ def generate(
             "mulan_score": None if result.mulan_score is None else float(result.mulan_score[i]),
             "settings": {s: vars(settings[s]) for s in STAGES},
             "windows": {s: vars(model.windows[s]) for s in STAGES},
-            "models": dirs,
+            "models": {k: model_dirs.get(k) for k in MODEL_DIRS},
             "generation_seconds_all_prompts": elapsed,
             "file": stem + ".wav",
         }

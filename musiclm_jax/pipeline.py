@@ -205,20 +205,14 @@ def _generate(ctx: _Context, step: str) -> dict:
     texts = o["prompts"] or [p["caption"] for p in prompts]
     if o["prompts"]:  # the user's own prompts: nothing known about their attributes
         prompts = [{"caption": t, "labels": {}, "mentioned": []} for t in texts]
-    dirs = dict(
-        mulan_dir=ctx.dirs["mulan"],
-        semantic_stage_dir=ctx.dirs["semantic_stage"],
-        coarse_stage_dir=ctx.dirs["coarse_stage"],
-        fine_stage_dir=ctx.dirs["fine_stage"],
-        soundstream_dir=ctx.dirs["codec"],
-    )
-    model = generate_lib.load_musiclm(**dirs)  # each stage slides its training crop
+    dirs = {k: ctx.dirs["codec" if k == "soundstream_dir" else k.removesuffix("_dir")] for k in generate_lib.MODEL_DIRS}
+    model = generate_lib.load_musiclm(dirs)  # each stage slides its training crop
     windows = model.windows
     sidecars = generate_lib.generate(
         output_dir=ctx.dirs["generated"],
         seconds=o["seconds"],
         prompts=texts,
-        **dirs,
+        model_dirs=dirs,
         max_seconds=max(o["seconds"], 30.0),
         seed=o["seed"],
         num_candidates=o["num_candidates"],

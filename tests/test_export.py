@@ -21,7 +21,7 @@ SETTINGS = {"semantic": SamplingSettings(1.0, top_k=8, guidance_scale=1.5)}
 def bundle(tmp_path_factory, musiclm_model_dirs):
     out = str(tmp_path_factory.mktemp("export") / "bundle")
     manifest = export.export_musiclm(
-        out, seconds=0.5, settings=SETTINGS, platforms=("cpu", "tpu"), **musiclm_model_dirs
+        out, seconds=0.5, settings=SETTINGS, platforms=("cpu", "tpu"), model_dirs=musiclm_model_dirs
     )
     return out, manifest
 
@@ -30,7 +30,7 @@ def test_exported_generation_equals_the_training_checkpoint(bundle, musiclm_mode
     out, manifest = bundle
     assert manifest["platforms"] == ["cpu", "tpu"] and len(manifest["samplers"]) == 3
     exported = export.load_exported_musiclm(out)
-    reference = gen.load_musiclm(**musiclm_model_dirs)
+    reference = gen.load_musiclm(musiclm_model_dirs)
     a = exported.generate(TEXTS, 0.5, seed=4, settings=SETTINGS, num_candidates=2)
     b = reference.generate(TEXTS, 0.5, seed=4, settings=SETTINGS, num_candidates=2)
     np.testing.assert_array_equal(a.semantic_tokens, b.semantic_tokens)

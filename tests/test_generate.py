@@ -21,7 +21,7 @@ def dirs(musiclm_model_dirs):
 
 @pytest.fixture(scope="module")
 def musiclm(dirs):
-    return gen.load_musiclm(**dirs)
+    return gen.load_musiclm(dirs)
 
 
 def test_generate_lengths_determinism_and_reranking(musiclm):
@@ -57,7 +57,7 @@ def test_generate_writes_wav_json_png_and_refuses_bad_input(tmp_path, dirs, musi
         num_candidates=2,
         seed=7,
         model=musiclm,
-        **dirs,
+        model_dirs=dirs,
     )
     names = sorted(os.listdir(out))
     assert names == [
@@ -74,10 +74,13 @@ def test_generate_writes_wav_json_png_and_refuses_bad_input(tmp_path, dirs, musi
         (dict(prompts=["ok"], seconds=301), "seconds"),
     ]:
         with pytest.raises(ValueError, match=match):
-            gen.generate(output_dir=str(bad), **{"seconds": 1.0, **kwargs}, model=musiclm, **dirs)
+            gen.generate(output_dir=str(bad), **{"seconds": 1.0, **kwargs}, model=musiclm, model_dirs=dirs)
     with pytest.raises(FileNotFoundError, match="coarse_stage_dir"):
         gen.generate(
-            output_dir=str(bad), seconds=1.0, prompts=["ok"], **{**dirs, "coarse_stage_dir": str(tmp_path / "no")}
+            output_dir=str(bad),
+            seconds=1.0,
+            prompts=["ok"],
+            model_dirs={**dirs, "coarse_stage_dir": str(tmp_path / "no")},
         )
     with pytest.raises(ValueError, match="StageModel"):  # a MuLan directory where a stage belongs
         model_io.load(dirs["mulan_dir"], kind="StageModel")
@@ -139,8 +142,7 @@ def windowed(dirs, tokenizer_model_dirs):
     acoustic 0.1 s / 0.05 s = 20 / 10 frames at 200 Hz) and the semantic tokenizer, with every
     stage call recorded."""
     model = gen.load_musiclm(
-        **dirs,
-        w2v_bert_dir=tokenizer_model_dirs["w2v_bert_dir"],
+        {**dirs, "w2v_bert_dir": tokenizer_model_dirs["w2v_bert_dir"]},
         windows={"semantic": (0.4, 0.2), "coarse": (0.1, 0.05), "fine": (0.1, 0.05)},
     )
     calls = []
@@ -238,7 +240,7 @@ def test_continuation_starts_with_the_prompt_tokens(windowed, dirs, tmp_path):
     np.testing.assert_array_equal(result.semantic_tokens[0, :7], semantic[:7])
     # through `musiclm generate`: the sidecar records the prompt; a bad audio file is a clear error
     write_wav(tmp_path / "prompt.wav", audio, CODEC_SR)
-    kwargs = dict(seconds=0.3, prompts=["bright organ"], model=model, **dirs)
+    kwargs = dict(seconds=0.3, prompts=["bright organ"], model=model, model_dirs=dirs)
     [meta] = gen.generate(output_dir=str(tmp_path / "out"), continue_from=str(tmp_path / "prompt.wav"), **kwargs)
     assert meta["prompt_seconds"] == pytest.approx(0.28) and meta["continue_from"].endswith("prompt.wav")
     (tmp_path / "bad.wav").write_bytes(b"RIFF....WAVE")

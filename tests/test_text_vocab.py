@@ -11,7 +11,7 @@ import seqio
 import tensorflow as tf
 
 import gin
-from musiclm_jax.data import audio_tasks, pipeline, synthetic, text_vocab
+from musiclm_jax.data import audio_tasks, input_pipeline, synthetic, text_vocab
 
 SR = 16000
 
@@ -118,8 +118,8 @@ def test_task_with_vocabulary_batches_text_tokens_padded_with_minus_one(tmp_path
         assert task.output_features["text_tokens"].dtype == tf.int32
         assert not task.output_features["text_tokens"].add_eos
         # Through the batch pipeline, in order (shuffle off), one pass: 16 clips = 4 batches.
-        cfg = pipeline.DatasetConfig(name, {"audio": SR, "text_tokens": 32}, batch_size=4, shuffle=False)
-        batches = list(pipeline.BatchIterator(cfg, repeat=False))  # exhausted: no generator left mid-call
+        cfg = input_pipeline.DatasetConfig(name, {"audio": SR, "text_tokens": 32}, batch_size=4, shuffle=False)
+        batches = list(input_pipeline.BatchIterator(cfg, repeat=False))  # exhausted: no generator left mid-call
     finally:
         _unregister(name)
     assert len(batches) == 4
