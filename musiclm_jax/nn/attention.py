@@ -41,6 +41,18 @@ class MultiHeadAttention(nn.Module):
     param_dtype: Any = jnp.float32
     kernel_init: Any = None
 
+    @classmethod
+    def of_stack(cls, config: Any, name: str = "attention") -> "MultiHeadAttention":
+        """The self-attention of a layer of the stack that `config` (a StackConfig) describes."""
+        return cls(
+            num_heads=config.num_heads,
+            head_dim=config.head_dim,
+            dropout_rate=config.dropout_rate,
+            dtype=config.dtype,
+            param_dtype=config.param_dtype,
+            name=name,
+        )
+
     @nn.compact
     def __call__(self, x: Array, bias: Array, *, deterministic: bool = True, decode: bool = False) -> Array:
         """x: [batch, length, embed]; bias: float32, broadcastable to [batch, heads, length, keys]."""

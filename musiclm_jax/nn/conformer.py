@@ -164,14 +164,7 @@ class ConformerLayer(nn.Module):
         x = nn.with_logical_constraint(x, axes.EMBED_ACT)
         x = x + 0.5 * Mlp(cfg, name="ff_in", **ff)(x)
         h = norm("pre_attention_norm", **cfg.dtypes)(x)
-        h = MultiHeadAttention(
-            num_heads=cfg.num_heads,
-            head_dim=cfg.head_dim,
-            dropout_rate=cfg.dropout_rate,
-            dtype=cfg.dtype,
-            param_dtype=cfg.param_dtype,
-            name="attention",
-        )(h, bias, deterministic=self.deterministic)
+        h = MultiHeadAttention.of_stack(cfg)(h, bias, deterministic=self.deterministic)
         x = x + nn.Dropout(rate=cfg.dropout_rate)(h, deterministic=self.deterministic)
         x = x + ConvModule(cfg, self.deterministic, name="conv")(x, mask)
         x = x + 0.5 * Mlp(cfg, name="ff_out", **ff)(x)

@@ -55,14 +55,7 @@ class DecoderLayer(nn.Module):
         cfg = self.config
         x = nn.with_logical_constraint(x, axes.EMBED_ACT)
         h = norm("pre_attention_norm", rms=True, **cfg.dtypes)(x)
-        h = MultiHeadAttention(
-            num_heads=cfg.num_heads,
-            head_dim=cfg.head_dim,
-            dropout_rate=cfg.dropout_rate,
-            dtype=cfg.dtype,
-            param_dtype=cfg.param_dtype,
-            name="attention",
-        )(h, bias, deterministic=self.deterministic, decode=self.decode)
+        h = MultiHeadAttention.of_stack(cfg)(h, bias, deterministic=self.deterministic, decode=self.decode)
         h = nn.Dropout(rate=cfg.dropout_rate)(h, deterministic=self.deterministic)
         x = x + h
         h = norm("pre_mlp_norm", rms=True, **cfg.dtypes)(x)
