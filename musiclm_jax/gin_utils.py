@@ -124,9 +124,15 @@ def first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-# Modules that gin files import, under the names they had before (a user's own gin file may
-# still import the old one).
+# Modules that gin files import, and parameters they bind, under the names they had before (a
+# user's own gin file may still use the old one): the error names the new one.
 RENAMED_MODULES = {"musiclm_jax.models.gin_registry": "musiclm_jax.gin_registry"}
+_MODEL_DIR_ARGS = ("mulan_dir", "semantic_stage_dir", "coarse_stage_dir", "fine_stage_dir", "soundstream_dir")
+RENAMED_PARAMETERS = {
+    f"'{fn}' doesn't have a parameter named '{arg}'": f"{fn}.model_dirs (a dict; or the macro {arg.upper()})"
+    for fn in ("generate", "export_musiclm", "evaluate_text_to_music")
+    for arg in (*_MODEL_DIR_ARGS, "w2v_bert_dir")
+}
 
 
 def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
@@ -146,7 +152,8 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
         renamed = [f"{old} is now {new}" for old, new in RENAMED_MODULES.items() if old in str(e)]
         raise ConfigError(f"bad gin configuration: {first_line(e)}" + "".join(f"; {r}" for r in renamed)) from e
     except (ValueError, KeyError, SyntaxError, IOError) as e:
-        raise ConfigError(f"bad gin configuration: {first_line(e)}") from e
+        renamed = [new for old, new in RENAMED_PARAMETERS.items() if old in str(e)]
+        raise ConfigError(f"bad gin configuration: {first_line(e)}" + "".join(f"; now {r}" for r in renamed)) from e
     check_macros_read(bindings)
 
 

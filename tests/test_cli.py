@@ -176,5 +176,8 @@ def test_gin_names_its_renamed_modules_and_unread_macros(tmp_path):
         gin.clear_config()
         with pytest.raises(gin_utils.ConfigError, match="STEPZ.*did you mean STEPS"):
             gin_utils.parse([str(ok)], ["STEPZ = 4"])
+        gin.clear_config()
+        with pytest.raises(gin_utils.ConfigError, match="now generate.model_dirs .* MULAN_DIR"):
+            gin_utils.parse(["runs/generate.gin"], ["generate.mulan_dir = '/runs/mulan'"])
     finally:
         gin.clear_config()
