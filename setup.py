@@ -35,10 +35,18 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8",
     # `musiclm precompute` runs the token cache pipeline on Beam (DirectRunner locally, Dataflow at scale).
     "apache-beam[tfrecord]>=2.77,<2.78",
+    # gs:// model directories, token caches and exports (musiclm_jax/fileio.py: etils epath over fsspec).
+    "gcsfs>=2026.9",
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest>=8,<10", "pytest-timeout>=2.3", "ruff>=0.17,<0.18"],  # ruff: lint + format check in CI
+    "test": [
+        "pytest>=8,<10",
+        "pytest-timeout>=2.3",
+        "ruff>=0.17,<0.18",  # lint + format check in CI
+        "gcp-storage-emulator>=2026.7",  # a GCS API server on localhost for the gs:// tests
+        "uv>=0.13",  # tpu_scripts' `setup` makes the workers' Python 3.11 virtualenv with uv
+    ],
     # libtpu: runs on TPU VMs, and compiles for TPU topologies on any host (`musiclm aot`).
     "tpu": [f"jax[tpu]=={JAX_VERSION}"],
     # `export_tf.export_savedmodel`: a TF SavedModel of an export bundle (TensorFlow comes with

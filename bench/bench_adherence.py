@@ -177,8 +177,8 @@ def main() -> None:
 
     from musiclm_jax import pipeline
     from musiclm_jax.evaluation import eval_sets, text_to_music, token_probes
+    from musiclm_jax.fileio import write_json
     from musiclm_jax.generate import load_musiclm
-    from musiclm_jax.json_io import write_json
     from musiclm_jax.tokenizers.semantic import SemanticTokenizer
 
     d = os.path.abspath(args.pipeline_dir)

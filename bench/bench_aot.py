@@ -32,7 +32,7 @@ import time
 
 import machine  # bench/machine.py
 
-from musiclm_jax.json_io import write_json
+from musiclm_jax.fileio import write_json
 
 MESH_AXES = ("data", "fsdp", "model")
 

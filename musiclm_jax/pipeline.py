@@ -45,7 +45,7 @@ from musiclm_jax import gin_utils
 from musiclm_jax.evaluation import eval_sets, text_to_music
 from musiclm_jax.evaluation.embedders import MuLanAudioEmbedder
 from musiclm_jax.evaluation.eval_sets import held_out_prompts
-from musiclm_jax.json_io import write_json
+from musiclm_jax.fileio import write_json
 from musiclm_jax.tokenizers.acoustic import AcousticTokenizer
 from musiclm_jax.tokenizers.mulan import MuLanEmbedder
 from musiclm_jax.training.summaries import format_duration, log

@@ -59,3 +59,31 @@ def tiny_pipeline(tmp_path_factory):
     return model_dir, pipeline.run_pipeline(
         model_dir=model_dir, size="tiny", seconds=PIPELINE_SECONDS, num_prompts=2, train_captions_checked=64
     )
+
+
+# Object-store clients never look for cloud credentials or a metadata server beyond localhost.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # else gcsfs asks a gRPC API per bucket
+os.environ.setdefault("NO_GCE_CHECK", "true")
+os.environ.setdefault("GCE_METADATA_HOST", "127.0.0.1:9")  # google-auth
+os.environ.setdefault("GCE_METADATA_IP", "127.0.0.1:9")  # jax, TensorStore
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+    """A GCS JSON API server on localhost (the `gcp-storage-emulator` package) for the whole
+    session, with every client pointed at it through its documented setting (gcsfs and
+    google-cloud-storage: STORAGE_EMULATOR_HOST; TensorStore, orbax's arrays:
+    TENSORSTORE_GCS_HTTP_URL). Subprocesses inherit them. Returns the bucket URL ("gs://musiclm-test");
+    tests write under their own prefix in it."""
+    from emulators import start_gcs_emulator
+
+    server = start_gcs_emulator(tmp_path_factory.mktemp("gcs"), bucket="musiclm-test")
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    yield "gs://musiclm-test"
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

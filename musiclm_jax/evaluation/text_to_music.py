@@ -32,7 +32,7 @@ from musiclm_jax.evaluation import attributes, metrics, report
 from musiclm_jax.evaluation.attributes import predict_label_distributions
 from musiclm_jax.evaluation.eval_sets import EvalItem, adherence, detect
 from musiclm_jax.evaluation.report import REPORT_FILE
-from musiclm_jax.json_io import write_json
+from musiclm_jax.fileio import write_json
 from musiclm_jax.models.codec_losses import mel_distance, si_sdr
 from musiclm_jax.training import summaries
 from musiclm_jax.training.summaries import log
