@@ -68,7 +68,7 @@ def bench_decode(name: str, batch: int, tokens: int, runs: int) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--batch_scale", type=float, default=1.0)
     p.add_argument("--runs", type=int, default=5)

@@ -176,7 +176,7 @@ def table(results: dict) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--configs", default="semantic_stage/paper", help="comma-separated gin/models/<name>.gin")
     p.add_argument("--topologies", default="v4:2x2x1,v5e:2x2,v5p:2x2x1,v6e:2x2")
     p.add_argument("--meshes", default="dp,fsdp", help="comma-separated: dp, fsdp (or one fsdp=F,model=M)")

@@ -25,7 +25,9 @@ from musiclm_jax.evaluation import attributes  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--num", type=int, default=200, help="held-out clips")
     parser.add_argument("--duration", type=float, default=10.0, help="clip length, seconds")
     parser.add_argument("--sample-rate", type=int, default=16000)

@@ -128,7 +128,7 @@ def interleave(ours, refs: dict, repeats: int) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument(
         "--ref_python",

@@ -168,7 +168,9 @@ def export_rows(pipeline_dir: str, seconds: float, runs: int) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--pipeline_dir", required=True, help="a finished `musiclm pipeline` directory")
     parser.add_argument("--clips", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length for the metrics")

@@ -404,7 +404,7 @@ def bench_ref(ref: ReferenceWorker | None, batches: list[int], runs: int, ynn_va
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--runs", type=int, default=3, help="timed repeats per case (median), interleaved")
     p.add_argument("--batch", type=int, default=8, help="the larger batch (besides 1)")
     p.add_argument("--skip_ref", action="store_true", help="do not time audiolm-pytorch")

@@ -74,7 +74,7 @@ def bench_embed(name: str, runs: int, clip_seconds: float = 10.0, num_clips: int
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--paper", action="store_true", help="also the paper config (batch --paper_batch)")
     p.add_argument("--paper_batch", type=int, default=2)

@@ -51,7 +51,9 @@ def time_pass(folder: str, sample_rate: int) -> tuple[float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--files", type=int, default=20)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--rates", type=int, nargs="+", default=[24000, 16000])

@@ -145,7 +145,9 @@ def run_reference(runs: int) -> dict | None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     p.add_argument("--configs", default="tiny,small")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--decode-lengths", default="256,512,1024,2048")

@@ -26,7 +26,7 @@ def _time_pass(scores, sample_rate: int) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--examples", type=int, default=14)
     p.add_argument("--duration_s", type=float, default=10.0)
     p.add_argument("--repeats", type=int, default=5)

@@ -86,7 +86,7 @@ def bench_kmeans(dim: int, clusters: int, runs: int, points: int = 4096) -> dict
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--paper", action="store_true", help="also the paper config (batch --paper_batch)")
     p.add_argument("--paper_batch", type=int, default=1)
