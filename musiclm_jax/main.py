@@ -96,6 +96,7 @@ class _DropGinSearchMisses(logging.Filter):
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="musiclm",
+        allow_abbrev=False,
         description="MusicLM in JAX. Modes: " + "; ".join(f"{k}: {v}" for k, v in MODES.items()),
         epilog="Gin bindings: --gin.KEY=VALUE, e.g. --gin.MODEL_DIR=\"'/tmp/run'\" --gin.TRAIN_STEPS=100",
     )
@@ -193,8 +194,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _run_mode(args, configurables, gin_utils) -> int:
     from musiclm_jax.data.bad_input import NoUsableExamplesError
+    from musiclm_jax.training.partitioning import DistributedSetupError, maybe_initialize_distributed
     from musiclm_jax.training.trainer import NonFiniteError
 
+    if args.mode in ("train", "eval"):
+        # Before gin builds anything: a batch size counts the devices, which starts JAX's backend.
+        try:
+            maybe_initialize_distributed()
+        except DistributedSetupError as e:
+            return _failed("multi-host start-up", e)
     if args.mode == "train":
         try:
             configurables.train(on_start=gin_utils.write_config)

@@ -8,9 +8,10 @@ priority ordered: the first rule whose mesh axis is still free wins.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -41,17 +42,83 @@ DEFAULT_LOGICAL_AXIS_RULES: LogicalRules = (
 )
 
 
+COORDINATOR_PORT_ENV = "MUSICLM_COORDINATOR_PORT"  # the simulated pod's coordinator port (default 8482)
+DEFAULT_COORDINATOR_PORT = 8482  # JAX's own choice on Cloud TPU
+
+
+class DistributedSetupError(RuntimeError):
+    """The launch environment and the processes JAX sees disagree."""
+
+
+def on_tpu_vm() -> bool:
+    """A Cloud TPU VM: TPU chips on this host's PCI bus (JAX's own test), else TPU device files."""
+    try:
+        from jax._src import hardware_utils
+
+        return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
+    except Exception:  # a private helper: fall back to the device files TPU VMs have
+        return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+
+
+def detect_launch(environ: Optional[Mapping[str, str]] = None) -> Optional[tuple[str, dict, Optional[int]]]:
+    """How this process was launched: (what, jax.distributed.initialize kwargs, expected process
+    count or None if JAX finds it), or None for a single-process run.
+
+    In order: an explicit coordinator (JAX_COORDINATOR_ADDRESS, with JAX_NUM_PROCESSES and
+    JAX_PROCESS_ID); a Cloud TPU VM (JAX's documented way: initialize() with no arguments reads
+    the TPU metadata); a TPU_WORKER_HOSTNAMES list of several hosts with TPU_WORKER_ID on a host
+    without TPUs (a simulated pod: the coordinator is the first host); SLURM with several tasks.
+    """
+    env = os.environ if environ is None else environ
+    hosts = [h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
+    if "JAX_COORDINATOR_ADDRESS" in env:
+        kwargs = {"coordinator_address": env["JAX_COORDINATOR_ADDRESS"]}
+        if "JAX_NUM_PROCESSES" in env:
+            kwargs["num_processes"] = int(env["JAX_NUM_PROCESSES"])
+        if "JAX_PROCESS_ID" in env:
+            kwargs["process_id"] = int(env["JAX_PROCESS_ID"])
+        return "JAX_COORDINATOR_ADDRESS", kwargs, kwargs.get("num_processes")
+    if on_tpu_vm():
+        return "Cloud TPU VM", {}, len(hosts) if len(hosts) > 1 else None
+    if len(hosts) > 1:
+        if "TPU_WORKER_ID" not in env:
+            raise DistributedSetupError(f"TPU_WORKER_HOSTNAMES lists {len(hosts)} hosts but TPU_WORKER_ID is not set")
+        port = int(env.get(COORDINATOR_PORT_ENV, DEFAULT_COORDINATOR_PORT))
+        kwargs = {
+            "coordinator_address": f"{hosts[0]}:{port}",
+            "num_processes": len(hosts),
+            "process_id": int(env["TPU_WORKER_ID"]),
+        }
+        return "TPU_WORKER_HOSTNAMES", kwargs, len(hosts)
+    if int(env.get("SLURM_NTASKS", "1")) > 1:
+        return "SLURM", {}, int(env["SLURM_NTASKS"])
+    return None
+
+
 def maybe_initialize_distributed() -> None:
-    """Calls jax.distributed.initialize() on a multi-process launch (TPU pod, SLURM, or an
-    explicit coordinator), once. Single-process runs are left alone."""
+    """Joins the other processes of a multi-host launch (detect_launch), once; single-process
+    runs are left alone. Raises DistributedSetupError when the launch environment and the
+    processes JAX sees disagree."""
     if getattr(maybe_initialize_distributed, "_done", False):
         return
-    multi_host_tpu = len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
-    explicit = "JAX_COORDINATOR_ADDRESS" in os.environ
-    slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1
-    if multi_host_tpu or explicit or slurm:
-        jax.distributed.initialize()
-        logging.info("jax.distributed initialised: process %d of %d", jax.process_index(), jax.process_count())
+    launch = detect_launch()
+    if launch is not None:
+        what, kwargs, expected = launch
+        try:
+            jax.distributed.initialize(**kwargs)
+        except Exception as e:
+            raise DistributedSetupError(f"jax.distributed.initialize failed ({what}, {kwargs}): {e}") from e
+        if expected is not None and jax.process_count() != expected:
+            raise DistributedSetupError(
+                f"the launch ({what}) says {expected} processes, but JAX sees {jax.process_count()}"
+            )
+        logging.info(
+            "jax.distributed initialised (%s): process %d of %d, %d local devices",
+            what,
+            jax.process_index(),
+            jax.process_count(),
+            jax.local_device_count(),
+        )
     maybe_initialize_distributed._done = True
 
 
@@ -67,7 +134,8 @@ def _fill(sizes: Sequence[int], total: int, what: str) -> tuple[int, ...]:
             raise ValueError(f"{what} {sizes}: {total} devices are not divisible by {known}")
         sizes[sizes.index(-1)] = total // known
     if int(np.prod(sizes)) != total:
-        raise ValueError(f"{what} {sizes} covers {int(np.prod(sizes))} devices, but there are {total}")
+        hosts = f" ({jax.process_count()} processes)" if jax.process_count() > 1 else ""
+        raise ValueError(f"{what} {sizes} covers {int(np.prod(sizes))} devices, but there are {total}{hosts}")
     return tuple(sizes)
 
 
@@ -88,8 +156,11 @@ def create_mesh(
     else:
         try:
             device_array = mesh_utils.create_device_mesh(ici, devices)
-        except (ValueError, NotImplementedError, AssertionError):
-            # Simulated CPU devices and odd topologies have no physical layout to follow.
+        except (ValueError, NotImplementedError, AssertionError) as e:
+            if devices[0].platform == "tpu":  # a topology-blind order would cost ICI bandwidth
+                raise ValueError(f"no topology-aware TPU mesh for ici_mesh_shape {ici}: {e}") from e
+            # CPU (and GPU) devices have no physical layout to follow.
+            logging.info("mesh %s: devices in plain order (%s has no topology)", ici, devices[0].platform)
             device_array = np.asarray(devices).reshape(ici)
     return Mesh(device_array, MESH_AXES)
 
