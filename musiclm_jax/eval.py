@@ -4,14 +4,15 @@ eval task of the five trained models (`evaluate_text_to_music`). Keyword-only en
 from __future__ import annotations
 
 import json
-import os
 from typing import Mapping, Optional
 
 import jax
 
+from musiclm_jax import fileio
 from musiclm_jax.data.input_pipeline import BatchIterator, DatasetConfig
 from musiclm_jax.evaluation import embedders as embedders_lib
 from musiclm_jax.evaluation import eval_sets, text_to_music
+from musiclm_jax.evaluation.report import local_staging
 from musiclm_jax.generate import MODEL_DIRS, load_musiclm
 from musiclm_jax.models.base import BaseModel
 from musiclm_jax.run_setup import global_shapes, start_run
@@ -51,7 +52,7 @@ def evaluate_checkpoint(
     model_dir, partitioner = start_run(model_dir, partitioner, on_start)
     first = next(BatchIterator(eval_dataset_cfg, repeat=False))
     trainer = Trainer(model, partitioner, OptimizerConfig(), total_steps=1, input_shapes=global_shapes(first))
-    source = checkpoint_path or os.path.join(model_dir, "checkpoints")
+    source = checkpoint_path or fileio.join(model_dir, "checkpoints")
     params, step = checkpoints.restore_params(source, trainer.abstract_state.params)
     cfg = eval_dataset_cfg
     results = run_eval_batches(
@@ -61,19 +62,18 @@ def evaluate_checkpoint(
         eval_steps,
         f"split {cfg.split!r} of {cfg.mixture_or_task_name!r} in batches of {cfg.batch_size}",
     )
-    writer = summaries.create_writer(os.path.join(model_dir, "eval"))
+    writer = summaries.create_writer(fileio.join(model_dir, "eval"))
     writer.write_scalars(step, results)
-    summaries.write_eval_media(
-        writer,
-        step,
-        eval_media(trainer, params, first),
-        model.media_sample_rate(),
-        out_dir=os.path.join(model_dir, f"eval-{step}-media"),
-    )
+    # WAVs and PNGs are written by local-file libraries: staged locally, uploaded for a URL.
+    with local_staging(fileio.join(model_dir, f"eval-{step}-media"), create=False) as media_dir:
+        summaries.write_eval_media(
+            writer, step, eval_media(trainer, params, first), model.media_sample_rate(), out_dir=media_dir
+        )
     writer.flush()
     if jax.process_index() == 0:
-        with open(os.path.join(model_dir, f"eval-{step}.json"), "w") as f:
-            json.dump(
+        fileio.write_text(
+            fileio.join(model_dir, f"eval-{step}.json"),
+            json.dumps(
                 {
                     "step": step,
                     "checkpoint": source,
@@ -81,9 +81,9 @@ def evaluate_checkpoint(
                     "split": eval_dataset_cfg.split,
                     "metrics": results,
                 },
-                f,
                 indent=2,
-            )
+            ),
+        )
         model.write_eval_report(results, model_dir, step)
     summaries.log(
         "eval of step %d on %s/%s: %s",
@@ -159,7 +159,7 @@ def evaluate_text_to_music(
     if classifier:
         kwargs = dict(classifier_kwargs or {})
         if classifier == "synthetic_attributes":  # trained once, kept with the eval
-            kwargs.setdefault("directory", os.path.join(output_dir, "attribute_classifier"))
+            kwargs.setdefault("directory", fileio.join(output_dir, "attribute_classifier"))
         kld_classifier = text_to_music.get_classifier(classifier, **kwargs)
     return text_to_music.generate_and_score(
         output_dir,

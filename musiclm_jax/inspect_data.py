@@ -1,14 +1,14 @@
 """`musiclm inspect`: look at and listen to a task's examples instead of reading arrays.
 
 Writes each example as a WAV, one PNG sheet of their log-mel spectrograms titled with the
-captions, and `summary.json`; returns the summary (count, durations, sample rates).
+captions, and `summary.json`; returns the summary (count, durations, sample rates). The output
+directory may be a gs:// URL (musiclm_jax.fileio): every file appears whole, summary.json last.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from typing import Optional
 
@@ -16,6 +16,7 @@ import numpy as np
 import seqio
 from tqdm import tqdm
 
+from musiclm_jax import fileio
 from musiclm_jax.audio.io import write_wav
 from musiclm_jax.audio.plots import spectrogram_sheet
 from musiclm_jax.data import audio_tasks, tasks
@@ -72,7 +73,7 @@ def inspect_task(
     if split not in provider.splits:
         raise ValueError(f"task {task!r} has no split {split!r}; it has {', '.join(provider.splits)}")
     ds = provider.get_dataset(None, split=split, shuffle=False, seed=seed)
-    os.makedirs(output_dir, exist_ok=True)
+    fileio.makedirs(output_dir)
     examples, files = [], []
     iterator = ds.take(num_examples).as_numpy_iterator()
     try:
@@ -83,15 +84,12 @@ def inspect_task(
         del iterator  # free the generator-backed iterator now, not in a late garbage collection
     if not examples:
         raise ValueError(f"task {task!r} split {split!r} yielded no examples")
-    spectrogram_sheet(
-        [(f"{ex['id']}: {ex['caption']}", ex["audio"], ex["sample_rate"]) for ex in examples],
-        os.path.join(output_dir, "spectrograms.png"),
-    )
+    with fileio.local_output(fileio.join(output_dir, "spectrograms.png")) as png:
+        spectrogram_sheet([(f"{ex['id']}: {ex['caption']}", ex["audio"], ex["sample_rate"]) for ex in examples], png)
     summary = InspectSummary(
         task, split, len(examples), [f["duration_s"] for f in files], [f["sample_rate"] for f in files], files
     )
-    with open(os.path.join(output_dir, "summary.json"), "w") as f:
-        json.dump(dataclasses.asdict(summary), f, indent=1)
+    fileio.write_text(fileio.join(output_dir, "summary.json"), json.dumps(dataclasses.asdict(summary), indent=1))
     return summary
 
 
@@ -106,7 +104,8 @@ def _write_example(i: int, ex: dict, task: str, output_dir: str, examples: list,
         "sample_rate": int(ex["sample_rate"]),
     }
     name = f"{i:03d}_{_safe_name(rec['id'])}.wav"
-    write_wav(os.path.join(output_dir, name), audio, rec["sample_rate"])
+    with fileio.local_output(fileio.join(output_dir, name)) as wav:
+        write_wav(wav, audio, rec["sample_rate"])
     files.append(
         {
             "wav": name,

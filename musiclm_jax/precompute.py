@@ -23,8 +23,12 @@ this process; for large collections pass Dataflow options, e.g.
 shipped to the workers, so tasks registered from gin need no module import there).
 
 Idempotent at the granularity of one (split, input shard): a shard is finished once its
-TFRecord exists (written under a temporary name, then renamed), and a second run skips it; a
-split whose info/stats files exist is skipped without reading its source at all. A cache made
+TFRecord exists, and a second run skips it; a split whose info/stats files exist is skipped
+without reading its source at all. The output dir may be local or a gs:// URL: every file goes
+through musiclm_jax.fileio and appears whole. A shard's TFRecord is written to a local
+temporary file by tf.io.TFRecordWriter and then moved into place (renamed locally, uploaded as
+one object to a bucket) after its shards/ counts, so an existing TFRecord always has its counts;
+COMPLETED is written last. A cache made
 from another task, other model dirs or another shard count is refused, not mixed.
 
 Bad input never stops the run: the source counts what it cannot decode (data/bad_input.py),
@@ -38,7 +42,6 @@ from __future__ import annotations
 import collections
 import functools
 import logging
-import os
 import time
 from typing import Iterator, Optional, Sequence
 
@@ -46,6 +49,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from musiclm_jax import fileio
 from musiclm_jax.audio.io import resample
 from musiclm_jax.data import token_cache_tasks as layout
 from musiclm_jax.data.bad_input import BadInputReport, NoUsableExamplesError
@@ -214,7 +218,6 @@ def tokenize_shard(
         **tokenizers.meta(),
     }
     path = layout.shard_path(output_dir, split, shard, num_shards)
-    tmp = path + ".incomplete"
     t0 = last_log = time.perf_counter()
 
     def flush(chunk, writer):
@@ -231,37 +234,40 @@ def tokenize_shard(
                 stats["tokens"][k] += int(v.size)
                 stats["max_tokens"][k] = max(stats["max_tokens"][k], int(v.size))
 
-    with tf.io.TFRecordWriter(tmp) as writer:
-        chunk = []
-        for clip_id, caption, audio, sr in _shard_clips(task, source, split, shard, num_shards, stats["skipped"]):
-            audio = np.asarray(audio, np.float32)
-            why = _valid_clip(audio)
-            if why:
-                logger.warning("[%s] %s rejected: %s", split, clip_id, why)
-                stats["skipped"][TOKENIZER_REJECTED] += 1
-                continue
-            if chunk and chunk[0][3] != sr:
+    # TensorFlow's writer writes a local file (its own GCS client cannot be pointed at a test
+    # server); fileio moves it to `path` whole when the block ends: after the counts, last.
+    with fileio.local_output(path) as local:
+        with tf.io.TFRecordWriter(local) as writer:
+            chunk = []
+            for clip_id, caption, audio, sr in _shard_clips(task, source, split, shard, num_shards, stats["skipped"]):
+                audio = np.asarray(audio, np.float32)
+                why = _valid_clip(audio)
+                if why:
+                    logger.warning("[%s] %s rejected: %s", split, clip_id, why)
+                    stats["skipped"][TOKENIZER_REJECTED] += 1
+                    continue
+                if chunk and chunk[0][3] != sr:
+                    flush(chunk, writer)
+                    chunk = []
+                chunk.append((clip_id, caption, audio, sr))
+                if len(chunk) == MULAN_CHUNK:
+                    flush(chunk, writer)
+                    chunk = []
+                if time.perf_counter() - last_log > LOG_EVERY_S:
+                    last_log = time.perf_counter()
+                    logger.info(
+                        "precompute %s shard %d/%d: %d clips (%.1f clips/s)",
+                        split,
+                        shard + 1,
+                        num_shards,
+                        stats["clips"],
+                        stats["clips"] / (last_log - t0),
+                    )
+            if chunk:
                 flush(chunk, writer)
-                chunk = []
-            chunk.append((clip_id, caption, audio, sr))
-            if len(chunk) == MULAN_CHUNK:
-                flush(chunk, writer)
-                chunk = []
-            if time.perf_counter() - last_log > LOG_EVERY_S:
-                last_log = time.perf_counter()
-                logger.info(
-                    "precompute %s shard %d/%d: %d clips (%.1f clips/s)",
-                    split,
-                    shard + 1,
-                    num_shards,
-                    stats["clips"],
-                    stats["clips"] / (last_log - t0),
-                )
-        if chunk:
-            flush(chunk, writer)
-    stats = {k: dict(v) if isinstance(v, collections.Counter) else v for k, v in stats.items()}
-    layout.write_json(layout.shard_stats_path(output_dir, split, shard, num_shards), stats)
-    tf.io.gfile.rename(tmp, path, overwrite=True)  # last: the TFRecord's presence means "done"
+        stats = {k: dict(v) if isinstance(v, collections.Counter) else v for k, v in stats.items()}
+        layout.write_json(layout.shard_stats_path(output_dir, split, shard, num_shards), stats)
+    # Here the TFRecord is in place: its presence means "done" (its counts exist already).
     logger.info(
         "precompute %s shard %d/%d done: %d clips, %.0f s of audio, skipped %s",
         split,
@@ -309,15 +315,15 @@ class _TokenizeShards:
 def _check_model_dirs(model_dirs: dict) -> None:
     for arg, files in _REQUIRED_FILES.items():
         for name in files:
-            path = os.path.join(model_dirs[arg], name)
-            if not os.path.exists(path):
+            path = fileio.join(model_dirs[arg], name)
+            if not fileio.exists(path):
                 raise FileNotFoundError(f"precompute: {arg}={model_dirs[arg]!r} has no {name} ({path})")
 
 
 def _check_or_write_meta(output_dir: str, fingerprint: dict) -> dict:
     """Refuses to add to a cache made from another task, other models or another shard count."""
-    path = os.path.join(output_dir, layout.META_FILE)
-    meta = layout.read_json(path) if tf.io.gfile.exists(path) else {}
+    path = fileio.join(output_dir, layout.META_FILE)
+    meta = layout.read_json(path) if fileio.exists(path) else {}
     for key, value in fingerprint.items():
         if key == "num_shards":
             clash = {s: n for s, n in meta.get(key, {}).items() if s in value and n != value[s]}
@@ -334,7 +340,7 @@ def _check_or_write_meta(output_dir: str, fingerprint: dict) -> dict:
 
 
 def _split_done(output_dir: str, split: str) -> bool:
-    return tf.io.gfile.exists(seqio.utils.get_cached_info_path(output_dir, split)) and tf.io.gfile.exists(
+    return fileio.exists(seqio.utils.get_cached_info_path(output_dir, split)) and fileio.exists(
         seqio.utils.get_cached_stats_path(output_dir, split)
     )
 
@@ -422,12 +428,12 @@ def precompute_tokens(
     if not splits or any(s not in known for s in splits):
         raise ValueError(f"precompute: splits {list(splits)} must be some of task {task!r}'s {list(known)}")
     model_dirs = {
-        "mulan_dir": os.path.abspath(mulan_dir),
-        "w2v_bert_dir": os.path.abspath(w2v_bert_dir),
-        "soundstream_dir": os.path.abspath(soundstream_dir),
+        "mulan_dir": fileio.resolve(mulan_dir),
+        "w2v_bert_dir": fileio.resolve(w2v_bert_dir),
+        "soundstream_dir": fileio.resolve(soundstream_dir),
     }
     _check_model_dirs(model_dirs)
-    tf.io.gfile.makedirs(os.path.join(output_dir, layout.SHARD_STATS_DIR))
+    fileio.makedirs(fileio.join(output_dir, layout.SHARD_STATS_DIR))
     todo = [s for s in splits if not _split_done(output_dir, s)]
     meta = _check_or_write_meta(
         output_dir, {"task": task, "model_dirs": model_dirs, "num_shards": {s: num_shards for s in todo}}
@@ -436,7 +442,7 @@ def precompute_tokens(
         (s, i, num_shards)
         for s in todo
         for i in range(num_shards)
-        if not tf.io.gfile.exists(layout.shard_path(output_dir, s, i, num_shards))
+        if not fileio.exists(layout.shard_path(output_dir, s, i, num_shards))
     ]
     t0 = time.perf_counter()
     logger.info(
@@ -472,10 +478,9 @@ def precompute_tokens(
         summary["splits"][split] = _finish_split(output_dir, split, n)
     first = summary["splits"][splits[0]]
     meta.update({k: first[k] for k in layout.META_KEYS}, splits=sorted(set(meta.get("splits", [])) | set(splits)))
-    layout.write_json(os.path.join(output_dir, layout.META_FILE), meta)
-    with tf.io.gfile.GFile(os.path.join(output_dir, "COMPLETED"), "w") as f:
-        f.write("")
-    layout.write_json(os.path.join(output_dir, layout.SUMMARY_FILE), summary)
+    layout.write_json(fileio.join(output_dir, layout.META_FILE), meta)
+    layout.write_json(fileio.join(output_dir, layout.SUMMARY_FILE), summary)
+    fileio.write_text(fileio.join(output_dir, layout.COMPLETED_FILE), "")  # last
     for split, s in summary["splits"].items():
         logger.info(
             "precompute %s/%s: %d clips, %.1f s of audio, tokens %s, skipped %s",

@@ -20,6 +20,8 @@ import struct
 import numpy as np
 import soundfile as sf
 
+from musiclm_jax import fileio
+
 # Why a file cannot become a clip (the bad-input categories of decoding; data.bad_input counts them).
 CORRUPT = "corrupt"
 TRUNCATED = "truncated"
@@ -76,10 +78,24 @@ def load_audio(
     or gating), then scales it down if needed so the peak stays within [-1, 1] (so a very
     peaky clip can end below the target; `info.peak_limited` says so).
 
+    `path` may be an object-store URL (gs://...): the object is downloaded whole to a temporary
+    file to be decoded (libsndfile reads local files); errors and `info.path` name the URL.
+
     Raises AudioDecodeError: missing_file, empty_file, unknown_extension, corrupt,
     truncated (file shorter than its header or than `end_s`), non_finite, silent.
     """
     path = os.fspath(path)
+    if fileio.is_url(path):
+        if not fileio.isfile(path):
+            raise AudioDecodeError(MISSING_FILE, path, "no such file")
+        with fileio.local_copy(path) as local:
+            try:
+                audio, info = load_audio(
+                    local, sample_rate=sample_rate, start_s=start_s, end_s=end_s, normalize_db=normalize_db
+                )
+            except AudioDecodeError as e:
+                raise AudioDecodeError(e.category, path, e.detail.replace(local, path)) from e
+        return audio, dataclasses.replace(info, path=path)
     _check_file(path)
     frames, file_sr, file_frames = _read_frames(path, start_s, end_s)
     channels = frames.shape[1]

@@ -11,6 +11,10 @@ Splits are "train" and "validation". An explicit split in the data wins (a manif
 `validation_fraction` of the ids into validation, the same on every machine and run.
 Each `examples(split)` pass gets a fresh report (`self.report`, also `self.reports[split]`);
 a line too broken to know its split (`bad_manifest_line`) is counted in every split's report.
+
+Every path (manifest, CSV, folder, audio files) may be local or an object-store URL
+(gs://bucket/...), read through musiclm_jax.fileio; an audio file on a bucket is downloaded
+whole to a temporary file to be decoded.
 """
 
 from __future__ import annotations
@@ -18,15 +22,18 @@ from __future__ import annotations
 import ast
 import csv
 import dataclasses
+import fnmatch
 import glob
 import hashlib
+import io
 import json
 import logging
 import os
-from typing import Any, Iterator, Protocol
+from typing import IO, Any, Iterator, Protocol
 
 import numpy as np
 
+from musiclm_jax import fileio
 from musiclm_jax.audio.io import AUDIO_EXTENSIONS, AudioDecodeError, load_audio
 from musiclm_jax.data import bad_input
 from musiclm_jax.data.bad_input import BadInputReport
@@ -208,15 +215,15 @@ class ManifestSource(_AudioSource):
     _RESERVED = ("path", "caption", "id", "split", "start_s", "end_s")
 
     def __init__(self, manifest_path: str | os.PathLike, **kwargs: Any):
-        self.manifest_path = os.path.abspath(os.fspath(manifest_path))
+        self.manifest_path = fileio.resolve(manifest_path)
         self.name = f"manifest:{self.manifest_path}"
         super().__init__(**kwargs)
-        if not os.path.isfile(self.manifest_path):
+        if not fileio.isfile(self.manifest_path):
             raise FileNotFoundError(f"manifest not found: {self.manifest_path}")
 
     def _entries(self, split: str, report: BadInputReport) -> Iterator[_Entry]:
-        root = os.path.dirname(self.manifest_path)
-        with open(self.manifest_path, encoding="utf-8") as f:
+        root = fileio.dirname(self.manifest_path)
+        with _open_text(self.manifest_path) as f:
             for lineno, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -231,16 +238,29 @@ class ManifestSource(_AudioSource):
                     continue
                 if entry_split != split:
                     continue
-                path = os.path.join(root, os.path.expanduser(record["path"]))
                 labels = {k: v for k, v in record.items() if k not in self._RESERVED}
                 yield _Entry(
                     example_id,
-                    os.path.normpath(path),
+                    _resolve_against(root, record["path"]),
                     record.get("caption"),
                     labels,
                     _float_or_none(record.get("start_s")),
                     _float_or_none(record.get("end_s")),
                 )
+
+
+def _open_text(path: str, newline: str | None = None) -> IO[str]:
+    """A UTF-8 text stream of a local file or an object (read as it goes, not loaded whole)."""
+    return io.TextIOWrapper(fileio.open(path, "rb"), encoding="utf-8", newline=newline)
+
+
+def _resolve_against(root: str, path: str) -> str:
+    """A manifest's path: a URL as is, else relative to the manifest's folder (local or URL)."""
+    if fileio.is_url(path):
+        return fileio.resolve(path)
+    if fileio.is_url(root):
+        return fileio.resolve(fileio.join(root, path))
+    return os.path.normpath(os.path.join(root, os.path.expanduser(path)))
 
 
 def _parse_manifest_line(line: str, where: str, report: BadInputReport) -> dict | None:
@@ -272,18 +292,22 @@ class MusicCapsSource(_AudioSource):
     def __init__(
         self, csv_path: str | os.PathLike, audio_dir: str | os.PathLike, *, already_cropped: bool = False, **kwargs: Any
     ):
-        self.csv_path = os.path.abspath(os.fspath(csv_path))
-        self.audio_dir = os.path.abspath(os.fspath(audio_dir))
+        self.csv_path = fileio.resolve(csv_path)
+        self.audio_dir = fileio.resolve(audio_dir)
         self.already_cropped = already_cropped
         self.name = f"musiccaps:{self.csv_path}"
         super().__init__(**kwargs)
-        if not os.path.isfile(self.csv_path):
+        if not fileio.isfile(self.csv_path):
             raise FileNotFoundError(f"MusicCaps CSV not found: {self.csv_path}")
-        if not os.path.isdir(self.audio_dir):
+        if not fileio.isdir(self.audio_dir):
             raise FileNotFoundError(f"MusicCaps audio_dir not found: {self.audio_dir}")
+        self._listing: set[str] | None = None  # the names in a bucket's audio_dir, listed once
+
+    def __getstate__(self) -> dict:  # shipped to pipeline workers: each lists for itself
+        return {**self.__dict__, "_listing": None}
 
     def _entries(self, split: str, report: BadInputReport) -> Iterator[_Entry]:
-        with open(self.csv_path, newline="", encoding="utf-8") as f:
+        with _open_text(self.csv_path, newline="") as f:
             reader = csv.DictReader(f)
             missing = {"ytid", "start_s", "end_s", "caption"} - set(reader.fieldnames or ())
             if missing:
@@ -303,7 +327,7 @@ class MusicCapsSource(_AudioSource):
                 if path is None:
                     report.add(
                         bad_input.MISSING_FILE,
-                        os.path.join(self.audio_dir, f"{ytid}.*"),
+                        fileio.join(self.audio_dir, f"{ytid}.*"),
                         f"no audio for ytid {ytid} ({where})",
                     )
                     continue
@@ -311,6 +335,8 @@ class MusicCapsSource(_AudioSource):
                 yield _Entry(ytid, path, row.get("caption", "").strip(), labels, *crop)
 
     def _find_audio(self, ytid: str) -> str | None:
+        if fileio.is_url(self.audio_dir):
+            return self._find_audio_listed(ytid)
         for ext in AUDIO_EXTENSIONS:
             candidate = os.path.join(self.audio_dir, ytid + ext)
             if os.path.isfile(candidate):
@@ -324,6 +350,23 @@ class MusicCapsSource(_AudioSource):
             )
             if hits:
                 return hits[0]
+        return None
+
+    def _find_audio_listed(self, ytid: str) -> str | None:
+        """`_find_audio` on a bucket: the same rules over one listing of audio_dir (one request
+        per listing page, not several per ytid)."""
+        if self._listing is None:
+            self._listing = set(fileio.listdir(self.audio_dir))
+        for ext in AUDIO_EXTENSIONS:
+            if ytid + ext in self._listing:
+                return fileio.join(self.audio_dir, ytid + ext)
+        escaped = glob.escape(ytid)
+        for pattern in (f"[[]{escaped}]*", f"{escaped}_*"):
+            hits = sorted(
+                n for n in fnmatch.filter(self._listing, pattern) if os.path.splitext(n)[1].lower() in AUDIO_EXTENSIONS
+            )
+            if hits:
+                return fileio.join(self.audio_dir, hits[0])
         return None
 
 
@@ -369,15 +412,15 @@ class FolderSource(_AudioSource):
     """
 
     def __init__(self, folder: str | os.PathLike, **kwargs: Any):
-        self.folder = os.path.abspath(os.fspath(folder))
+        self.folder = fileio.resolve(folder)
         self.name = f"folder:{self.folder}"
         super().__init__(**kwargs)
-        if not os.path.isdir(self.folder):
+        if not fileio.isdir(self.folder):
             raise FileNotFoundError(f"audio folder not found: {self.folder}")
 
     def _entries(self, split: str, report: BadInputReport) -> Iterator[_Entry]:
-        for path in _walk_files(self.folder):
-            rel = os.path.relpath(path, self.folder)
+        for path, siblings in _walk_files(self.folder):
+            rel = path[len(self.folder) + 1 :] if fileio.is_url(self.folder) else os.path.relpath(path, self.folder)
             stem, ext = os.path.splitext(path)
             ext = ext.lower()
             if ext in _SIDECAR_EXTENSIONS:
@@ -387,26 +430,37 @@ class FolderSource(_AudioSource):
             if ext not in AUDIO_EXTENSIONS:
                 report.add(bad_input.UNKNOWN_EXTENSION, path, f"extension {ext!r} not in {AUDIO_EXTENSIONS}")
                 continue
-            caption, labels = _read_sidecar(stem, report)
+            caption, labels = _read_sidecar(stem, siblings, report)
             yield _Entry(rel, path, caption, labels)
 
 
-def _walk_files(folder: str) -> Iterator[str]:
-    """Files under `folder` in a sorted, deterministic order, skipping hidden entries."""
-    for root, dirs, files in os.walk(folder):
+def _walk_files(folder: str) -> Iterator[tuple[str, frozenset[str]]]:
+    """Files under `folder` in a sorted, deterministic order, skipping hidden entries; each with
+    the names of the files beside it (its sidecars are found there, without asking again)."""
+    for root, dirs, files in _walk_url(folder) if fileio.is_url(folder) else os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        siblings = frozenset(files)
         for name in sorted(files):
             if not name.startswith("."):
-                yield os.path.join(root, name)
+                yield fileio.join(root, name), siblings
 
 
-def _read_sidecar(stem: str, report: BadInputReport) -> tuple[str | None, dict]:
-    if os.path.isfile(stem + ".txt"):
-        with open(stem + ".txt", encoding="utf-8") as f:
+def _walk_url(folder: str) -> Iterator[tuple[str, list[str], list[str]]]:
+    """os.walk of a bucket folder (one listing per folder; pruning `dirs` in place works)."""
+    scheme = folder.split("://", 1)[0]
+    for root, dirs, files in fileio.path(folder).walk():
+        root = os.fspath(root)  # epath drops the scheme of the folders it walks
+        yield (root if fileio.is_url(root) else f"{scheme}://{root}"), dirs, files
+
+
+def _read_sidecar(stem: str, siblings: frozenset[str], report: BadInputReport) -> tuple[str | None, dict]:
+    name = fileio.basename(stem)
+    if name + ".txt" in siblings:
+        with _open_text(stem + ".txt") as f:
             return f.read().strip(), {}
-    if os.path.isfile(stem + ".json"):
+    if name + ".json" in siblings:
         try:
-            with open(stem + ".json", encoding="utf-8") as f:
+            with _open_text(stem + ".json") as f:
                 record = json.load(f)
             if not isinstance(record, dict):
                 raise ValueError("not a JSON object")

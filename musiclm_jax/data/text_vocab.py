@@ -12,7 +12,8 @@ with. Ids follow seqio's conventions (pad 0, eos 1, unk 2, no bos), so the file 
 
 Training is deterministic: captions are sorted, nothing is sampled or shuffled, so the same
 captions give the same model (and each host of a pod may train its own copy safely: the files
-are written under temporary names and renamed).
+are written under temporary names and renamed). The model dir may be a gs:// URL: the pair is
+trained locally and uploaded, .vocab first, .model last (each object whole).
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import tempfile
 import uuid
 from typing import Iterable, Optional
 
 import seqio
+
+from musiclm_jax import fileio
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +51,19 @@ def train_caption_vocabulary(
     """
     import sentencepiece as spm
 
+    if fileio.is_url(model_prefix_path):
+        with tempfile.TemporaryDirectory(prefix="musiclm-vocab-") as tmp:
+            local = train_caption_vocabulary(
+                captions,
+                os.path.join(tmp, fileio.basename(model_prefix_path)),
+                vocab_size=vocab_size,
+                seed=seed,
+                model_type=model_type,
+            )
+            prefix = fileio.resolve(model_prefix_path)
+            fileio.copy(local[: -len(".model")] + ".vocab", prefix + ".vocab")
+            fileio.copy(local, prefix + ".model")  # last: an existing .model means a complete pair
+        return prefix + ".model"
     if int(vocab_size) < 4:
         raise ValueError(f"vocab_size must be at least 4 (pad, eos, unk and one piece), got {vocab_size}")
     texts, num_empty = [], 0
@@ -129,7 +146,7 @@ def _set_model_prefix(model_path: str, name: str) -> None:
 
 
 def caption_vocabulary_path(model_dir: str) -> str:
-    return os.path.join(model_dir, VOCAB_DIRNAME, VOCAB_FILENAME)
+    return fileio.join(model_dir, VOCAB_DIRNAME, VOCAB_FILENAME)
 
 
 def caption_vocabulary(
@@ -153,7 +170,7 @@ def caption_vocabulary(
     if max_captions is not None and max_captions <= 0:
         raise ValueError(f"max_captions must be None (all) or positive, got {max_captions}")
     path = caption_vocabulary_path(model_dir)
-    if os.path.exists(path):
+    if fileio.exists(path):
         logger.info("caption vocabulary: using the existing %s", path)
         return path
     if source is None:
@@ -172,8 +189,9 @@ def caption_vocabulary(
 
 
 def load_caption_vocabulary(path: str) -> seqio.SentencePieceVocabulary:
-    """The SentencePiece model at `path` as a seqio vocabulary (checked to use seqio's ids)."""
-    if not os.path.isfile(path):
+    """The SentencePiece model at `path` as a seqio vocabulary (checked to use seqio's ids).
+    seqio reads the file with TensorFlow's file layer (its own GCS client for gs://)."""
+    if not fileio.isfile(path):
         raise FileNotFoundError(
             f"caption vocabulary {path} not found (train it with caption_vocabulary or train_caption_vocabulary)"
         )

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from musiclm_jax import fileio
 from musiclm_jax.data.sources import ManifestSource
 
 
@@ -88,8 +89,8 @@ class MusicManifest(tfds.core.GeneratorBasedBuilder):
 
 def manifest_config(manifest_path: str | os.PathLike, sample_rate: int, **kwargs) -> MusicManifestConfig:
     """A config named after the manifest and rate, so datasets of different manifests coexist."""
-    path = os.path.abspath(os.fspath(manifest_path))
-    stem = "".join(c if c.isalnum() else "_" for c in os.path.splitext(os.path.basename(path))[0]).lower()
+    path = fileio.resolve(manifest_path)
+    stem = "".join(c if c.isalnum() else "_" for c in os.path.splitext(fileio.basename(path))[0]).lower()
     digest = hashlib.sha256(path.encode("utf-8")).hexdigest()[:8]
     return MusicManifestConfig(
         name=f"{stem}_{sample_rate}hz_{digest}", manifest_path=path, sample_rate=int(sample_rate), **kwargs

@@ -19,26 +19,33 @@ Cache layout (one directory; seqio's offline-cache layout, so it is also readabl
 Task with a CacheDatasetPlaceholder through `use_cached=True` when it sits at
 <global cache dir>/<that task's name>):
 
-    COMPLETED                              seqio's marker: every requested split is finished
+    COMPLETED                              seqio's marker, written last: every requested split is finished
     info.<split>.json                      seqio: feature shapes/dtypes, num_shards
     stats.<split>.json                     seqio: examples, <feature>_tokens, <feature>_max_tokens
     <split>.tfrecord-00003-of-00008        tf.Example records of input shard 3 (int32 stored as int64)
     shards/<split>-00003-of-00008.json     that shard's counts (clips, seconds, tokens, bad inputs)
     precompute.json                        task, model dirs, token rates, levels, codebook sizes
     summary.json                           totals of the last run (also logged)
+
+The directory may be local or an object-store URL (gs://...): precompute writes every file
+through musiclm_jax.fileio, each whole (a local rename, or one object upload); a shard's
+TFRecord appears after its shards/ counts, and COMPLETED after everything else. The JSON
+files here are read through fileio too; the TFRecords are read by tf.data (TensorFlow's own
+GCS client for gs://).
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import os
 from typing import Optional, Sequence
 
 import seqio
 import tensorflow as tf
 
+from musiclm_jax import fileio
+
 META_FILE = "precompute.json"
+COMPLETED_FILE = "COMPLETED"  # seqio's marker, written last
 SUMMARY_FILE = "summary.json"
 SHARD_STATS_DIR = "shards"
 TOKEN_FEATURES = ("mulan_tokens", "mulan_window_tokens", "semantic_tokens", "acoustic_tokens")
@@ -55,7 +62,7 @@ def shard_path(cache_dir: str, split: str, shard: int, num_shards: int) -> str:
 
 
 def shard_stats_path(cache_dir: str, split: str, shard: int, num_shards: int) -> str:
-    return os.path.join(cache_dir, SHARD_STATS_DIR, f"{split}-{shard:05d}-of-{num_shards:05d}.json")
+    return fileio.join(cache_dir, SHARD_STATS_DIR, f"{split}-{shard:05d}-of-{num_shards:05d}.json")
 
 
 def info_dict(num_shards: int, acoustic_levels: int, mulan_levels: int) -> dict:
@@ -76,22 +83,18 @@ def info_dict(num_shards: int, acoustic_levels: int, mulan_levels: int) -> dict:
 
 
 def read_json(path: str) -> dict:
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
+    return fileio.read_json(path)
 
 
 def write_json(path: str, data: dict) -> None:
-    """Written to a temporary name and renamed: a crash never leaves half a file."""
-    tmp = path + ".tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    """Whole or absent (fileio: a local temporary file renamed, or one object upload)."""
+    fileio.write_json(path, data)
 
 
 def load_cache_meta(cache_dir: str) -> dict:
     """precompute.json of a finished cache, with a clear error when the cache is not there."""
-    meta_path = os.path.join(cache_dir, META_FILE)
-    if not tf.io.gfile.exists(meta_path) or not tf.io.gfile.exists(os.path.join(cache_dir, "COMPLETED")):
+    meta_path = fileio.join(cache_dir, META_FILE)
+    if not fileio.exists(meta_path) or not fileio.exists(fileio.join(cache_dir, COMPLETED_FILE)):
         raise FileNotFoundError(
             f"{cache_dir} is not a finished token cache (no {META_FILE} or COMPLETED): "
             "run `musiclm precompute` into it first"
@@ -243,7 +246,7 @@ def register_token_task(
     }
     splits = tuple(meta["splits"])
     for split in splits:
-        if not tf.io.gfile.exists(seqio.utils.get_cached_info_path(cache_dir, split)):
+        if not fileio.exists(seqio.utils.get_cached_info_path(cache_dir, split)):
             raise FileNotFoundError(f"{cache_dir}: split {split!r} is listed in {META_FILE} but has no info file")
     if name in seqio.TaskRegistry.names():
         if name not in _registered:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from musiclm_jax import fileio
 from musiclm_jax.data import synthetic
 
 # ---------------------------------------------------------------------------------------
@@ -283,7 +283,7 @@ def detector_accuracy(
 # Learned attribute classifier (for KLD between label distributions).
 
 CLASSIFIER_ATTRIBUTES = ("instrument", "tempo_class", "mode", "register", "drums", "loudness", "texture")
-_CONFIG_FILE, _PARAMS_FILE = "config.json", "params.msgpack"
+CONFIG_FILE, _PARAMS_FILE = "config.json", "params.msgpack"  # config.json written last
 
 
 @dataclasses.dataclass(frozen=True)
@@ -427,22 +427,19 @@ def save_classifier(directory: str, params: dict, config: ClassifierConfig) -> N
     """config.json + params.msgpack (flax msgpack, no pickle)."""
     import flax.serialization
 
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, _CONFIG_FILE), "w") as f:
-        f.write(config.to_json())
-    with open(os.path.join(directory, _PARAMS_FILE), "wb") as f:
-        f.write(flax.serialization.msgpack_serialize(params))
+    fileio.makedirs(directory)
+    # config.json last: it is what a reader checks for (the params are there once it exists).
+    fileio.write_bytes(fileio.join(directory, _PARAMS_FILE), flax.serialization.msgpack_serialize(params))
+    fileio.write_text(fileio.join(directory, CONFIG_FILE), config.to_json())
 
 
 def load_classifier(directory: str) -> tuple[dict, ClassifierConfig]:
     import flax.serialization
 
-    paths = [os.path.join(directory, name) for name in (_CONFIG_FILE, _PARAMS_FILE)]
-    missing = [p for p in paths if not os.path.exists(p)]
+    paths = [fileio.join(directory, name) for name in (CONFIG_FILE, _PARAMS_FILE)]
+    missing = [p for p in paths if not fileio.exists(p)]
     if missing:
         raise FileNotFoundError(f"attribute classifier directory {directory!r} lacks {', '.join(missing)}")
-    with open(paths[0]) as f:
-        config = ClassifierConfig.from_json(f.read())
-    with open(paths[1], "rb") as f:
-        params = flax.serialization.msgpack_restore(f.read())
+    config = ClassifierConfig.from_json(fileio.read_text(paths[0]))
+    params = flax.serialization.msgpack_restore(fileio.read_bytes(paths[1]))
     return params, config

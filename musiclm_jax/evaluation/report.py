@@ -1,20 +1,25 @@
 """The eval's HTML page: headline table, plots, and audio players for a sample of generations.
 
 One self-contained folder (report.html, plots/*.png, audio/*.wav with relative links) that a
-person opens in a browser, copies or serves as is. A small script on the page counts the plots
+person opens in a browser, copies or serves as is. The folder may be a gs:// URL: the page and
+its plots are made in a local staging folder and uploaded file by file, plots first, so an
+existing report.html has its plots. A small script on the page counts the plots
 and audio players the browser could load and writes the counts on <body> (data-images-loaded,
 data-audio-loaded): the render test in headless Chromium reads them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import html
 import os
-from typing import Mapping, Optional
+import tempfile
+from typing import Iterator, Mapping, Optional
 
 import numpy as np
 
+from musiclm_jax import fileio
 from musiclm_jax.audio.plots import spectrogram_sheet
 
 REPORT_FILE = "report.html"
@@ -227,6 +232,23 @@ def _sample_html(row: Mapping, png: Optional[str]) -> str:
     return "".join(parts) + "</div>"
 
 
+@contextlib.contextmanager
+def local_staging(directory: str, *, create: bool = True) -> Iterator[str]:
+    """A local folder to write `directory`'s files into with libraries that only write local
+    files (matplotlib, soundfile, TensorBoard's writer): `directory` itself when local (made
+    unless `create` is False); for a URL a temporary folder whose files are uploaded into
+    `directory` when the block ends cleanly (each file whole; the folder is complete when the
+    caller's marker, written after the block, exists)."""
+    if not fileio.is_url(directory):
+        if create:
+            fileio.makedirs(directory)
+        yield directory
+        return
+    with tempfile.TemporaryDirectory(prefix="musiclm-eval-") as local:
+        yield local
+        fileio.copytree(local, directory)
+
+
 def write_report(
     output_dir: str,
     results: Mapping,
@@ -237,10 +259,34 @@ def write_report(
     points: Mapping[str, tuple[np.ndarray, np.ndarray]],
     num_samples: int = 8,
 ) -> str:
-    """Writes output_dir/report.html and its plots (plots/*.png); the WAVs named in
-    results['items'] must already be in output_dir. Returns the page's path."""
-    plots_dir = os.path.join(output_dir, "plots")
-    os.makedirs(plots_dir, exist_ok=True)
+    """Writes output_dir/report.html and its plots (plots/*.png), the page last; the WAVs named
+    in results['items'] must already be in output_dir. Returns the page's path."""
+    with local_staging(fileio.join(output_dir, "plots")) as plots_dir:
+        page = _report_page(
+            plots_dir,
+            results,
+            references=references,
+            generated=generated,
+            sample_rate=sample_rate,
+            points=points,
+            num_samples=num_samples,
+        )
+    path = fileio.join(output_dir, REPORT_FILE)
+    fileio.write_text(path, page)
+    return path
+
+
+def _report_page(
+    plots_dir: str,
+    results: Mapping,
+    *,
+    references: np.ndarray,
+    generated: np.ndarray,
+    sample_rate: int,
+    points: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    num_samples: int,
+) -> str:
+    """Draws the plots into the local `plots_dir`; returns the page (links: plots/<name>)."""
     figures = [
         plot_adherence(results, os.path.join(plots_dir, "adherence.png")),
         plot_embeddings(points, results.get("fad", {}), os.path.join(plots_dir, "embeddings.png")),
@@ -250,7 +296,7 @@ def write_report(
     for k, row in enumerate(results["items"][:num_samples]):
         png = os.path.join(plots_dir, f"sample_{k:03d}.png")
         spectrogram_sheet([("generated", generated[k], sample_rate), ("reference", references[k], sample_rate)], png)
-        samples.append(_sample_html(row, os.path.relpath(png, output_dir)))
+        samples.append(_sample_html(row, f"plots/{os.path.basename(png)}"))
 
     title = html.escape(results.get("title", "eval"))
     headline = "".join(
@@ -274,11 +320,8 @@ def write_report(
         )
     for fig in figures:
         if fig:
-            body.append(f"<img src='{html.escape(os.path.relpath(fig, output_dir))}' alt='{os.path.basename(fig)}'>")
+            body.append(f"<img src='{html.escape('plots/' + os.path.basename(fig))}' alt='{os.path.basename(fig)}'>")
     body.append(f"<h2>Samples ({len(samples)} of {results['num_items']})</h2>")
     body.extend(samples)
     body.append(_SCRIPT + "</body></html>")
-    path = os.path.join(output_dir, REPORT_FILE)
-    with open(path, "w") as f:
-        f.write("\n".join(body))
-    return path
+    return "\n".join(body)

@@ -16,23 +16,26 @@ Metrics, in results.json, TensorBoard (output_dir/tensorboard) and report.html:
 - `codec/*`: mel distance, SI-SDR and bitrate of the references through the codec.
 
 `generated` lets a caller that already generated (the pipeline) skip generation.
+
+The output directory may be local or a gs:// URL (musiclm_jax.fileio): every file appears whole,
+and report.html is written last, so an eval whose report.html exists is complete (results.json,
+audio/, tensorboard/, plots/).
 Library code without gin: `musiclm eval --gin_file=runs/eval_text_to_music.gin` wraps it.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from musiclm_jax import fileio
 from musiclm_jax.audio.io import resample, write_wav
 from musiclm_jax.evaluation import attributes, metrics, report
 from musiclm_jax.evaluation.attributes import predict_label_distributions
 from musiclm_jax.evaluation.eval_sets import EvalItem, adherence, detect
-from musiclm_jax.evaluation.report import REPORT_FILE
-from musiclm_jax.fileio import write_json
+from musiclm_jax.evaluation.report import REPORT_FILE, local_staging
 from musiclm_jax.models.codec_losses import mel_distance, si_sdr
 from musiclm_jax.training import summaries
 from musiclm_jax.training.summaries import log
@@ -96,7 +99,7 @@ class SyntheticAttributeClassifier:
     def __init__(
         self, directory: Optional[str] = None, *, steps: int = 300, num_examples: int = 256, seconds: float = 4.0
     ):
-        if directory and os.path.exists(os.path.join(directory, "config.json")):
+        if directory and fileio.exists(fileio.join(directory, attributes.CONFIG_FILE)):
             self.params, self.config = attributes.load_classifier(directory)
             return
         log(
@@ -177,7 +180,7 @@ def generate_and_score(
     codec = codec if codec is not None else getattr(model, "codec", None)
     ref_rate = items[0].sample_rate
     seconds = float(seconds if seconds is not None else len(items[0].reference) / ref_rate)
-    os.makedirs(output_dir, exist_ok=True)
+    fileio.makedirs(output_dir)
     results: dict = {
         "title": title,
         "output_dir": output_dir,
@@ -229,8 +232,9 @@ def generate_and_score(
     )
     results["eval_wall_s"] = time.perf_counter() - t0
 
-    write_json(os.path.join(output_dir, RESULTS_FILE), results)
-    _write_tensorboard(os.path.join(output_dir, "tensorboard"), results, generated[:num_report_samples], rate)
+    fileio.write_json(fileio.join(output_dir, RESULTS_FILE), results)
+    with local_staging(fileio.join(output_dir, "tensorboard")) as logdir:
+        _write_tensorboard(logdir, results, generated[:num_report_samples], rate)
     report.write_report(
         output_dir,
         results,
@@ -244,7 +248,7 @@ def generate_and_score(
     log(
         "eval: %s; report in %s",
         ", ".join(f"{k} {v:.4g}" for k, v in headline.items()),
-        os.path.join(output_dir, REPORT_FILE),
+        fileio.join(output_dir, REPORT_FILE),
     )
     return results
 
@@ -315,7 +319,20 @@ def _write_items(
 ) -> list[dict]:
     """Every generation's WAV (and the first `num_samples` references') under output_dir/audio;
     returns the per-item rows of results.json (paths relative to output_dir)."""
-    os.makedirs(os.path.join(output_dir, "audio"), exist_ok=True)
+    with local_staging(fileio.join(output_dir, "audio")) as audio_dir:
+        return _write_wavs(audio_dir, items, generated, references, rate, detected, scores, num_samples)
+
+
+def _write_wavs(
+    audio_dir: str,
+    items: Sequence[EvalItem],
+    generated: np.ndarray,
+    references: np.ndarray,
+    rate: int,
+    detected: Sequence[dict],
+    scores: Optional[np.ndarray],
+    num_samples: int,
+) -> list[dict]:
     rows = []
     for k, item in enumerate(items):
         row = {
@@ -324,12 +341,12 @@ def _write_items(
             "labels": item.labels,
             "mentioned": item.mentioned,
             "detected": detected[k],
-            "generated_wav": os.path.join("audio", f"{k:03d}_generated.wav"),
+            "generated_wav": f"audio/{k:03d}_generated.wav",
         }
-        write_wav(os.path.join(output_dir, row["generated_wav"]), generated[k], rate)
+        write_wav(fileio.join(audio_dir, f"{k:03d}_generated.wav"), generated[k], rate)
         if k < num_samples:
-            row["reference_wav"] = os.path.join("audio", f"{k:03d}_reference.wav")
-            write_wav(os.path.join(output_dir, row["reference_wav"]), references[k], rate)
+            row["reference_wav"] = f"audio/{k:03d}_reference.wav"
+            write_wav(fileio.join(audio_dir, f"{k:03d}_reference.wav"), references[k], rate)
         if scores is not None:
             row["mulan_score"] = float(scores[k])
         rows.append(row)
