@@ -196,11 +196,20 @@ def is_bound(configurable: str, parameter: str) -> bool:
 
 
 def write_config(model_dir: str, filename: str = "config.gin") -> str:
-    """Writes the operative config (every binding actually used so far) to model_dir."""
-    path = os.path.join(model_dir, filename)
-    with open(path, "w") as f:
-        f.write(gin.operative_config_str())
+    """Writes the operative config (every binding actually used so far) to model_dir (a local
+    path or a URL); only process 0 of a multi-host run writes."""
+    from musiclm_jax import fileio
+
+    path = fileio.join(model_dir, filename)
+    if _process_index() == 0:
+        fileio.write_text(path, gin.operative_config_str())
     return path
+
+
+def _process_index() -> int:
+    import jax
+
+    return jax.process_index()
 
 
 def global_batch_size(

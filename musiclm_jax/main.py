@@ -204,10 +204,14 @@ def _run_mode(args, configurables, gin_utils) -> int:
         except DistributedSetupError as e:
             return _failed("multi-host start-up", e)
     if args.mode == "train":
+        from musiclm_jax.train import ModelDirMismatchError
+
         try:
             configurables.train(on_start=gin_utils.write_config)
         except NonFiniteError as e:
             return _failed("training stopped", e)
+        except ModelDirMismatchError as e:
+            return _failed("train", e)
         return 0
     if args.mode == "eval":
         from musiclm_jax.training.checkpoints import CheckpointError

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Mapping, Optional
 
 import jax
 import numpy as np
 
+from musiclm_jax import fileio
 from musiclm_jax.training.partitioning import Partitioner, maybe_initialize_distributed
 
 
 def start_run(model_dir: str, partitioner: Optional[Partitioner], on_start: Optional[Callable[[str], None]]):
-    """Returns (absolute model_dir, partitioner) after creating the dir and calling on_start."""
+    """Returns (model_dir resolved: absolute, or the URL as given; partitioner) after creating
+    the dir and calling on_start (which writes files: on process 0 only)."""
     maybe_initialize_distributed()
     partitioner = partitioner or Partitioner()
-    model_dir = os.path.abspath(os.path.expanduser(model_dir))
-    os.makedirs(model_dir, exist_ok=True)
-    if on_start is not None:
+    model_dir = fileio.resolve(model_dir)
+    fileio.makedirs(model_dir)
+    if on_start is not None and jax.process_index() == 0:
         on_start(model_dir)
     return model_dir, partitioner
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import time
 from typing import Callable, Optional, Sequence
 
 import jax
 import numpy as np
 
+from musiclm_jax import fileio
 from musiclm_jax.data.input_pipeline import BatchIterator, DatasetConfig
 from musiclm_jax.models.base import BaseModel
 from musiclm_jax.run_setup import global_shapes, start_run
@@ -56,6 +56,7 @@ def train(
     peak_flops_per_device: Optional[float] = None,
     on_start: Optional[Callable[[str], None]] = None,
     actions: Sequence[BaseAction] = (),
+    allow_config_change: bool = False,
 ) -> TrainState:
     """Trains `model` for `train_steps` steps (resuming from model_dir) and returns the state.
 
@@ -63,18 +64,24 @@ def train(
     `eval_dataset_cfg` and `eval_period` the periodic eval with its media and the model's
     warnings; then `actions`, the caller's own. Raises NonFiniteError if the loss or gradients
     stop being finite; the last good checkpoint is then the latest one in model_dir.
+
+    Before anything is written, the model configuration is compared with the one model_dir
+    holds (model.json): a difference raises ModelDirMismatchError naming the first differing
+    field, unless `allow_config_change`, which is then recorded in config-changes.json. Only
+    process 0 writes files outside the checkpoints (config.gin through `on_start`, model.json,
+    model-info.txt, TensorBoard events, eval media).
     """
     if train_steps <= 0:
         raise ValueError(f"train_steps must be positive, got {train_steps}")
-    model_dir, partitioner = start_run(model_dir, partitioner, on_start)
-
+    model_dir, partitioner = start_run(model_dir, partitioner, on_start=None)
     ckpt = checkpoints.Checkpointer(
-        os.path.join(model_dir, "checkpoints"),
+        fileio.join(model_dir, "checkpoints"),
         save_every=checkpoint_period,
         keep=keep_checkpoints,
         async_save=async_checkpointing,
     )
     latest = ckpt.latest_step()
+    change = check_model_config(model_dir, model.config_dict(), allow_change=allow_config_change, step=latest)
     needs_trained = model.requires_trained_params()
     if needs_trained and latest is None and not restore_params_from:
         raise ValueError(
@@ -89,11 +96,14 @@ def train(
     )
 
     if jax.process_index() == 0:
-        with open(os.path.join(model_dir, "model-info.txt"), "w") as f:
-            f.write(trainer.model_info())
+        if change:
+            fileio.write_json(fileio.join(model_dir, CONFIG_CHANGES_FILE), change)
+        if on_start is not None:
+            _keep_previous_config(model_dir, latest)
+            on_start(model_dir)
+        fileio.write_text(fileio.join(model_dir, "model-info.txt"), trainer.model_info())
         if model.config_dict() is not None:
-            with open(os.path.join(model_dir, "model.json"), "w") as f:
-                json.dump(model.config_dict(), f, indent=1)
+            fileio.write_text(fileio.join(model_dir, "model.json"), json.dumps(model.config_dict(), indent=1))
 
     if latest is not None:
         state, data_state = ckpt.restore(latest, trainer.abstract_state)
@@ -128,8 +138,8 @@ def train(
         f"{flops:.3g}" if flops else "unknown",
     )
 
-    writer = summaries.create_writer(os.path.join(model_dir, "train"))
-    eval_writer = summaries.create_writer(os.path.join(model_dir, "eval")) if eval_dataset_cfg else None
+    writer = summaries.create_writer(fileio.join(model_dir, "train"))
+    eval_writer = summaries.create_writer(fileio.join(model_dir, "eval")) if eval_dataset_cfg else None
     actions = [
         *default_actions(eval_dataset_cfg, eval_writer, eval_period=eval_period, eval_steps=eval_steps),
         *actions,
@@ -212,3 +222,60 @@ def default_actions(
             EvalWarnings(eval_writer),
         ]
     return actions
+
+
+CONFIG_CHANGES_FILE = "config-changes.json"
+
+
+class ModelDirMismatchError(ValueError):
+    """The model directory holds a model of another configuration."""
+
+
+def first_difference(old, new, where: str = "") -> Optional[str]:
+    """The first field where two JSON trees differ, as 'path: old -> new' (None if equal)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new), key=str):
+            if k not in old or k not in new:
+                side = "absent" if k not in old else repr(old[k])
+                return f"{where}{k}: {side} -> {'absent' if k not in new else repr(new[k])}"
+            found = first_difference(old[k], new[k], f"{where}{k}.")
+            if found:
+                return found
+        return None
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new)):
+            found = first_difference(a, b, f"{where}{i}.")
+            if found:
+                return found
+        return None
+    return None if old == new else f"{where.rstrip('.')}: {old!r} -> {new!r}"
+
+
+def check_model_config(model_dir: str, config: Optional[dict], *, allow_change: bool, step: Optional[int]) -> list:
+    """Compares `config` with model_dir's model.json before anything is written. Returns the
+    updated list of recorded changes when a difference is allowed, else [] (nothing to record).
+    Raises ModelDirMismatchError on a difference that is not allowed."""
+    stored_path = fileio.join(model_dir, "model.json")
+    if config is None or not fileio.exists(stored_path):
+        return []
+    new = json.loads(json.dumps(config))  # tuples -> lists, as stored
+    diff = first_difference(fileio.read_json(stored_path), new)
+    if diff is None:
+        return []
+    if not allow_change:
+        raise ModelDirMismatchError(
+            f"{model_dir} holds a model of another configuration (model.json), first difference {diff}; "
+            "use a new MODEL_DIR, or --gin.train.allow_config_change=True to train on (recorded in "
+            f"{CONFIG_CHANGES_FILE})"
+        )
+    summaries.warn_loudly(f"model configuration changed in {model_dir} at step {step or 0}: {diff}")
+    changes_path = fileio.join(model_dir, CONFIG_CHANGES_FILE)
+    changes = fileio.read_json(changes_path) if fileio.exists(changes_path) else []
+    return [*changes, {"step": step or 0, "first_difference": diff, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}]
+
+
+def _keep_previous_config(model_dir: str, latest: Optional[int]) -> None:
+    """A resumed run's config.gin replaces the last one; the last one stays as config-step<N>.gin."""
+    path = fileio.join(model_dir, "config.gin")
+    if latest is not None and fileio.exists(path):
+        fileio.copy(path, fileio.join(model_dir, f"config-step{latest}.gin"))

@@ -5,18 +5,20 @@ A checkpoint step holds three items, so that parameters can be restored on their
   params   the model parameters
   state    step, optimiser state and parameter EMA
   data     JSON: the data iterator's position and the run's shapes
-Orbax writes each step into a temporary directory and renames it when complete, so a
-crash during a save leaves the previous step as the latest valid one.
+A crash during a save leaves the previous step as the latest valid one: on a local disk orbax
+writes each step into a temporary directory and renames it when complete; on an object store
+(no rename) it writes a commit marker last, and a step without it is never listed or restored.
+Directories may be local paths or URLs (gs://).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
 
+from musiclm_jax import fileio
 from musiclm_jax.training.train_state import TrainState
 
 
@@ -30,7 +32,7 @@ def _state_item(state: TrainState) -> dict:
 
 class Checkpointer:
     def __init__(self, directory: str, *, save_every: int = 1000, keep: Optional[int] = 3, async_save: bool = True):
-        self.directory = os.path.abspath(os.fspath(directory))
+        self.directory = fileio.resolve(directory)
         self.save_every = save_every
         self._manager = ocp.CheckpointManager(
             self.directory,
@@ -88,12 +90,12 @@ class Checkpointer:
 
 def restore_params(path: str, abstract_params: Any) -> tuple[Any, int]:
     """Parameters only, from a model dir (its latest step) or one step's directory."""
-    path = os.path.abspath(os.fspath(path))
+    path = fileio.resolve(path)
     directory, step = path, None
-    base = os.path.basename(path.rstrip("/"))
-    if base.isdigit() and os.path.isdir(os.path.join(path, "params")):
-        directory, step = os.path.dirname(path.rstrip("/")), int(base)
-    if not os.path.isdir(directory):
+    base = fileio.basename(path)
+    if base.isdigit() and fileio.isdir(fileio.join(path, "params")):
+        directory, step = fileio.dirname(path), int(base)
+    if not fileio.isdir(directory):
         raise CheckpointError(f"no checkpoint directory at {path}")
     manager = ocp.CheckpointManager(
         directory,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from typing import Mapping, Optional
 
@@ -11,10 +12,40 @@ import jax
 import numpy as np
 from clu import metric_writers
 
+from musiclm_jax import fileio
 
-def create_writer(logdir: str) -> metric_writers.MetricWriter:
-    # Only process 0 writes event files; the others log.
-    return metric_writers.create_default_writer(logdir, just_logging=jax.process_index() > 0, asynchronous=True)
+
+def create_writer(logdir: str):
+    """A TensorBoard writer for `logdir` (a local path or a URL). Only process 0 writes event
+    files; the others log. For a URL the events are written to a local folder and copied to
+    `logdir` at every flush: TensorFlow's own GCS client (which tf.summary would use) cannot be
+    pointed at a test server, and one path layer (fileio) serves every store."""
+    just_logging = jax.process_index() > 0
+    if just_logging or not fileio.is_url(logdir):
+        return metric_writers.create_default_writer(logdir, just_logging=just_logging, asynchronous=True)
+    return MirroredWriter(logdir)
+
+
+class MirroredWriter:
+    """A clu writer on a local folder whose event files are copied to a URL at each flush (whole
+    files: a reader sees the events up to the last flush)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self._local = tempfile.mkdtemp(prefix="musiclm-events-")
+        self._writer = metric_writers.create_default_writer(self._local, asynchronous=True)
+
+    def __getattr__(self, name):  # write_scalars, write_images, write_audios, ...
+        return getattr(self._writer, name)
+
+    def flush(self) -> None:
+        self._writer.flush()
+        for name in os.listdir(self._local):
+            fileio.copy(os.path.join(self._local, name), fileio.join(self.url, name))
+
+    def close(self) -> None:
+        self.flush()
+        self._writer.close()
 
 
 def write_eval_media(
@@ -36,16 +67,17 @@ def write_eval_media(
     writer.write_audios(step, {f"audio/{k}": v[..., None] for k, v in media.items()}, sample_rate=sample_rate)
     if jax.process_index() != 0:
         return
-    if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
     images = {}
     for i in range(min(len(v) for v in media.values())):
         rows = [(f"example {i}: {name} (step {step})", v[i], sample_rate) for name, v in media.items()]
-        png = os.path.join(out_dir, f"example_{i}.png") if out_dir else None
-        images[f"spectrogram/example_{i}"] = spectrogram_sheet(rows, png)
-        if out_dir:
-            for name, v in media.items():
-                write_wav(os.path.join(out_dir, f"example_{i}_{name}.wav"), v[i], sample_rate)
+        if not out_dir:
+            images[f"spectrogram/example_{i}"] = spectrogram_sheet(rows, None)
+            continue
+        with fileio.local_output(fileio.join(out_dir, f"example_{i}.png")) as png:
+            images[f"spectrogram/example_{i}"] = spectrogram_sheet(rows, png)
+        for name, v in media.items():
+            with fileio.local_output(fileio.join(out_dir, f"example_{i}_{name}.wav")) as wav:
+                write_wav(wav, v[i], sample_rate)
     writer.write_images(step, images)
 
 
