@@ -10,6 +10,12 @@ parameters may be stored in bfloat16 (half the bytes); they are restored in the 
 asks for. export.json lists the SHA-256 of every file: a loader refuses an export whose files
 changed (`check_export`), naming the file.
 
+`output_dir` and the model directories may be object-store URLs (gs://bucket/export). An export
+writes export.incomplete first and export.json last (then deletes the marker), so a reader can
+rely on this: a directory with export.json is complete (and its hashes check every file); one
+with export.incomplete and no export.json is refused as incomplete (`ExportError`), whatever the
+store (object stores have no atomic rename of a directory).
+
 `export_musiclm` also serialises, with `jax.export` (StableHLO, for cpu and tpu), each stage's
 sampling function for every window shape a generation of `seconds` needs, and the codec
 decoder, with a symbolic batch dimension (prompts x candidates). The functions take the
@@ -22,47 +28,58 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musiclm_jax import model_io
+from musiclm_jax import fileio, model_io
 from musiclm_jax.generate import MODEL_DIRS, load_musiclm
-from musiclm_jax.model_io import EXPORT_FILE, ExportError, check_export  # noqa: F401  (re-exported)
+from musiclm_jax.model_io import EXPORT_FILE, INCOMPLETE_FILE, ExportError, check_export  # noqa: F401  (re-exported)
 from musiclm_jax.models.musiclm import PAPER_SETTINGS, STAGES, Window
 
 FUNCTIONS_DIR = "functions"
 COPIED = ("model.json", "config.gin", "text_vocab", "mulan_rvq", "kmeans")
 
 
+def _relative_files(directory: str, prefix: str = "") -> list[str]:
+    """Every file under `directory`, as '/'-separated paths relative to it."""
+    out = []
+    for name in fileio.listdir(directory):
+        path = fileio.join(directory, name)
+        if fileio.isdir(path):
+            out += _relative_files(path, f"{prefix}{name}/")
+        else:
+            out.append(prefix + name)
+    return out
+
+
 def _file_hashes(directory: str) -> dict[str, str]:
-    out = {}
-    for root, _, files in os.walk(directory):
-        for name in files:
-            path = os.path.join(root, name)
-            rel = os.path.relpath(path, directory)
-            if rel != EXPORT_FILE:
-                out[rel] = model_io.sha256(path)
-    return dict(sorted(out.items()))
+    return {
+        rel: model_io.sha256(fileio.join(directory, *rel.split("/")))
+        for rel in sorted(_relative_files(directory))
+        if rel not in (EXPORT_FILE, INCOMPLETE_FILE)
+    }
 
 
 def _write_manifest(directory: str, info: Mapping[str, Any]) -> dict:
+    """export.json, written last (whole: a temporary name renamed locally, one object on a store),
+    then the export.incomplete marker is deleted: the export is complete once export.json exists."""
     manifest = {**info, "files": _file_hashes(directory)}
-    tmp = os.path.join(directory, EXPORT_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, os.path.join(directory, EXPORT_FILE))  # written last: a crash leaves no manifest
+    fileio.write_text(fileio.join(directory, EXPORT_FILE), json.dumps(manifest, indent=1))
+    fileio.remove(fileio.join(directory, INCOMPLETE_FILE))
     return manifest
 
 
 def _fresh_dir(output_dir: str) -> None:
-    if os.path.exists(output_dir) and os.listdir(output_dir):
+    """Creates the export directory (absent or empty) holding only the export.incomplete marker."""
+    if fileio.exists(output_dir) and fileio.listdir(output_dir):
         raise FileExistsError(f"{output_dir} exists and is not empty: export into a new directory")
-    os.makedirs(output_dir, exist_ok=True)
+    fileio.makedirs(output_dir)
+    fileio.write_text(
+        fileio.join(output_dir, INCOMPLETE_FILE), f"an export in progress: complete once {EXPORT_FILE} exists\n"
+    )
 
 
 def export_checkpoint(
@@ -74,11 +91,12 @@ def export_checkpoint(
     Args:
       model_dir: a `musiclm train` directory of any kind (StageModel, MuLan, W2vBert, SoundStream).
       output_dir: the new directory: absent or empty. Gets model.json, config.gin, text_vocab/,
-        mulan_rvq/ and kmeans/ (those `model_dir` has), checkpoints/<step>/params and, last, export.json.
+        mulan_rvq/ and kmeans/ (those `model_dir` has), checkpoints/<step>/params and, last, export.json
+        (export.incomplete is there meanwhile). A local path or an object-store URL.
       step: the checkpoint to export; None for the latest.
       dtype: cast floating parameters to this dtype (integer ones are kept); None stores them as trained.
     Returns:
-      The export.json written: model (the kind), source (absolute `model_dir`), step, dtype ('as
+      The export.json written: model (the kind), source (absolute `model_dir`, or its URL), step, dtype ('as
       trained' when None) and files ({relative path: SHA-256} of every other file).
     Raises:
       FileNotFoundError: `model_dir` has no model.json or no checkpoint.
@@ -97,13 +115,13 @@ def export_checkpoint(
         params = jax.tree.map(lambda x: x.astype(target) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
     _fresh_dir(output_dir)
     for name in COPIED:
-        src = os.path.join(model_dir, name)
-        if os.path.isdir(src):
-            shutil.copytree(src, os.path.join(output_dir, name))
-        elif os.path.exists(src):
-            shutil.copy2(src, os.path.join(output_dir, name))
+        src = fileio.join(model_dir, name)
+        if fileio.isdir(src):
+            fileio.copytree(src, fileio.join(output_dir, name))
+        elif fileio.exists(src):
+            fileio.copy(src, fileio.join(output_dir, name))
     manager = ocp.CheckpointManager(
-        os.path.join(output_dir, "checkpoints"),
+        fileio.join(output_dir, "checkpoints"),
         item_names=("params",),
         options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False),
     )
@@ -114,7 +132,7 @@ def export_checkpoint(
         output_dir,
         {
             "model": kind,
-            "source": os.path.abspath(model_dir),
+            "source": fileio.resolve(model_dir),
             "step": int(step),
             "dtype": str(dtype) if dtype else "as trained",
         },
@@ -224,7 +242,8 @@ def export_musiclm(
     windows and settings, and the codec decoder. Returns the bundle's export.json.
 
     Args:
-      output_dir: the new bundle directory: absent or empty. Each model goes to its key in
+      output_dir: the new bundle directory (a local path or an object-store URL): absent or empty;
+        complete once its export.json, written last, exists. Each model goes to its key in
         `model_dirs` without `_dir` (mulan/, semantic_stage/, coarse_stage/, fine_stage/,
         soundstream/), the functions to functions/ (<stage>-NNN.jaxexport, codec_decode.jaxexport).
       model_dirs: the five directories, as `generate.load_musiclm` takes them. A w2v_bert_dir is
@@ -248,17 +267,17 @@ def export_musiclm(
     model = load_musiclm(model_dirs, semantic_rate=semantic_rate, windows=windows)
     _fresh_dir(output_dir)
     for key in MODEL_DIRS:
-        export_checkpoint(model_dirs[key], os.path.join(output_dir, key.removesuffix("_dir")), dtype=dtype)
-    functions = os.path.join(output_dir, FUNCTIONS_DIR)
-    os.makedirs(functions)
+        export_checkpoint(model_dirs[key], fileio.join(output_dir, key.removesuffix("_dir")), dtype=dtype)
+    functions = fileio.join(output_dir, FUNCTIONS_DIR)
+    fileio.makedirs(functions)
     samplers = []
     for i, sig in enumerate(_plan_signatures(model, ["a"], seconds, settings)):
-        with open(os.path.join(functions, sig.file_name(i)), "wb") as f:
-            f.write(_export_sampler(model, sig, platforms))
+        fileio.write_bytes(fileio.join(functions, sig.file_name(i)), _export_sampler(model, sig, platforms))
         samplers.append({**dataclasses.asdict(sig), "file": sig.file_name(i)})
     levels = model.coarse_levels + model.fine_levels
-    with open(os.path.join(functions, "codec_decode.jaxexport"), "wb") as f:
-        f.write(_export_decoder(model.codec, levels, platforms))
+    fileio.write_bytes(
+        fileio.join(functions, "codec_decode.jaxexport"), _export_decoder(model.codec, levels, platforms)
+    )
     info = {
         "bundle": "musiclm",
         "seconds": seconds,
@@ -278,8 +297,7 @@ def read_functions(export_dir: str, manifest: Mapping) -> tuple[dict, Any]:
     from jax import export
 
     def read(name):
-        with open(os.path.join(export_dir, FUNCTIONS_DIR, name), "rb") as f:
-            return export.deserialize(bytearray(f.read()))
+        return export.deserialize(bytearray(fileio.read_bytes(fileio.join(export_dir, FUNCTIONS_DIR, name))))
 
     samplers = {}
     for entry in manifest["samplers"]:
@@ -300,14 +318,15 @@ def load_exported_musiclm(export_dir: str):
     prompts x candidates; the lengths, windows and settings it was exported for).
 
     Args:
-      export_dir: a bundle written by `export_musiclm`.
+      export_dir: a bundle written by `export_musiclm` (a local path or an object-store URL).
     Returns:
       The MusicLM (for `generate.generate(model=...)`), with the exported windows and no semantic
       tokenizer (it cannot continue audio). Any temperature works; a window shape or top-k / top-p
       / guidance scale the bundle has no sampler for raises ExportError when sampled, naming the
       seconds and settings it was exported for.
     Raises:
-      ExportError: `export_dir` is not a `musiclm export` bundle, or one of its files is missing or
+      ExportError: `export_dir` is not a `musiclm export` bundle, is incomplete (export.incomplete
+        and no export.json: interrupted or still being written), or one of its files is missing or
         modified.
     """
 
@@ -315,7 +334,7 @@ def load_exported_musiclm(export_dir: str):
     if manifest is None or manifest.get("bundle") != "musiclm":
         raise ExportError(f"{export_dir} is not a `musiclm export` bundle (no {EXPORT_FILE} from export_musiclm)")
     model = load_musiclm(
-        {k: os.path.join(export_dir, k.removesuffix("_dir")) for k in MODEL_DIRS},
+        {k: fileio.join(export_dir, k.removesuffix("_dir")) for k in MODEL_DIRS},
         semantic_rate=manifest["semantic_rate"],
         windows={s: Window(**w) for s, w in manifest["windows"].items()},
     )

@@ -10,18 +10,24 @@ jax2tf wraps the bundle's own StableHLO functions (native serialisation: the sam
 runs inside TensorFlow's XlaCallModule op, for the bundle's platforms), with the batch (and
 the decoder's frames) left symbolic. Weights are tf.Variables, saved once per model. The
 samplers' names, stages, token counts and feature shapes are in savedmodel.json beside it.
+
+The bundle and `output_dir` may be object-store URLs (gs://...). TensorFlow writes only to a
+local directory here (its own GCS client has a fixed endpoint, see fileio); for a URL the
+SavedModel is written to a local temporary directory and uploaded file by file with fileio,
+savedmodel.json last: a reader can rely on a SavedModel being complete once savedmodel.json
+exists (locally too: it is written after tf.saved_model.save returns).
 """
 
 from __future__ import annotations
 
 import json
-import os
+import tempfile
 from typing import Any
 
 import jax
 import numpy as np
 
-from musiclm_jax import export
+from musiclm_jax import export, fileio
 
 INFO_FILE = "savedmodel.json"
 
@@ -45,15 +51,15 @@ def _bound(fn, params, stage):
 
 
 def export_savedmodel(bundle_dir: str, output_dir: str) -> dict:
-    """Writes the SavedModel of `bundle_dir` (from export_musiclm) to the new `output_dir`;
-    returns the contents of its savedmodel.json."""
+    """Writes the SavedModel of `bundle_dir` (from export_musiclm) to the new `output_dir` (local or
+    a URL, complete once its savedmodel.json, written last, exists); returns that file's contents."""
     import tensorflow as tf
     from jax.experimental import jax2tf
 
     manifest = export.check_export(bundle_dir)
     if manifest is None or manifest.get("bundle") != "musiclm":
         raise export.ExportError(f"{bundle_dir} is not a `musiclm export` bundle")
-    if os.path.exists(output_dir):
+    if fileio.exists(output_dir):
         raise FileExistsError(f"{output_dir} exists; a SavedModel is written to a new directory")
     model = export.load_exported_musiclm(bundle_dir)
     samplers, decoder = export.read_functions(bundle_dir, manifest)
@@ -105,15 +111,19 @@ def export_savedmodel(bundle_dir: str, output_dir: str) -> dict:
                 "guidance_scale": sig.guidance_scale,
             }
         )
-    tf.saved_model.save(module, output_dir)
     info = {
-        "bundle": os.path.abspath(bundle_dir),
+        "bundle": fileio.resolve(bundle_dir),
         "platforms": list(platforms),
         "decode_levels": levels,
         "samplers": entries,
         "seconds": manifest["seconds"],
         "windows": manifest["windows"],
     }
-    with open(os.path.join(output_dir, INFO_FILE), "w") as f:
-        json.dump(info, f, indent=1)
+    if not fileio.is_url(output_dir):
+        tf.saved_model.save(module, output_dir)
+    else:  # TF's own GCS client cannot be pointed elsewhere: stage locally, upload with fileio
+        with tempfile.TemporaryDirectory(prefix="musiclm-savedmodel-") as staging:
+            tf.saved_model.save(module, staging)
+            fileio.copytree(staging, output_dir)
+    fileio.write_text(fileio.join(output_dir, INFO_FILE), json.dumps(info, indent=1))  # last: the marker
     return info

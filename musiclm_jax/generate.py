@@ -7,18 +7,25 @@ spectrogram. Lengths beyond a stage's training window slide its window (`windows
 continues an audio file (needs `w2v_bert_dir` for its semantic tokens). Bad input (no prompt,
 an empty prompt, a length of zero or beyond `max_seconds`, a missing or mismatched model
 directory, an unreadable audio prompt) raises before anything is written.
+
+The model directories, the prompt file, the audio prompt and `output_dir` may be object-store
+URLs (gs://bucket/samples). Each output's files are written whole (a local temporary file renamed
+into place, or one object uploaded), WAV and PNG first and the JSON sidecar last: a reader that
+sees NNN_<prompt>.json can rely on its WAV and PNG being complete.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import re
 import time
 from typing import Mapping, Optional, Sequence
 
-from musiclm_jax import model_io
-from musiclm_jax.audio.io import load_audio, write_wav
+import numpy as np
+
+from musiclm_jax import fileio, model_io
+from musiclm_jax.audio.io import MISSING_FILE, AudioDecodeError, AudioInfo, load_audio, write_wav
 from musiclm_jax.audio.plots import spectrogram_sheet
 from musiclm_jax.models.musiclm import PAPER_SETTINGS, STAGES, MusicLM, SamplingSettings, Window
 from musiclm_jax.tokenizers.acoustic import AcousticTokenizer
@@ -51,7 +58,7 @@ def check_model_dirs(model_dirs: Mapping[str, Optional[str]]) -> dict[str, str]:
             f"missing {missing}, unknown {unknown}"
         )
     for name, d in dirs.items():
-        if not d or not os.path.isdir(d):
+        if not d or not fileio.isdir(d):
             raise FileNotFoundError(f"{name}={d!r} is not a directory (a `musiclm train` MODEL_DIR)")
     return dirs
 
@@ -99,11 +106,10 @@ def load_musiclm(
 
 def training_crop_seconds(stage_dir: str) -> Optional[float]:
     """The crop a stage was trained on (from the config.gin `musiclm train` wrote), or None."""
-    path = os.path.join(stage_dir, "config.gin")
-    if not os.path.exists(path):
+    path = fileio.join(stage_dir, "config.gin")
+    if not fileio.exists(path):
         return None
-    with open(path) as f:
-        match = re.search(r"register_token_task\.crop_seconds = (\d+)", f.read())
+    match = re.search(r"register_token_task\.crop_seconds = (\d+)", fileio.read_text(path))
     return float(match.group(1)) if match else None
 
 
@@ -138,14 +144,28 @@ def read_prompts(prompts: Sequence[str] = (), prompt_file: Optional[str] = None)
     """--prompt values, then the non-empty lines of `prompt_file`; an empty prompt is an error."""
     out = list(prompts or ())
     if prompt_file:
-        with open(prompt_file) as f:
-            out += [line.strip() for line in f if line.strip()]
+        out += [line.strip() for line in fileio.read_text(prompt_file).splitlines() if line.strip()]
     if not out:
         raise ValueError("no prompt: give --prompt (repeatable) or a prompt file")
     for i, p in enumerate(out):
         if not isinstance(p, str) or not p.strip():
             raise ValueError(f"prompt {i} is empty")
     return out
+
+
+def _load_prompt_audio(path: str, sample_rate: int) -> tuple[np.ndarray, AudioInfo]:
+    """`load_audio` of a local path or a URL (downloaded to a temporary file: soundfile reads local
+    files); errors and the info name `path`, not the temporary file."""
+    if not fileio.is_url(path):
+        return load_audio(path, sample_rate=sample_rate)
+    if not fileio.isfile(path):
+        raise AudioDecodeError(MISSING_FILE, path, "no such file")
+    with fileio.local_copy(path) as local:
+        try:
+            audio, info = load_audio(local, sample_rate=sample_rate)
+        except AudioDecodeError as e:
+            raise AudioDecodeError(e.category, path, e.detail) from None
+    return audio, dataclasses.replace(info, path=path)
 
 
 def generate(
@@ -168,9 +188,9 @@ def generate(
     """Generates every prompt (or the one story); returns the sidecars written (one per output).
 
     Args:
-      output_dir: where each output's NNN_<prompt>.wav, .json sidecar and .png spectrogram go (created
-        if missing; NNN is the prompt's index, <prompt> its text with each run of characters other
-        than [A-Za-z0-9] as '_', at most 50 characters).
+      output_dir: where each output's NNN_<prompt>.wav, .png spectrogram and, last, .json sidecar go
+        (a local path, created if missing, or a URL; NNN is the prompt's index, <prompt> its text with
+        each run of characters other than [A-Za-z0-9] as '_', at most 50 characters).
       seconds: length of the new music per prompt, in (0, max_seconds]; with a story, replaced by the
         segments' sum.
       prompts: the texts, one piece each.
@@ -219,7 +239,7 @@ def generate(
     model = model or load_musiclm(model_dirs, semantic_rate=semantic_rate, windows=windows)
     prompt = {}
     if continue_from:
-        audio, info = load_audio(continue_from, sample_rate=model.codec.sample_rate)  # AudioDecodeError: clear
+        audio, info = _load_prompt_audio(continue_from, model.codec.sample_rate)  # AudioDecodeError: clear
         prompt = {"prompt_audio": audio, "prompt_sample_rate": info.sample_rate}
 
     t0 = time.perf_counter()
@@ -227,12 +247,14 @@ def generate(
         common = dict(seed=seed, settings=settings, num_candidates=num_candidates, progress=bars.update, **prompt)
         result = model.generate_story(story, **common) if story else model.generate(texts, seconds, **common)
     elapsed = time.perf_counter() - t0
-    os.makedirs(output_dir, exist_ok=True)
+    fileio.makedirs(output_dir)
     sidecars = []
     for i, text in enumerate(texts):
-        stem = os.path.join(output_dir, f"{i:03d}_{re.sub(r'[^A-Za-z0-9]+', '_', text).strip('_')[:50]}")
-        write_wav(stem + ".wav", result.audio[i], result.sample_rate)
-        spectrogram_sheet([(text, result.audio[i], result.sample_rate)], path=stem + ".png")
+        stem = fileio.join(output_dir, f"{i:03d}_{re.sub(r'[^A-Za-z0-9]+', '_', text).strip('_')[:50]}")
+        with fileio.local_output(stem + ".wav") as local:  # soundfile and matplotlib write local files
+            write_wav(local, result.audio[i], result.sample_rate)
+        with fileio.local_output(stem + ".png") as local:
+            spectrogram_sheet([(text, result.audio[i], result.sample_rate)], path=local)
         sidecar = {
             "prompt": text,
             "seed": seed,
@@ -250,8 +272,7 @@ def generate(
             sidecar["story"] = [{"text": t, "seconds": s} for t, s in story]
         if continue_from:
             sidecar.update(continue_from=continue_from, prompt_seconds=result.prompt_seconds)
-        with open(stem + ".json", "w") as f:
-            json.dump(sidecar, f, indent=1)
+        fileio.write_text(stem + ".json", json.dumps(sidecar, indent=1))  # last: WAV and PNG are whole
         sidecars.append(sidecar)
     log(
         "generate: %d prompts x %.1f s in %.1f s (%.2fx real time); written to %s",

@@ -8,20 +8,23 @@ holds its config. The registry `KINDS` knows, per kind, how to rebuild the model
 and the smallest input shapes that give its parameter shapes; parameters are restored onto one
 device from `checkpoints/<step>/` (the latest unless `step` is given). An export directory
 (`musiclm export`, with export.json) is checked file by file (SHA-256) before anything is read,
-so a corrupt or modified export fails naming the file.
+so a corrupt or modified export fails naming the file; one whose export.json is missing but whose
+export.incomplete marker is there (an interrupted export, or one still being written) fails too.
+
+Every path may be a local path or an object-store URL (gs://bucket/run/semantic): files are read
+through `musiclm_jax.fileio`, checkpoints through orbax.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
-import os
 from typing import Callable, Mapping, Optional, Sequence
 
 import jax
 
+from musiclm_jax import fileio
 from musiclm_jax.models.base import BaseModel
 from musiclm_jax.models.mulan import MuLan, MuLanConfig
 from musiclm_jax.models.soundstream import SoundStream, SoundStreamConfig
@@ -32,6 +35,9 @@ from musiclm_jax.training.partitioning import unbox
 
 MODEL_FILE = "model.json"
 EXPORT_FILE = "export.json"
+# Written first by `musiclm export` and deleted after EXPORT_FILE (written last): a directory with
+# it and no EXPORT_FILE is an export that did not finish (object stores have no atomic rename).
+INCOMPLETE_FILE = "export.incomplete"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,12 +76,12 @@ class ExportError(ValueError):
 def read_spec(model_dir: str) -> dict:
     """model.json of a model directory ({"model": kind, "config": {...}}), after checking an
     export's files. Raises FileNotFoundError (no model.json) or ExportError."""
-    path = os.path.join(model_dir, MODEL_FILE)
-    if not os.path.exists(path):
+    path = fileio.join(model_dir, MODEL_FILE)
+    if not fileio.exists(path):
+        check_export(model_dir)  # an interrupted export says so rather than "not found"
         raise FileNotFoundError(f"{path} not found: is {model_dir!r} a `musiclm train` directory?")
     check_export(model_dir)
-    with open(path) as f:
-        return json.load(f)
+    return fileio.read_json(path)
 
 
 def load(model_dir: str, step: Optional[int] = None, *, kind: Optional[str] = None) -> tuple[BaseModel, dict]:
@@ -91,10 +97,10 @@ def load(model_dir: str, step: Optional[int] = None, *, kind: Optional[str] = No
     spec = read_spec(model_dir)
     name = spec.get("model")
     if kind is not None and name != kind:
-        raise ValueError(f"{os.path.join(model_dir, MODEL_FILE)} describes a {name!r} model, not {kind}")
+        raise ValueError(f"{fileio.join(model_dir, MODEL_FILE)} describes a {name!r} model, not {kind}")
     if name not in KINDS:
         raise ValueError(
-            f"{os.path.join(model_dir, MODEL_FILE)} names an unknown model {name!r} (known: {', '.join(sorted(KINDS))})"
+            f"{fileio.join(model_dir, MODEL_FILE)} names an unknown model {name!r} (known: {', '.join(sorted(KINDS))})"
         )
     model = KINDS[name].build(spec["config"])
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -103,16 +109,20 @@ def load(model_dir: str, step: Optional[int] = None, *, kind: Optional[str] = No
         return unbox(model.get_initial_variables(jax.random.PRNGKey(0), KINDS[name].init_shapes(model))["params"])
 
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), jax.eval_shape(init))
-    source = os.path.join(model_dir, "checkpoints")
+    source = fileio.join(model_dir, "checkpoints")
     if step is not None:
-        source = os.path.join(source, str(step))
+        source = fileio.join(source, str(step))
     params, _ = checkpoints.restore_params(source, abstract)
     return model, params
 
 
 def latest_step(model_dir: str) -> int:
     """The newest checkpoint step of a model directory."""
-    steps = [int(d) for d in os.listdir(os.path.join(model_dir, "checkpoints")) if d.isdigit()]
+    directory = fileio.join(model_dir, "checkpoints")
+    if not fileio.isdir(directory):
+        check_export(model_dir)  # an interrupted export says so
+        raise FileNotFoundError(f"{directory} not found: is {model_dir!r} a `musiclm train` directory?")
+    steps = [int(d) for d in fileio.listdir(directory) if d.isdigit()]
     if not steps:
         raise FileNotFoundError(f"{model_dir}/checkpoints holds no checkpoint")
     return max(steps)
@@ -121,7 +131,7 @@ def latest_step(model_dir: str) -> int:
 # ---- export integrity --------------------------------------------------------------------------
 def sha256(path: str) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with fileio.open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -129,19 +139,25 @@ def sha256(path: str) -> str:
 
 def check_export(directory: str) -> Optional[dict]:
     """export.json of an export directory after checking every listed file's SHA-256 (None for a
-    training directory, which has no export.json). Raises ExportError naming the first bad file."""
-    path = os.path.join(directory, EXPORT_FILE)
-    if not os.path.exists(path):
+    training directory, which has neither export.json nor export.incomplete). Raises ExportError
+    naming the first bad file, or saying the export is incomplete (export.incomplete and no
+    export.json: interrupted, or still being written)."""
+    path = fileio.join(directory, EXPORT_FILE)
+    if not fileio.exists(path):
+        if fileio.exists(fileio.join(directory, INCOMPLETE_FILE)):
+            raise ExportError(
+                f"export {directory} is incomplete: {EXPORT_FILE}, written last, is missing (the export was "
+                "interrupted or is still being written); export again into a new directory"
+            )
         return None
     try:
-        with open(path) as f:
-            manifest = json.load(f)
+        manifest = fileio.read_json(path)
         files = manifest["files"]
     except (ValueError, KeyError) as e:
         raise ExportError(f"{path} is not a valid export manifest: {e}") from e
     for rel, digest in files.items():
-        full = os.path.join(directory, rel)
-        if not os.path.exists(full):
+        full = fileio.join(directory, *rel.split("/"))
+        if not fileio.exists(full):
             raise ExportError(f"export {directory}: {rel} is missing")
         if sha256(full) != digest:
             raise ExportError(

@@ -18,9 +18,9 @@ rounding. Single host only: every batch is the global batch.
 from __future__ import annotations
 
 import dataclasses
+import io
 import itertools
 import json
-import os
 from typing import Callable, Iterable, Optional
 
 import jax
@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from musiclm_jax import fileio
 from musiclm_jax.nn import quantizer
 
 NPZ_NAME = "kmeans.npz"
@@ -249,9 +250,10 @@ def inertia(centroids, points, *, batch_size: int = 8192) -> float:
 
 
 def save_kmeans(directory: str, state: KMeansState, info: dict) -> None:
-    """kmeans.npz (centroids, counts) + kmeans.json (fit metadata and `info`), each written
-    to a temporary name and renamed, so a crash never leaves a half-written file."""
-    os.makedirs(directory, exist_ok=True)
+    """kmeans.npz (centroids, counts) + kmeans.json (fit metadata and `info`), each written whole
+    (locally to a temporary name and renamed; on an object store as one object), the npz first:
+    `directory` may be a URL (gs://...)."""
+    fileio.makedirs(directory)
     meta = {
         "k": state.k,
         "dim": int(state.centroids.shape[1]),
@@ -260,23 +262,19 @@ def save_kmeans(directory: str, state: KMeansState, info: dict) -> None:
         "inertia_history": [float(h) for h in state.inertia_history],
         **info,
     }
-    tmp = os.path.join(directory, NPZ_NAME + ".tmp")
-    with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
-        np.savez(f, centroids=np.asarray(state.centroids, np.float32), counts=np.asarray(state.counts, np.int64))
-    os.replace(tmp, os.path.join(directory, NPZ_NAME))
-    tmp = os.path.join(directory, JSON_NAME + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(tmp, os.path.join(directory, JSON_NAME))
+    buffer = io.BytesIO()
+    np.savez(buffer, centroids=np.asarray(state.centroids, np.float32), counts=np.asarray(state.counts, np.int64))
+    fileio.write_bytes(fileio.join(directory, NPZ_NAME), buffer.getvalue())
+    fileio.write_text(fileio.join(directory, JSON_NAME), json.dumps(meta, indent=1))
 
 
 def load_kmeans(directory: str) -> tuple[np.ndarray, dict]:
     """(centroids float32 [K, D], info from kmeans.json or {} when it is missing)."""
-    path = os.path.join(directory, NPZ_NAME)
-    if not os.path.exists(path):
+    path = fileio.join(directory, NPZ_NAME)
+    if not fileio.exists(path):
         raise FileNotFoundError(f"{path} not found: fit the k-means first (fit_minibatch_kmeans + save_kmeans)")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(io.BytesIO(fileio.read_bytes(path)), allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
     except Exception as e:  # not a zip, truncated, or an object array needing pickle
         raise ValueError(f"{path} is not a readable k-means npz: {e}") from e
@@ -285,12 +283,11 @@ def load_kmeans(directory: str) -> tuple[np.ndarray, dict]:
         raise ValueError(f"{path} has no float [K, D] 'centroids' (arrays: {sorted(arrays)})")
     if not np.all(np.isfinite(c)):
         raise ValueError(f"{path}: centroids contain non-finite values")
-    info_path = os.path.join(directory, JSON_NAME)
+    info_path = fileio.join(directory, JSON_NAME)
     info = {}
-    if os.path.exists(info_path):
+    if fileio.exists(info_path):
         try:
-            with open(info_path) as f:
-                info = json.load(f)
+            info = json.loads(fileio.read_text(info_path))
         except json.JSONDecodeError as e:
             raise ValueError(f"{info_path} is not valid JSON: {e}") from e
     return c.astype(np.float32), info

@@ -11,13 +11,17 @@ Windows of all clips are run in fixed-size batches so one compiled function serv
 
 The RVQ (`fit_mulan_rvq`, `musiclm fit_mulan_rvq`) is k-means per level on the residuals of
 audio embeddings of a task's clips (nn/quantizer.kmeans_init: k-means++ then Lloyd), then
-frozen; it lives in MODEL_DIR/mulan_rvq/ as codebooks.npz (no pickle) + rvq.json.
+frozen; it lives in MODEL_DIR/mulan_rvq/ as codebooks.npz (no pickle) + rvq.json. Every
+directory may be an object-store URL (gs://...): files go through `musiclm_jax.fileio`.
 """
 
 from __future__ import annotations
 
+import atexit
+import io
 import json
-import os
+import shutil
+import tempfile
 import time
 from typing import Optional, Sequence
 
@@ -25,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musiclm_jax import model_io
+from musiclm_jax import fileio, model_io
 from musiclm_jax.models.mulan import MuLan, cycle_consistency, window_starts
 from musiclm_jax.models.soundstream import eval_levels
 from musiclm_jax.nn import quantizer
@@ -33,13 +37,25 @@ from musiclm_jax.tokenizers.clips import task_clips
 from musiclm_jax.training.summaries import log
 
 RVQ_DIR = "mulan_rvq"
-VOCAB_PATH = os.path.join("text_vocab", "captions.model")
+VOCAB_PATH = "text_vocab/captions.model"
 
 
 def clip_embeddings(window_embeddings: Sequence[np.ndarray]) -> np.ndarray:
     """Unit-norm [clips, D]: each clip's window embeddings averaged (MuLan's clip embedding)."""
     sums = np.stack([np.sum(w, axis=0, dtype=np.float64) for w in window_embeddings])
     return (sums / np.linalg.norm(sums, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _local_file(path: str) -> str:
+    """`path` itself if local; for a URL, a local copy kept until the process exits (SentencePiece
+    reads local files only, and seqio's vocabulary may read its file again after a copy)."""
+    if not fileio.is_url(path):
+        return path
+    directory = tempfile.mkdtemp(prefix="musiclm-vocab-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    local = f"{directory}/{fileio.basename(path)}"
+    fileio.copy(path, local)
+    return local
 
 
 class MuLanEmbedder:
@@ -79,8 +95,8 @@ class MuLanEmbedder:
         from musiclm_jax.data.text_vocab import load_caption_vocabulary  # seqio: loaded when needed
 
         model, params = model_io.load(model_dir, step, kind="MuLan")
-        vocab_path = os.path.join(model_dir, VOCAB_PATH)
-        vocabulary = load_caption_vocabulary(vocab_path) if os.path.exists(vocab_path) else None
+        vocab_path = fileio.join(model_dir, *VOCAB_PATH.split("/"))
+        vocabulary = load_caption_vocabulary(_local_file(vocab_path)) if fileio.exists(vocab_path) else None
         return cls(model, params, vocabulary, **kwargs)
 
     @property
@@ -210,7 +226,7 @@ class MuLanTokenizer(MuLanEmbedder):
           ExportError: `model_dir` is an export whose files changed.
         """
         embedder = MuLanEmbedder.from_model_dir(model_dir, step=step)
-        codebooks, _ = load_rvq(rvq_dir or os.path.join(model_dir, RVQ_DIR))
+        codebooks, _ = load_rvq(rvq_dir or fileio.join(model_dir, RVQ_DIR))
         return cls(embedder.model, embedder.params, embedder.vocabulary, codebooks, **kwargs)
 
     @property
@@ -294,26 +310,25 @@ def rvq_reconstruction_cosine(codebooks: dict, embeddings: np.ndarray) -> dict[i
 
 
 def save_rvq(directory: str, codebooks: dict, info: dict) -> None:
-    """codebooks.npz + rvq.json, written to temporary names and renamed (never half-written)."""
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, "codebooks.tmp.npz")
-    np.savez(tmp, **{k: np.asarray(v) for k, v in codebooks.items()})
-    os.replace(tmp, os.path.join(directory, "codebooks.npz"))
-    with open(os.path.join(directory, "rvq.json.tmp"), "w") as f:
-        json.dump(info, f, indent=1)
-    os.replace(os.path.join(directory, "rvq.json.tmp"), os.path.join(directory, "rvq.json"))
+    """codebooks.npz + rvq.json, each written whole (locally to a temporary name and renamed; on an
+    object store as one object), the npz first: `directory` may be a URL (gs://...)."""
+    fileio.makedirs(directory)
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v) for k, v in codebooks.items()})
+    fileio.write_bytes(fileio.join(directory, "codebooks.npz"), buffer.getvalue())
+    fileio.write_text(fileio.join(directory, "rvq.json"), json.dumps(info, indent=1))
 
 
 def load_rvq(directory: str) -> tuple[dict, dict]:
-    path = os.path.join(directory, "codebooks.npz")
-    if not os.path.exists(path):
+    path = fileio.join(directory, "codebooks.npz")
+    if not fileio.exists(path):
         raise FileNotFoundError(f"{path} not found: fit the MuLan RVQ first (musiclm fit_mulan_rvq)")
-    with np.load(path, allow_pickle=False) as data:
+    with np.load(io.BytesIO(fileio.read_bytes(path)), allow_pickle=False) as data:
         codebooks = {k: data[k] for k in data.files}
     if set(codebooks) != {"embed", "cluster_size", "embed_sum", "initialized"} or codebooks["embed"].ndim != 3:
         raise ValueError(f"{path} is not a MuLan RVQ (arrays: {sorted(codebooks)})")
-    info_path = os.path.join(directory, "rvq.json")
-    info = json.load(open(info_path)) if os.path.exists(info_path) else {}
+    info_path = fileio.join(directory, "rvq.json")
+    info = fileio.read_json(info_path) if fileio.exists(info_path) else {}
     return codebooks, info
 
 
@@ -352,7 +367,7 @@ def fit_mulan_rvq(
     """
     embedder = MuLanEmbedder.from_model_dir(model_dir, step=step)
     c = embedder.model.config
-    output_dir = output_dir or os.path.join(model_dir, RVQ_DIR)
+    output_dir = output_dir or fileio.join(model_dir, RVQ_DIR)
 
     def embed_split(which: str, limit: Optional[int]) -> np.ndarray:
         embs, chunk = [], []

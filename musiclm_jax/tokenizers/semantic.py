@@ -16,7 +16,6 @@ in MODEL_DIR/kmeans/ (kmeans.npz + kmeans.json, no pickle).
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Iterator, Optional, Sequence
 
@@ -24,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musiclm_jax import model_io
+from musiclm_jax import fileio, model_io
 from musiclm_jax.data import synthetic
 from musiclm_jax.models.w2v_bert import W2vBert
 from musiclm_jax.tokenizers import kmeans
@@ -142,7 +141,7 @@ class SemanticTokenizer(W2vBertEmbedder):
           ExportError: `model_dir` is an export whose files changed.
         """
         model, params = model_io.load(model_dir, step, kind="W2vBert")
-        centroids, info = kmeans.load_kmeans(kmeans_dir or os.path.join(model_dir, KMEANS_DIR))
+        centroids, info = kmeans.load_kmeans(kmeans_dir or fileio.join(model_dir, KMEANS_DIR))
         return cls(model, params, centroids, info.get("layer"))
 
     @property
@@ -232,7 +231,7 @@ def fit_semantic_kmeans(
     """
     model, params = model_io.load(model_dir, step, kind="W2vBert")
     embedder = W2vBertEmbedder(model, params, layer)
-    output_dir = output_dir or os.path.join(model_dir, KMEANS_DIR)
+    output_dir = output_dir or fileio.join(model_dir, KMEANS_DIR)
     batches = _point_batches(embedder, task_clips(task, split, num_examples), batch_points, log)
     state = kmeans.fit_minibatch_kmeans(batches, num_clusters, seed=seed)
     info = {
@@ -240,7 +239,7 @@ def fit_semantic_kmeans(
         "split": split,
         "layer": embedder.layer,
         "num_clusters": num_clusters,
-        "model_dir": os.path.abspath(model_dir),
+        "model_dir": fileio.resolve(model_dir),
         "seed": seed,
         "train_mean_sq_distance": float(np.mean(state.inertia_history[-5:])),
     }
