@@ -4,21 +4,55 @@
     python tpu_scripts/tpu.py create    --name mlm --zone us-west4-a --project P --accelerator v5e-16 \\
                                         [--queued] [--spot]
     python tpu_scripts/tpu.py setup     --name mlm --zone us-west4-a --project P --accelerator v5e-16 \\
-                                        --package dist/musiclm_jax-0.1.0-py3-none-any.whl
-    python tpu_scripts/tpu.py launch    --name mlm ... --gin_file=experiments/X.gin --model_dir gs://bucket/runs/x
-    python tpu_scripts/tpu.py logs      --name mlm ...          (follows worker 0's log)
-    python tpu_scripts/tpu.py stop      --name mlm ...          (stops the job on every worker)
+                                        --package dist/musiclm_jax-0.1.0-py3-none-any.whl [--no_deps]
+    python tpu_scripts/tpu.py launch    --name mlm ... --gin_file=experiments/X.gin --model_dir gs://bucket/runs/x \\
+                                        [--gin=KEY=VALUE ...]
+    python tpu_scripts/tpu.py logs      --name mlm ... [--worker 0] [--lines 200] [--no_follow]
+    python tpu_scripts/tpu.py stop      --name mlm ...
     python tpu_scripts/tpu.py delete    --name mlm ... [--queued]
+
+What each command does (`...` is --name, --zone and --project):
+
+  preflight  Runs `musiclm aot` on this machine (no TPU needed): compiles the train step for the
+             slice's topology and mesh with the real TPU compiler (libtpu) and fails before
+             anything is rented if the step does not fit in a chip's memory.
+  create     `gcloud compute tpus tpu-vm create` (or, with --queued, `queued-resources create`,
+             which waits in a queue for capacity) with the accelerator's type and runtime image.
+  setup      Copies the wheel (`pip wheel --no-deps -w dist .`) to every worker's home, then on
+             every worker: installs uv for the user (`python3 -m pip install --user uv`; the
+             runtime images ship Python 3.10 and the package needs 3.11), makes a Python 3.11
+             virtualenv ~/musiclm-venv with it (`uv venv --clear --python 3.11`: uv fetches a
+             3.11 interpreter when the image has none) and installs the wheel with the `[tpu]`
+             extra (jax[tpu] + libtpu) into it. --no_deps installs the package alone, for images
+             that already carry the dependencies (e.g. on PYTHONPATH).
+  launch     On every worker: refuses if a job started by `launch` is still running there, else
+             starts ~/musiclm-venv/bin/musiclm train (by its absolute path: the non-interactive
+             ssh shell has no venv on its PATH) in the background in a session of its own (it
+             outlives the ssh session), its output in ~/musiclm_train.log and its process id in
+             ~/musiclm_train.pid. The command line is `musiclm train --gin_file=F ...
+             --gin.MODEL_DIR="D" --gin.FSDP_PARALLELISM=n --gin.MODEL_PARALLELISM=m --gin.K=V ...`:
+             the slice's recommended mesh first, then the user's --gin bindings, so that they
+             win (gin: the last binding of a name wins), e.g. --gin=FSDP_PARALLELISM=8.
+             `musiclm train` on each worker joins the others through jax.distributed (worker id
+             and host list from the TPU VM's environment), reads its own data shard, and resumes
+             from the last checkpoint in MODEL_DIR if there is one.
+  logs       Shows worker --worker's ~/musiclm_train.log: the last --lines lines, then follows it
+             (tail -F; Ctrl-C ends it) unless --no_follow.
+  stop       On every worker: sends SIGTERM to the process group of the job in ~/musiclm_train.pid,
+             waits up to 30 s for it to exit (then SIGKILL), and removes the pid file. A worker
+             whose job already ended (or that never launched one) says so and succeeds. Every
+             host must stop: a checkpoint save is collective, so no host saves on its own; a new
+             `launch` resumes from the last checkpoint (CHECKPOINT_PERIOD).
+  delete     `gcloud compute tpus tpu-vm delete` (or `queued-resources delete --force`, which
+             deletes the TPU VM too) without a prompt.
 
 Every command takes --dry_run: it prints the exact commands (one per line, shell-quoted) and
 runs nothing. Without it each command is printed, then run; the first failure stops the script
-with that command's exit status. Only the standard library: it runs on a laptop with gcloud.
+with that command's exit status. Flags must be spelled out (no abbreviations: `--dry` is an
+error, not a dry run). Only the standard library: it runs on a laptop with gcloud.
 
 A pod slice has several hosts: `setup`, `launch` and `stop` run on all of them at once
-(`gcloud ... ssh --worker=all`); `musiclm train` on each host joins the others through
-`jax.distributed.initialize()` and reads its own data shard. The preflight compiles the train
-step for the slice's topology with the real TPU compiler (`musiclm aot`, libtpu) on this
-machine and fails before anything is rented if the step does not fit in a chip's memory.
+(`gcloud ... ssh --worker=all`, which fails if any worker fails).
 """
 
 from __future__ import annotations
@@ -58,7 +92,40 @@ ACCELERATORS = {
     "v6e-4": Accelerator("v6e-4", "v2-alpha-tpuv6e", "v6e:2x2", 4, 1, (1, 4, 1)),
     "v6e-16": Accelerator("v6e-16", "v2-alpha-tpuv6e", "v6e:4x4", 16, 4, (1, 16, 1)),
 }
+# On each worker, relative to its home directory (the ssh shell's working directory).
+VENV = "musiclm-venv"
 LOG_FILE = "musiclm_train.log"
+PID_FILE = "musiclm_train.pid"
+STOP_TIMEOUT_S = 30
+
+# Shell snippets run on every worker (bash, non-interactive, in the home directory). No single
+# quotes in them, so that the printed ssh command reads cleanly.
+# `running`: the pid file names a live musiclm process (not a reused pid, not a zombie: a
+# zombie's cmdline is empty).
+_RUNNING = (
+    f"running() {{ [ -s {PID_FILE} ] && pid=$(cat {PID_FILE}) && kill -0 $pid 2>/dev/null"
+    f" && grep -qa musiclm /proc/$pid/cmdline; }}"
+)
+_STOP = (
+    f"{_RUNNING}; "
+    f'if ! running; then echo "no musiclm job running on $(hostname) (none launched, or it ended)"; '
+    f"rm -f {PID_FILE}; exit 0; fi; "
+    # setsid made the job its process group's leader: the group holds anything it started.
+    f"kill -TERM -- -$pid 2>/dev/null || kill -TERM $pid; "
+    f"for i in $(seq {2 * STOP_TIMEOUT_S}); do running || break; sleep 0.5; done; "
+    f'if running; then echo "job $pid ignored SIGTERM for {STOP_TIMEOUT_S} s: SIGKILL"; '
+    f"kill -KILL -- -$pid 2>/dev/null || kill -KILL $pid; sleep 1; fi; "
+    f'if running; then echo "job $pid on $(hostname) did not stop"; exit 1; fi; '
+    f'rm -f {PID_FILE}; echo "stopped musiclm job $pid on $(hostname)"'
+)
+
+
+def _remote_quote(word: str) -> str:
+    """`word` as one word for the remote shell, in double quotes when it needs quoting (gin's string
+    literals use single quotes, which shlex.quote would turn into an unreadable nest)."""
+    if shlex.quote(word) == word:
+        return word
+    return '"' + "".join("\\" + c if c in '"\\$`' else c for c in word) + '"'
 
 
 def accelerator(name: str) -> Accelerator:
@@ -88,8 +155,9 @@ def _ssh(args, command: str, worker: str = "all") -> list[str]:
     ]
 
 
-def _gin_flags(args) -> list[str]:
-    return [f"--gin_file={f}" for f in args.gin_file] + [f"--gin.{b}" for b in args.gin]
+def _gin_flags(args, before_user: Sequence[str] = ()) -> list[str]:
+    """--gin_file flags, then `before_user` bindings, then the user's --gin bindings (last: they win)."""
+    return [f"--gin_file={f}" for f in args.gin_file] + list(before_user) + [f"--gin.{b}" for b in args.gin]
 
 
 def preflight_commands(args) -> list[list[str]]:
@@ -98,16 +166,8 @@ def preflight_commands(args) -> list[list[str]]:
         raise ValueError("preflight needs --gin_file (the model or experiment to compile)")
     acc = accelerator(args.accelerator)
     _, fsdp, model = acc.mesh  # the mesh `launch` trains with
-    return [
-        [
-            "musiclm",
-            "aot",
-            *_gin_flags(args),
-            f"--topology={acc.topology}",
-            f"--gin.FSDP_PARALLELISM={fsdp}",
-            f"--gin.MODEL_PARALLELISM={model}",
-        ]
-    ]
+    mesh = [f"--gin.FSDP_PARALLELISM={fsdp}", f"--gin.MODEL_PARALLELISM={model}"]
+    return [["musiclm", "aot", *_gin_flags(args, mesh), f"--topology={acc.topology}"]]
 
 
 def create_commands(args) -> list[list[str]]:
@@ -141,11 +201,13 @@ def create_commands(args) -> list[list[str]]:
 
 
 def setup_commands(args) -> list[list[str]]:
-    """Copies the package (a wheel built with `pip wheel --no-deps .`) to every worker and installs
-    it with the TPU extra (jax[tpu] + libtpu)."""
+    """Copies the wheel to every worker, then installs uv, makes the Python 3.11 venv and installs
+    the wheel (with the TPU extra, or alone with --no_deps) into it."""
     if not args.package:
         raise ValueError("setup needs --package (a wheel: pip wheel --no-deps -w dist .)")
     wheel = args.package.rsplit("/", 1)[-1]
+    if not wheel.endswith(".whl") or any(c in wheel for c in "\"'\\$` "):
+        raise ValueError(f"--package must be a wheel (.whl) without quotes, spaces or '$' in its name: {wheel!r}")
     scp = [
         "gcloud",
         "compute",
@@ -157,13 +219,23 @@ def setup_commands(args) -> list[list[str]]:
         *_where(args),
         "--worker=all",
     ]
-    install = f'python3 -m pip install --upgrade pip && python3 -m pip install "{wheel}[tpu]"'
+    # `python3 -m uv` finds uv's binary in ~/.local/bin, which the ssh shell has no PATH to.
+    requirement = f'"{wheel}"' if args.no_deps else f'"{wheel}[tpu]"'
+    install = " && ".join(
+        [
+            "python3 -m pip install --user uv",
+            f"python3 -m uv venv --clear --python 3.11 ~/{VENV}",
+            f"python3 -m uv pip install --python ~/{VENV}/bin/python{' --no-deps' if args.no_deps else ''} "
+            f"--reinstall-package musiclm-jax {requirement}",
+        ]
+    )
     return [scp, _ssh(args, install)]
 
 
 def launch_commands(args) -> list[list[str]]:
     """`musiclm train` on every worker in the background (survives the ssh session), its log in
-    ~/musiclm_train.log; the mesh is the slice's recommended one unless --gin overrides it."""
+    ~/musiclm_train.log and its pid in ~/musiclm_train.pid; the slice's recommended mesh unless
+    the user's --gin bindings (which come last) override it."""
     if not args.gin_file or not args.model_dir:
         raise ValueError("launch needs --gin_file and --model_dir (a gs:// path every host can write)")
     acc = accelerator(args.accelerator)
@@ -172,23 +244,31 @@ def launch_commands(args) -> list[list[str]]:
         raise ValueError(f"--model_dir must not contain quotes, spaces, '$' or backslashes: {args.model_dir!r}")
     # Double quotes escaped for the remote shell: gin gets a string literal, and the --command
     # argument holds no single quote (so it prints readably).
-    bindings = [
+    ours = [
         f'--gin.MODEL_DIR=\\"{args.model_dir}\\"',
         f"--gin.FSDP_PARALLELISM={fsdp}",
         f"--gin.MODEL_PARALLELISM={model}",
     ]
-    train = " ".join(["musiclm", "train", *(shlex.quote(f) for f in _gin_flags(args)), *bindings])
-    return [_ssh(args, f"nohup {train} > {LOG_FILE} 2>&1 &")]
+    flags = [f if f in ours else _remote_quote(f) for f in _gin_flags(args, ours)]
+    train = " ".join([f"~/{VENV}/bin/musiclm", "train", *flags])
+    remote = (
+        f"{_RUNNING}; "
+        f'if running; then echo "a musiclm job is running on $(hostname) (pid $pid): stop it first"; exit 1; fi; '
+        f"nohup setsid {train} > {LOG_FILE} 2>&1 < /dev/null & echo $! > {PID_FILE}; "
+        f'echo "started musiclm train on $(hostname): pid $(cat {PID_FILE}), log ~/{LOG_FILE}"'
+    )
+    return [_ssh(args, remote)]
 
 
 def logs_commands(args) -> list[list[str]]:
-    return [_ssh(args, f"tail -n 200 -F {LOG_FILE}", worker=str(args.worker))]
+    if args.lines < 0:
+        raise ValueError(f"--lines must be >= 0, got {args.lines}")
+    tail = f"tail -n {args.lines} {LOG_FILE}" if args.no_follow else f"tail -n {args.lines} -F {LOG_FILE}"
+    return [_ssh(args, tail, worker=str(args.worker))]
 
 
 def stop_commands(args) -> list[list[str]]:
-    # A relaunch resumes from the last checkpoint (CHECKPOINT_PERIOD): every host must stop, as a
-    # save is collective across hosts, so no host tries a last save on its own.
-    return [_ssh(args, 'pkill -f "musiclm train" || true')]
+    return [_ssh(args, _STOP)]
 
 
 def delete_commands(args) -> list[list[str]]:
@@ -211,7 +291,9 @@ COMMANDS = {
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter, allow_abbrev=False
+    )
     p.add_argument("command", choices=list(COMMANDS))
     p.add_argument("--accelerator", default="v5e-16", help="slice: " + ", ".join(ACCELERATORS))
     p.add_argument("--name", help="TPU VM / queued resource name")
@@ -220,17 +302,28 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--queued", action="store_true", help="create/delete: a queued resource instead of a TPU VM")
     p.add_argument("--spot", action="store_true", help="create: spot capacity")
     p.add_argument("--package", help="setup: the musiclm-jax wheel to install on every worker")
+    p.add_argument(
+        "--no_deps",
+        action="store_true",
+        help="setup: install the package alone, not its dependencies (for images that carry them)",
+    )
     p.add_argument("--gin_file", action="append", default=[], help="preflight/launch: gin file (repeatable)")
-    p.add_argument("--gin", action="append", default=[], help="preflight/launch: a binding KEY=VALUE (repeatable)")
+    p.add_argument(
+        "--gin",
+        action="append",
+        default=[],
+        help="preflight/launch: a binding KEY=VALUE (repeatable); last on the command line, so it\n"
+        "overrides the script's own (mesh, MODEL_DIR)",
+    )
     p.add_argument("--model_dir", help="launch: MODEL_DIR (gs://...)")
     p.add_argument("--worker", default="0", help="logs: which worker's log")
+    p.add_argument("--lines", type=int, default=200, help="logs: how many lines of the log to show first")
+    p.add_argument("--no_follow", action="store_true", help="logs: show the last --lines lines and exit")
     p.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
     return p
 
 
-def commands(argv: Sequence[str]) -> list[list[str]]:
-    """The commands a command line would run (raises ValueError for bad arguments)."""
-    args = parser().parse_args(argv)
+def _commands(args: argparse.Namespace) -> list[list[str]]:
     accelerator(args.accelerator)
     if args.command != "preflight":
         missing = [f"--{k}" for k in ("name", "zone") if not getattr(args, k)]
@@ -239,17 +332,22 @@ def commands(argv: Sequence[str]) -> list[list[str]]:
     return COMMANDS[args.command](args)
 
 
+def commands(argv: Sequence[str]) -> list[list[str]]:
+    """The commands a command line would run (raises ValueError for bad arguments; argparse exits
+    with status 2 for unknown or abbreviated flags)."""
+    return _commands(parser().parse_args(argv))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     try:
-        cmds = commands(argv)
+        cmds = _commands(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    dry = "--dry_run" in argv
     for cmd in cmds:
         print(shlex.join(cmd), flush=True)
-        if not dry:
+        if not args.dry_run:
             status = subprocess.call(cmd)
             if status != 0:
                 return status
