@@ -37,8 +37,9 @@ def evaluate_checkpoint(
 
     Args:
       model: the model the checkpoint was trained as.
-      model_dir: the training directory; eval summaries (eval/), `eval-<step>.json`, the eval media
-        (`eval-<step>-media/`) and the model's own eval report are written here.
+      model_dir: the training directory (local or a gs:// URL); eval summaries (eval/), the eval
+        media (`eval-<step>-media/`), the model's own eval report and, last, `eval-<step>.json`
+        are written here.
       eval_dataset_cfg: the eval split and its batches.
       eval_steps: how many batches to average over (fewer if the split ends first).
       checkpoint_path: a checkpoints/ directory or one step's directory; default model_dir's latest.
@@ -64,13 +65,19 @@ def evaluate_checkpoint(
     )
     writer = summaries.create_writer(fileio.join(model_dir, "eval"))
     writer.write_scalars(step, results)
-    # WAVs and PNGs are written by local-file libraries: staged locally, uploaded for a URL.
-    with local_staging(fileio.join(model_dir, f"eval-{step}-media"), create=False) as media_dir:
-        summaries.write_eval_media(
-            writer, step, eval_media(trainer, params, first), model.media_sample_rate(), out_dir=media_dir
-        )
+    summaries.write_eval_media(
+        writer,
+        step,
+        eval_media(trainer, params, first),
+        model.media_sample_rate(),
+        out_dir=fileio.join(model_dir, f"eval-{step}-media"),
+    )
     writer.flush()
     if jax.process_index() == 0:
+        # The model's own report (plots: local-file libraries) staged locally for a URL, then
+        # eval-<step>.json last: once it exists the eval's files are all there.
+        with local_staging(model_dir) as report_dir:
+            model.write_eval_report(results, report_dir, step)
         fileio.write_text(
             fileio.join(model_dir, f"eval-{step}.json"),
             json.dumps(
@@ -84,7 +91,6 @@ def evaluate_checkpoint(
                 indent=2,
             ),
         )
-        model.write_eval_report(results, model_dir, step)
     summaries.log(
         "eval of step %d on %s/%s: %s",
         step,

@@ -233,15 +233,14 @@ def _sample_html(row: Mapping, png: Optional[str]) -> str:
 
 
 @contextlib.contextmanager
-def local_staging(directory: str, *, create: bool = True) -> Iterator[str]:
+def local_staging(directory: str) -> Iterator[str]:
     """A local folder to write `directory`'s files into with libraries that only write local
-    files (matplotlib, soundfile, TensorBoard's writer): `directory` itself when local (made
-    unless `create` is False); for a URL a temporary folder whose files are uploaded into
-    `directory` when the block ends cleanly (each file whole; the folder is complete when the
-    caller's marker, written after the block, exists)."""
+    files (matplotlib, soundfile, TensorBoard's writer): `directory` itself (made) when local;
+    for a URL a temporary folder whose files are uploaded into `directory` when the block ends
+    cleanly (each file whole; the folder is complete when the caller's marker, written after
+    the block, exists)."""
     if not fileio.is_url(directory):
-        if create:
-            fileio.makedirs(directory)
+        fileio.makedirs(directory)
         yield directory
         return
     with tempfile.TemporaryDirectory(prefix="musiclm-eval-") as local:
