@@ -217,3 +217,30 @@ def test_inspect_writes_wavs_png_and_summary_to_a_bucket(data, bucket_dir):
     )
     audio, _ = load_audio(f"{out}/{summary.files[0]['wav']}", sample_rate=SR)
     assert audio.shape == (int(LENGTHS_S[0] * SR),)
+
+
+@pytest.mark.slow
+def test_evaluate_checkpoint_reads_and_writes_a_model_dir_on_a_bucket(bucket_dir, tokenizer_model_dirs):
+    """`musiclm eval` of the tiny random SoundStream whose model dir is on the bucket: the
+    checkpoint is restored from there and the summaries, media, codec report and
+    eval-<step>.json (last) are written there."""
+    from model_dirs import gin_model
+
+    from musiclm_jax import eval as eval_lib
+    from musiclm_jax.data.input_pipeline import DatasetConfig
+
+    model_dir = f"{bucket_dir}/soundstream"
+    fileio.copytree(tokenizer_model_dirs["soundstream_dir"], model_dir)
+    model = gin_model(
+        "models/soundstream/tiny.gin",
+        "SoundStream",
+        [f"SoundStreamConfig.sample_rate = {CODEC_SR}", "SEANetConfig.strides = (4, 5, 6)"],
+    )
+    cfg = DatasetConfig("synthetic_music_24k", {"audio": 1200}, batch_size=8, split="validation", shuffle=False)
+    results = eval_lib.evaluate_checkpoint(model=model, model_dir=model_dir, eval_dataset_cfg=cfg, eval_steps=1)
+    report = fileio.read_json(f"{model_dir}/eval-1.json")
+    assert report["metrics"] == pytest.approx(results) and report["checkpoint"] == f"{model_dir}/checkpoints"
+    assert fileio.exists(f"{model_dir}/codec-quality-1.png")
+    assert fileio.glob(f"{model_dir}/eval", "events.out.tfevents.*")
+    media = fileio.listdir(f"{model_dir}/eval-1-media")
+    assert "example_0.png" in media and "example_0_reconstruction.wav" in media
