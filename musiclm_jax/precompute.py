@@ -28,8 +28,8 @@ without reading its source at all. The output dir may be local or a gs:// URL: e
 through musiclm_jax.fileio and appears whole. A shard's TFRecord is written to a local
 temporary file by tf.io.TFRecordWriter and then moved into place (renamed locally, uploaded as
 one object to a bucket) after its shards/ counts, so an existing TFRecord always has its counts;
-COMPLETED is written last. A cache made
-from another task, other model dirs or another shard count is refused, not mixed.
+COMPLETED is written last. A cache made from another task, other model dirs or another shard
+count is refused, not mixed.
 
 Bad input never stops the run: the source counts what it cannot decode (data/bad_input.py),
 and a clip the tokenizers reject (empty, non-finite) is counted as `tokenizer_rejected`.
