@@ -39,10 +39,13 @@ What each command does (`...` is --name, --zone and --project):
   logs       Shows worker --worker's ~/musiclm_train.log: the last --lines lines, then follows it
              (tail -F; Ctrl-C ends it) unless --no_follow.
   stop       On every worker: sends SIGTERM to the process group of the job in ~/musiclm_train.pid,
-             waits up to 30 s for it to exit (then SIGKILL), and removes the pid file. A worker
-             whose job already ended (or that never launched one) says so and succeeds. Every
-             host must stop: a checkpoint save is collective, so no host saves on its own; a new
-             `launch` resumes from the last checkpoint (CHECKPOINT_PERIOD).
+             waits up to 10 s for it to exit, then sends SIGKILL (a multi-host job always needs
+             it: jax.distributed's preemption service catches SIGTERM as a preemption notice,
+             which the trainer does not act on), waits for it to end and removes the pid file. A
+             worker whose job already ended (or that never launched one) says so and succeeds.
+             Every host must stop: a checkpoint save is collective, so no host saves on its own;
+             checkpoints are written atomically, and a new `launch` resumes from the last
+             complete one (CHECKPOINT_PERIOD).
   delete     `gcloud compute tpus tpu-vm delete` (or `queued-resources delete --force`, which
              deletes the TPU VM too) without a prompt.
 
@@ -96,7 +99,7 @@ ACCELERATORS = {
 VENV = "musiclm-venv"
 LOG_FILE = "musiclm_train.log"
 PID_FILE = "musiclm_train.pid"
-STOP_TIMEOUT_S = 30
+STOP_TIMEOUT_S = 10
 
 # Shell snippets run on every worker (bash, non-interactive, in the home directory). No single
 # quotes in them, so that the printed ssh command reads cleanly.
@@ -113,8 +116,9 @@ _STOP = (
     # setsid made the job its process group's leader: the group holds anything it started.
     f"kill -TERM -- -$pid 2>/dev/null || kill -TERM $pid; "
     f"for i in $(seq {2 * STOP_TIMEOUT_S}); do running || break; sleep 0.5; done; "
-    f'if running; then echo "job $pid ignored SIGTERM for {STOP_TIMEOUT_S} s: SIGKILL"; '
-    f"kill -KILL -- -$pid 2>/dev/null || kill -KILL $pid; sleep 1; fi; "
+    f'if running; then echo "job $pid still runs {STOP_TIMEOUT_S} s after SIGTERM: SIGKILL"; '
+    f"kill -KILL -- -$pid 2>/dev/null || kill -KILL $pid; "
+    f"for i in $(seq 20); do running || break; sleep 0.5; done; fi; "
     f'if running; then echo "job $pid on $(hostname) did not stop"; exit 1; fi; '
     f'rm -f {PID_FILE}; echo "stopped musiclm job $pid on $(hostname)"'
 )
