@@ -355,6 +355,10 @@ def run() -> None:
     except BaseException:  # noqa: BLE001  (report it like Python would, then exit the same way)
         traceback.print_exc()
         code = 1
+    if code == 0 and "musiclm_jax.training.partitioning" in sys.modules:
+        from musiclm_jax.training.partitioning import shutdown_distributed
+
+        shutdown_distributed()  # waits for the other hosts of a pod
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()

@@ -119,7 +119,16 @@ def maybe_initialize_distributed() -> None:
             jax.process_count(),
             jax.local_device_count(),
         )
+        maybe_initialize_distributed._joined = True
     maybe_initialize_distributed._done = True
+
+
+def shutdown_distributed() -> None:
+    """Leaves a multi-host run together with the others (a barrier): a process that exits
+    while another still talks to its coordinator makes that one abort."""
+    if getattr(maybe_initialize_distributed, "_joined", False):
+        jax.distributed.shutdown()
+        maybe_initialize_distributed._joined = False
 
 
 def _fill(sizes: Sequence[int], total: int, what: str) -> tuple[int, ...]:
