@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 import functools
 import importlib.resources
-import importlib.util  # noqa: F401  (gin's resource reader calls it without importing it)
+import importlib.util  # also needed by gin's resource reader, which calls it without importing it
 import inspect
 import os
 import pathlib
@@ -28,11 +28,13 @@ def gin_search_paths() -> list[str]:
     """The packaged gin/ folder (installed wheel) and the source checkout's gin/ (editable)."""
     paths = []
     try:
-        packaged = importlib.resources.files("musiclm_jax.gin")
-        if packaged.is_dir():
-            paths.append(str(packaged))
-    except (ModuleNotFoundError, TypeError):
-        pass
+        # gin/ has no __init__.py: a namespace package, whose importlib.resources.files() is a
+        # MultiplexedPath (its str() is a repr, not a path); its search locations are real folders.
+        spec = importlib.util.find_spec("musiclm_jax.gin")
+        locations = list(spec.submodule_search_locations or []) if spec else []
+    except (ModuleNotFoundError, ValueError):
+        locations = []
+    paths += [str(pathlib.Path(p).resolve()) for p in locations if pathlib.Path(p).is_dir()]
     source = pathlib.Path(__file__).resolve().parent.parent / "gin"
     if source.is_dir() and str(source) not in paths:
         paths.append(str(source))

@@ -45,7 +45,8 @@ class GcsEmulator:
 
 def start_gcs_emulator(data_dir, *, bucket: str, timeout: float = 30.0) -> GcsEmulator:
     port = free_port()
-    cmd = [sys.executable, "-m", "gcp_storage_emulator", "-d", os.fspath(data_dir), "start"]
+    server = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gcs_emulator_server.py")
+    cmd = [sys.executable, server, "-d", os.fspath(data_dir), "start"]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--default-bucket", bucket, "--quiet"]
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

@@ -37,18 +37,7 @@ def gcs_dirs(gcs_root, musiclm_model_dirs):
 @pytest.fixture(scope="module")
 def gcs_bundle(gcs_root, gcs_dirs):
     out = f"{gcs_root}/bundle"
-    try:
-        manifest = export.export_musiclm(
-            out, seconds=0.5, settings=SETTINGS, platforms=("cpu", "tpu"), model_dirs=gcs_dirs
-        )
-    except Exception as e:  # noqa: BLE001  (TensorStore's ValueError, re-raised by orbax's thread)
-        # gcp-storage-emulator sends an object's bytes without the x-goog-generation header real
-        # GCS sends; TensorStore's OCDBT (orbax's format) then now and then fails re-reading its
-        # manifest while saving. An emulator gap, not ours: skipped, never passed, until
-        # tests/emulators.py serves the header.
-        if "Malformed StorageGeneration" in str(e):
-            pytest.skip(f"GCS emulator without x-goog-generation (orbax save on it failed): {str(e)[:200]}")
-        raise
+    manifest = export.export_musiclm(out, seconds=0.5, settings=SETTINGS, platforms=("cpu", "tpu"), model_dirs=gcs_dirs)
     return out, manifest
 
 

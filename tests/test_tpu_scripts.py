@@ -388,13 +388,6 @@ def test_setup_launch_stop_resume_on_two_workers(gcloud, wheel, tmp_path):
         version = subprocess.run([python, "--version"], capture_output=True, text=True, check=True).stdout
         assert version.startswith("Python 3.11")
 
-    # Workaround, a bug in the package: installed from a wheel, gin_utils.gin_search_paths() gives
-    # str(MultiplexedPath(...)) for the packaged gin/ (a namespace package), so no packaged gin file
-    # is found by name. Gin files are found relative to the job's working directory (the home) too.
-    for w in range(2):
-        for d in ("experiments", "models", "runs", "partitioning"):
-            os.symlink(os.path.join(_REPO, "gin", d), os.path.join(_home(gcloud, w), d))
-
     model_dir = str(tmp_path / "model")  # local, shared by both workers (a gs:// bucket on a pod)
     train = [
         "--gin_file=experiments/local_tiny.gin",
