@@ -71,16 +71,27 @@ def path(p: PathLike) -> epath.Path:
     return epath.Path(os.fspath(p))
 
 
+def _fresh(p: PathLike) -> epath.Path:
+    """The path, with the object-store client's cached listings dropped first: other hosts and
+    processes write to the same bucket, and a stale listing would hide their files."""
+    p = os.fspath(p)
+    if is_url(p):
+        from etils.epath import backend
+
+        backend.fsspec_backend.fs(p).invalidate_cache()
+    return path(p)
+
+
 def exists(p: PathLike) -> bool:
-    return path(p).exists()
+    return _fresh(p).exists()
 
 
 def isdir(p: PathLike) -> bool:
-    return path(p).is_dir()
+    return _fresh(p).is_dir()
 
 
 def isfile(p: PathLike) -> bool:
-    return path(p).is_file()
+    return _fresh(p).is_file()
 
 
 def makedirs(p: PathLike) -> None:
@@ -90,7 +101,7 @@ def makedirs(p: PathLike) -> None:
 
 def listdir(p: PathLike) -> list[str]:
     """The names in a directory, sorted ([] when it does not exist)."""
-    d = path(p)
+    d = _fresh(p)
     if not d.is_dir():
         return []
     return sorted(child.name for child in d.iterdir())
@@ -98,7 +109,7 @@ def listdir(p: PathLike) -> list[str]:
 
 def glob(directory: PathLike, pattern: str) -> list[str]:
     """Paths in `directory` matching a glob pattern, sorted."""
-    return sorted(os.fspath(p) for p in path(directory).glob(pattern))
+    return sorted(os.fspath(p) for p in _fresh(directory).glob(pattern))
 
 
 def remove(p: PathLike) -> None:

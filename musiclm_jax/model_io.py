@@ -122,7 +122,7 @@ def latest_step(model_dir: str) -> int:
     if not fileio.isdir(directory):
         check_export(model_dir)  # an interrupted export says so
         raise FileNotFoundError(f"{directory} not found: is {model_dir!r} a `musiclm train` directory?")
-    steps = [int(d) for d in fileio.listdir(directory) if d.isdigit()]
+    steps = checkpoints.committed_steps(directory)
     if not steps:
         raise FileNotFoundError(f"{model_dir}/checkpoints holds no checkpoint")
     return max(steps)

@@ -4,7 +4,11 @@ import os
 import subprocess
 import sys
 
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3", "XLA_FLAGS": ""}
+
+def env(**extra) -> dict[str, str]:
+    """The environment for a CLI subprocess, read now: fixtures (the GCS emulator) set variables
+    that the child must see."""
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3", "XLA_FLAGS": "", **extra}
 
 
 def musiclm(*args, timeout=300, cwd="/"):
@@ -13,7 +17,7 @@ def musiclm(*args, timeout=300, cwd="/"):
         [sys.executable, "-m", "musiclm_jax.main", *args],
         capture_output=True,
         text=True,
-        env=ENV,
+        env=env(),
         timeout=timeout,
         cwd=cwd,
     )

@@ -66,6 +66,10 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # else gcsf
 os.environ.setdefault("NO_GCE_CHECK", "true")
 os.environ.setdefault("GCE_METADATA_HOST", "127.0.0.1:9")  # google-auth
 os.environ.setdefault("GCE_METADATA_IP", "127.0.0.1:9")  # jax, TensorStore
+# Until the emulator fixture points them at itself, gs:// clients go to a closed local port:
+# a test that forgot the fixture fails fast instead of reaching storage.googleapis.com.
+os.environ.setdefault("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
+os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", "http://127.0.0.1:9")
 
 
 @pytest.fixture(scope="session")

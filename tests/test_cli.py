@@ -9,7 +9,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from cli import ENV, musiclm
+from cli import env, musiclm
 
 TINY = "--gin_file=experiments/local_tiny.gin"
 
@@ -72,7 +72,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-m", "musiclm_jax.main", *args],
-                env=ENV,
+                env=env(),
                 cwd="/",
                 text=True,
                 stdout=output,

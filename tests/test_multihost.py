@@ -7,11 +7,12 @@ One module fixture runs everything once (5 processes, then 3); the tests read it
   B  1 process, straight through               (the same parameters as A, to float round-off)
   C  2 processes SIGKILLed after a checkpoint  -> D: both restarted, bit-identical to A
                                                -> E: a copy of C restarted as 1 process (reshards)
+C, D and E keep their model directory in a bucket (gs://, the GCS emulator on localhost), as a
+pod does: both hosts checkpoint into the same objects.
 """
 
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import time
 
 import numpy as np
 import pytest
-from cli import ENV
+from cli import env as cli_env
 from emulators import free_port
 
 pytestmark = pytest.mark.slow
@@ -40,16 +41,15 @@ TRAIN = [
 
 
 class Run:
-    def __init__(self, name: str, model_dir: pathlib.Path, processes: int, logs: pathlib.Path):
+    def __init__(self, name: str, model_dir, processes: int, logs: pathlib.Path):
         self.name, self.model_dir, self.logs = name, model_dir, logs
         port = free_port()
         self.procs = []
         for i in range(processes):
-            env = {
-                **ENV,
-                "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // processes}",
-                "MUSICLM_WRITE_LOG": str(self.write_log(i)),
-            }
+            env = cli_env(
+                XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // processes}",
+                MUSICLM_WRITE_LOG=str(self.write_log(i)),
+            )
             if processes > 1:
                 env.update(
                     TPU_WORKER_HOSTNAMES=",".join(["localhost"] * processes),
@@ -78,8 +78,10 @@ class Run:
             p.wait()
 
     def steps(self) -> list[int]:
-        d = self.model_dir / "checkpoints"
-        return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if d.exists() else []
+        from musiclm_jax import fileio
+        from musiclm_jax.training.checkpoints import committed_steps
+
+        return committed_steps(fileio.join(str(self.model_dir), "checkpoints"))
 
 
 def _params(model_dir, step=None):
@@ -92,22 +94,25 @@ def _params(model_dir, step=None):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, gcs_emulator):
+    from musiclm_jax import fileio
+
     tmp = tmp_path_factory.mktemp("multihost")
+    bucket = f"{gcs_emulator}/multihost-{tmp.name}"
     a = Run("A", tmp / "a", 2, tmp)
-    c = Run("C", tmp / "c", 2, tmp)
+    c = Run("C", f"{bucket}/c", 2, tmp)
     b = Run("B", tmp / "b", 1, tmp)
     try:
         deadline = time.time() + 400
         while not c.steps() and time.time() < deadline:
-            time.sleep(0.05)
+            time.sleep(0.1)
         c.kill()
         killed_at = c.steps()
-        shutil.copytree(c.model_dir, tmp / "e")  # the killed run, to restart as one process
+        fileio.copytree(c.model_dir, f"{bucket}/e")  # the killed run, to restart as one process
         a.wait()
         b.wait()
         d = Run("D", c.model_dir, 2, tmp)
-        e = Run("E", tmp / "e", 1, tmp)
+        e = Run("E", f"{bucket}/e", 1, tmp)
         d.wait()
         e.wait()
     finally:

@@ -88,6 +88,23 @@ class Checkpointer:
         self._manager.close()
 
 
+def committed_steps(directory: str) -> list[int]:
+    """The complete checkpoint steps in `directory`, by orbax's own rule: on an object store a
+    step's folder exists from the first byte written, and only its commit marker says it is
+    whole; listing digit-named folders would count a step that a crash cut short."""
+    if not fileio.isdir(directory):
+        return []
+    manager = ocp.CheckpointManager(
+        fileio.resolve(directory),
+        options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+        item_names=("params", "state", "data"),
+    )
+    try:
+        return sorted(manager.all_steps())  # a new manager has just read the directory
+    finally:
+        manager.close()
+
+
 def restore_params(path: str, abstract_params: Any) -> tuple[Any, int]:
     """Parameters only, from a model dir (its latest step) or one step's directory."""
     path = fileio.resolve(path)
