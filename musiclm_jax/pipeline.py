@@ -1,6 +1,6 @@
 """`musiclm pipeline`: the whole MusicLM recipe on the embedded synthetic source, resumable.
 
-    run_pipeline(model_dir='/tmp/musiclm', size='small')
+    run_pipeline(model_dir='/tmp/musiclm', size='small')      # or model_dir='gs://bucket/run'
 
 Steps, in order (each one `musiclm` run configured by gin/pipeline/<size>/<gin>.gin, which
 also runs on its own, e.g. `musiclm train --gin_file=pipeline/small/codec.gin
@@ -18,10 +18,24 @@ also runs on its own, e.g. `musiclm train --gin_file=pipeline/small/codec.gin
     generate         music for prompts held out from training           D/generated
     evaluate         FAD, KLD, MCC, adherence of the music; report.html  D/eval
 
-A step is done once D/steps/<step>.json exists (written atomically at its end, with its wall
-time and metrics): a rerun skips done steps, an interrupted training resumes from its orbax
-checkpoints and an interrupted precompute from its finished shards. D/pipeline_summary.json
+A step is done once D/steps/<step>.json exists (written last, whole, at its end, with its wall
+time, metrics and configuration). The configuration is a text of what determines the step's
+result: its gin files as parsed (`gin.config_str()`: every binding of every file they include,
+after the size's macros and the step's `step_bindings`; D written as `D`, so a moved directory
+keeps its steps), the run_pipeline options that reach it (generate: seconds, prompts, seed, ...;
+evaluate: seconds, seed, the attribute classifier's size) and the configuration hashes of the
+steps it reads (DEPENDS); the marker keeps the text's lines and their sha256.
+
+A rerun skips a step whose marker holds the current hash. A step whose configuration changed
+(a binding, an option, or a step it reads) is rerun from scratch, its outputs deleted first
+(the old checkpoints belong to the old configuration), and so is every step that reads it; the
+log names the first changed line. A step without a marker (interrupted) resumes: a training from
+its orbax checkpoints, precompute from its finished shards. A marker written before
+configurations were recorded counts as done (the log says so once). D/pipeline_summary.json
 gathers every step's time and metrics at the end.
+
+D may be a local directory or an object-store URL (gs://bucket/run): every file goes through
+musiclm_jax.fileio.
 
 The library takes plain values; gin is only how each step reads its model configuration
 (the same files the CLI modes use), in a configuration of its own that is cleared after it.
@@ -30,9 +44,11 @@ The library takes plain values; gin is only how each step reads its model config
 from __future__ import annotations
 
 import contextlib
-import glob
+import dataclasses
+import difflib
+import hashlib
 import json
-import os
+import re
 import time
 from typing import Callable, Mapping, Optional, Sequence
 
@@ -40,12 +56,11 @@ import numpy as np
 import soundfile
 
 import gin
+from musiclm_jax import fileio, gin_utils
 from musiclm_jax import generate as generate_lib
-from musiclm_jax import gin_utils
 from musiclm_jax.evaluation import eval_sets, text_to_music
 from musiclm_jax.evaluation.embedders import MuLanAudioEmbedder
 from musiclm_jax.evaluation.eval_sets import held_out_prompts
-from musiclm_jax.fileio import write_json
 from musiclm_jax.tokenizers.acoustic import AcousticTokenizer
 from musiclm_jax.tokenizers.mulan import MuLanEmbedder
 from musiclm_jax.training.summaries import format_duration, log
@@ -64,6 +79,39 @@ STEPS = (
     "generate",
     "evaluate",
 )
+# The steps whose results each step reads (directly; the rest follows): a step reruns when its
+# own configuration or one of these steps' changed. The three stages train on the token cache
+# alone, so changing one retrains neither of the others.
+DEPENDS = {
+    "codec": (),
+    "w2v_bert": (),
+    "semantic_kmeans": ("w2v_bert",),
+    "mulan": (),
+    "mulan_rvq": ("mulan",),
+    "precompute": ("codec", "semantic_kmeans", "mulan_rvq"),
+    "semantic_stage": ("precompute",),
+    "coarse_stage": ("precompute",),
+    "fine_stage": ("precompute",),
+    "generate": ("mulan_rvq", "semantic_stage", "coarse_stage", "fine_stage", "codec"),
+    "evaluate": ("generate", "mulan", "codec"),
+}
+# What each step writes under the pipeline's directory: deleted before a step reruns because its
+# configuration changed.
+OUTPUTS = {
+    "codec": ("codec",),
+    "w2v_bert": ("w2v_bert",),
+    "semantic_kmeans": ("w2v_bert/kmeans",),
+    "mulan": ("mulan",),
+    "mulan_rvq": ("mulan/mulan_rvq",),
+    "precompute": ("tokens",),
+    "semantic_stage": ("semantic_stage",),
+    "coarse_stage": ("coarse_stage",),
+    "fine_stage": ("fine_stage",),
+    "generate": ("generated",),
+    "evaluate": ("eval",),
+}
+# The evaluate step's attribute classifier (trained once, then loaded): deleted when its size changes.
+CLASSIFIER_DIR = "attribute_classifier"
 # Where each model lives under the pipeline's directory.
 DIRS = {
     "codec": "codec",
@@ -117,23 +165,25 @@ def _gin_config(gin_files: Sequence[str], bindings: Sequence[str]):
 
 
 def last_scalars(logdir: str) -> dict[str, float]:
-    """The last value of every scalar in a TensorBoard directory (the trainer's summaries)."""
+    """The last value of every scalar in a TensorBoard directory (the trainer's summaries; local
+    or an object-store URL)."""
     import tensorflow as tf
 
     out: dict[str, tuple[int, float]] = {}
-    for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for v in event.summary.value:
-                if v.HasField("tensor"):
-                    if v.tensor.dtype == tf.string.as_datatype_enum or v.tensor.tensor_shape.dim:
+    for path in fileio.glob(logdir, "events.out.tfevents.*"):
+        with fileio.local_copy(path) as local:
+            for event in tf.compat.v1.train.summary_iterator(local):
+                for v in event.summary.value:
+                    if v.HasField("tensor"):
+                        if v.tensor.dtype == tf.string.as_datatype_enum or v.tensor.tensor_shape.dim:
+                            continue
+                        value = float(tf.make_ndarray(v.tensor))
+                    elif v.HasField("simple_value"):
+                        value = float(v.simple_value)
+                    else:
                         continue
-                    value = float(tf.make_ndarray(v.tensor))
-                elif v.HasField("simple_value"):
-                    value = float(v.simple_value)
-                else:
-                    continue
-                if v.tag not in out or event.step >= out[v.tag][0]:
-                    out[v.tag] = (int(event.step), value)
+                    if v.tag not in out or event.step >= out[v.tag][0]:
+                        out[v.tag] = (int(event.step), value)
     return {k: v for k, (_, v) in sorted(out.items()) if k not in _NOISE}
 
 
@@ -146,36 +196,60 @@ class _Context:
     def __init__(self, model_dir: str, size: str, step_bindings: Mapping[str, Sequence[str]], options: dict):
         self.model_dir, self.size, self.options = model_dir, size, options
         self.step_bindings = {k: list(v) for k, v in (step_bindings or {}).items()}
-        self.dirs = {k: os.path.join(model_dir, v) for k, v in DIRS.items()}
+        self.dirs = {k: fileio.join(model_dir, v) for k, v in DIRS.items()}
+
+    def gin(self, step: str) -> Optional[tuple[str, dict[str, str]]]:
+        """(gin file, macros) of a step that parses one; None for generate and evaluate."""
+        d = self.dirs
+        if step in ("codec", "w2v_bert", "mulan"):
+            return step, {"MODEL_DIR": d[step]}
+        if step.endswith("_stage"):
+            return step, {"MODEL_DIR": d[step], "TOKEN_CACHE_DIR": d["tokens"]}
+        if step == "semantic_kmeans":
+            return "w2v_bert", {"MODEL_DIR": d["w2v_bert"]}
+        if step == "mulan_rvq":
+            return "mulan", {"MODEL_DIR": d["mulan"]}
+        if step == "precompute":
+            return "precompute", {
+                "MULAN_DIR": d["mulan"],
+                "W2V_BERT_DIR": d["w2v_bert"],
+                "SOUNDSTREAM_DIR": d["codec"],
+                "TOKEN_CACHE_DIR": d["tokens"],
+            }
+        return None
 
     def bindings(self, step: str, **macros) -> list[str]:
         return [f"{k} = {v!r}" for k, v in macros.items()] + self.step_bindings.get(step, [])
 
-    def run(self, step: str, gin_name: str, fn: Callable, **macros):
+    @contextlib.contextmanager
+    def configured(self, step: str):
+        """The step's gin configuration, parsed (yields the configurables)."""
+        gin_name, macros = self.gin(step)
         with _gin_config([step_gin(self.size, gin_name)], self.bindings(step, **macros)) as configurables:
+            yield configurables
+
+    def run(self, step: str, fn: Callable):
+        with self.configured(step) as configurables:
             return fn(configurables)
 
 
 def _train(ctx: _Context, step: str) -> dict:
     model_dir = ctx.dirs[step]
-    macros = {"MODEL_DIR": model_dir}
-    if step.endswith("_stage"):
-        macros["TOKEN_CACHE_DIR"] = ctx.dirs["tokens"]
-    ctx.run(step, step, lambda c: c.train(on_start=gin_utils.write_config), **macros)
+    ctx.run(step, lambda c: c.train(on_start=gin_utils.write_config))
     return {
         "model_dir": model_dir,
-        "train": last_scalars(os.path.join(model_dir, "train")),
-        "eval": last_scalars(os.path.join(model_dir, "eval")),
+        "train": last_scalars(fileio.join(model_dir, "train")),
+        "eval": last_scalars(fileio.join(model_dir, "eval")),
     }
 
 
 def _semantic_kmeans(ctx: _Context, step: str) -> dict:
-    info = ctx.run(step, "w2v_bert", lambda c: c.fit_semantic_kmeans(), MODEL_DIR=ctx.dirs["w2v_bert"])
+    info = ctx.run(step, lambda c: c.fit_semantic_kmeans())
     return {k: v for k, v in info.items() if isinstance(v, (int, float, str))}
 
 
 def _mulan_rvq(ctx: _Context, step: str) -> dict:
-    info = ctx.run(step, "mulan", lambda c: c.fit_mulan_rvq(), MODEL_DIR=ctx.dirs["mulan"])
+    info = ctx.run(step, lambda c: c.fit_mulan_rvq())
     return {
         k: v
         for k, v in info.items()
@@ -184,15 +258,7 @@ def _mulan_rvq(ctx: _Context, step: str) -> dict:
 
 
 def _precompute(ctx: _Context, step: str) -> dict:
-    summary = ctx.run(
-        step,
-        "precompute",
-        lambda c: c.precompute_tokens(),
-        MULAN_DIR=ctx.dirs["mulan"],
-        W2V_BERT_DIR=ctx.dirs["w2v_bert"],
-        SOUNDSTREAM_DIR=ctx.dirs["codec"],
-        TOKEN_CACHE_DIR=ctx.dirs["tokens"],
-    )
+    summary = ctx.run(step, lambda c: c.precompute_tokens())
     return {
         "cache_dir": ctx.dirs["tokens"],
         "splits": {s: {k: v[k] for k in ("clips", "seconds", "tokens")} for s, v in summary["splits"].items()},
@@ -244,10 +310,10 @@ def _evaluate(ctx: _Context, step: str, done: dict) -> dict:
     items = [eval_sets.synthetic_item(p, ctx.options["seconds"], rate) for p in prompts]
     mulan = MuLanEmbedder.from_model_dir(ctx.dirs["mulan"])
     classifier = text_to_music.SyntheticAttributeClassifier(
-        os.path.join(ctx.model_dir, "attribute_classifier"), **CLASSIFIER[ctx.size]
+        fileio.join(ctx.model_dir, CLASSIFIER_DIR), **CLASSIFIER[ctx.size]
     )
     results = text_to_music.generate_and_score(
-        os.path.join(ctx.model_dir, DIRS["eval"]),
+        ctx.dirs["eval"],
         items,
         generated=np.stack([a for a, _ in clips]),
         generated_sample_rate=rate,
@@ -265,7 +331,8 @@ def _evaluate(ctx: _Context, step: str, done: dict) -> dict:
 
 
 def _read_wav(path: str) -> tuple[np.ndarray, int]:
-    audio, sr = soundfile.read(path, dtype="float32")
+    with fileio.local_copy(path) as local:
+        audio, sr = soundfile.read(local, dtype="float32")
     return (audio if audio.ndim == 1 else audio.mean(axis=1)), int(sr)
 
 
@@ -287,15 +354,82 @@ _STEP_FNS: dict[str, Callable] = {
 
 
 def marker_path(model_dir: str, step: str) -> str:
-    return os.path.join(model_dir, "steps", f"{step}.json")
+    return fileio.join(model_dir, "steps", f"{step}.json")
 
 
 def read_marker(model_dir: str, step: str) -> Optional[dict]:
     path = marker_path(model_dir, step)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return fileio.read_json(path) if fileio.exists(path) else None
+
+
+def _canonical(value) -> str:
+    """A value as canonical text: JSON with sorted keys (dataclasses by their fields)."""
+
+    def default(o):
+        if dataclasses.is_dataclass(o) and not isinstance(o, type):
+            return dataclasses.asdict(o)
+        return vars(o) if hasattr(o, "__dict__") else repr(o)
+
+    return json.dumps(value, sort_keys=True, default=default)
+
+
+def _upstream(step: str) -> set[str]:
+    """Every step whose results `step` reads, directly or not."""
+    out: set[str] = set()
+    for d in DEPENDS[step]:
+        out |= {d} | _upstream(d)
+    return out
+
+
+def step_config(ctx: _Context, step: str, hashes: Mapping[str, str]) -> list[str]:
+    """The lines of a step's configuration (see the module docstring); `hashes` holds the
+    configuration hashes of the steps before it."""
+    lines = [f"step: {step}"]
+    # The pipeline's directory as D, in the bindings themselves: gin wraps long lines, so the
+    # text would depend on the directory's length if D were substituted afterwards.
+    ctx = _Context("D", ctx.size, ctx.step_bindings, ctx.options)
+    if ctx.gin(step) is not None:
+        lines.append(f"gin file: {step_gin(ctx.size, ctx.gin(step)[0])}")
+        with ctx.configured(step):
+            lines += gin.config_str().splitlines()
+    o = ctx.options
+    if step == "generate":
+        names = ("seconds", "num_prompts", "prompts", "seed", "num_candidates", "settings", "train_captions_checked")
+        lines += [f"{k}: {_canonical(o[k])}" for k in names]
+    elif step == "evaluate":
+        lines += [f"{k}: {_canonical(o[k])}" for k in ("seconds", "seed")]
+        lines.append(f"classifier: {_canonical(CLASSIFIER[ctx.size])}")
+    lines += [f"after {d}: {hashes[d]}" for d in DEPENDS[step]]
+    return [line.rstrip() for line in lines if line.strip()]
+
+
+def config_hash(lines: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+
+
+def first_difference(old: Sequence[str], new: Sequence[str], width: int = 120) -> str:
+    """The first line where configuration `new` differs from `old`, for the log:
+    'TRAIN_STEPS = 100 was 50', 'new: ...', 'gone: ...', 'fine_stage changed'."""
+
+    def short(line: str) -> str:
+        line = line.strip()
+        return line if len(line) <= width else line[: width - 3] + "..."
+
+    for tag, i1, _, j1, _ in difflib.SequenceMatcher(None, list(old), list(new), autojunk=False).get_opcodes():
+        if tag == "equal":
+            continue
+        if tag == "delete":
+            return f"gone: {short(old[i1])}"
+        if tag == "insert":
+            return f"new: {short(new[j1])}"
+        was, now = old[i1].strip(), new[j1].strip()
+        key = re.match(r"(.+?)( = |: )", now)
+        if key and now.startswith("after ") and was.startswith(key.group(0)):
+            return f"{key.group(1).removeprefix('after ')} changed"
+        if key and was.startswith(key.group(0)):
+            return f"{short(now)} was {short(was[key.end() :])}"
+        return f"{short(now)} was {short(was)}"
+    return "the same lines"
 
 
 def run_pipeline(
@@ -316,8 +450,11 @@ def run_pipeline(
     model_dir/pipeline_summary.json.
 
     Args:
-      model_dir: the pipeline's directory D (made absolute; the layout is in the module docstring).
-        A step with a marker in D/steps/ is skipped, whatever the other arguments now say.
+      model_dir: the pipeline's directory D, local (made absolute) or an object-store URL
+        (gs://bucket/run); the layout is in the module docstring. A step with a marker in D/steps/
+        is skipped when its configuration (gin files as parsed, bindings, the options that reach
+        it, the steps it reads) is the one recorded there; else it is rerun from scratch, and so
+        is every step that reads it.
       size: 'tiny' (the test suite's, ~a minute) or 'small' (the CPU demo, ~20 minutes on 2 cores):
         the gin files gin/pipeline/<size>/ and the size of the eval's attribute classifier.
       seconds: length of each generated piece.
@@ -327,7 +464,8 @@ def run_pipeline(
       seed: seed of generation and of the eval.
       num_candidates: samples per prompt, the best by MuLan score kept (as `generate.generate`).
       settings: per-stage SamplingSettings (default the paper's temperatures).
-      step_bindings: extra gin bindings per step, e.g. {'codec': ['TRAIN_STEPS = 100']}.
+      step_bindings: extra gin bindings per step, e.g. {'codec': ['TRAIN_STEPS = 100']} (not for
+        generate and evaluate, which read no gin file: their options are the arguments here).
       train_captions_checked: held-out captions equal to one of the first this many training
         captions are not used as prompts.
       on_start: called with the absolute `model_dir` once it exists, before the first step (the CLI
@@ -337,20 +475,23 @@ def run_pipeline(
       and its references, text_to_music: FAD, KLD, MCC), wavs, pngs, report (report.html's path,
       or None without references) and prompts (caption, labels, detected attributes, wav).
     Raises:
-      ValueError: an unknown `size`, `step_bindings` naming unknown steps, `seconds` <= 0 or
-        `num_prompts` < 1.
+      ValueError: an unknown `size`, `step_bindings` naming unknown steps or generate/evaluate,
+        `seconds` <= 0 or `num_prompts` < 1; gin_utils.ConfigError (a ValueError) for a bad
+        binding, before any step runs.
     """
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
     unknown = sorted(set(step_bindings or {}) - set(STEPS))
     if unknown:
         raise ValueError(f"step_bindings names unknown steps {unknown}; steps: {list(STEPS)}")
+    no_gin = [s for s in STEPS if s in (step_bindings or {}) and s in ("generate", "evaluate")]
+    if no_gin:
+        raise ValueError(
+            f"step_bindings names {no_gin}, which read no gin file: their options are run_pipeline's arguments"
+        )
     if not seconds > 0 or num_prompts < 1:
         raise ValueError(f"seconds must be > 0 and num_prompts >= 1, got {seconds}, {num_prompts}")
-    model_dir = os.path.abspath(model_dir)
-    os.makedirs(os.path.join(model_dir, "steps"), exist_ok=True)
-    if on_start:
-        on_start(model_dir)
+    model_dir = fileio.resolve(model_dir)
     options = dict(
         seconds=float(seconds),
         num_prompts=int(num_prompts),
@@ -360,13 +501,30 @@ def run_pipeline(
         settings=dict(settings or {}),
         train_captions_checked=int(train_captions_checked),
     )
+    fileio.makedirs(fileio.join(model_dir, "steps"))
+    if on_start:  # before any step's gin clears the caller's configuration
+        on_start(model_dir)
     ctx = _Context(model_dir, size, step_bindings or {}, options)
+    configs: dict[str, list[str]] = {}
+    hashes: dict[str, str] = {}
+    for step in STEPS:  # parses every step's gin: a bad binding fails before any step runs
+        configs[step] = step_config(ctx, step, hashes)
+        hashes[step] = config_hash(configs[step])
     t_start = time.perf_counter()
     done: dict[str, dict] = {}
     log("pipeline (%s) in %s: %d steps", size, model_dir, len(STEPS))
+    markers = {step: read_marker(model_dir, step) for step in STEPS}
+    unrecorded = [s for s, m in markers.items() if m is not None and "config_hash" not in m]
+    if unrecorded:
+        log(
+            "pipeline: %s done by an earlier version that did not record configurations: kept as done "
+            "(delete D/steps/<step>.json to rerun one)",
+            ", ".join(unrecorded),
+        )
+    changed = [s for s, m in markers.items() if m is not None and m.get("config_hash", hashes[s]) != hashes[s]]
     for i, step in enumerate(STEPS, 1):
-        marker = read_marker(model_dir, step)
-        if marker is not None:
+        marker = markers[step]
+        if marker is not None and step not in changed:
             done[step] = marker
             log(
                 "pipeline step %d/%d %s: already done (%s), skipped",
@@ -376,6 +534,21 @@ def run_pipeline(
                 format_duration(marker["wall_s"]),
             )
             continue
+        if step in changed:
+            if not _upstream(step) & set(changed):  # else the step it reads said so
+                after = [s for s in STEPS if step in _upstream(s)]
+                log(
+                    "pipeline step %d/%d %s: configuration changed (%s); rerunning it%s",
+                    i,
+                    len(STEPS),
+                    step,
+                    first_difference(marker.get("config", []), configs[step]),
+                    f" and the {len(after)} {'step that reads' if len(after) == 1 else 'steps that read'} it"
+                    f" ({', '.join(after)})"
+                    if after
+                    else "",
+                )
+            _remove_outputs(model_dir, step, marker.get("config", []), configs[step])
         log(
             "pipeline step %d/%d %s: starting (pipeline time so far %s)",
             i,
@@ -385,8 +558,14 @@ def run_pipeline(
         )
         t0 = time.perf_counter()
         metrics = _evaluate(ctx, step, done) if step == "evaluate" else _STEP_FNS[step](ctx, step)
-        done[step] = {"step": step, "wall_s": time.perf_counter() - t0, "metrics": metrics}
-        write_json(marker_path(model_dir, step), done[step])
+        done[step] = {
+            "step": step,
+            "wall_s": time.perf_counter() - t0,
+            "metrics": metrics,
+            "config_hash": hashes[step],
+            "config": configs[step],
+        }
+        fileio.write_json(marker_path(model_dir, step), done[step])  # last: the step is done
         log(
             "pipeline step %d/%d %s: done in %s (pipeline time so far %s)",
             i,
@@ -396,9 +575,23 @@ def run_pipeline(
             format_duration(time.perf_counter() - t_start),
         )
     summary = _summary(model_dir, size, done)
-    write_json(os.path.join(model_dir, SUMMARY_FILE), summary)
+    fileio.write_json(fileio.join(model_dir, SUMMARY_FILE), summary)
     _log_summary(summary)
     return summary
+
+
+def _remove_outputs(model_dir: str, step: str, old: Sequence[str], new: Sequence[str]) -> None:
+    """Deletes what a step wrote under an older configuration, then its marker (last: until then
+    the old marker still says the outputs are stale). The attribute classifier goes only when
+    its own size changed."""
+    paths = [fileio.join(model_dir, p) for p in OUTPUTS[step]]
+    if step == "evaluate" and [x for x in old if x.startswith("classifier:")] != [
+        x for x in new if x.startswith("classifier:")
+    ]:
+        paths.append(fileio.join(model_dir, CLASSIFIER_DIR))
+    for path in paths:
+        fileio.remove(path)
+    fileio.remove(marker_path(model_dir, step))
 
 
 def _pick(scalars: Mapping[str, float], *names: str) -> dict:
@@ -444,7 +637,7 @@ def _summary(model_dir: str, size: str, done: Mapping[str, dict]) -> dict:
         "wavs": [p["wav"] for p in prompts],
         "pngs": [p["png"] for p in prompts],
         "report": m["evaluate"].get("output_dir")
-        and os.path.join(m["evaluate"]["output_dir"], text_to_music.REPORT_FILE),
+        and fileio.join(m["evaluate"]["output_dir"], text_to_music.REPORT_FILE),
         "prompts": [
             {"caption": p["caption"], "labels": p["labels"], "detected": p.get("detected"), "wav": p["wav"]}
             for p in prompts
@@ -483,9 +676,9 @@ def _log_summary(summary: dict) -> None:
             ", ".join(f"{k} {v:.3g}" for k, v in t2m.items() if not k.startswith("adherence")),
         )
         log("  eval report (open in a browser): %s", summary["report"])
-    out = os.path.dirname(summary["wavs"][0]) if summary["wavs"] else ""
+    out = fileio.dirname(summary["wavs"][0]) if summary["wavs"] else ""
     log(
         "generated music (WAV + PNG spectrogram + JSON per prompt) in %s; summary in %s",
         out,
-        os.path.join(summary["model_dir"], SUMMARY_FILE),
+        fileio.join(summary["model_dir"], SUMMARY_FILE),
     )

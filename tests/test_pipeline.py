@@ -1,6 +1,7 @@
 """`musiclm pipeline` end to end at the tiny sizes: every step runs in order (five models trained
 on the synthetic source, k-means, RVQ, token cache, generation, the text-to-music eval), the summary
-and the music are written, and a rerun skips finished steps (no training again)."""
+and the music are written, and a rerun skips finished steps (no training again). What a changed
+configuration reruns: test_pipeline_markers."""
 
 import json
 import os
