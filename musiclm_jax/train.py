@@ -177,7 +177,8 @@ def train(
             if step < train_steps:
                 batch = next(data)
             log_now = step % log_period == 0 or step == train_steps
-            save_now = ckpt.should_save(step) or step == train_steps
+            preempted = _reached_preemption(step)
+            save_now = ckpt.should_save(step) or step == train_steps or preempted
             ctx = StepContext(step, train_steps, state, metrics, trainer, ckpt, commit=log_now or save_now)
             stoppers = run_actions(actions, ActionMode.GUARD, ctx)  # never log or save a step that did not apply
             if log_now:
@@ -188,6 +189,9 @@ def train(
             if ctx.eval_results is not None:
                 stoppers += run_actions(actions, ActionMode.TRAIN_EVAL, ctx)
                 window_t = time.perf_counter()
+            if preempted and step < train_steps:  # saved above; a relaunch resumes here
+                summaries.log("stopped at step %d by SIGTERM (preemption or `tpu.py stop`): checkpoint saved", step)
+                break
             if stoppers and step < train_steps:  # ended early: recorded as the last step
                 summaries.log("training ended at step %d by %s", step, ", ".join(type(a).__name__ for a in stoppers))
                 if not ctx.commit:
@@ -200,9 +204,9 @@ def train(
                 break
     finally:
         ckpt.close()
-        writer.flush()
+        writer.close()  # flushes (and, for a bucket, uploads) the events
         if eval_writer:
-            eval_writer.flush()
+            eval_writer.close()
     return state
 
 
@@ -225,6 +229,17 @@ def default_actions(
 
 
 CONFIG_CHANGES_FILE = "config-changes.json"
+
+
+def _reached_preemption(step: int) -> bool:
+    """True on every host at the same step once any host got SIGTERM (a TPU maintenance event,
+    `tpu_scripts/tpu.py stop`): jax.distributed's preemption service holds the signal until then,
+    so the hosts save together and exit instead of dying between checkpoints."""
+    if jax.process_count() == 1:
+        return False
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.reached_preemption_sync_point(step)
 
 
 class ModelDirMismatchError(ValueError):

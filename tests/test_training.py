@@ -283,3 +283,34 @@ def test_periodic_eval_writes_scalars_media_and_warnings(tmp_path, capsys):
     acc = EventAccumulator(str(tmp_path / "eval"), size_guidance={"tensors": 0, "scalars": 0}).Reload()
     tags = set(acc.Tags()["tensors"]) | set(acc.Tags()["scalars"])
     assert {"loss", "audio/input", "spectrogram/example_0", "spectrogram/example_1", "warning"} <= tags
+
+
+def test_train_refuses_another_model_config_in_the_same_dir(tmp_path, tiny_stage_config):
+    """A resumed run compares the model configuration with model.json before it writes anything;
+    the first differing field is named; allow_config_change trains on and records it."""
+    import dataclasses
+    import json
+
+    from musiclm_jax.train import ModelDirMismatchError, train
+
+    cfg = DatasetConfig("permuted_copy_32", TOKENS, batch_size=8)
+    kwargs = dict(
+        model_dir=str(tmp_path),
+        train_dataset_cfg=cfg,
+        optimizer=OPT,
+        checkpoint_period=100,
+        log_period=100,
+        partitioner=Partitioner(devices=jax.devices()[:1]),
+    )
+    train(model=StageModel(tiny_stage_config), train_steps=2, **kwargs)
+    written = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    changed = StageModel(dataclasses.replace(tiny_stage_config, dropout_rate=0.1))
+    with pytest.raises(ModelDirMismatchError, match=r"dropout_rate: 0\.0 -> 0\.1"):
+        train(model=changed, train_steps=3, **kwargs)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == written  # nothing touched
+
+    state = train(model=changed, train_steps=3, allow_config_change=True, **kwargs)
+    assert int(state.step) == 3
+    [change] = json.loads((tmp_path / "config-changes.json").read_text())
+    assert change["step"] == 2 and "dropout_rate: 0.0 -> 0.1" in change["first_difference"]
+    assert json.loads((tmp_path / "model.json").read_text())["config"]["dropout_rate"] == 0.1

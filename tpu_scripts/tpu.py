@@ -38,14 +38,14 @@ What each command does (`...` is --name, --zone and --project):
              from the last checkpoint in MODEL_DIR if there is one.
   logs       Shows worker --worker's ~/musiclm_train.log: the last --lines lines, then follows it
              (tail -F; Ctrl-C ends it) unless --no_follow.
-  stop       On every worker: sends SIGTERM to the process group of the job in ~/musiclm_train.pid,
-             waits up to 10 s for it to exit, then sends SIGKILL (a multi-host job always needs
-             it: jax.distributed's preemption service catches SIGTERM as a preemption notice,
-             which the trainer does not act on), waits for it to end and removes the pid file. A
-             worker whose job already ended (or that never launched one) says so and succeeds.
-             Every host must stop: a checkpoint save is collective, so no host saves on its own;
-             checkpoints are written atomically, and a new `launch` resumes from the last
-             complete one (CHECKPOINT_PERIOD).
+  stop       On every worker: sends SIGTERM to the process group of the job in ~/musiclm_train.pid
+             and waits up to STOP_TIMEOUT_S (180 s) for it to exit. A multi-host job treats
+             SIGTERM as a preemption notice (jax.distributed's preemption service): every host
+             reaches the same step, saves a checkpoint there and exits, so nothing since the
+             last periodic checkpoint is lost. A job still running after the timeout gets
+             SIGKILL (a relaunch then resumes from the last complete checkpoint: saves are
+             atomic). Removes the pid file; a worker whose job already ended (or that never
+             launched one) says so and succeeds.
   delete     `gcloud compute tpus tpu-vm delete` (or `queued-resources delete --force`, which
              deletes the TPU VM too) without a prompt.
 
@@ -99,7 +99,7 @@ ACCELERATORS = {
 VENV = "musiclm-venv"
 LOG_FILE = "musiclm_train.log"
 PID_FILE = "musiclm_train.pid"
-STOP_TIMEOUT_S = 10
+STOP_TIMEOUT_S = 180  # a SIGTERMed multi-host job saves a checkpoint first
 
 # Shell snippets run on every worker (bash, non-interactive, in the home directory). No single
 # quotes in them, so that the printed ssh command reads cleanly.

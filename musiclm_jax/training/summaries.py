@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import time
 from typing import Mapping, Optional
@@ -46,6 +47,7 @@ class MirroredWriter:
     def close(self) -> None:
         self.flush()
         self._writer.close()
+        shutil.rmtree(self._local, ignore_errors=True)
 
 
 def write_eval_media(
