@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
+import threading
 import time
 from typing import Callable, Optional, Sequence
 
@@ -169,6 +171,7 @@ def train(
 
     batch = first
     step = start_step
+    sigterm = _SigtermNotice()
     try:
         while step < train_steps:
             state, metrics = step_fn(state, partitioner.global_batch(batch), rng)
@@ -177,7 +180,7 @@ def train(
             if step < train_steps:
                 batch = next(data)
             log_now = step % log_period == 0 or step == train_steps
-            preempted = _reached_preemption(step)
+            preempted = sigterm.reached(step)
             save_now = ckpt.should_save(step) or step == train_steps or preempted
             ctx = StepContext(step, train_steps, state, metrics, trainer, ckpt, commit=log_now or save_now)
             stoppers = run_actions(actions, ActionMode.GUARD, ctx)  # never log or save a step that did not apply
@@ -203,6 +206,7 @@ def train(
                     save_step(ctx)
                 break
     finally:
+        sigterm.restore()
         ckpt.close()
         writer.close()  # flushes (and, for a bucket, uploads) the events
         if eval_writer:
@@ -231,15 +235,33 @@ def default_actions(
 CONFIG_CHANGES_FILE = "config-changes.json"
 
 
-def _reached_preemption(step: int) -> bool:
-    """True on every host at the same step once any host got SIGTERM (a TPU maintenance event,
-    `tpu_scripts/tpu.py stop`): jax.distributed's preemption service holds the signal until then,
-    so the hosts save together and exit instead of dying between checkpoints."""
-    if jax.process_count() == 1:
-        return False
-    from jax.experimental import multihost_utils
+class _SigtermNotice:
+    """SIGTERM (a TPU maintenance event, `tpu_scripts/tpu.py stop`, a scheduler) as a request to
+    save and stop, so nothing since the last periodic checkpoint is lost. On several hosts
+    jax.distributed's preemption service holds the signal until every host reaches the same
+    step; one process handles the signal itself (in the main thread; elsewhere it keeps
+    Python's default, which ends the process)."""
 
-    return multihost_utils.reached_preemption_sync_point(step)
+    def __init__(self):
+        self.received = False
+        self._previous = None
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = True
+
+    def reached(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.received
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
 
 
 class ModelDirMismatchError(ValueError):

@@ -314,3 +314,43 @@ def test_train_refuses_another_model_config_in_the_same_dir(tmp_path, tiny_stage
     [change] = json.loads((tmp_path / "config-changes.json").read_text())
     assert change["step"] == 2 and "dropout_rate: 0.0 -> 0.1" in change["first_difference"]
     assert json.loads((tmp_path / "model.json").read_text())["config"]["dropout_rate"] == 0.1
+
+
+class Sigterm(BaseAction):
+    """Sends this process SIGTERM after step `at` (as a scheduler or `tpu.py stop` would)."""
+
+    def __init__(self, at):
+        self.mode, self.period, self.at = ActionMode.TRAIN, 1, at
+
+    def run(self, ctx):
+        import os
+        import signal
+
+        if ctx.step == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return False
+
+
+def test_sigterm_saves_the_step_reached_and_stops(tmp_path, capsys):
+    import signal
+
+    from musiclm_jax.train import train
+
+    before = signal.getsignal(signal.SIGTERM)
+    cfg = DatasetConfig("permuted_copy_32", TOKENS, batch_size=8)
+    state = train(
+        model=BlowsUp(),
+        model_dir=str(tmp_path),
+        train_steps=50,
+        train_dataset_cfg=cfg,
+        optimizer=GENTLE,
+        checkpoint_period=100,
+        log_period=100,
+        partitioner=Partitioner(devices=jax.devices()[:1]),
+        actions=[Sigterm(at=3)],
+    )
+    # The signal lands after step 3's checks; step 4 sees it, saves and ends the run (exit 0).
+    assert int(state.step) == 4
+    assert checkpoints.Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [4]
+    assert "stopped at step 4 by SIGTERM" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is the loop's only

@@ -39,10 +39,10 @@ What each command does (`...` is --name, --zone and --project):
   logs       Shows worker --worker's ~/musiclm_train.log: the last --lines lines, then follows it
              (tail -F; Ctrl-C ends it) unless --no_follow.
   stop       On every worker: sends SIGTERM to the process group of the job in ~/musiclm_train.pid
-             and waits up to STOP_TIMEOUT_S (180 s) for it to exit. A multi-host job treats
-             SIGTERM as a preemption notice (jax.distributed's preemption service): every host
-             reaches the same step, saves a checkpoint there and exits, so nothing since the
-             last periodic checkpoint is lost. A job still running after the timeout gets
+             and waits up to STOP_TIMEOUT_S (180 s) for it to exit. `musiclm train` treats
+             SIGTERM as a request to save and stop (on several hosts through jax.distributed's
+             preemption service: every host reaches the same step), so nothing since the last
+             periodic checkpoint is lost. A job still running after the timeout gets
              SIGKILL (a relaunch then resumes from the last complete checkpoint: saves are
              atomic). Removes the pid file; a worker whose job already ended (or that never
              launched one) says so and succeeds.
