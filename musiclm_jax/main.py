@@ -64,6 +64,9 @@ def _usage_error(msg: str) -> int:
     return 2
 
 
+SIGTERM_STATUS = 143  # 128 + SIGTERM, as a shell reports a process ended by the signal
+
+
 def _failed(what: str, exc: BaseException, status: int = 1) -> int:
     """A run that stopped for a reason the user can act on: one line, no traceback."""
     text = str(exc).strip().splitlines()
@@ -204,7 +207,7 @@ def _run_mode(args, configurables, gin_utils) -> int:
         except DistributedSetupError as e:
             return _failed("multi-host start-up", e)
     if args.mode == "train":
-        from musiclm_jax.train import ModelDirMismatchError
+        from musiclm_jax.train import ModelDirMismatchError, StoppedBySignal
 
         try:
             configurables.train(on_start=gin_utils.write_config)
@@ -212,6 +215,8 @@ def _run_mode(args, configurables, gin_utils) -> int:
             return _failed("training stopped", e)
         except ModelDirMismatchError as e:
             return _failed("train", e)
+        except StoppedBySignal as e:
+            return _failed("train", e, status=SIGTERM_STATUS)
         return 0
     if args.mode == "eval":
         from musiclm_jax.training.checkpoints import CheckpointError
@@ -315,9 +320,14 @@ def _run_mode(args, configurables, gin_utils) -> int:
             print(f"{s['file']}: {s['prompt']!r}{score}")
         return 0
     if args.mode == "pipeline":
-        summary = configurables.run_pipeline(
-            model_dir=args.model_dir, on_start=lambda d: gin_utils.write_config(d, "pipeline_config.gin")
-        )
+        from musiclm_jax.train import StoppedBySignal
+
+        try:
+            summary = configurables.run_pipeline(
+                model_dir=args.model_dir, on_start=lambda d: gin_utils.write_config(d, "pipeline_config.gin")
+            )
+        except StoppedBySignal as e:  # the step is not marked done: the same command resumes it
+            return _failed("pipeline", e, status=SIGTERM_STATUS)
         print(f"pipeline done; summary in {os.path.join(summary['model_dir'], 'pipeline_summary.json')}")
         return 0
     raise AssertionError(args.mode)
@@ -355,7 +365,7 @@ def run() -> None:
     except BaseException:  # noqa: BLE001  (report it like Python would, then exit the same way)
         traceback.print_exc()
         code = 1
-    if code == 0 and "musiclm_jax.training.partitioning" in sys.modules:
+    if code in (0, SIGTERM_STATUS) and "musiclm_jax.training.partitioning" in sys.modules:
         from musiclm_jax.training.partitioning import shutdown_distributed
 
         shutdown_distributed()  # waits for the other hosts of a pod

@@ -67,6 +67,8 @@ def train(
     warnings; then `actions`, the caller's own. Raises NonFiniteError if the loss or gradients
     stop being finite; the last good checkpoint is then the latest one in model_dir.
 
+    On SIGTERM it saves the step reached and raises StoppedBySignal (see _SigtermNotice).
+
     Before anything is written, the model configuration is compared with the one model_dir
     holds (model.json): a difference raises ModelDirMismatchError naming the first differing
     field, unless `allow_config_change`, which is then recorded in config-changes.json. Only
@@ -172,6 +174,7 @@ def train(
     batch = first
     step = start_step
     sigterm = _SigtermNotice()
+    stopped_at = None
     try:
         while step < train_steps:
             state, metrics = step_fn(state, partitioner.global_batch(batch), rng)
@@ -194,6 +197,7 @@ def train(
                 window_t = time.perf_counter()
             if preempted and step < train_steps:  # saved above; a relaunch resumes here
                 summaries.log("stopped at step %d by SIGTERM (preemption or `tpu.py stop`): checkpoint saved", step)
+                stopped_at = step
                 break
             if stoppers and step < train_steps:  # ended early: recorded as the last step
                 summaries.log("training ended at step %d by %s", step, ", ".join(type(a).__name__ for a in stoppers))
@@ -211,6 +215,8 @@ def train(
         writer.close()  # flushes (and, for a bucket, uploads) the events
         if eval_writer:
             eval_writer.close()
+    if stopped_at is not None:  # not done: a caller (the pipeline) must not record the run as finished
+        raise StoppedBySignal(f"stopped at step {stopped_at} by SIGTERM; checkpoint saved, the same command resumes")
     return state
 
 
@@ -262,6 +268,10 @@ class _SigtermNotice:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None
+
+
+class StoppedBySignal(RuntimeError):
+    """Training stopped early on SIGTERM, after saving the step it had reached."""
 
 
 class ModelDirMismatchError(ValueError):

@@ -334,23 +334,24 @@ class Sigterm(BaseAction):
 def test_sigterm_saves_the_step_reached_and_stops(tmp_path, capsys):
     import signal
 
-    from musiclm_jax.train import train
+    from musiclm_jax.train import StoppedBySignal, train
 
     before = signal.getsignal(signal.SIGTERM)
     cfg = DatasetConfig("permuted_copy_32", TOKENS, batch_size=8)
-    state = train(
-        model=BlowsUp(),
-        model_dir=str(tmp_path),
-        train_steps=50,
-        train_dataset_cfg=cfg,
-        optimizer=GENTLE,
-        checkpoint_period=100,
-        log_period=100,
-        partitioner=Partitioner(devices=jax.devices()[:1]),
-        actions=[Sigterm(at=3)],
-    )
-    # The signal lands after step 3's checks; step 4 sees it, saves and ends the run (exit 0).
-    assert int(state.step) == 4
+    with pytest.raises(StoppedBySignal, match="stopped at step 4 by SIGTERM"):
+        train(
+            model=BlowsUp(),
+            model_dir=str(tmp_path),
+            train_steps=50,
+            train_dataset_cfg=cfg,
+            optimizer=GENTLE,
+            checkpoint_period=100,
+            log_period=100,
+            partitioner=Partitioner(devices=jax.devices()[:1]),
+            actions=[Sigterm(at=3)],
+        )
+    # The signal lands after step 3's actions; step 4 sees it, saves and ends the run, raising so
+    # that a caller (the pipeline) does not take the run as finished.
     assert checkpoints.Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [4]
     assert "stopped at step 4 by SIGTERM" in capsys.readouterr().out
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is the loop's only
