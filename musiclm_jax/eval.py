@@ -12,7 +12,6 @@ from musiclm_jax import fileio
 from musiclm_jax.data.input_pipeline import BatchIterator, DatasetConfig
 from musiclm_jax.evaluation import embedders as embedders_lib
 from musiclm_jax.evaluation import eval_sets, text_to_music
-from musiclm_jax.evaluation.report import local_staging
 from musiclm_jax.generate import MODEL_DIRS, load_musiclm
 from musiclm_jax.models.base import BaseModel
 from musiclm_jax.run_setup import global_shapes, start_run
@@ -76,7 +75,7 @@ def evaluate_checkpoint(
     if jax.process_index() == 0:
         # The model's own report (plots: local-file libraries) staged locally for a URL, then
         # eval-<step>.json last: once it exists the eval's files are all there.
-        with local_staging(model_dir) as report_dir:
+        with fileio.local_dir(model_dir) as report_dir:
             model.write_eval_report(results, report_dir, step)
         fileio.write_text(
             fileio.join(model_dir, f"eval-{step}.json"),

@@ -21,7 +21,6 @@ exists (locally too: it is written after tf.saved_model.save returns).
 from __future__ import annotations
 
 import json
-import tempfile
 from typing import Any
 
 import jax
@@ -119,11 +118,7 @@ def export_savedmodel(bundle_dir: str, output_dir: str) -> dict:
         "seconds": manifest["seconds"],
         "windows": manifest["windows"],
     }
-    if not fileio.is_url(output_dir):
-        tf.saved_model.save(module, output_dir)
-    else:  # TF's own GCS client cannot be pointed elsewhere: stage locally, upload with fileio
-        with tempfile.TemporaryDirectory(prefix="musiclm-savedmodel-") as staging:
-            tf.saved_model.save(module, staging)
-            fileio.copytree(staging, output_dir)
+    with fileio.local_dir(output_dir) as local:  # a URL: staged here (TF's GCS client has a fixed endpoint)
+        tf.saved_model.save(module, local)
     fileio.write_text(fileio.join(output_dir, INFO_FILE), json.dumps(info, indent=1))  # last: the marker
     return info

@@ -78,7 +78,7 @@ def _fresh(p: PathLike) -> epath.Path:
     if is_url(p):
         from etils.epath import backend
 
-        backend.fsspec_backend.fs(p).invalidate_cache()
+        backend.fsspec_backend.fs(p).invalidate_cache(p)
     return path(p)
 
 
@@ -213,3 +213,20 @@ def local_output(p: PathLike) -> Iterator[str]:
         local = os.path.join(tmp, basename(p))
         yield local
         copy(local, p)
+
+
+@contextlib.contextmanager
+def local_dir(directory: PathLike) -> Iterator[str]:
+    """A local folder to write `directory`'s files into with libraries that only write local
+    files (matplotlib, soundfile, TensorFlow's SavedModel writer): `directory` itself (made) when
+    local; for a URL a temporary folder whose files are uploaded into `directory` when the block
+    ends cleanly (each file whole; the folder is complete when the caller's marker, written after
+    the block, exists)."""
+    directory = os.fspath(directory)
+    if not is_url(directory):
+        makedirs(directory)
+        yield directory
+        return
+    with tempfile.TemporaryDirectory(prefix="musiclm-fileio-") as local:
+        yield local
+        copytree(local, directory)

@@ -103,8 +103,7 @@ def train(
         if change:
             fileio.write_json(fileio.join(model_dir, CONFIG_CHANGES_FILE), change)
         if on_start is not None:
-            _keep_previous_config(model_dir, latest)
-            on_start(model_dir)
+            _write_config_keeping_previous(model_dir, latest, on_start)
         fileio.write_text(fileio.join(model_dir, "model-info.txt"), trainer.model_info())
         if model.config_dict() is not None:
             fileio.write_text(fileio.join(model_dir, "model.json"), json.dumps(model.config_dict(), indent=1))
@@ -321,8 +320,11 @@ def check_model_config(model_dir: str, config: Optional[dict], *, allow_change: 
     return [*changes, {"step": step or 0, "first_difference": diff, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}]
 
 
-def _keep_previous_config(model_dir: str, latest: Optional[int]) -> None:
-    """A resumed run's config.gin replaces the last one; the last one stays as config-step<N>.gin."""
+def _write_config_keeping_previous(model_dir: str, latest: Optional[int], write_config: Callable[[str], None]):
+    """Writes config.gin (`write_config`); a resumed run whose config differs keeps the one it
+    replaces as config-step<N>.gin."""
     path = fileio.join(model_dir, "config.gin")
-    if latest is not None and fileio.exists(path):
-        fileio.copy(path, fileio.join(model_dir, f"config-step{latest}.gin"))
+    previous = fileio.read_text(path) if latest is not None and fileio.exists(path) else None
+    write_config(model_dir)
+    if previous is not None and fileio.exists(path) and fileio.read_text(path) != previous:
+        fileio.write_text(fileio.join(model_dir, f"config-step{latest}.gin"), previous)

@@ -99,10 +99,16 @@ def runs(tmp_path_factory, gcs_emulator):
 
     tmp = tmp_path_factory.mktemp("multihost")
     bucket = f"{gcs_emulator}/multihost-{tmp.name}"
-    a = Run("A", tmp / "a", 2, tmp)
-    c = Run("C", f"{bucket}/c", 2, tmp)
-    b = Run("B", tmp / "b", 1, tmp)
+    started = []
+
+    def start(*args):
+        started.append(Run(*args, tmp))
+        return started[-1]
+
     try:
+        a = start("A", tmp / "a", 2)
+        c = start("C", f"{bucket}/c", 2)
+        b = start("B", tmp / "b", 1)
         deadline = time.time() + 400
         while not c.steps() and time.time() < deadline:
             time.sleep(0.1)
@@ -111,12 +117,12 @@ def runs(tmp_path_factory, gcs_emulator):
         fileio.copytree(c.model_dir, f"{bucket}/e")  # the killed run, to restart as one process
         a.wait()
         b.wait()
-        d = Run("D", c.model_dir, 2, tmp)
-        e = Run("E", f"{bucket}/e", 1, tmp)
+        d = start("D", c.model_dir, 2)
+        e = start("E", f"{bucket}/e", 1)
         d.wait()
         e.wait()
     finally:
-        for run in [a, b, c] + [r for r in locals().values() if isinstance(r, Run)]:
+        for run in started:
             for p in run.procs:
                 if p.poll() is None:
                     p.kill()

@@ -10,12 +10,10 @@ data-audio-loaded): the render test in headless Chromium reads them.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import html
 import os
-import tempfile
-from typing import Iterator, Mapping, Optional
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -232,22 +230,6 @@ def _sample_html(row: Mapping, png: Optional[str]) -> str:
     return "".join(parts) + "</div>"
 
 
-@contextlib.contextmanager
-def local_staging(directory: str) -> Iterator[str]:
-    """A local folder to write `directory`'s files into with libraries that only write local
-    files (matplotlib, soundfile, TensorBoard's writer): `directory` itself (made) when local;
-    for a URL a temporary folder whose files are uploaded into `directory` when the block ends
-    cleanly (each file whole; the folder is complete when the caller's marker, written after
-    the block, exists)."""
-    if not fileio.is_url(directory):
-        fileio.makedirs(directory)
-        yield directory
-        return
-    with tempfile.TemporaryDirectory(prefix="musiclm-eval-") as local:
-        yield local
-        fileio.copytree(local, directory)
-
-
 def write_report(
     output_dir: str,
     results: Mapping,
@@ -260,7 +242,7 @@ def write_report(
 ) -> str:
     """Writes output_dir/report.html and its plots (plots/*.png), the page last; the WAVs named
     in results['items'] must already be in output_dir. Returns the page's path."""
-    with local_staging(fileio.join(output_dir, "plots")) as plots_dir:
+    with fileio.local_dir(fileio.join(output_dir, "plots")) as plots_dir:
         page = _report_page(
             plots_dir,
             results,

@@ -35,7 +35,7 @@ from musiclm_jax.audio.io import resample, write_wav
 from musiclm_jax.evaluation import attributes, metrics, report
 from musiclm_jax.evaluation.attributes import predict_label_distributions
 from musiclm_jax.evaluation.eval_sets import EvalItem, adherence, detect
-from musiclm_jax.evaluation.report import REPORT_FILE, local_staging
+from musiclm_jax.evaluation.report import REPORT_FILE
 from musiclm_jax.models.codec_losses import mel_distance, si_sdr
 from musiclm_jax.training import summaries
 from musiclm_jax.training.summaries import log
@@ -233,7 +233,7 @@ def generate_and_score(
     results["eval_wall_s"] = time.perf_counter() - t0
 
     fileio.write_json(fileio.join(output_dir, RESULTS_FILE), results)
-    with local_staging(fileio.join(output_dir, "tensorboard")) as logdir:
+    with fileio.local_dir(fileio.join(output_dir, "tensorboard")) as logdir:
         _write_tensorboard(logdir, results, generated[:num_report_samples], rate)
     report.write_report(
         output_dir,
@@ -319,38 +319,25 @@ def _write_items(
 ) -> list[dict]:
     """Every generation's WAV (and the first `num_samples` references') under output_dir/audio;
     returns the per-item rows of results.json (paths relative to output_dir)."""
-    with local_staging(fileio.join(output_dir, "audio")) as audio_dir:
-        return _write_wavs(audio_dir, items, generated, references, rate, detected, scores, num_samples)
-
-
-def _write_wavs(
-    audio_dir: str,
-    items: Sequence[EvalItem],
-    generated: np.ndarray,
-    references: np.ndarray,
-    rate: int,
-    detected: Sequence[dict],
-    scores: Optional[np.ndarray],
-    num_samples: int,
-) -> list[dict]:
-    rows = []
-    for k, item in enumerate(items):
-        row = {
-            "id": item.id,
-            "caption": item.caption,
-            "labels": item.labels,
-            "mentioned": item.mentioned,
-            "detected": detected[k],
-            "generated_wav": f"audio/{k:03d}_generated.wav",
-        }
-        write_wav(fileio.join(audio_dir, f"{k:03d}_generated.wav"), generated[k], rate)
-        if k < num_samples:
-            row["reference_wav"] = f"audio/{k:03d}_reference.wav"
-            write_wav(fileio.join(audio_dir, f"{k:03d}_reference.wav"), references[k], rate)
-        if scores is not None:
-            row["mulan_score"] = float(scores[k])
-        rows.append(row)
-    return rows
+    with fileio.local_dir(fileio.join(output_dir, "audio")) as audio_dir:
+        rows = []
+        for k, item in enumerate(items):
+            row = {
+                "id": item.id,
+                "caption": item.caption,
+                "labels": item.labels,
+                "mentioned": item.mentioned,
+                "detected": detected[k],
+                "generated_wav": f"audio/{k:03d}_generated.wav",
+            }
+            write_wav(fileio.join(audio_dir, f"{k:03d}_generated.wav"), generated[k], rate)
+            if k < num_samples:
+                row["reference_wav"] = f"audio/{k:03d}_reference.wav"
+                write_wav(fileio.join(audio_dir, f"{k:03d}_reference.wav"), references[k], rate)
+            if scores is not None:
+                row["mulan_score"] = float(scores[k])
+            rows.append(row)
+        return rows
 
 
 def scalar_metrics(results: Mapping) -> dict[str, float]:

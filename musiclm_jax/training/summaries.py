@@ -28,21 +28,35 @@ def create_writer(logdir: str):
 
 
 class MirroredWriter:
-    """A clu writer on a local folder whose event files are copied to a URL at each flush (whole
-    files: a reader sees the events up to the last flush)."""
+    """A clu writer on a local folder whose event files are copied to a URL (whole files) at each
+    flush and at most UPLOAD_EVERY_S after a write, so TensorBoard on the bucket follows a
+    running job."""
+
+    UPLOAD_EVERY_S = 60.0
 
     def __init__(self, url: str):
         self.url = url
         self._local = tempfile.mkdtemp(prefix="musiclm-events-")
         self._writer = metric_writers.create_default_writer(self._local, asynchronous=True)
+        self._uploaded = time.monotonic()
 
     def __getattr__(self, name):  # write_scalars, write_images, write_audios, ...
-        return getattr(self._writer, name)
+        attr = getattr(self._writer, name)
+        if not name.startswith("write_"):
+            return attr
+
+        def write(*args, **kwargs):
+            attr(*args, **kwargs)
+            if time.monotonic() - self._uploaded > self.UPLOAD_EVERY_S:
+                self.flush()
+
+        return write
 
     def flush(self) -> None:
         self._writer.flush()
         for name in os.listdir(self._local):
             fileio.copy(os.path.join(self._local, name), fileio.join(self.url, name))
+        self._uploaded = time.monotonic()
 
     def close(self) -> None:
         self.flush()
