@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from musiclm_jax.data import synthetic
+from musiclm_jax.data import captions, synthetic
 
 
 def test_same_seed_and_index_give_identical_audio_and_caption():
@@ -112,20 +112,20 @@ def _word_in(caption: str, phrase: str) -> bool:
 
 
 def test_captions_agree_with_labels_and_vary():
-    captions = set()
+    seen = set()
     for index in range(300):
         labels = synthetic.sample_score(7, index, 1.0).labels
-        caption = synthetic.caption_for(labels, synthetic._rng(7, index, stream=1))
-        captions.add(caption)
-        own = synthetic._INSTRUMENT_WORDS[labels["instrument"]]
+        caption = captions.caption_for(labels, synthetic._rng(7, index, stream=1))
+        seen.add(caption)
+        own = captions._INSTRUMENT_WORDS[labels["instrument"]]
         assert any(_word_in(caption, w) for w in own), (caption, labels)
-        for other, words in synthetic._INSTRUMENT_WORDS.items():
+        for other, words in captions._INSTRUMENT_WORDS.items():
             if other != labels["instrument"]:
                 assert not any(_word_in(caption, w) for w in words), (caption, labels)
-        assert any(_word_in(caption, w) for w in synthetic._DRUM_WORDS[labels["drums"]]) or _word_in(
+        assert any(_word_in(caption, w) for w in captions._DRUM_WORDS[labels["drums"]]) or _word_in(
             caption, "drums" if labels["drums"] else "no drums"
         ), (caption, labels)
-        for cls, words in synthetic._TEMPO_WORDS.items():
+        for cls, words in captions._TEMPO_WORDS.items():
             if cls != labels["tempo_class"]:
                 assert not any(_word_in(caption, w) for w in words), (caption, labels)
         other_mode = "minor" if labels["mode"] == "major" else "major"
@@ -135,12 +135,12 @@ def test_captions_agree_with_labels_and_vary():
         key = re.search(r"\b([A-G]#?) (major|minor)\b", caption)
         if key:
             assert key.groups() == (labels["key"], labels["mode"]), (caption, labels)
-    assert len(synthetic._TEMPLATES) >= 20
-    assert len(captions) == 300, "captions should almost never repeat"
+    assert len(captions._TEMPLATES) >= 20
+    assert len(seen) == 300, "captions should almost never repeat"
 
 
 def test_every_template_names_instrument_and_drums():
-    for t in synthetic._TEMPLATES:
+    for t in captions._TEMPLATES:
         assert "{instrument}" in t and re.search(r"\{drums(_short|_cap)?\}", t), t
 
 
