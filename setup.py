@@ -52,6 +52,9 @@ EXTRAS_REQUIRE = {
     # `export_tf.export_savedmodel`: a TF SavedModel of an export bundle (TensorFlow comes with
     # seqio already; the extra names it for installs that only serve).
     "savedmodel": ["tensorflow>=2.21,<2.22"],
+    # Not an extra: musicnn==0.1.0 (the eval's offline real-music embedder, evaluation/embedders.py)
+    # pins numpy < 1.17 for TF1 code we do not use, which no resolver can satisfy beside numpy 2;
+    # install it with `pip install --no-deps musicnn==0.1.0` (.ci/run does).
 }
 
 

@@ -126,16 +126,19 @@ def evaluate_text_to_music(
       output_dir: where results.json, the WAVs, tensorboard/ and report.html go.
       model_dirs, semantic_rate, windows: the model, as `generate.load_musiclm` takes it.
       seconds: length of each reference clip and generation.
-      num_items: captions to generate for (at least 2: FAD fits covariances).
+      num_items: captions to generate for (at least 2: KAD compares pairs within each set).
       task, split: a captioned raw-audio seqio task (e.g. MusicCaps) and its split; task None:
         held-out synthetic pieces, whose labels make attribute adherence measurable.
       settings, num_candidates, seed, batch_size: sampling, as `generate` takes them; batch_size
         captions are generated together.
-      embedders: {name: kwargs} of FAD embedders (evaluation.embedders); 'mulan' with no kwargs is
-        the generating model's MuLan.
-      classifier: the KLD classifier's registered name (None: no KLD); the synthetic one is
-        trained into output_dir/attribute_classifier unless `classifier_kwargs` names a
-        `directory` holding one.
+      embedders: {name: kwargs} of FAD / KAD embedders (evaluation.embedders); 'mulan' with no
+        kwargs is the generating model's MuLan; 'musicnn' (no kwargs) is the published MTT music
+        tagger whose weights come with `pip install --no-deps musicnn==0.1.0`. FAD and FAD-inf
+        need more clips (points) than the embedding has dimensions: with fewer, results.json says
+        why under too_few_clips and KAD is the distance to read.
+      classifier: the KLD classifier's registered name (None: no KLD): 'synthetic_attributes'
+        (trained into output_dir/attribute_classifier unless `classifier_kwargs` names a
+        `directory` holding one) or 'musicnn_tags' (musicnn's tags, for real music).
       num_report_samples: audio players on the report page.
     Returns:
       The results (as results.json), with `output_dir` and `num_items`.
@@ -144,7 +147,7 @@ def evaluate_text_to_music(
     """
     if not seconds > 0 or num_items < 2 or batch_size < 1:
         raise ValueError(
-            f"need seconds > 0, num_items >= 2 (FAD fits covariances) and batch_size >= 1; got "
+            f"need seconds > 0, num_items >= 2 (KAD and FAD compare pairs within each set) and batch_size >= 1; got "
             f"{seconds}, {num_items}, {batch_size}"
         )
     model = load_musiclm(model_dirs, semantic_rate=semantic_rate, windows=windows)

@@ -1,6 +1,10 @@
 """FAD embedders: the VGGish front end (frames, HTK-mel bands, 0.96 s examples), a VGGish-shaped
 network round-tripped through its TF-slim-named weights file (the released architecture's
-shapes checked with eval_shape), MuLan's audio tower, the registry and FAD on their points."""
+shapes checked with eval_shape), MuLan's audio tower, musicnn's published tagger from its pip
+package (offline), the registry and KAD / FAD on their points."""
+
+import importlib.util
+import os
 
 import jax
 import jax.numpy as jnp
@@ -57,9 +61,11 @@ def test_weights_file_round_trip_registry_and_fad(tmp_path):
     assert points.shape == (6, 8)  # 2 examples per 2 s clip
     direct = embedders._vggish_module(config).apply({"params": params}, embedders.vggish_examples(noise[0], SR))
     np.testing.assert_allclose(points[:2], np.asarray(direct), rtol=1e-5, atol=1e-6)
-    # FAD: noise vs other noise is closer than noise vs tones
+    # KAD (6 points in 8 dimensions: too few for FAD): noise vs other noise is closer than noise vs tones
     other = loaded.fad_points([0.1 * rng.standard_normal(2 * SR).astype(np.float32) for _ in range(3)], SR)
-    assert metrics.fad(points, other) < metrics.fad(points, loaded.fad_points(tones, SR))
+    assert metrics.kad(points, other) < metrics.kad(points, loaded.fad_points(tones, SR))
+    with pytest.raises(metrics.TooFewClips):
+        metrics.fad(points, other)
     (tmp_path / "bad.npz").write_bytes(b"")
     np.savez(tmp_path / "bad.npz", x=np.zeros(2))
     with pytest.raises(ValueError, match="not a VGGish weights file"):
@@ -77,3 +83,54 @@ def test_mulan_audio_embedder_one_point_per_clip(tokenizer_model_dirs):
     clips = [np.random.default_rng(i).standard_normal(SR).astype(np.float32) * 0.1 for i in range(3)]
     points = emb.fad_points(clips, SR)
     assert points.shape[0] == 3 and np.allclose(np.linalg.norm(points, axis=1), 1, atol=1e-5)
+
+
+def _plucks(seed: int, seconds: float = 3.0) -> np.ndarray:
+    """Decaying harmonic notes, two a second (a plucked / piano-like line)."""
+    rng, x = np.random.default_rng(seed), np.zeros(int(seconds * SR))
+    t = np.arange(SR // 2) / SR
+    for start in range(0, len(x), SR // 2):
+        f = 110 * 2 ** (rng.integers(0, 24) / 12)
+        note = sum(np.sin(2 * np.pi * f * k * t) / k for k in range(1, 6)) * np.exp(-4 * t)
+        x[start : start + len(t)] += note[: len(x) - start]
+    return (0.2 * x).astype(np.float32)
+
+
+def _beats(seed: int, seconds: float = 3.0) -> np.ndarray:
+    """Noise bursts over a decaying 60 Hz thump, 280 a minute (a drum loop)."""
+    rng, x = np.random.default_rng(seed), np.zeros(int(seconds * SR))
+    t = np.arange(SR // 10) / SR
+    for start in np.arange(0, seconds, 60 / 280):
+        i = int(start * SR)
+        hit = rng.standard_normal(len(t)) * np.exp(-40 * t) + 2 * np.sin(2 * np.pi * 60 * t) * np.exp(-20 * t)
+        x[i : i + len(t)] += hit[: len(x) - i]
+    return (0.2 * x).astype(np.float32)
+
+
+def test_musicnn_loads_offline_from_its_package_and_tells_music_apart():
+    """The published MagnaTagATune musicnn (weights inside its pip package: no download) as a
+    FAD / KAD embedder and a tagger: different music, different embeddings and tags."""
+    if importlib.util.find_spec("musicnn") is None:
+        if os.environ.get("MUSICLM_SKIP_MUSICNN_TESTS") == "1":
+            pytest.skip("MUSICLM_SKIP_MUSICNN_TESTS=1 and no musicnn package")
+        pytest.fail("the musicnn embedder test needs `pip install --no-deps musicnn==0.1.0` (.ci/run installs it)")
+    emb = embedders.get_embedder("musicnn")
+    plucks, beats = [_plucks(i) for i in range(6)], [_beats(i) for i in range(6)]
+    points = emb.fad_points(plucks + beats, SR)
+    assert points.shape == (12, 200) and np.all(np.isfinite(points))  # one 3 s patch per clip
+    # 3 clips a side (FAD would need 201): ~0 (measured 1e-6) against ~1.5 for other music
+    assert metrics.kad(points[:3], points[3:6]) < 0.5 < metrics.kad(points[:3], points[6:9])
+    # a short clip is repeat-padded to one patch; a loud one stays finite (float16 overflow)
+    assert emb.fad_points([plucks[0][: SR // 2], 8 * beats[0]], SR).shape == (2, 200)
+    assert np.all(np.isfinite(emb.fad_points([8 * beats[0]], SR)))
+    tags = emb.tags(plucks + beats, SR)
+    assert tags.shape == (12, 50) and len(emb.labels) == 50 and "drums" in emb.labels
+    top = {
+        name: emb.labels[int(tags[rows].mean(0).argmax())]
+        for name, rows in (("plucks", slice(6)), ("beats", slice(6, 12)))
+    }
+    assert top["plucks"] != top["beats"]
+    beat_tags = [emb.labels.index(t) for t in ("techno", "beat", "electronic")]
+    assert tags[6:, beat_tags].mean() > 2 * tags[:6, beat_tags].mean()
+    with pytest.raises(ValueError, match="unknown musicnn model"):
+        embedders.MusicnnEmbedder("MTT_vgg")

@@ -17,7 +17,7 @@ import soundfile
 from model_dirs import CODEC_SR
 
 from musiclm_jax import main
-from musiclm_jax.evaluation import eval_sets, text_to_music
+from musiclm_jax.evaluation import eval_sets, metrics, text_to_music
 from musiclm_jax.evaluation.embedders import MuLanAudioEmbedder
 
 SECONDS = 1.0
@@ -77,17 +77,31 @@ def test_a_perfect_generator_scores_the_references_own_numbers(tmp_path, items, 
     references = np.stack([i.reference for i in items])
     codec = AcousticTokenizer.from_model_dir(musiclm_model_dirs["soundstream_dir"])
     same = text_to_music.generate_and_score(str(tmp_path / "same"), items, generated=references, codec=codec, **common)
-    assert same["fad"]["mulan"] == pytest.approx(0.0, abs=1e-4)
+    # 4 clips: FAD and FAD-inf are not numbers ("too few clips", why); KAD is. Of a set with
+    # itself the unbiased KAD is -2 (1 - mean off-diagonal kernel) / n: at most 0
+    distances = same["distances"]["mulan"]
+    assert distances["fad"] is None and distances["fad_inf"] is None and distances["n_generated"] == 4
+    assert distances["too_few_clips"]["fad"].startswith(
+        "too few clips"
+    ) and "fad/mulan" not in text_to_music.scalar_metrics(same)
+    assert distances["kad"] <= 0 and text_to_music.scalar_metrics(same)["kad/mulan"] == distances["kad"]
     assert same["kld"]["mean"] == pytest.approx(0.0, abs=1e-6)
     assert same["mcc"] == pytest.approx(same["mcc_reference"])
     assert same["adherence"] == same["adherence_reference"]
     assert {"register", "drums"} <= set(same["adherence"])
-    assert same["fad_codec"]["mulan"] > 0 and same["codec"]["bitrate_kbps"] > 0  # the codec is lossy
+    for a in same["adherence"].values():  # each figure with its binomial test; 4 captions prove nothing
+        assert a["p"] == pytest.approx(metrics.binomial_p(a["successes"], a["n"], a["p_chance"]))
+        assert a["above_chance"] is (a["p"] < metrics.SIGNIFICANCE_LEVEL) and not a["above_chance"]
+    codec_kad = same["distances_codec"]["mulan"]["kad"]
+    assert codec_kad > distances["kad"] and same["codec"]["bitrate_kbps"] > 0  # the codec is lossy
+    with open(tmp_path / "same" / text_to_music.REPORT_FILE) as f:
+        page = f.read()
+    assert "too few clips" in page and "binomial p" in page
     # The same clips, each paired with another caption: the set (FAD) is unchanged, the pairs (KLD) are not.
     swapped = text_to_music.generate_and_score(
         str(tmp_path / "swapped"), items, generated=references[[1, 2, 3, 0]], **common
     )
-    assert swapped["fad"]["mulan"] == pytest.approx(0.0, abs=1e-4)
+    assert swapped["distances"]["mulan"]["kad"] == pytest.approx(distances["kad"], abs=1e-6)
     assert swapped["kld"]["mean"] > 0.05
     with pytest.raises(ValueError, match="at least 2"):
         text_to_music.generate_and_score(str(tmp_path / "one"), items[:1], generated=references[:1], **common)
@@ -112,7 +126,9 @@ def test_eval_cli_writes_results_tensorboard_and_a_report_that_renders(tmp_path,
     with open(out / text_to_music.RESULTS_FILE) as f:
         results = json.load(f)
     assert results["num_items"] == 3 and results["task"] == "synthetic"
-    assert set(results["fad"]) == {"mulan"} and np.isfinite(results["fad"]["mulan"])
+    assert set(results["distances"]) == {"mulan"} and np.isfinite(results["distances"]["mulan"]["kad"])
+    assert results["distances"]["mulan"]["fad"] is None and "fad" in results["distances"]["mulan"]["too_few_clips"]
+    assert all("p" in a and "n" in a for a in results["adherence"].values())
     assert results["kld"]["mean"] >= 0 and -1 <= results["mcc"] <= 1
     assert {"register", "drums"} <= set(results["adherence"]) and results["generation"]["realtime_factor"] > 0
     for row in results["items"]:

@@ -1,5 +1,5 @@
-"""Audio embedders for FAD, by name: a VGGish-compatible network, MuLan's audio tower, or any
-registered one.
+"""Audio embedders for FAD, by name: a VGGish-compatible network, musicnn's music tagger, MuLan's
+audio tower, or any registered one.
 
     embedder = get_embedder("vggish", weights="/models/vggish.npz")
     points = embedder.fad_points(clips, sample_rate)          # [points, D] for metrics.fad
@@ -14,13 +14,28 @@ variable names (`vggish/conv1/weights`, ..., `vggish/fc2/biases`); `convert_tf_c
 writes one from the released `vggish_model.ckpt` with TensorFlow, offline. Layer widths follow
 the file, so tests use narrow networks of the same architecture.
 
+musicnn (Pons & Serra 2019; `musicnn`) is a published music tagger whose trained weights ship
+inside its pip package (MagnaTagATune `MTT_musicnn` and Million Song Dataset `MSD_musicnn`, 3 s
+inputs, 50 tags each): a real embedder for real music that loads offline. Its Python code is
+TF1-era (tf.layers, numpy < 1.17 pinned), so only its checkpoint files are used: the inference
+part of the saved graph is cut out of the `.meta` file, its variables turned into constants from
+the checkpoint, and run with tf.compat.v1 (TensorFlow is already a dependency). Its front end is
+rebuilt here: 16 kHz, |STFT 512|^2 every 256 samples, 96 Slaney mel bands (librosa), float16
+rounding then log10(10000 x + 1) (computed in float32: musicnn's own float16 arithmetic
+overflows to inf on loud clips), 187-frame (3 s) patches without overlap, a shorter clip
+repeat-padded (as the models were trained). A FAD point is a patch's 200-d penultimate layer;
+`tags` gives the 50 tag probabilities. Install: `pip install --no-deps musicnn==0.1.0` (29 MB;
+`--no-deps` because its metadata pins numpy < 1.17, which only its unused code needed).
+
 MuLan's audio tower (`mulan`, from a `musiclm train` MuLan directory) gives one point per clip.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+import importlib.util
+import os
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -188,6 +203,142 @@ class VGGishEmbedder:
         return self.embed_examples(np.concatenate(examples))
 
 
+# ---- musicnn (weights from its pip package) ---------------------------------------------------
+
+MUSICNN_RATE = 16000
+MUSICNN_FRAMES, MUSICNN_BANDS = 187, 96  # 3 s patches of 96 mel bands
+MUSICNN_MODELS = ("MTT_musicnn", "MSD_musicnn")
+_MUSICNN_INPUT, _MUSICNN_TRAINING = "model/Placeholder:0", "model/Placeholder_2:0"
+_MUSICNN_OUTPUTS = {
+    "tags": "model/Sigmoid:0",  # [patches, 50]
+    "penultimate": "model/batch_normalization_10/batchnorm/add_1:0",  # [patches, 200]
+}
+_MUSICNN_INSTALL = "pip install --no-deps musicnn==0.1.0"
+
+
+def musicnn_package_dir() -> str:
+    """The installed `musicnn` package's folder (found without importing its TF1 code)."""
+    spec = importlib.util.find_spec("musicnn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            f"the musicnn embedder needs the musicnn package's weights: {_MUSICNN_INSTALL} "
+            "(--no-deps: its metadata pins numpy < 1.17; only its checkpoint files are used)"
+        )
+    return list(spec.submodule_search_locations)[0]
+
+
+def musicnn_labels(model: str, model_dir: Optional[str] = None) -> list[str]:
+    """The 50 tags of `model` (MTT_* or MSD_*), from the package's configuration.py."""
+    import ast
+
+    path = os.path.join(model_dir or musicnn_package_dir(), "configuration.py")
+    name = "MTT_LABELS" if model.startswith("MTT") else "MSD_LABELS"
+    with open(path) as f:
+        for node in ast.parse(f.read()).body:
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == name:
+                return list(ast.literal_eval(node.value))
+    raise ValueError(f"{path} defines no {name}")
+
+
+def musicnn_examples(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
+    """float32 [patches, 187, 96] log-compressed mel patches of a mono clip (see module doc)."""
+    import librosa
+
+    x = resample(np.asarray(waveform, np.float32), sample_rate, MUSICNN_RATE)
+    if not len(x):
+        return np.zeros((0, MUSICNN_FRAMES, MUSICNN_BANDS), np.float32)
+    mel = librosa.feature.melspectrogram(
+        y=x, sr=MUSICNN_RATE, hop_length=256, n_fft=512, n_mels=MUSICNN_BANDS, pad_mode="reflect"
+    ).T
+    mel = np.minimum(mel, np.finfo(np.float16).max).astype(np.float16).astype(np.float32)
+    rep = np.log10(10000.0 * mel + 1.0)
+    if len(rep) < MUSICNN_FRAMES:
+        rep = np.tile(rep, (-(-MUSICNN_FRAMES // len(rep)), 1))[:MUSICNN_FRAMES]
+    count = len(rep) // MUSICNN_FRAMES
+    return rep[: count * MUSICNN_FRAMES].reshape(count, MUSICNN_FRAMES, MUSICNN_BANDS).astype(np.float32)
+
+
+def _musicnn_graph(checkpoint_dir: str):
+    """The inference graph of a musicnn checkpoint folder (.meta, .index, .data-*) with its
+    variables as constants."""
+    import tensorflow as tf
+    from tensorflow.core.framework import graph_pb2
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    meta = meta_graph_pb2.MetaGraphDef()
+    with open(os.path.join(checkpoint_dir, ".meta"), "rb") as f:
+        meta.ParseFromString(f.read())
+    wanted = [n.split(":")[0] for n in (_MUSICNN_INPUT, _MUSICNN_TRAINING, *_MUSICNN_OUTPUTS.values())]
+    names = {n.name for n in meta.graph_def.node}
+    if not set(wanted) <= names:
+        raise ValueError(f"{checkpoint_dir} is not a musicnn checkpoint: its graph lacks {sorted(set(wanted) - names)}")
+    sub = tf.compat.v1.graph_util.extract_sub_graph(meta.graph_def, wanted)
+    reader = tf.compat.v1.train.NewCheckpointReader(checkpoint_dir + os.sep)  # the files are named '.index' etc.
+    frozen = graph_pb2.GraphDef()
+    frozen.versions.CopyFrom(meta.graph_def.versions)
+    for node in sub.node:
+        new = frozen.node.add()
+        if node.op in ("VariableV2", "Variable"):
+            new.name, new.op = node.name, "Const"
+            new.attr["dtype"].type = node.attr["dtype"].type
+            new.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(reader.get_tensor(node.name)))
+        else:
+            new.CopyFrom(node)
+            new.attr.pop("_output_shapes", None)  # written by TF 1.x; newer TF disagrees on unused ones
+            new.device = ""
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(frozen, name="")
+    return graph
+
+
+class MusicnnEmbedder:
+    """musicnn's penultimate layer (200-d) per 3 s patch, and its 50 tag probabilities per clip;
+    weights from the installed musicnn package (or `model_dir`, a folder laid out as it)."""
+
+    name = "musicnn"
+
+    def __init__(self, model: str = "MTT_musicnn", *, model_dir: Optional[str] = None, batch_size: int = 32):
+        import tensorflow as tf
+
+        if model not in MUSICNN_MODELS:
+            raise ValueError(f"unknown musicnn model {model!r}; models: {MUSICNN_MODELS}")
+        self.model, self.batch_size = model, batch_size
+        root = model_dir or musicnn_package_dir()
+        checkpoint_dir = os.path.join(root, model)
+        if not os.path.exists(os.path.join(checkpoint_dir, ".index")):
+            raise FileNotFoundError(f"no musicnn checkpoint in {checkpoint_dir} (expected .meta, .index, .data-*)")
+        self.labels = musicnn_labels(model, root)
+        self._graph = _musicnn_graph(checkpoint_dir)
+        self._session = tf.compat.v1.Session(graph=self._graph)
+
+    def run(self, examples: np.ndarray, output: str) -> np.ndarray:
+        """[n, 187, 96] patches -> float32 [n, 200] ('penultimate') or [n, 50] ('tags')."""
+        width = 200 if output == "penultimate" else len(self.labels)
+        out = [np.zeros((0, width), np.float32)]
+        for i in range(0, len(examples), self.batch_size):
+            feed = {_MUSICNN_INPUT: examples[i : i + self.batch_size], _MUSICNN_TRAINING: False}
+            out.append(np.asarray(self._session.run(_MUSICNN_OUTPUTS[output], feed), np.float32))
+        return np.concatenate(out)
+
+    def fad_points(self, clips: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
+        """Every 3 s patch of every clip: [points, 200]."""
+        examples = [musicnn_examples(c, sample_rate) for c in clips]
+        if not sum(len(e) for e in examples):
+            raise ValueError("musicnn needs non-empty clips")
+        return self.run(np.concatenate(examples), "penultimate")
+
+    def tags(self, clips: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
+        """[clips, 50] tag probabilities (sigmoid outputs, averaged over each clip's patches)."""
+        examples = [musicnn_examples(c, sample_rate) for c in clips]
+        empty = [k for k, e in enumerate(examples) if not len(e)]
+        if empty:
+            raise ValueError(f"musicnn needs non-empty clips; clip {empty[0]} is empty")
+        per_patch = self.run(np.concatenate(examples), "tags")
+        starts = np.cumsum([0] + [len(e) for e in examples[:-1]])
+        return np.add.reduceat(per_patch, starts, axis=0) / np.array([len(e) for e in examples])[:, None]
+
+
 class MuLanAudioEmbedder:
     """MuLan's audio tower: one unit-norm embedding per clip."""
 
@@ -208,6 +359,7 @@ class MuLanAudioEmbedder:
 _REGISTRY: dict[str, Callable[..., object]] = {
     "vggish": lambda weights, **kw: VGGishEmbedder.from_npz(weights, **kw),
     "mulan": lambda model_dir, **kw: MuLanAudioEmbedder.from_model_dir(model_dir, **kw),
+    "musicnn": lambda **kw: MusicnnEmbedder(**kw),
 }
 
 

@@ -19,18 +19,21 @@ import numpy as np
 
 from musiclm_jax import fileio
 from musiclm_jax.audio.plots import spectrogram_sheet
+from musiclm_jax.evaluation.metrics import SIGNIFICANCE_LEVEL, TOO_FEW_CLIPS
 
 REPORT_FILE = "report.html"
 
 # What each headline metric means and which way is better.
 _EXPLAIN = {
     "fad": ("Frechet Audio Distance, references vs generations", "lower"),
-    "fad_codec": ("FAD of the references' codec reconstructions (the codec's floor)", "lower"),
+    "fad_inf": ("FAD extrapolated to infinitely many generated clips (fit over subset sizes)", "lower"),
+    "kad": ("kernel audio distance (unbiased MMD^2, RBF kernel; ~0 or below: indistinguishable)", "lower"),
+    "codec": ("references through the codec", ""),
     "kld": ("KL of the attribute classifier's label distributions, reference || generation", "lower"),
     "mcc": ("MuLan cycle consistency: cosine of caption and generated audio", "higher"),
     "mcc_reference": ("MCC of the references themselves (a perfect generator's score)", "higher"),
-    "codec": ("references through the codec", ""),
 }
+_DISTANCES = (("distances", "", ""), ("distances_codec", "_codec", " of the references' codec reconstructions"))
 _SCRIPT = """
 <script>
 window.addEventListener('load', function () {
@@ -69,10 +72,22 @@ def _num(x) -> str:
 
 
 def _headline_rows(results: Mapping) -> list[tuple[str, str, str, str]]:
+    """(metric, value cell HTML, what, better) per headline number; a distance that too few
+    clips make meaningless reads 'too few clips', with the reason under 'what'."""
     rows = []
-    for group in ("fad", "fad_codec"):
-        for name, v in results.get(group, {}).items():
-            rows.append((f"{group} ({name})", _num(v), _EXPLAIN[group][0], _EXPLAIN[group][1]))
+    for group, suffix, what in _DISTANCES:
+        for name, d in results.get(group, {}).items():
+            points = f"{d['n_reference']} reference / {d['n_generated']} generated points, {d['dim']}-d"
+            for metric in ("fad", "fad_inf", "kad"):
+                reason = d["too_few_clips"].get(metric)
+                rows.append(
+                    (
+                        f"{metric}{suffix} ({name})",
+                        html.escape(TOO_FEW_CLIPS) if reason else _num(d[metric]),
+                        f"{_EXPLAIN[metric][0]}{what}; " + (reason or points),
+                        _EXPLAIN[metric][1],
+                    )
+                )
     if "kld" in results:
         rows.append(("kld", _num(results["kld"]["mean"]), _EXPLAIN["kld"][0] + " (mean over attributes)", "lower"))
     for key in ("mcc", "mcc_reference"):
@@ -100,19 +115,25 @@ def _adherence_table(results: Mapping) -> str:
         return ""
     ref, ceil = results.get("adherence_reference", {}), results.get("adherence_codec_ceiling", {})
     lines = [
-        "<table><tr><th>attribute</th><th>captions</th><th>generated</th><th>chance</th>"
-        "<th>shuffled chance</th><th>references</th><th>codec reconstructions</th><th>above chance</th></tr>"
+        "<table><tr><th>attribute</th><th>captions (n)</th><th>generated</th><th>chance</th>"
+        "<th>shuffled chance</th><th>binomial p</th>"
+        f"<th>above chance (p &lt; {SIGNIFICANCE_LEVEL:g})</th><th>references</th><th>codec reconstructions</th></tr>"
     ]
+
+    def with_p(a):
+        return None if a is None else f"{a['accuracy']:.3g} (p {a['p']:.2g})" if "p" in a else a["accuracy"]
+
     for attr, a in gen.items():
         cells = [
             attr,
             a["n"],
-            a["accuracy"],
+            f"{a['accuracy']:.3g} ({a['successes']}/{a['n']})" if "successes" in a else a["accuracy"],
             a["chance"],
             a["shuffled_chance"],
-            ref.get(attr, {}).get("accuracy"),
-            ceil.get(attr, {}).get("accuracy"),
+            f"{a['p']:.2g}" if "p" in a else None,
             "yes" if a["above_chance"] else "no",
+            with_p(ref.get(attr)),
+            with_p(ceil.get(attr)),
         ]
         lines.append(
             "<tr>"
@@ -157,10 +178,10 @@ def plot_adherence(results: Mapping, path: str) -> Optional[str]:
 
 
 def plot_embeddings(
-    points: Mapping[str, tuple[np.ndarray, np.ndarray]], fad: Mapping[str, float], path: str
+    points: Mapping[str, tuple[np.ndarray, np.ndarray]], distances: Mapping[str, Mapping], path: str
 ) -> Optional[str]:
-    """Per embedder, references and generations projected on the references' two principal axes:
-    the picture behind the FAD number."""
+    """Per embedder, references and generations projected on their two principal axes: the
+    picture behind the FAD / KAD numbers (`distances`: {embedder: metrics.audio_distances})."""
     if not points:
         return None
     import matplotlib
@@ -176,7 +197,12 @@ def plot_embeddings(
         for data, label, marker in ((ref, "references", "o"), (gen, "generated", "x")):
             xy = (data - mean) @ axes2
             ax.scatter(xy[:, 0], xy[:, 1], label=label, marker=marker, s=28)
-        ax.set(title=f"{name} embeddings (FAD {fad.get(name, float('nan')):.3g})", xlabel="PC 1", ylabel="PC 2")
+        d = distances.get(name, {})
+        numbers = ", ".join(
+            f"{m.upper()} {d[m]:.3g}" if d.get(m) is not None else f"{m.upper()}: {TOO_FEW_CLIPS}"
+            for m in ("fad", "kad")
+        )
+        ax.set(title=f"{name} embeddings\n({numbers})", xlabel="PC 1", ylabel="PC 2")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -270,7 +296,7 @@ def _report_page(
     """Draws the plots into the local `plots_dir`; returns the page (links: plots/<name>)."""
     figures = [
         plot_adherence(results, os.path.join(plots_dir, "adherence.png")),
-        plot_embeddings(points, results.get("fad", {}), os.path.join(plots_dir, "embeddings.png")),
+        plot_embeddings(points, results.get("distances", {}), os.path.join(plots_dir, "embeddings.png")),
         plot_kld(results, os.path.join(plots_dir, "kld.png")),
     ]
     samples = []
@@ -297,7 +323,9 @@ def _report_page(
         body.append(
             "<h2>Attribute adherence</h2><p class='small'>Per attribute a caption states: how often the "
             "detector's label of the music equals the caption's. Chance is 1 / classes; shuffled chance is "
-            "the agreement if captions and music were paired at random.</p>" + adherence
+            "the agreement if captions and music were paired at random. p: one-sided binomial test of the "
+            "hits among n against the larger of the two chances; above chance means p &lt; "
+            f"{SIGNIFICANCE_LEVEL:g}, not merely a higher accuracy.</p>" + adherence
         )
     for fig in figures:
         if fig:

@@ -3,16 +3,19 @@
     results = generate_and_score(output_dir, items, model=musiclm, seconds=4.0)
 
 Metrics, in results.json, TensorBoard (output_dir/tensorboard) and report.html:
-- `fad/<embedder>`: Frechet Audio Distance between the references' and the generations'
-  embeddings (any registered embedder: MuLan's audio tower, a VGGish-compatible network...);
-  `fad_codec/<embedder>`: the same for the references' codec reconstructions (the floor any
-  generation through this codec starts from);
+- `distances/<embedder>`: FAD, FAD-inf and KAD between the references' and the generations'
+  embeddings (any registered embedder: MuLan's audio tower, musicnn, a VGGish-compatible
+  network...), each None with its reason under `too_few_clips` where that many points make it
+  meaningless (FAD needs more points than embedding dimensions; metrics.audio_distances);
+  `distances_codec/<embedder>`: the same for the references' codec reconstructions (the floor
+  any generation through this codec starts from);
 - `kld` (mean over attributes) and `kld/<attribute>`: KL between the attribute classifier's label
   distributions of each reference and of the music generated from its caption;
 - `mcc`: MuLan cycle consistency (caption text vs generated audio); `mcc_reference` for the
   references themselves (what a perfect generator would score);
 - `adherence/<attribute>`: the detectors agree with the caption (synthetic source: labels known),
-  beside the same on the references and on their codec reconstructions;
+  beside the same on the references and on their codec reconstructions; each with its n, its
+  one-sided binomial p against chance and `above_chance` = p < metrics.SIGNIFICANCE_LEVEL;
 - `codec/*`: mel distance, SI-SDR and bitrate of the references through the codec.
 
 `generated` lets a caller that already generated (the pipeline) skip generation.
@@ -32,9 +35,9 @@ import numpy as np
 
 from musiclm_jax import fileio
 from musiclm_jax.audio.io import resample, write_wav
-from musiclm_jax.evaluation import attributes, metrics, report
+from musiclm_jax.evaluation import attributes, eval_sets, metrics, report
 from musiclm_jax.evaluation.attributes import predict_label_distributions
-from musiclm_jax.evaluation.eval_sets import EvalItem, adherence, detect
+from musiclm_jax.evaluation.eval_sets import EvalItem, detect
 from musiclm_jax.evaluation.report import REPORT_FILE
 from musiclm_jax.models.codec_losses import mel_distance, si_sdr
 from musiclm_jax.training import summaries
@@ -118,7 +121,36 @@ class SyntheticAttributeClassifier:
         return predict_label_distributions(self.params, self.config, clips, sample_rate)
 
 
-_CLASSIFIERS: dict[str, Callable[..., object]] = {"synthetic_attributes": SyntheticAttributeClassifier}
+class MusicnnTagClassifier:
+    """musicnn's MagnaTagATune tagger (evaluation.embedders; weights from its pip package) as a
+    KLD classifier for real music: 'tags', the 50 tag probabilities normalised to sum to 1 (as
+    AudioLDM's KL treats a multi-label tagger), and per tag in `tags` ('drums', 'piano', 'guitar',
+    'slow', 'fast', ... : MTT_ATTRIBUTE_TAGS by default) its Bernoulli distribution [p, 1 - p]."""
+
+    MTT_ATTRIBUTE_TAGS = ("drums", "piano", "guitar", "strings", "vocal", "slow", "fast", "loud", "quiet")
+
+    def __init__(self, model: str = "MTT_musicnn", *, model_dir: Optional[str] = None, tags=MTT_ATTRIBUTE_TAGS):
+        from musiclm_jax.evaluation.embedders import MusicnnEmbedder
+
+        self.tagger = MusicnnEmbedder(model, model_dir=model_dir)
+        unknown = [t for t in tags if t not in self.tagger.labels]
+        if unknown:
+            raise ValueError(f"{model} has no tags {unknown}; its tags: {self.tagger.labels}")
+        self.tag_names = tuple(tags)
+
+    def label_distributions(self, clips: np.ndarray, sample_rate: int) -> dict[str, np.ndarray]:
+        probs = np.clip(self.tagger.tags(list(clips), sample_rate).astype(np.float64), 1e-6, 1 - 1e-6)
+        out = {"tags": probs / probs.sum(1, keepdims=True)}
+        for tag in self.tag_names:
+            p = probs[:, self.tagger.labels.index(tag)]
+            out[tag] = np.stack([p, 1 - p], axis=1)
+        return out
+
+
+_CLASSIFIERS: dict[str, Callable[..., object]] = {
+    "synthetic_attributes": SyntheticAttributeClassifier,
+    "musicnn_tags": MusicnnTagClassifier,
+}
 
 
 def register_classifier(name: str, factory: Callable[..., object]) -> None:
@@ -244,7 +276,7 @@ def generate_and_score(
         points=points,
         num_samples=num_report_samples,
     )
-    headline = {k: v for k, v in scalar_metrics(results).items() if k.count("/") == 0 or k.startswith("fad")}
+    headline = {k: v for k, v in scalar_metrics(results).items() if k.count("/") == 0 or k.startswith(("fad", "kad"))}
     log(
         "eval: %s; report in %s",
         ", ".join(f"{k} {v:.4g}" for k, v in headline.items()),
@@ -261,15 +293,21 @@ def _fad(
     coded: Optional[np.ndarray],
     rate: int,
 ) -> dict:
-    """FAD (and FAD of the codec reconstructions) per embedder into results; returns the
-    embedders' points {name: (references, generated)} for the report's picture."""
-    results["fad"], results["fad_codec"], points = {}, {}, {}
+    """FAD, FAD-inf and KAD (and the same for the codec reconstructions) per embedder into
+    results['distances'] / ['distances_codec'] (metrics.audio_distances: None and a reason where
+    too few points); returns the embedders' points {name: (references, generated)} for the
+    report's picture."""
+    results["distances"], results["distances_codec"], points = {}, {}, {}
     for name, embedder in embedders.items():
-        log("eval: FAD with the %s embedder", name)
+        log("eval: FAD / KAD with the %s embedder", name)
         points[name] = (embedder.fad_points(list(references), rate), embedder.fad_points(list(generated), rate))
-        results["fad"][name] = metrics.fad(*points[name])
+        results["distances"][name] = d = metrics.audio_distances(*points[name], seed=results["seed"])
+        for reason in d["too_few_clips"].values():
+            log("eval: %s: %s", name, reason)
         if coded is not None:
-            results["fad_codec"][name] = metrics.fad(points[name][0], embedder.fad_points(list(coded), rate))
+            results["distances_codec"][name] = metrics.audio_distances(
+                points[name][0], embedder.fad_points(list(coded), rate), seed=results["seed"]
+            )
     return points
 
 
@@ -305,6 +343,14 @@ def _adherence(
     results["adherence_reference"] = adherence(labelled, [detect(references[k], rate) for k in keep])
     if coded is not None:
         results["adherence_codec_ceiling"] = adherence(labelled, [detect(coded[k], rate) for k in keep])
+    for attr, a in results["adherence"].items():
+        log("eval: adherence %s", metrics.adherence_line(attr, a))
+
+
+def adherence(items: Sequence, detected: Sequence[dict]) -> dict:
+    """eval_sets.adherence (accuracy, n, chance, shuffled chance per attribute) with each
+    figure's binomial test (metrics.with_significance: successes, p, above_chance)."""
+    return metrics.with_significance(eval_sets.adherence(items, detected))
 
 
 def _write_items(
@@ -341,9 +387,13 @@ def _write_items(
 
 
 def scalar_metrics(results: Mapping) -> dict[str, float]:
-    """The headline numbers of results.json, flat: fad/<embedder>, kld, mcc, adherence/<attr>, codec/*."""
-    out = {f"fad/{k}": v for k, v in results.get("fad", {}).items()}
-    out.update({f"fad_codec/{k}": v for k, v in results.get("fad_codec", {}).items()})
+    """The headline numbers of results.json, flat: fad/<embedder>, fad_inf/<embedder>,
+    kad/<embedder> (and *_codec/<embedder>) where they are numbers, kld, mcc,
+    adherence/<attr> with adherence_p/<attr> (its binomial p), codec/*."""
+    out = {}
+    for group, suffix in (("distances", ""), ("distances_codec", "_codec")):
+        for name, d in results.get(group, {}).items():
+            out.update({f"{m}{suffix}/{name}": d[m] for m in ("fad", "fad_inf", "kad") if d.get(m) is not None})
     if "kld" in results:
         out["kld"] = results["kld"]["mean"]
         out.update({f"kld/{k}": v for k, v in results["kld"].items() if k != "mean"})
@@ -351,7 +401,10 @@ def scalar_metrics(results: Mapping) -> dict[str, float]:
         if key in results:
             out[key] = results[key]
     for group in ("adherence", "adherence_reference", "adherence_codec_ceiling"):
-        out.update({f"{group}/{a}": v["accuracy"] for a, v in results.get(group, {}).items()})
+        for a, v in results.get(group, {}).items():
+            out[f"{group}/{a}"] = v["accuracy"]
+            if "p" in v:
+                out[f"{group.replace('adherence', 'adherence_p')}/{a}"] = v["p"]
     out.update({f"codec/{k}": v for k, v in results.get("codec", {}).items()})
     if "generation" in results:
         out["generation/realtime_factor"] = results["generation"]["realtime_factor"]
