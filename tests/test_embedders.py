@@ -134,3 +134,16 @@ def test_musicnn_loads_offline_from_its_package_and_tells_music_apart():
     assert tags[6:, beat_tags].mean() > 2 * tags[:6, beat_tags].mean()
     with pytest.raises(ValueError, match="unknown musicnn model"):
         embedders.MusicnnEmbedder("MTT_vgg")
+    # its tags as a KLD classifier for real music: the 50 tags as one distribution, and per named
+    # tag a Bernoulli; the same clips give 0, other music more
+    from musiclm_jax.evaluation import text_to_music
+
+    classifier = text_to_music.MusicnnTagClassifier(tags=("drums", "piano", "slow", "fast"))
+    p = classifier.label_distributions(np.stack(plucks[:3] + beats[:3]), SR)
+    assert set(p) == {"tags", "drums", "piano", "slow", "fast"} and p["tags"].shape == (6, 50)
+    np.testing.assert_allclose(p["tags"].sum(1), 1, rtol=1e-6)
+    same = text_to_music.kld_by_label_set(classifier, np.stack(plucks[:3]), np.stack(plucks[:3]), SR)
+    other = text_to_music.kld_by_label_set(classifier, np.stack(plucks[:3]), np.stack(beats[:3]), SR)
+    assert same["mean"] == pytest.approx(0, abs=1e-9) and other["tags"] > 0.1
+    with pytest.raises(ValueError, match="has no tags"):
+        text_to_music.MusicnnTagClassifier(tags=("kazoo",))

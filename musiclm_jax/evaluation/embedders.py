@@ -269,14 +269,21 @@ def _musicnn_graph(checkpoint_dir: str):
     with open(os.path.join(checkpoint_dir, ".meta"), "rb") as f:
         meta.ParseFromString(f.read())
     wanted = [n.split(":")[0] for n in (_MUSICNN_INPUT, _MUSICNN_TRAINING, *_MUSICNN_OUTPUTS.values())]
-    names = {n.name for n in meta.graph_def.node}
-    if not set(wanted) <= names:
-        raise ValueError(f"{checkpoint_dir} is not a musicnn checkpoint: its graph lacks {sorted(set(wanted) - names)}")
-    sub = tf.compat.v1.graph_util.extract_sub_graph(meta.graph_def, wanted)
+    by_name = {n.name: n for n in meta.graph_def.node}
+    if not set(wanted) <= set(by_name):
+        missing = sorted(set(wanted) - set(by_name))
+        raise ValueError(f"{checkpoint_dir} is not a musicnn checkpoint: its graph lacks {missing}")
+    # The nodes the wanted ones depend on (data and control inputs), in the file's order.
+    keep, todo = set(), list(wanted)
+    while todo:
+        name = todo.pop()
+        if name not in keep:
+            keep.add(name)
+            todo.extend(i.lstrip("^").split(":")[0] for i in by_name[name].input)
     reader = tf.compat.v1.train.NewCheckpointReader(checkpoint_dir + os.sep)  # the files are named '.index' etc.
     frozen = graph_pb2.GraphDef()
     frozen.versions.CopyFrom(meta.graph_def.versions)
-    for node in sub.node:
+    for node in (n for n in meta.graph_def.node if n.name in keep):
         new = frozen.node.add()
         if node.op in ("VariableV2", "Variable"):
             new.name, new.op = node.name, "Const"

@@ -203,7 +203,7 @@ def generate_and_score(
     `classifier`: an object with `label_distributions` (see register_classifier) for KLD, or None."""
     items = list(items)
     if len(items) < 2:
-        raise ValueError(f"an eval needs at least 2 captioned clips (FAD fits covariances), got {len(items)}")
+        raise ValueError(f"an eval needs at least 2 captioned clips (KAD compares pairs), got {len(items)}")
     if generated is None and model is None:
         raise ValueError("give a model to generate with, or the generated audio")
     if len({i.sample_rate for i in items}) != 1:
