@@ -25,15 +25,18 @@ REPORT_FILE = "report.html"
 
 # What each headline metric means and which way is better.
 _EXPLAIN = {
-    "fad": ("Frechet Audio Distance, references vs generations", "lower"),
-    "fad_inf": ("FAD extrapolated to infinitely many generated clips (fit over subset sizes)", "lower"),
+    "fad": ("Frechet Audio Distance", "lower"),
+    "fad_inf": ("FAD extrapolated to infinitely many clips (fit over subset sizes)", "lower"),
     "kad": ("kernel audio distance (unbiased MMD^2, RBF kernel; ~0 or below: indistinguishable)", "lower"),
     "codec": ("references through the codec", ""),
     "kld": ("KL of the attribute classifier's label distributions, reference || generation", "lower"),
     "mcc": ("MuLan cycle consistency: cosine of caption and generated audio", "higher"),
     "mcc_reference": ("MCC of the references themselves (a perfect generator's score)", "higher"),
 }
-_DISTANCES = (("distances", "", ""), ("distances_codec", "_codec", " of the references' codec reconstructions"))
+_DISTANCES = (
+    ("distances", "", "references vs generations"),
+    ("distances_codec", "_codec", "references vs their codec reconstructions (the floor through this codec)"),
+)
 _SCRIPT = """
 <script>
 window.addEventListener('load', function () {
@@ -84,7 +87,7 @@ def _headline_rows(results: Mapping) -> list[tuple[str, str, str, str]]:
                     (
                         f"{metric}{suffix} ({name})",
                         html.escape(TOO_FEW_CLIPS) if reason else _num(d[metric]),
-                        f"{_EXPLAIN[metric][0]}{what}; " + (reason or points),
+                        f"{_EXPLAIN[metric][0]}, {what}; " + (reason or points),
                         _EXPLAIN[metric][1],
                     )
                 )
