@@ -26,6 +26,9 @@ INSTALL_REQUIRES = [
     "clu>=0.0.12",
     "tensorboard>=2.21,<2.22",
     "librosa>=0.11,<0.12",
+    # Ships the GM SoundFont TimGM6mb.sf2 the synthetic source's sampled instruments play
+    # (data/soundfont.py parses it itself; pure Python, no FluidSynth).
+    "pretty_midi>=0.2.10,<0.3",
     "soundfile>=0.13",  # libsndfile >= 1.1 decodes mp3 too
     "scipy>=1.11",
     "scikit-learn>=1.5,<2",  # the token probes (evaluation/token_probes.py); librosa needs it too
