@@ -56,8 +56,9 @@ import numpy as np
 import soundfile
 
 import gin
-from musiclm_jax import fileio, gin_utils
+from musiclm_jax import fileio, gin_utils, model_io
 from musiclm_jax import generate as generate_lib
+from musiclm_jax.data import token_cache_tasks
 from musiclm_jax.evaluation import eval_sets, text_to_music
 from musiclm_jax.evaluation.embedders import MuLanAudioEmbedder
 from musiclm_jax.evaluation.eval_sets import held_out_prompts
@@ -598,6 +599,12 @@ def _pick(scalars: Mapping[str, float], *names: str) -> dict:
     return {n: scalars[n] for n in names if n in scalars}
 
 
+def _unigram_accuracy(cache_dir: str, stage_dir: str) -> float:
+    """The unigram baseline of a stage's target codes on the validation split of the cache."""
+    _, stream, first_level, num_levels = model_io.read_spec(stage_dir)["config"]["target"]  # a StreamSpec
+    return token_cache_tasks.unigram_accuracy(cache_dir, "validation", stream, first_level, num_levels)
+
+
 def _summary(model_dir: str, size: str, done: Mapping[str, dict]) -> dict:
     m = {k: v["metrics"] for k, v in done.items()}
     prompts = m["evaluate"]["prompts"]
@@ -624,7 +631,12 @@ def _summary(model_dir: str, size: str, done: Mapping[str, dict]) -> dict:
             "mulan_rvq": m["mulan_rvq"],
             "precompute": m["precompute"]["splits"],
             **{
-                s: {"train": _pick(m[s]["train"], "loss", "accuracy"), "eval": _pick(m[s]["eval"], "loss", "accuracy")}
+                s: {
+                    "train": _pick(m[s]["train"], "loss", "accuracy"),
+                    "eval": _pick(m[s]["eval"], "loss", "accuracy"),
+                    # what the eval accuracy must beat: the best guess from the code histogram alone
+                    "unigram_accuracy": _unigram_accuracy(m["precompute"]["cache_dir"], m[s]["model_dir"]),
+                }
                 for s in ("semantic_stage", "coarse_stage", "fine_stage")
             },
             "adherence": m["evaluate"].get("adherence", {}),

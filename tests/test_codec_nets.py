@@ -7,6 +7,7 @@ import pytest
 
 from musiclm_jax.audio.mel import log_mel
 from musiclm_jax.models import codec_losses as L
+from musiclm_jax.nn import istft_decoder, signal
 from musiclm_jax.nn.discriminators import DiscriminatorConfig, Discriminators
 from musiclm_jax.nn.seanet import SEANetConfig, SEANetDecoder, SEANetEncoder
 
@@ -21,6 +22,36 @@ def _tiny_disc():
     return DiscriminatorConfig(
         stft_window=64, stft_hop=16, stft_channels=4, wave_channels=4, wave_max_channels=16, wave_downsample=(4, 4)
     )
+
+
+def test_istft_decoder_inverts_the_stft_and_keeps_lengths():
+    """The head's inverse STFT is exact on an STFT (centred frames, overlap normalised: no edge
+    loss), so what the decoder cannot reproduce is its layers' doing, not the head's."""
+    hop = 12
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, hop * 20))
+    spectrum = signal.stft(x, istft_decoder.OVERLAP * hop, hop)[:, :20]
+    np.testing.assert_allclose(np.asarray(istft_decoder.istft(spectrum, hop)), np.asarray(x), atol=1e-5)
+    cfg = SEANetConfig(
+        channels=4, dim=8, strides=(3, 4), channel_multipliers=(2, 4), decoder="istft", istft_channels=16
+    )
+    decoder = istft_decoder.ISTFTDecoder(cfg)
+    latents = jax.random.normal(jax.random.PRNGKey(1), (2, 7, 8))
+    params = decoder.init(jax.random.PRNGKey(2), latents)
+    y = decoder.apply(params, latents)
+    assert y.shape == (2, 7 * 12) and bool(jnp.all(jnp.isfinite(y)))
+    with pytest.raises(ValueError, match="decoder must be"):
+        SEANetConfig(decoder="wavenet")
+
+
+def test_multi_resolution_stft_loss():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 4096)) * 0.1
+    y = x + 0.05 * jax.random.normal(jax.random.PRNGKey(1), (2, 4096))
+    loss = jax.jit(L.multi_resolution_stft_loss)
+    assert float(loss(x, x)) == 0.0 and 0.0 < float(loss(x, y)) < float(loss(x, 2 * y))
+    # a partial 3% off in frequency (half a semitone) costs far more than the same tone slightly quieter
+    t = jnp.arange(8192) / 24000.0
+    tone = jnp.sin(2 * jnp.pi * 220.0 * t)[None]
+    assert float(loss(tone, jnp.sin(2 * jnp.pi * 226.6 * t)[None])) > 3 * float(loss(tone, 0.9 * tone))
 
 
 @pytest.mark.parametrize("causal", [True, False])

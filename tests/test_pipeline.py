@@ -27,8 +27,8 @@ def test_tiny_pipeline_runs_end_to_end(tiny_pipeline):
     assert os.path.exists(os.path.join(model_dir, "mulan", "mulan_rvq", "codebooks.npz"))
     m = summary["metrics"]
     assert m["precompute"]["train"]["clips"] == 48 and m["mulan_rvq"]["levels"] == 4
-    for stage in ("semantic_stage", "coarse_stage", "fine_stage"):
-        assert 0 < m[stage]["train"]["loss"] < 20
+    for stage in ("semantic_stage", "coarse_stage", "fine_stage"):  # each learnt more than the code histogram
+        assert m[stage]["eval"]["accuracy"] > m[stage]["unigram_accuracy"] + 0.02, (stage, m[stage])
     # the music: one WAV (and PNG) per prompt, of the requested length, prompts held out
     assert len(summary["wavs"]) == 2 and len(summary["pngs"]) == 2
     for wav, png in zip(summary["wavs"], summary["pngs"]):

@@ -36,6 +36,7 @@ GCS client for gs://).
 
 from __future__ import annotations
 
+import collections
 import functools
 from typing import Optional, Sequence
 
@@ -138,6 +139,25 @@ def read_cache(cache_dir: str, split: str):
     files = [shard_path(cache_dir, split, i, num_shards) for i in range(num_shards)]
     for ex in tf.data.TFRecordDataset(files).map(parse).as_numpy_iterator():
         yield {k: v.decode() if isinstance(v, bytes) else v for k, v in ex.items()}
+
+
+def unigram_accuracy(cache_dir: str, split: str, stream: str, first_level: int = 0, num_levels: int = 1) -> float:
+    """The accuracy of the best context-free guess of `stream`'s codes at levels
+    [first_level, first_level + num_levels): per level, the frequency of its most common code in
+    `split`, averaged over levels (each level holds equally many codes). A stage whose next-token
+    accuracy does not beat this has learnt nothing beyond the code histogram. `stream` is
+    'semantic' or 'acoustic'."""
+    feature = {"semantic": "semantic_tokens", "acoustic": "acoustic_tokens"}[stream]
+    counts: list = []
+    for ex in read_cache(cache_dir, split):
+        codes = ex[feature].reshape(len(ex[feature]), -1)[:, first_level : first_level + num_levels]
+        while len(counts) < codes.shape[1]:
+            counts.append(collections.Counter())
+        for level in range(codes.shape[1]):
+            counts[level].update(codes[:, level].tolist())
+    if not counts:
+        raise ValueError(f"{cache_dir} has no {split} clips with {stream} levels {first_level}+{num_levels}")
+    return float(sum(max(c.values()) / sum(c.values()) for c in counts) / len(counts))
 
 
 def _crop_at(ex: dict, start, seconds: int, rates: dict, mulan_windows: Optional[dict] = None) -> dict:

@@ -29,6 +29,7 @@ from musiclm_jax.models import codec_losses
 from musiclm_jax.models.base import BaseModel, Batch, Metrics, Variables
 from musiclm_jax.nn import config_io, quantizer
 from musiclm_jax.nn.discriminators import DiscriminatorConfig, Discriminators
+from musiclm_jax.nn.istft_decoder import ISTFTDecoder
 from musiclm_jax.nn.seanet import SEANetConfig, SEANetDecoder, SEANetEncoder
 
 
@@ -47,6 +48,12 @@ class SoundStreamConfig:
     kmeans_iters: int = 10
     # Loss weights (SoundStream / EnCodec conventions).
     mel_weight: float = 1.0
+    # Multi-resolution linear STFT loss (codec_losses.multi_resolution_stft_loss); 0 = off.
+    stft_weight: float = 0.0
+    # Magnitude floor under the losses' logarithms. 1e-5 (EnCodec's) lets digitally silent bands
+    # (synthetic music above its partials, rests) dominate the log terms; a higher floor makes the
+    # losses about what is audible.
+    log_floor: float = 1e-5
     waveform_l1_weight: float = 0.1
     commitment_weight: float = 1.0
     adversarial_weight: float = 1.0
@@ -134,7 +141,7 @@ class SoundStream(BaseModel):
     def __init__(self, config: SoundStreamConfig = SoundStreamConfig()):
         self.config = config
         self.encoder = SEANetEncoder(config.seanet)
-        self.decoder = SEANetDecoder(config.seanet)
+        self.decoder = ISTFTDecoder(config.seanet) if config.seanet.decoder == "istft" else SEANetDecoder(config.seanet)
         self.discriminator = Discriminators(config.discriminators)
 
     # ---- the interface -------------------------------------------------------------------
@@ -205,10 +212,14 @@ class SoundStream(BaseModel):
         latents = self.encode_latents(full, audio)
         q = quantizer.quantize(params["codebooks"], latents, num_active_levels=num_levels, rng=sample_rng)
         recon = self.decode_latents(full, q.quantized)
-        mel = codec_losses.multi_scale_mel_loss(audio, recon, cfg.sample_rate)
+        mel = codec_losses.multi_scale_mel_loss(audio, recon, cfg.sample_rate, floor=cfg.log_floor)
         l1 = codec_losses.waveform_l1(audio, recon)
         total = cfg.mel_weight * mel + cfg.waveform_l1_weight * l1 + cfg.commitment_weight * q.commit_loss
         metrics = {"mel_loss": mel, "waveform_l1": l1, "commit_loss": q.commit_loss}
+        if cfg.stft_weight:  # static: no STFTs in the graph when off
+            spec = codec_losses.multi_resolution_stft_loss(audio, recon, floor=cfg.log_floor)
+            total = total + cfg.stft_weight * spec
+            metrics["stft_loss"] = spec
         if with_gan:  # static: a reconstruction-only codec never runs the discriminators
             real = self._discriminate(params["discriminator"], audio)
             fake = self._discriminate(params["discriminator"], recon)

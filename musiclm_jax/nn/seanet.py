@@ -50,6 +50,12 @@ class SEANetConfig:
     dilations: Tuple[int, ...] = (1, 3, 9)
     causal: bool = True
     final_tanh: bool = False  # decoder output activation
+    # 'seanet': the mirrored transposed-conv decoder (the paper's). 'istft': residual units at the
+    # frame rate and an inverse-STFT head (Vocos-style; nn/istft_decoder.py): no layer runs at the
+    # sample rate, and harmonics land at any frequency rather than on the frame rate's comb.
+    decoder: str = "seanet"
+    istft_channels: int = 256  # width of the 'istft' decoder's frame-rate layers
+    istft_repeats: int = 2  # times the dilations (1, 3, 9) are stacked in the 'istft' decoder
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -58,6 +64,8 @@ class SEANetConfig:
         object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))
         object.__setattr__(self, "channel_multipliers", tuple(int(m) for m in self.channel_multipliers))
         object.__setattr__(self, "dilations", tuple(int(d) for d in self.dilations))
+        if self.decoder not in ("seanet", "istft"):
+            raise ValueError(f"SEANetConfig.decoder must be 'seanet' or 'istft', got {self.decoder!r}")
         if len(self.strides) != len(self.channel_multipliers):
             raise ValueError(
                 f"SEANetConfig.strides {self.strides} and channel_multipliers {self.channel_multipliers} "
