@@ -8,6 +8,13 @@ matmul rate measured in the same run. Medians of --runs timed calls after warm-u
 
     python bench/bench_mulan.py                 # tiny + small
     python bench/bench_mulan.py --paper         # + the paper config (ResNet-50 + BERT-base; slow)
+
+Caption generalisation of a trained MuLan (--recall MODEL_DIR): text-to-audio recall@1/10 over
+validation pieces of the synthetic source, each piece retrieved by a training-family caption and
+by a held-out-family one (words and frames no training caption uses, data/captions.py), side by
+side; the gap measures how far the text tower generalises beyond the phrasings it learnt:
+
+    python bench/bench_mulan.py --recall /tmp/mulan_tiny --recall_pieces 128 --recall_seconds 4
 """
 
 from __future__ import annotations
@@ -73,12 +80,58 @@ def bench_embed(name: str, runs: int, clip_seconds: float = 10.0, num_clips: int
     )
 
 
+def bench_recall(model_dir: str, num_pieces: int, seconds: float, prompts_per_piece: int = 3) -> list[dict]:
+    """Recall@1/5/10 of text -> audio over `num_pieces` validation pieces, per caption family:
+    `prompts_per_piece` captions of each piece in turn (recall averaged over them), and the same
+    with the held-out adherence prompts' phrasing (register, drums and tempo always stated)."""
+    from musiclm_jax.data import synthetic
+    from musiclm_jax.models.mulan import recall_at_k
+    from musiclm_jax.tokenizers.mulan import MuLanEmbedder
+
+    embedder = MuLanEmbedder.from_model_dir(model_dir)
+    seed = synthetic.SPLIT_SEEDS["validation"]
+    clips = [
+        synthetic.render(seed, i, sample_rate=embedder.sample_rate, duration_s=seconds).audio for i in range(num_pieces)
+    ]
+    audio = embedder.embed_audio(clips)
+    rows = []
+    for family in ("train", "heldout"):
+        for require, what in (((), "any attributes"), (("register", "drums", "tempo_class"), "register+drums+tempo")):
+            per_draw = [
+                synthetic.captions_of(seed, i, family=family, num=prompts_per_piece, require=require)
+                for i in range(num_pieces)
+            ]
+            recalls = []
+            for j in range(prompts_per_piece):
+                text = embedder.embed_text([c[j % len(c)].text for c in per_draw])
+                recalls.append(recall_at_k(text, audio, (1, 5, 10)))
+            rows.append(
+                {
+                    "family": family,
+                    "captions state": what,
+                    "pieces": num_pieces,
+                    **{f"t2a_recall@{k}": float(np.mean([r[k] for r in recalls])) for k in (1, 5, 10)},
+                    "chance@1": 1 / num_pieces,
+                    "chance@10": min(1.0, 10 / num_pieces),
+                }
+            )
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--paper", action="store_true", help="also the paper config (batch --paper_batch)")
     p.add_argument("--paper_batch", type=int, default=2)
+    p.add_argument("--recall", metavar="MODEL_DIR", help="only the caption-family recall of a trained MuLan")
+    p.add_argument("--recall_pieces", type=int, default=128)
+    p.add_argument("--recall_seconds", type=float, default=4.0, help="length of the pieces (the training clips')")
     args = p.parse_args()
+    if args.recall:
+        rows = bench_recall(args.recall, args.recall_pieces, args.recall_seconds)
+        print(f"machine: {machine()}; MuLan {args.recall}")
+        print("\nText -> audio retrieval over validation pieces, by caption family\n" + table(rows))
+        return
     matmul = measure_matmul_flops()
     names = ["tiny", "small"] + (["paper"] if args.paper else [])
     train = [bench_train(n, args.runs, matmul, args.paper_batch if n == "paper" else None) for n in names]

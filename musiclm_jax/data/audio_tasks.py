@@ -14,9 +14,17 @@ Crops are taken at whole-second boundaries (random or centred) so that one token
 track later serves every crop length; clips shorter than the crop are zero-padded (with
 `audio_length` telling the valid samples) or dropped, as the task says.
 
+Caption augmentation: a source whose examples carry `caption_variants` (the synthetic source:
+`captions.NUM_VARIANTS` training-family captions per clip) gives its training examples all of them,
+and `draw_caption` picks one per visit (a fresh draw each epoch); validation examples keep their
+one `caption`. Synthetic tasks also carry `heldout_caption`: a held-out-family caption of the same
+piece (words and frames never in a training caption, data/captions.py) for evaluation only.
+
 With `text_vocabulary` (a SentencePiece .model, e.g. the one `text_vocab.caption_vocabulary`
 keeps with the model) the task also has `text_tokens`: the caption's ids (int32, no EOS; the
-string `caption` stays). The batch pipeline pads them with -1 to their task feature length:
+string `caption` stays), and on synthetic tasks `heldout_text_tokens` (the held-out caption's; no
+loss reads them: MuLan's eval reports retrieval with them beside the training-family one). The
+batch pipeline pads them with -1 to their task feature length:
 
     mulan_task/register_audio_task.text_vocabulary = @caption_vocabulary()
     caption_vocabulary.model_dir = %MODEL_DIR
@@ -28,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+import zlib
 from typing import Any, Optional
 
 import numpy as np
@@ -35,7 +44,7 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from musiclm_jax.data import synthetic, text_vocab
+from musiclm_jax.data import captions, synthetic, text_vocab
 from musiclm_jax.data.bad_input import NoUsableExamplesError
 
 PAD_RULES = ("zeros", "drop")
@@ -55,6 +64,7 @@ def _output_features(with_labels: bool) -> dict:
         "id": _string_feature(),
     }
     if with_labels:
+        features["heldout_caption"] = _string_feature(required=False)
         for key in SYNTHETIC_LABEL_KEYS:
             features[key] = (
                 seqio.ContinuousFeature(dtype=tf.int32, rank=0, required=False)
@@ -72,9 +82,17 @@ def _signature(with_labels: bool) -> dict:
         "sample_rate": tf.TensorSpec([], tf.int32),
     }
     if with_labels:
+        sig["caption_variants"] = tf.TensorSpec([None], tf.string)
+        sig["heldout_caption"] = tf.TensorSpec([], tf.string)
         for key in SYNTHETIC_LABEL_KEYS:
             sig[key] = tf.TensorSpec([], tf.int32 if key in ("bpm", "drums") else tf.string)
     return sig
+
+
+def _heldout_caption(example_id: str, labels: dict) -> str:
+    """A held-out-family caption of a labelled clip, fixed by its id."""
+    rng = np.random.default_rng([zlib.crc32(example_id.encode("utf-8")), 101])
+    return captions.caption_for(labels, rng, family="heldout")
 
 
 def _source_dataset_fn(
@@ -92,6 +110,10 @@ def _source_dataset_fn(
                 "sample_rate": np.int32(ex.sample_rate),
             }
             if with_labels:
+                # training visits draw among the variants (draw_caption); validation keeps `caption`
+                variants = tuple(getattr(ex, "caption_variants", ())) if split == "train" else ()
+                out["caption_variants"] = np.asarray(variants or (ex.caption,), object).astype(bytes)
+                out["heldout_caption"] = _heldout_caption(ex.id, ex.labels)
                 out.update(
                     {
                         k: (np.int32(ex.labels[k]) if k in ("bpm", "drums") else str(ex.labels[k]))
@@ -139,6 +161,16 @@ def crop_audio(
     return crop(dataset)
 
 
+@seqio.map_over_dataset(num_seeds=1)
+def draw_caption(ex, seed):
+    """`caption` := one of `caption_variants`, uniformly at random (a fresh draw on every visit)."""
+    out = dict(ex)
+    variants = out.pop("caption_variants")
+    i = tf.random.stateless_uniform([], seed, minval=0, maxval=tf.shape(variants)[0], dtype=tf.int32)
+    out["caption"] = variants[i]
+    return out
+
+
 def tokenize_caption(
     dataset: tf.data.Dataset, *, vocabulary: seqio.Vocabulary, key: str = "text_tokens"
 ) -> tf.data.Dataset:
@@ -148,6 +180,8 @@ def tokenize_caption(
     def tokenize(ex):
         out = dict(ex)
         out[key] = tf.cast(vocabulary.encode_tf(ex["caption"]), tf.int32)
+        if "heldout_caption" in ex:
+            out["heldout_" + key] = tf.cast(vocabulary.encode_tf(ex["heldout_caption"]), tf.int32)
         return out
 
     return tokenize(dataset)
@@ -252,11 +286,15 @@ def _register(
         output_features["text_tokens"] = seqio.Feature(
             vocabulary, add_eos=False, dtype=tf.int32, rank=1, required=False
         )
+        if with_labels:
+            output_features["heldout_text_tokens"] = seqio.Feature(
+                vocabulary, add_eos=False, dtype=tf.int32, rank=1, required=False
+            )
     if name in seqio.TaskRegistry.names():
         if name not in _registered:
             raise ValueError(f"task {name!r} already exists and is not an audio task")
         seqio.TaskRegistry.remove(name)
-    preprocessors = []
+    preprocessors = [draw_caption] if with_labels else []
     if crop_seconds is not None:
         preprocessors.append(
             functools.partial(crop_audio, seconds=int(crop_seconds), sample_rate=sample_rate, mode=crop_mode, pad=pad)

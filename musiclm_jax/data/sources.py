@@ -64,6 +64,9 @@ class Example:
     sample_rate: int
     caption: str
     labels: dict = dataclasses.field(default_factory=dict)
+    # Other captions of the same clip (`caption` first), for augmentation: a raw-audio task draws
+    # one of them per training visit (data/audio_tasks.py). Empty: `caption` only.
+    caption_variants: tuple = ()
 
 
 class Source(Protocol):

@@ -18,9 +18,11 @@ trained locally and uploaded, .vocab first, .model last (each object whole).
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import os
+import string
 import tempfile
 import uuid
 from typing import Iterable, Optional
@@ -83,6 +85,10 @@ def train_caption_vocabulary(
             else "no captions to train a caption vocabulary on"
         )
     texts.sort()  # the model depends on the captions, not on the order a source lists them in
+    if int(vocab_size) >= 256:
+        # Every printable ASCII character gets a piece (~95 of them), so that a prompt with a
+        # character no caption had (a capital J, a '%') is spelt out instead of becoming <unk>.
+        texts.append(" ".join(string.ascii_letters + string.digits + string.punctuation))
 
     prefix = os.path.abspath(model_prefix_path)
     directory = os.path.dirname(prefix)
@@ -162,8 +168,9 @@ def caption_vocabulary(
 
     An existing file is returned as is (never retrained, whatever `source` and `vocab_size` say,
     so a resumed run keeps its ids). Otherwise one is trained on the captions of `split` of
-    `source` (the first `max_captions`, default all): from `source.captions(split, limit)` where
-    the source has it (the synthetic source: no audio is rendered), else from its examples.
+    `source` (the first `max_captions` examples, default all): from `source.captions(split, limit)`
+    where the source has it (the synthetic source: no audio is rendered, and every caption variant
+    of an example counts), else from its examples.
     """
     if not model_dir:
         raise ValueError("caption_vocabulary needs a model_dir (e.g. caption_vocabulary.model_dir = %MODEL_DIR)")
@@ -177,7 +184,12 @@ def caption_vocabulary(
         raise ValueError(f"{path} does not exist and caption_vocabulary has no source to train it on")
     captions_fn = getattr(source, "captions", None)
     if callable(captions_fn):
-        captions = list(captions_fn(split, max_captions))
+        # every training-family variant a task may draw (the synthetic source's augmentation),
+        # where the source has them; held-out-family captions never reach the vocabulary
+        takes_variants = "variants" in inspect.signature(captions_fn).parameters
+        captions = list(
+            captions_fn(split, max_captions, variants=True) if takes_variants else captions_fn(split, max_captions)
+        )
     else:  # decodes the audio too: slow for large collections, but any source has examples()
         captions = [ex.caption for ex in itertools.islice(source.examples(split), max_captions)]
     name = getattr(source, "name", type(source).__name__)

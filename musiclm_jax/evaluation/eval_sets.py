@@ -1,7 +1,10 @@
 """Captioned reference clips to evaluate text-to-music on, and attribute adherence.
 
-    synthetic_eval_set(num_items, seconds)       held-out synthetic pieces whose captions state
-                                                 register and drums (labels known: adherence)
+    held_out_prompts(num_prompts, family=...)    captions of validation pieces stating register,
+                                                 drums and tempo, balanced over their combinations;
+                                                 held-out-family phrasing by default
+    synthetic_eval_set(num_items, seconds)       those pieces rendered as references (labels known:
+                                                 adherence)
     task_eval_set(task, split, num_items, ...)   any captioned raw-audio seqio task (MusicCaps)
     adherence(items, detected)                   per attribute: detector agrees with the caption
 
@@ -17,7 +20,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from musiclm_jax.data import synthetic
+from musiclm_jax.data import captions, synthetic
 from musiclm_jax.evaluation import attributes
 
 # Attributes whose adherence is measured, under the detectors' names.
@@ -37,45 +40,60 @@ class EvalItem:
     mentioned: list = dataclasses.field(default_factory=list)
 
 
-def mentioned_attributes(labels: dict, caption_rng_seed: tuple) -> list[str]:
-    """The attributes a caption states: changing the label changes the caption drawn with the
-    same random stream (templates leave some slots out)."""
-    base = synthetic.caption_for(labels, np.random.default_rng(list(caption_rng_seed)))
-    out = []
-    for attr in ATTRIBUTES:
-        for value in synthetic.LABEL_VALUES[attr]:
-            if (
-                value != labels[attr]
-                and synthetic.caption_for({**labels, attr: value}, np.random.default_rng(list(caption_rng_seed)))
-                != base
-            ):
-                out.append(attr)
-                break
-    return out
+# What every adherence prompt states, and the combinations the prompts are balanced over.
+PROMPT_ATTRIBUTES = ("register", "drums", "tempo_class")
 
 
-def held_out_prompts(num_prompts: int, *, train_examples: int = 0, search: int = 2000) -> list[dict]:
-    """Captions of validation-split pieces (never rendered for training) that state register and
-    drums, spread evenly over the (register, drums) combinations; captions equal to one of the
-    first `train_examples` training captions are skipped. Each: caption, labels, mentioned, index."""
+def _combo_order() -> list[tuple]:
+    """The 18 (register, drums, tempo_class) combinations, interleaved so that any 6 consecutive
+    ones cover every (register, drums) pair and spread the tempi."""
+    registers, drums, tempi = ("low", "mid", "high"), (True, False), ("slow", "medium", "fast")
+    return [(registers[i % 3], drums[i % 2], tempi[(i // 6 + i // 2) % 3]) for i in range(18)]
+
+
+def held_out_prompts(
+    num_prompts: int, *, train_examples: int = 0, search: int = 4000, family: str = "heldout"
+) -> list[dict]:
+    """Captions of validation-split pieces (never rendered for training) that state register,
+    drums and tempo, balanced over the 18 register x drums x tempo combinations (any prefix of
+    the list spreads them too). `family`: 'heldout' (default: words and frames no training
+    caption uses, data/captions.py) or 'train' (the training family's phrasings, for adherence
+    reported on both). Captions equal to one of the first `train_examples` training captions are
+    skipped. Each: caption, labels, mentioned (the label keys the caption states, as the caption
+    generator recorded them), index (of the validation piece), family."""
+    if family not in captions.FAMILIES:
+        raise ValueError(f"family must be one of {captions.FAMILIES}, got {family!r}")
     seed = synthetic.SPLIT_SEEDS["validation"]
     train = set(synthetic.caption_of(synthetic.SPLIT_SEEDS["train"], i) for i in range(train_examples))
-    # Interleaved so that any prefix of the list varies both register and drums.
-    combos = [("low", True), ("mid", False), ("high", True), ("low", False), ("mid", True), ("high", False)]
+    combos = _combo_order()
+    per_combo = -(-num_prompts // len(combos))
     by_combo: dict = {c: [] for c in combos}
     for index in range(search):
         labels = synthetic.labels_of(seed, index)
-        caption = synthetic.caption_of(seed, index)
-        mentioned = mentioned_attributes(labels, (seed, index, 1))
-        if {"register", "drums"} <= set(mentioned) and caption not in train:
-            by_combo[(labels["register"], labels["drums"])].append(
-                {"caption": caption, "labels": labels, "mentioned": mentioned, "index": index}
-            )
-        if all(len(v) * len(combos) >= num_prompts for v in by_combo.values()):
+        combo = (labels["register"], bool(labels["drums"]), labels["tempo_class"])
+        if len(by_combo[combo]) >= per_combo:
+            continue
+        caption = synthetic.captions_of(seed, index, family=family, require=PROMPT_ATTRIBUTES)[0]
+        if caption.text in train:
+            continue
+        by_combo[combo].append(
+            {
+                "caption": caption.text,
+                "labels": labels,
+                "mentioned": list(caption.mentioned),
+                "index": index,
+                "family": family,
+            }
+        )
+        if all(len(v) >= per_combo for v in by_combo.values()):
             break
-    found = sum(len(v) for v in by_combo.values())
-    if any(len(v) * len(combos) < num_prompts for v in by_combo.values()):
-        raise ValueError(f"only {found} of the first {search} validation pieces suit; ask for fewer prompts")
+    short = [c for c, v in by_combo.items() if len(v) < per_combo]
+    if short:
+        found = sum(len(v) for v in by_combo.values())
+        raise ValueError(
+            f"only {found} of the first {search} validation pieces suit ({short[0]} has "
+            f"{len(by_combo[short[0]])} of {per_combo}); ask for fewer prompts or search further"
+        )
     return [by_combo[combos[i % len(combos)]][i // len(combos)] for i in range(num_prompts)]
 
 
@@ -95,12 +113,13 @@ def synthetic_item(prompt: dict, seconds: float, sample_rate: int) -> EvalItem:
 
 
 def synthetic_eval_set(
-    num_items: int, seconds: float, *, sample_rate: int = 16000, train_examples: int = 0
+    num_items: int, seconds: float, *, sample_rate: int = 16000, train_examples: int = 0, family: str = "heldout"
 ) -> list[EvalItem]:
     """`held_out_prompts` rendered: the validation pieces themselves are the references."""
     if num_items < 2:
         raise ValueError(f"an eval set needs at least 2 items (FAD fits a covariance), got {num_items}")
-    return [synthetic_item(p, seconds, sample_rate) for p in held_out_prompts(num_items, train_examples=train_examples)]
+    prompts = held_out_prompts(num_items, train_examples=train_examples, family=family)
+    return [synthetic_item(p, seconds, sample_rate) for p in prompts]
 
 
 def task_eval_set(

@@ -242,16 +242,27 @@ class MuLan(BaseModel):
 
     def eval_outputs(self, params, batch: Batch) -> dict[str, jax.Array]:
         audio_emb, text_emb, _, _ = self.embeddings(params, batch)
-        return {"audio_embedding": audio_emb, "text_embedding": text_emb}
+        out = {"audio_embedding": audio_emb, "text_embedding": text_emb}
+        if "heldout_text_tokens" in batch:  # the synthetic tasks' held-out-family captions
+            out["heldout_text_embedding"] = self.embed_text(params, batch["heldout_text_tokens"])
+        return out
 
     def summarize_eval_outputs(self, outputs: Mapping[str, np.ndarray]) -> dict[str, float]:
-        """Retrieval over the whole eval pool (every eval batch together)."""
+        """Retrieval over the whole eval pool (every eval batch together). With held-out-family
+        captions in the batches (`heldout_text_tokens`) also `heldout_text_to_audio_recall@k` and
+        `heldout_mcc`: the gap to the training-family figures measures how far the text tower
+        generalises beyond the phrasings it was trained on."""
         text, audio = outputs["text_embedding"], outputs["audio_embedding"]
         out = {"retrieval_pool": float(len(text)), "mcc": cycle_consistency(text, audio)}
         for k, v in recall_at_k(text, audio).items():
             out[f"text_to_audio_recall@{k}"] = v
         for k, v in recall_at_k(audio, text).items():
             out[f"audio_to_text_recall@{k}"] = v
+        if "heldout_text_embedding" in outputs:
+            heldout = outputs["heldout_text_embedding"]
+            out["heldout_mcc"] = cycle_consistency(heldout, audio)
+            for k, v in recall_at_k(heldout, audio).items():
+                out[f"heldout_text_to_audio_recall@{k}"] = v
         return out
 
     def eval_warning(self, history: Sequence[Mapping[str, float]]) -> Optional[str]:
