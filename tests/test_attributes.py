@@ -127,7 +127,8 @@ def test_classifier_beats_chance_on_held_out_clips(trained_classifier):
         truth = np.array([classes.index(str(c.labels[attr])) for c in clips])
         acc[attr] = float((probs[attr].argmax(-1) == truth).mean())
     print("classifier accuracy on 64 held-out 4 s clips:", {k: round(v, 3) for k, v in acc.items()})
-    assert acc["instrument"] >= 3 / 7
+    # 2.5x chance: nine instruments, each in two timbre sources (additive and sampled).
+    assert acc["instrument"] >= 2.5 / len(synthetic.INSTRUMENTS)
     assert acc["register"] >= 2 / 3 and acc["drums"] >= 0.8 and acc["tempo_class"] >= 0.5
 
 

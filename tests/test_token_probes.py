@@ -23,7 +23,9 @@ def _clips(rng, n, informative=True):
     hits = (rng.random((n, 50)) < 0.3) & drums[:, None].astype(bool)
     semantic[hits] = rng.integers(12, 16, hits.sum())  # drum frames: codes 12-15
     acoustic = rng.integers(0, 12, (n, 40, 2))
-    acoustic[:, :, 1] = rng.integers(0, 3, (n, 40)) + 3 * reg[:, None] + drums[:, None] * (rng.random((n, 40)) < 0.5)
+    acoustic[:, :, 1] = rng.integers(0, 3, (n, 40)) + 3 * reg[:, None]  # codes 0-8 by register
+    hits = (rng.random((n, 40)) < 0.3) & drums[:, None].astype(bool)
+    acoustic[:, :, 1][hits] = rng.integers(9, 12, hits.sum())  # drum frames: codes 9-11
     return {"mulan": mulan, "semantic": semantic, "acoustic": acoustic}, labels
 
 
