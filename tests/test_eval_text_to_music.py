@@ -90,7 +90,7 @@ def test_a_perfect_generator_scores_the_references_own_numbers(tmp_path, items, 
     assert same["adherence"] == same["adherence_reference"]
     assert {"register", "drums"} <= set(same["adherence"])
     for a in same["adherence"].values():  # each figure with its binomial test; 4 captions prove nothing
-        assert a["p"] == pytest.approx(metrics.binomial_p(a["successes"], a["n"], a["p_chance"]))
+        assert a["p"] == pytest.approx(metrics.binomial_p(a["successes"], a["n"], a["null_chance"]))
         assert a["above_chance"] is (a["p"] < metrics.SIGNIFICANCE_LEVEL) and not a["above_chance"]
     codec_kad = same["distances_codec"]["mulan"]["kad"]
     assert codec_kad > distances["kad"] and same["codec"]["bitrate_kbps"] > 0  # the codec is lossy

@@ -163,7 +163,7 @@ def test_binomial_p_and_above_chance():
     out = metrics.with_significance(figures)
     assert [out[a]["above_chance"] for a in figures] == [False, False, True, False]
     assert out["drums"]["successes"] == 6 and out["drums"]["p"] == pytest.approx(stats.binom.sf(5, 10, 0.5))
-    assert out["loudness"]["p_chance"] == 0.8 and out["register"]["p_chance"] == 0.34
+    assert out["loudness"]["null_chance"] == 0.8 and out["register"]["null_chance"] == 0.34
     assert out["register"]["p"] < metrics.SIGNIFICANCE_LEVEL == 0.01
     assert "6/10" in metrics.adherence_line("drums", out["drums"]) and "not significant" in metrics.adherence_line(
         "drums", out["drums"]

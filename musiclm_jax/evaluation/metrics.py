@@ -291,9 +291,9 @@ def binomial_p(successes: int, n: int, chance: float) -> float:
 def with_significance(adherence: Mapping[str, Mapping], *, level: float = SIGNIFICANCE_LEVEL) -> dict:
     """Adherence figures ({attribute: {n, accuracy, chance, shuffled_chance, ...}}, as
     eval_sets.adherence gives them) with each one's binomial test: `successes`, `p` (one-sided,
-    against `p_chance`: the larger of uniform and shuffled chance, so that captions that
+    against `null_chance`: the larger of uniform and shuffled chance, so that captions that
     mostly state one class do not make a generator that ignores them look good) and
-    `above_chance` (p < `level`; not merely accuracy > chance)."""
+    `above_chance` (p < `level`, kept as `significance_level`; not merely accuracy > chance)."""
     out = {}
     for attr, a in adherence.items():
         n = int(a["n"])
@@ -301,7 +301,14 @@ def with_significance(adherence: Mapping[str, Mapping], *, level: float = SIGNIF
         chance = float(max(a["chance"], a.get("shuffled_chance", 0.0)))
         # A null that always hits (captions all one class, music all that class) proves nothing.
         p = binomial_p(successes, n, chance) if chance < 1 else 1.0
-        out[attr] = {**a, "successes": successes, "p_chance": chance, "p": p, "above_chance": bool(p < level)}
+        out[attr] = {
+            **a,
+            "successes": successes,
+            "null_chance": chance,
+            "p": p,
+            "significance_level": level,
+            "above_chance": bool(p < level),
+        }
     return out
 
 
@@ -309,6 +316,6 @@ def adherence_line(attribute: str, a: Mapping) -> str:
     """One adherence figure in words: accuracy, n, chance and its binomial p."""
     verdict = "above chance" if a["above_chance"] else "not significant"
     return (
-        f"{attribute} {a['accuracy']:.2f} ({a['successes']}/{a['n']}; chance {a['p_chance']:.2f}, "
-        f"binomial p {a['p']:.2g}: {verdict} at p < {SIGNIFICANCE_LEVEL:g})"
+        f"{attribute} {a['accuracy']:.2f} ({a['successes']}/{a['n']}; chance {a['null_chance']:.2f}, "
+        f"binomial p {a['p']:.2g}: {verdict} at p < {a.get('significance_level', SIGNIFICANCE_LEVEL):g})"
     )
