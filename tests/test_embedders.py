@@ -107,7 +107,7 @@ def _beats(seed: int, seconds: float = 3.0) -> np.ndarray:
     return (0.2 * x).astype(np.float32)
 
 
-def test_musicnn_loads_offline_from_its_package_and_tells_music_apart():
+def test_musicnn_loads_offline_from_its_package_and_tells_music_apart(monkeypatch):
     """The published MagnaTagATune musicnn (weights inside its pip package: no download) as a
     FAD / KAD embedder and a tagger: different music, different embeddings and tags."""
     if importlib.util.find_spec("musicnn") is None:
@@ -147,3 +147,7 @@ def test_musicnn_loads_offline_from_its_package_and_tells_music_apart():
     assert same["mean"] == pytest.approx(0, abs=1e-9) and other["tags"] > 0.1
     with pytest.raises(ValueError, match="has no tags"):
         text_to_music.MusicnnTagClassifier(tags=("kazoo",))
+    # without the package: an error that says what to install
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ImportError, match="pip install --no-deps musicnn"):
+        embedders.get_embedder("musicnn")
