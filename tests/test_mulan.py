@@ -60,6 +60,12 @@ def init_params(model: MuLan, seed: int = 0):
 def data(tmp_path_factory):
     train = [synthetic.render(11, i, sample_rate=SR, duration_s=SECONDS) for i in range(N_TRAIN)]
     held_out = [synthetic.render(12, i, sample_rate=SR, duration_s=SECONDS) for i in range(N_HELD_OUT)]
+    # Captions that state the main attributes (the source's own state a random few: retrieval among
+    # 128 clips needs specific ones; tests/test_captions.py covers the caption generator).
+    dense = ("instrument", "tempo_class", "mode", "register", "drums", "loudness")
+    for seed, examples in ((11, train), (12, held_out)):
+        for i, e in enumerate(examples):
+            e.caption = synthetic.captions_of(seed, i, require=dense)[0].text
     path = train_caption_vocabulary(
         [e.caption for e in train], str(tmp_path_factory.mktemp("vocab") / "captions"), vocab_size=VOCAB
     )
