@@ -115,7 +115,17 @@ _INSTRUMENT = {
 _TEMPO = {
     _T: {
         "slow": {
-            "adj": ("slow", "slow-paced", "unhurried", "leisurely", "languid", "downtempo", "laid-back"),
+            "adj": (
+                "slow",
+                "slow-paced",
+                "unhurried",
+                "leisurely",
+                "languid",
+                "downtempo",
+                "laid-back",
+                "relaxing",
+                "chill",
+            ),
             "post": ("at a slow tempo", "at a slow pace", "taken slowly", "played slowly"),
             "clause": ("the tempo is slow", "it moves slowly", "it takes its time", "the pace is slow"),
             "tag": ("slow tempo", "slow"),
@@ -188,7 +198,7 @@ _KEY = {
 # Moods are tied to (tempo_class, mode): stating one states both.
 _MOOD = {
     _T: {
-        ("slow", "major"): ("calm", "peaceful", "serene", "tender", "dreamy"),
+        ("slow", "major"): ("calm", "peaceful", "serene", "tender", "dreamy", "soothing"),
         ("slow", "minor"): ("sad", "melancholic", "mournful", "somber", "gloomy"),
         ("medium", "major"): ("cheerful", "warm", "sunny", "pleasant", "content"),
         ("medium", "minor"): ("wistful", "moody", "pensive", "bittersweet"),
@@ -196,7 +206,7 @@ _MOOD = {
         ("fast", "minor"): ("tense", "dramatic", "urgent", "anxious", "frantic"),
     },
     _H: {
-        ("slow", "major"): ("tranquil", "placid", "soothing"),
+        ("slow", "major"): ("tranquil", "placid", "halcyon"),
         ("slow", "minor"): ("grieving", "sorrowful", "heartbroken", "tearful"),
         ("medium", "major"): ("carefree", "good-natured", "contented"),
         ("medium", "minor"): ("reflective", "nostalgic", "yearning"),
@@ -207,7 +217,7 @@ _MOOD = {
 _REGISTER = {
     _T: {
         "low": {
-            "adj": ("low", "deep", "low-pitched", "low-register", "bassy"),
+            "adj": ("low", "deep", "low-pitched", "low-register", "bassy", "rumbling"),
             "post": ("in a low register", "in the low register", "with deep, low notes", "down low", "with low notes"),
             "clause": ("the notes are low", "it sits low", "the notes are deep and low"),
             "tag": ("low register", "low notes", "deep"),
@@ -219,7 +229,7 @@ _REGISTER = {
             "tag": ("mid register", "middle register", "mid-range"),
         },
         "high": {
-            "adj": ("high", "high-pitched", "high-register", "bright high"),
+            "adj": ("high", "high-pitched", "high-register", "bright high", "twinkling"),
             "post": ("in a high register", "in the high register", "up high", "with high notes", "in the upper range"),
             "clause": ("the notes are high", "it sits up high", "the notes are high-pitched"),
             "tag": ("high register", "high notes", "high-pitched"),
@@ -227,7 +237,7 @@ _REGISTER = {
     },
     _H: {
         "low": {
-            "adj": ("rumbling", "sonorous", "baritone-range"),
+            "adj": ("cavernous", "sonorous", "baritone-range"),
             "post": ("down in the depths", "in the basement octaves", "near the floor of the keyboard"),
             "clause": ("everything lives in the cellar octaves",),
         },
@@ -251,7 +261,7 @@ _REGISTER_PAIR = {
         "high": ("high", "high-pitched"),
     },
     _H: {
-        "low": ("rumbling", "sonorous"),
+        "low": ("cavernous", "sonorous"),
         "mid": ("tenor-range", "centre-range"),
         "high": ("piercing", "stratospheric"),
     },
@@ -270,6 +280,8 @@ _DRUMS = {
                 "with a beat",
                 "with a drum beat",
                 "with punchy drums",
+                "with heavy drums",
+                "over a drum machine",
             ),
             "clause": ("the drums keep time", "there are drums", "a drum kit plays along", "there's a steady beat"),
             "tag": ("drums", "percussion", "beat", "with drums"),
@@ -304,7 +316,7 @@ _DRUMS = {
 _LOUDNESS = {
     _T: {
         "soft": {
-            "adj": ("soft", "quiet", "gentle", "hushed", "delicate", "subdued"),
+            "adj": ("soft", "quiet", "gentle", "hushed", "delicate", "subdued", "mellow"),
             "post": ("played softly", "played quietly", "at a quiet volume", "barely above a whisper"),
             "clause": ("it is quiet", "the volume is soft", "it's played softly"),
         },
@@ -479,6 +491,11 @@ _SCENES = {
             ("party music", "party anthem"),
         ),
         ({"instrument": ("square_lead",)}, ("instrument",), ("video game music", "retro game soundtrack")),
+        (
+            {"tempo_class": ("slow",), "drums": (False,), "loudness": ("soft", "medium")},
+            ("tempo_class", "drums"),
+            ("ambient music", "ambient piece"),
+        ),
         (
             {"tempo_class": ("slow",), "mode": ("minor",)},
             ("tempo_class", "mode"),
