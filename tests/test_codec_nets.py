@@ -7,7 +7,7 @@ import pytest
 
 from musiclm_jax.audio.mel import log_mel
 from musiclm_jax.models import codec_losses as L
-from musiclm_jax.nn import istft_decoder, signal
+from musiclm_jax.nn import signal, spectral_codec
 from musiclm_jax.nn.discriminators import DiscriminatorConfig, Discriminators
 from musiclm_jax.nn.seanet import SEANetConfig, SEANetDecoder, SEANetEncoder
 
@@ -24,23 +24,32 @@ def _tiny_disc():
     )
 
 
-def test_istft_decoder_inverts_the_stft_and_keeps_lengths():
+def test_spectral_codec_inverts_the_stft_and_keeps_lengths():
     """The head's inverse STFT is exact on an STFT (centred frames, overlap normalised: no edge
     loss), so what the decoder cannot reproduce is its layers' doing, not the head's."""
     hop = 12
     x = jax.random.normal(jax.random.PRNGKey(0), (2, hop * 20))
-    spectrum = signal.stft(x, istft_decoder.OVERLAP * hop, hop)[:, :20]
-    np.testing.assert_allclose(np.asarray(istft_decoder.istft(spectrum, hop)), np.asarray(x), atol=1e-5)
+    spectrum = signal.stft(x, spectral_codec.OVERLAP * hop, hop)[:, :20]
+    np.testing.assert_allclose(np.asarray(spectral_codec.istft(spectrum, hop)), np.asarray(x), atol=1e-5)
     cfg = SEANetConfig(
-        channels=4, dim=8, strides=(3, 4), channel_multipliers=(2, 4), decoder="istft", istft_channels=16
+        channels=4,
+        dim=8,
+        strides=(3, 4),
+        channel_multipliers=(2, 4),
+        encoder="stft",
+        decoder="istft",
+        frame_channels=16,
     )
-    decoder = istft_decoder.ISTFTDecoder(cfg)
-    latents = jax.random.normal(jax.random.PRNGKey(1), (2, 7, 8))
-    params = decoder.init(jax.random.PRNGKey(2), latents)
-    y = decoder.apply(params, latents)
+    encoder, decoder = spectral_codec.STFTEncoder(cfg), spectral_codec.ISTFTDecoder(cfg)
+    audio = jax.random.normal(jax.random.PRNGKey(1), (2, 7 * 12))
+    latents, _ = encoder.init_with_output(jax.random.PRNGKey(2), audio)
+    assert latents.shape == (2, 7, 8)
+    y, _ = decoder.init_with_output(jax.random.PRNGKey(3), latents)
     assert y.shape == (2, 7 * 12) and bool(jnp.all(jnp.isfinite(y)))
     with pytest.raises(ValueError, match="decoder must be"):
         SEANetConfig(decoder="wavenet")
+    with pytest.raises(ValueError, match="encoder must be"):
+        SEANetConfig(encoder="mel")
 
 
 def test_multi_resolution_stft_loss():

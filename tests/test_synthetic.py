@@ -1,7 +1,6 @@
 """The synthetic music source: determinism, musical structure, distinct timbres, captions."""
 
 import dataclasses
-import re
 import socket
 
 import numpy as np
@@ -113,41 +112,15 @@ def test_drums_add_percussive_energy():
     assert flux(drummed) > 1.5 * flux(plain)
 
 
-def _word_in(caption: str, phrase: str) -> bool:
-    return re.search(r"(?<![\w-])" + re.escape(phrase.lower()) + r"(?![\w-])", caption.lower()) is not None
-
-
 def test_captions_agree_with_labels_and_vary():
+    """The source's captions (the generator itself is tested in tests/test_captions.py)."""
     seen = set()
     for index in range(300):
-        labels = synthetic.sample_score(7, index, 1.0).labels
-        caption = captions.caption_for(labels, synthetic._rng(7, index, stream=1))
+        labels = synthetic.labels_of(7, index)
+        caption = synthetic.caption_of(7, index)
         seen.add(caption)
-        own = captions._INSTRUMENT_WORDS[labels["instrument"]]
-        assert any(_word_in(caption, w) for w in own), (caption, labels)
-        for other, words in captions._INSTRUMENT_WORDS.items():
-            if other != labels["instrument"]:
-                assert not any(_word_in(caption, w) for w in words), (caption, labels)
-        assert any(_word_in(caption, w) for w in captions._DRUM_WORDS[labels["drums"]]) or _word_in(
-            caption, "drums" if labels["drums"] else "no drums"
-        ), (caption, labels)
-        for cls, words in captions._TEMPO_WORDS.items():
-            if cls != labels["tempo_class"]:
-                assert not any(_word_in(caption, w) for w in words), (caption, labels)
-        other_mode = "minor" if labels["mode"] == "major" else "major"
-        assert not _word_in(caption, other_mode), (caption, labels)
-        for number in re.findall(r"(\d+) (?:BPM|bpm|beats)", caption):
-            assert int(number) == labels["bpm"]
-        key = re.search(r"\b([A-G]#?) (major|minor)\b", caption)
-        if key:
-            assert key.groups() == (labels["key"], labels["mode"]), (caption, labels)
-    assert len(captions._TEMPLATES) >= 20
+        assert captions.contradictions(caption, labels) == [], (caption, labels)
     assert len(seen) == 300, "captions should almost never repeat"
-
-
-def test_every_template_names_instrument_and_drums():
-    for t in captions._TEMPLATES:
-        assert "{instrument}" in t and re.search(r"\{drums(_short|_cap)?\}", t), t
 
 
 def test_held_out_split_is_fixed_and_disjoint():

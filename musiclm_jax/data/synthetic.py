@@ -44,9 +44,8 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 from scipy.ndimage import maximum_filter1d, uniform_filter1d
 
-from musiclm_jax.data import soundfont
+from musiclm_jax.data import captions, soundfont
 from musiclm_jax.data.bad_input import BadInputReport
-from musiclm_jax.data.captions import caption_for
 from musiclm_jax.data.sources import Example
 
 INSTRUMENTS = ("piano", "organ", "plucked", "square_lead", "strings", "bell", "bass", "brass", "choir")
@@ -779,12 +778,31 @@ def labels_of_id(example_id: str, sampled_fraction: float = DEFAULT_SAMPLED_FRAC
     return labels_of(int(match.group(1)), int(match.group(2)), sampled_fraction)
 
 
-def caption_of(seed: int, index: int) -> str:
-    """The caption of example `index` of the stream `seed` without sampling the score or rendering
-    audio: `sample_score` draws the labels first from `_rng(seed, index)`, so they are known from
-    that draw alone, and the caption has its own stream. Equals `render(seed, index).caption` at
-    any sample rate and duration."""
-    return caption_for(labels_of(seed, index), _rng(seed, index, stream=1))
+def captions_of(
+    seed: int,
+    index: int,
+    sampled_fraction: float = DEFAULT_SAMPLED_FRACTION,
+    *,
+    family: str = "train",
+    num: int = 1,
+    require: tuple = (),
+) -> list:
+    """`num` distinct Captions (text + the label keys it states) of example `index` of the stream
+    `seed`, without sampling the score or rendering audio: the labels come from their own draw
+    (`labels_of`) and each caption family from its own stream. The first training-family one is
+    `render(...).caption`, the `NUM_VARIANTS` first its `caption_variants`. `require`: label keys
+    every caption must state (drawn from a stream of their own)."""
+    stream = {"train": 1, "heldout": 101}[family] + (1000 if require else 0)
+    labels, rng = labels_of(seed, index, sampled_fraction), _rng(seed, index, stream=stream)
+    if require:
+        return [captions.make_caption(labels, rng, family, require=require) for _ in range(num)]
+    return captions.caption_variants(labels, rng, num, family)
+
+
+def caption_of(seed: int, index: int, sampled_fraction: float = DEFAULT_SAMPLED_FRACTION) -> str:
+    """The caption of example `index` of the stream `seed` (`render(seed, index).caption` at any
+    sample rate and duration), without rendering audio."""
+    return captions_of(seed, index, sampled_fraction)[0].text
 
 
 def render(
@@ -798,9 +816,15 @@ def render(
     """Example `index` of the stream `seed`: identical for identical arguments."""
     score = sample_score(seed, index, duration_s, sampled_fraction)
     audio = render_score(score, sample_rate, seed=int(seed) * 1_000_003 + int(index))
-    caption = caption_for(score.labels, _rng(seed, index, stream=1))
+    variants = tuple(c.text for c in captions.caption_variants(score.labels, _rng(seed, index, stream=1)))
     return SyntheticExample(
-        f"synthetic-{seed}-{index}", audio.astype(np.float32), sample_rate, caption, dict(score.labels), score=score
+        f"synthetic-{seed}-{index}",
+        audio.astype(np.float32),
+        sample_rate,
+        variants[0],
+        dict(score.labels),
+        caption_variants=variants,
+        score=score,
     )
 
 
@@ -840,13 +864,16 @@ class SyntheticSource:
                 sampled_fraction=self.sampled_fraction,
             )
 
-    def captions(self, split: str, limit: Optional[int] = None) -> Iterator[str]:
+    def captions(self, split: str, limit: Optional[int] = None, *, variants: bool = False) -> Iterator[str]:
         """The captions of `examples(split)` (the first `limit` of them), in order, without
-        rendering audio (microseconds per caption instead of tens of milliseconds per clip)."""
+        rendering audio (microseconds per caption instead of tens of milliseconds per clip).
+        `variants`: every example's `caption_variants` (training family) instead of its caption."""
         if split not in SPLIT_SEEDS:
             raise ValueError(f"unknown split {split!r} of {self.name}; known: {', '.join(SPLIT_SEEDS)}")
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be None or >= 0, got {limit}")
         count = self.sizes[split] if limit is None else min(int(limit), self.sizes[split])
         for i in range(count):
-            yield caption_of(SPLIT_SEEDS[split], i)
+            num = captions.NUM_VARIANTS if variants else 1
+            for c in captions_of(SPLIT_SEEDS[split], i, self.sampled_fraction, num=num):
+                yield c.text

@@ -29,8 +29,8 @@ from musiclm_jax.models import codec_losses
 from musiclm_jax.models.base import BaseModel, Batch, Metrics, Variables
 from musiclm_jax.nn import config_io, quantizer
 from musiclm_jax.nn.discriminators import DiscriminatorConfig, Discriminators
-from musiclm_jax.nn.istft_decoder import ISTFTDecoder
 from musiclm_jax.nn.seanet import SEANetConfig, SEANetDecoder, SEANetEncoder
+from musiclm_jax.nn.spectral_codec import ISTFTDecoder, STFTEncoder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,8 +140,9 @@ class SoundStream(BaseModel):
 
     def __init__(self, config: SoundStreamConfig = SoundStreamConfig()):
         self.config = config
-        self.encoder = SEANetEncoder(config.seanet)
-        self.decoder = ISTFTDecoder(config.seanet) if config.seanet.decoder == "istft" else SEANetDecoder(config.seanet)
+        seanet = config.seanet
+        self.encoder = STFTEncoder(seanet) if seanet.encoder == "stft" else SEANetEncoder(seanet)
+        self.decoder = ISTFTDecoder(seanet) if seanet.decoder == "istft" else SEANetDecoder(seanet)
         self.discriminator = Discriminators(config.discriminators)
 
     # ---- the interface -------------------------------------------------------------------

@@ -50,12 +50,17 @@ class SEANetConfig:
     dilations: Tuple[int, ...] = (1, 3, 9)
     causal: bool = True
     final_tanh: bool = False  # decoder output activation
-    # 'seanet': the mirrored transposed-conv decoder (the paper's). 'istft': residual units at the
-    # frame rate and an inverse-STFT head (Vocos-style; nn/istft_decoder.py): no layer runs at the
-    # sample rate, and harmonics land at any frequency rather than on the frame rate's comb.
+    # 'seanet' (the paper's): strided convs down from / transposed convs up to the waveform.
+    # 'stft' encoder / 'istft' decoder (nn/spectral_codec.py): an STFT front end or an
+    # inverse-STFT head (Vocos-style) around residual units at the frame rate. No layer runs at
+    # the sample rate, so they cost a fraction of SEANet's on a CPU; the encoder sees the
+    # spectrum (pitch) from its first step, and the decoder can put a partial at any frequency,
+    # where small SEANet codecs trained briefly without a GAN emit a fixed comb at the frame
+    # rate's harmonics whatever the notes.
+    encoder: str = "seanet"
     decoder: str = "seanet"
-    istft_channels: int = 256  # width of the 'istft' decoder's frame-rate layers
-    istft_repeats: int = 2  # times the dilations (1, 3, 9) are stacked in the 'istft' decoder
+    frame_channels: int = 256  # width of the frame-rate layers of 'stft' / 'istft'
+    frame_repeats: int = 2  # times the dilations are stacked in 'stft' / 'istft'
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -64,6 +69,8 @@ class SEANetConfig:
         object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))
         object.__setattr__(self, "channel_multipliers", tuple(int(m) for m in self.channel_multipliers))
         object.__setattr__(self, "dilations", tuple(int(d) for d in self.dilations))
+        if self.encoder not in ("seanet", "stft"):
+            raise ValueError(f"SEANetConfig.encoder must be 'seanet' or 'stft', got {self.encoder!r}")
         if self.decoder not in ("seanet", "istft"):
             raise ValueError(f"SEANetConfig.decoder must be 'seanet' or 'istft', got {self.decoder!r}")
         if len(self.strides) != len(self.channel_multipliers):
