@@ -60,6 +60,7 @@ from musiclm_jax import fileio, gin_utils, model_io
 from musiclm_jax import generate as generate_lib
 from musiclm_jax.data import token_cache_tasks
 from musiclm_jax.evaluation import eval_sets, text_to_music
+from musiclm_jax.evaluation import metrics as eval_metrics
 from musiclm_jax.evaluation.embedders import MuLanAudioEmbedder
 from musiclm_jax.evaluation.eval_sets import held_out_prompts
 from musiclm_jax.tokenizers.acoustic import AcousticTokenizer
@@ -672,15 +673,7 @@ def _log_summary(summary: dict) -> None:
             if attr in reference and attr in ceiling
             else ""
         )
-        log(
-            "  adherence %-12s %.2f over %d prompts (chance %.2f, shuffled %.2f)%s",
-            attr,
-            a["accuracy"],
-            a["n"],
-            a["chance"],
-            a["shuffled_chance"],
-            refs,
-        )
+        log("  adherence %s%s", eval_metrics.adherence_line(attr, a), refs)
     t2m = summary["metrics"]["text_to_music"]
     if t2m:
         log(

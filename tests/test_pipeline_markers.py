@@ -32,13 +32,13 @@ def test_step_configurations_and_what_a_change_reaches():
     configs, hashes = _configs("/runs/a")
     moved, moved_hashes = _configs("/elsewhere/" + "long_directory_name/" * 5)
     assert moved_hashes == hashes  # the directory is written as D: a moved pipeline keeps its steps
-    assert "MODEL_DIR = 'D/fine_stage'" in configs["fine_stage"] and "TRAIN_STEPS = 10" in configs["fine_stage"]
+    assert "MODEL_DIR = 'D/fine_stage'" in configs["fine_stage"] and "TRAIN_STEPS = 60" in configs["fine_stage"]
     assert "gin file: pipeline/tiny/w2v_bert.gin" in configs["semantic_kmeans"]
     assert "KMEANS_CLUSTERS = 16" in configs["semantic_kmeans"]  # the gin files as parsed, includes too
 
     fine, fine_hashes = _configs("/runs/a", {"fine_stage": ["TRAIN_STEPS = 12"]})
     assert {s for s in pipeline.STEPS if fine_hashes[s] != hashes[s]} == {"fine_stage", "generate", "evaluate"}
-    assert pipeline.first_difference(configs["fine_stage"], fine["fine_stage"]) == "TRAIN_STEPS = 12 was 10"
+    assert pipeline.first_difference(configs["fine_stage"], fine["fine_stage"]) == "TRAIN_STEPS = 12 was 60"
     assert pipeline.first_difference(configs["generate"], fine["generate"]) == "fine_stage changed"
 
     _, codec_hashes = _configs("/runs/a", {"codec": ["TRAIN_STEPS = 30"]})  # precompute reads the codec
@@ -93,7 +93,7 @@ def test_changed_bindings_rerun_the_last_training_and_what_reads_it(tiny_pipelin
     for step in pipeline.STEPS:
         assert len(pipeline.read_marker(model_dir, step)["config_hash"]) == 64
     checkpoints = os.path.join(model_dir, "fine_stage", "checkpoints")
-    assert sorted(os.listdir(checkpoints)) == ["10"]
+    assert sorted(os.listdir(checkpoints)) == ["60"]
     classifier = os.path.join(model_dir, pipeline.CLASSIFIER_DIR, "config.json")
     classifier_mtime = os.path.getmtime(classifier)
     capsys.readouterr()
@@ -103,20 +103,20 @@ def test_changed_bindings_rerun_the_last_training_and_what_reads_it(tiny_pipelin
 
     stale = os.path.join(model_dir, "generated", "stale.wav")
     shutil.copy(os.path.join(model_dir, pipeline.SUMMARY_FILE), stale)
-    bindings = {"fine_stage": ["CHECKPOINT_PERIOD = 5"]}  # the same compiled programs: the session's XLA cache
+    bindings = {"fine_stage": ["CHECKPOINT_PERIOD = 30"]}  # the same compiled programs: the session's XLA cache
     summary = pipeline.run_pipeline(model_dir=model_dir, step_bindings=bindings, **TINY)
     out = capsys.readouterr().out
     assert _steps_run(out) == ["fine_stage", "generate", "evaluate"]
     assert out.count("already done") == len(pipeline.STEPS) - 3
     assert [line for line in out.splitlines() if "configuration changed" in line] == [
-        "pipeline step 9/11 fine_stage: configuration changed (CHECKPOINT_PERIOD = 5 was 10); "
+        "pipeline step 9/11 fine_stage: configuration changed (CHECKPOINT_PERIOD = 30 was 60); "
         "rerunning it and the 2 steps that read it (generate, evaluate)"
     ]
-    assert sorted(os.listdir(checkpoints)) == ["10", "5"]  # trained from step 0 again
+    assert sorted(os.listdir(checkpoints)) == ["30", "60"]  # trained from step 0 again
     assert not os.path.exists(stale) and len(summary["wavs"]) == 2
     assert all(w.startswith(os.path.join(model_dir, "generated")) and os.path.exists(w) for w in summary["wavs"])
     assert os.path.getmtime(classifier) == classifier_mtime
-    assert "CHECKPOINT_PERIOD = 5" in pipeline.read_marker(model_dir, "fine_stage")["config"]
+    assert "CHECKPOINT_PERIOD = 30" in pipeline.read_marker(model_dir, "fine_stage")["config"]
     assert summary["wall_s"]["coarse_stage"] == round(tiny_pipeline[1]["wall_s"]["coarse_stage"], 1)
 
     pipeline.run_pipeline(model_dir=model_dir, step_bindings=bindings, **TINY)  # the same again: all done
@@ -145,7 +145,7 @@ def test_driver_starts_a_changed_step_over_and_resumes_an_interrupted_one(tiny_p
     for step in ("fine_stage", "generate"):
         monkeypatch.setitem(pipeline._STEP_FNS, step, fake)
     monkeypatch.setattr(pipeline, "_evaluate", fake)
-    bindings = {"fine_stage": ["CHECKPOINT_PERIOD = 5"]}
+    bindings = {"fine_stage": ["CHECKPOINT_PERIOD = 30"]}
 
     fail.append(KeyboardInterrupt())
     capsys.readouterr()
@@ -154,7 +154,7 @@ def test_driver_starts_a_changed_step_over_and_resumes_an_interrupted_one(tiny_p
     out = capsys.readouterr().out
     assert ran == [("fine_stage", False)]  # the old checkpoints went first
     assert [line for line in out.splitlines() if "configuration changed" in line] == [
-        "pipeline step 9/11 fine_stage: configuration changed (CHECKPOINT_PERIOD = 5 was 10); "
+        "pipeline step 9/11 fine_stage: configuration changed (CHECKPOINT_PERIOD = 30 was 60); "
         "rerunning it and the 2 steps that read it (generate, evaluate)"
     ]
     assert pipeline.read_marker(model_dir, "fine_stage") is None
@@ -171,7 +171,7 @@ def test_driver_starts_a_changed_step_over_and_resumes_an_interrupted_one(tiny_p
         "rerunning it and the 1 step that reads it (evaluate)"
     ]
     marker = pipeline.read_marker(model_dir, "fine_stage")
-    assert "CHECKPOINT_PERIOD = 5" in marker["config"] and marker["config_hash"] == pipeline.config_hash(
+    assert "CHECKPOINT_PERIOD = 30" in marker["config"] and marker["config_hash"] == pipeline.config_hash(
         marker["config"]
     )
 

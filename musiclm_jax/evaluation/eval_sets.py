@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from musiclm_jax.data import captions, synthetic
-from musiclm_jax.evaluation import attributes
+from musiclm_jax.evaluation import attributes, metrics
 
 # Attributes whose adherence is measured, under the detectors' names.
 ATTRIBUTES = ("register", "drums", "tempo_class", "loudness", "mode")
@@ -187,8 +187,7 @@ def adherence(items: Sequence, detected: Sequence[dict]) -> dict:
             "chance": 1.0 / len(values),
             "shuffled_chance": float(p_want @ p_got),
         }
-        out[attr]["above_chance"] = out[attr]["accuracy"] > max(out[attr]["chance"], out[attr]["shuffled_chance"])
-    return out
+    return metrics.with_significance(out)  # n, successes, binomial p; above_chance = significant
 
 
 def detect(audio: np.ndarray, sample_rate: int) -> dict:
