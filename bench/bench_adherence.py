@@ -1,8 +1,10 @@
 """Does the small pipeline's music follow the prompt? Adherence link by link, with p-values.
 
-For --num_prompts captions of held-out synthetic pieces that state register and drums (balanced
-over the six register x drums combinations), the pipeline's models generate --seconds of music,
-and each attribute is checked at every link of the chain:
+For --num_prompts captions of held-out synthetic pieces that state register, drums and tempo
+(balanced over the 18 combinations), in each caption family (data/captions.py: 'train', the
+phrasings MuLan trained on, and 'heldout', paraphrases whose words and frames no training caption
+uses), the pipeline's models generate --seconds of music, and each attribute is checked at every
+link of the chain:
 
   mulan     the prompt's MuLan text tokens        probe fit on cached audio MuLan tokens
   semantic  the semantic stage's tokens           probe fit on cached semantic tokens
@@ -13,7 +15,8 @@ and each attribute is checked at every link of the chain:
 (probes: evaluation/token_probes.py, logistic regressions on token statistics of the labelled
 training clips in the pipeline's token cache). Beside each link, the same measurement on the
 held-out pieces themselves (their real tokens; their audio; their codec reconstruction) is that
-link's ceiling. Every accuracy has a one-sided binomial p-value against uniform chance.
+link's ceiling. Every accuracy has its n and a one-sided binomial p-value against chance (the
+larger of uniform and shuffled chance: evaluation/metrics.with_significance).
 
     python bench/bench_adherence.py --pipeline_dir=/tmp/musiclm           # a finished pipeline
     python bench/bench_adherence.py --pipeline_dir=/tmp/adherence --train  # trains it first
@@ -40,7 +43,8 @@ import numpy as np  # noqa: E402
 from machine import machine, table  # noqa: E402  (bench/machine.py)
 from tqdm import tqdm  # noqa: E402
 
-ATTRIBUTES = ("register", "drums")
+ATTRIBUTES = ("register", "drums", "tempo_class")
+FAMILIES = ("train", "heldout")  # the caption families: as MuLan trained on them, and paraphrases
 # Longer stage training than the main job's (pipeline/small/*.gin, 200 steps each): the stages
 # need it to carry the MuLan condition.
 ADHERENCE_BINDINGS = {"semantic_stage": ["TRAIN_STEPS = 1000"], "coarse_stage": ["TRAIN_STEPS = 800"]}
@@ -75,23 +79,15 @@ def finetune_decoder(pipeline_dir: str) -> str:
     return out
 
 
-def binomial_p(successes: int, n: int, chance: float) -> float:
-    from scipy.stats import binomtest
-
-    return float(binomtest(successes, n, chance, alternative="greater").pvalue)
-
-
 def score(prompts: list[dict], predicted: list[dict]) -> dict:
-    """eval_sets.adherence of predicted labels for ATTRIBUTES (accuracy, n, chance, shuffled
-    chance), plus p: the one-sided binomial p-value of the accuracy against uniform chance."""
+    """eval_sets.adherence of predicted labels for the ATTRIBUTES they hold (accuracy, n, chance,
+    shuffled chance, successes, the one-sided binomial p, above_chance = significant)."""
     from musiclm_jax.evaluation import eval_sets
 
-    items = [{"labels": p["labels"], "mentioned": [a for a in ATTRIBUTES if a in p["mentioned"]]} for p in prompts]
-    typed = [{a: {"True": True, "False": False}.get(pred[a], pred[a]) for a in ATTRIBUTES} for pred in predicted]
-    out = eval_sets.adherence(items, typed)
-    for a in out.values():
-        a["p"] = binomial_p(int(round(a["accuracy"] * a["n"])), a["n"], a["chance"])
-    return out
+    attrs = [a for a in ATTRIBUTES if all(a in pred for pred in predicted)]
+    items = [{"labels": p["labels"], "mentioned": [a for a in attrs if a in p["mentioned"]]} for p in prompts]
+    typed = [{a: {"True": True, "False": False}.get(pred[a], pred[a]) for a in attrs} for pred in predicted]
+    return eval_sets.adherence(items, typed)
 
 
 def training_tokens(cache_dir: str) -> tuple[dict, list[dict], dict]:
@@ -135,22 +131,30 @@ def generate(model, prompts: list[dict], seconds: float, batch: int, seed: int) 
 
 
 def plot(rows: list[dict], path: str) -> None:
+    """One panel per (family, attribute): ceiling and generated accuracy per link, chance dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(ATTRIBUTES), figsize=(5.5 * len(ATTRIBUTES), 3.6), sharey=True)
-    for ax, attr in zip(np.atleast_1d(axes), ATTRIBUTES):
-        x = np.arange(len(rows))
-        ax.bar(x - 0.2, [r[f"{attr}_ref"] for r in rows], 0.4, label="held-out pieces (ceiling)", color="#bbb")
-        ax.bar(x + 0.2, [r[f"{attr}_gen"] for r in rows], 0.4, label="generated from the prompt", color="#2a6")
-        ax.axhline(rows[0][f"{attr}_chance"], color="k", ls="--", lw=1, label="chance")
-        ax.set_xticks(x, [r["link"] for r in rows], rotation=20, fontsize=8)
-        ax.set_title(attr)
-        ax.set_ylim(0, 1)
-    np.atleast_1d(axes)[0].set_ylabel("accuracy")
-    np.atleast_1d(axes)[0].legend(fontsize=7, loc="lower left")
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    fig, axes = plt.subplots(
+        len(families), len(ATTRIBUTES), figsize=(5.0 * len(ATTRIBUTES), 3.4 * len(families)), squeeze=False
+    )
+    for i, family in enumerate(families):
+        mine = [r for r in rows if r["family"] == family]
+        for ax, attr in zip(axes[i], ATTRIBUTES):
+            shown = [r for r in mine if f"{attr}_gen" in r]
+            x = np.arange(len(shown))
+            ax.bar(x - 0.2, [r[f"{attr}_ref"] for r in shown], 0.4, label="held-out pieces (ceiling)", color="#bbb")
+            ax.bar(x + 0.2, [r[f"{attr}_gen"] for r in shown], 0.4, label="generated from the prompt", color="#2a6")
+            if shown:
+                ax.axhline(shown[0][f"{attr}_chance"], color="k", ls="--", lw=1, label="chance")
+            ax.set_xticks(x, [r["link"] for r in shown], rotation=20, fontsize=7)
+            ax.set_title(f"{attr}: {family} captions", fontsize=9)
+            ax.set_ylim(0, 1)
+        axes[i][0].set_ylabel("accuracy")
+    axes[0][0].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -166,7 +170,8 @@ def main() -> None:
         action="store_true",
         help="first run/resume the pipeline with ADHERENCE_BINDINGS, then the decoder fine-tune",
     )
-    parser.add_argument("--num_prompts", type=int, default=96)
+    parser.add_argument("--num_prompts", type=int, default=54, help="per caption family (18 combinations x 3)")
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
@@ -208,19 +213,6 @@ def main() -> None:
     tokens["acoustic"] = tokens["acoustic"][..., :coarse]
     probes = token_probes.fit_probes(tokens, labels, codebook_sizes=sizes, attributes=ATTRIBUTES)
 
-    prompts = eval_sets.held_out_prompts(args.num_prompts, train_examples=2000)
-    sr = model.codec.sample_rate
-    reference = np.stack([eval_sets.synthetic_item(p, args.seconds, sr).reference for p in prompts])
-    t1 = time.perf_counter()
-    gen = generate(model, prompts, args.seconds, args.batch, args.seed)
-    gen_wall = time.perf_counter() - t1
-    ref_tok = reference_tokens(model, semantic_tokenizer, reference, sr)
-    ref_tok["acoustic"] = ref_tok["acoustic"][..., :coarse]
-    gen["acoustic"] = gen["acoustic"][..., :coarse]
-    codec_audio = np.asarray(model.codec.decode(model.codec.encode(reference), num_samples=reference.shape[1]))
-
-    probe_gen = token_probes.predict(probes, gen)
-    probe_ref = token_probes.predict(probes, ref_tok)
     detect = lambda clips: [eval_sets.detect(a, sr) for a in tqdm(clips, desc="detectors", unit="clip")]  # noqa: E731
     classifier = text_to_music.SyntheticAttributeClassifier(
         os.path.join(d, "attribute_classifier"), **pipeline.CLASSIFIER["small"]
@@ -228,37 +220,54 @@ def main() -> None:
 
     def classify(clips):
         dists = classifier.label_distributions(clips, sr)
-        values = {a: classifier.config.classes[classifier.config.attributes.index(a)] for a in ATTRIBUTES}
-        return [{a: values[a][int(dists[a][i].argmax())] for a in ATTRIBUTES} for i in range(len(clips))]
+        known = [a for a in ATTRIBUTES if a in classifier.config.attributes]
+        values = {a: classifier.config.classes[classifier.config.attributes.index(a)] for a in known}
+        return [{a: values[a][int(dists[a][i].argmax())] for a in known} for i in range(len(clips))]
 
-    links = [
-        ("MuLan tokens", "text tokens (probe)", probe_gen["mulan"], "audio tokens (probe)", probe_ref["mulan"]),
-        ("semantic tokens", "generated (probe)", probe_gen["semantic"], "real (probe)", probe_ref["semantic"]),
-        ("coarse tokens", "generated (probe)", probe_gen["acoustic"], "real (probe)", probe_ref["acoustic"]),
-        ("audio: detectors", "generated", detect(gen["audio"]), "codec reconstruction", detect(codec_audio)),
-        ("audio: classifier", "generated", classify(gen["audio"]), "codec reconstruction", classify(codec_audio)),
-    ]
-    ceiling_pieces = {
-        "audio: detectors": score(prompts, detect(reference)),
-        "audio: classifier": score(prompts, classify(reference)),
-    }
-    rows, results = [], {}
-    for link, gen_name, gen_pred, ref_name, ref_pred in links:
-        g, r = score(prompts, gen_pred), score(prompts, ref_pred)
-        results[link] = {
-            "generated": g,
-            "reference": r,
-            "generated_what": gen_name,
-            "reference_what": ref_name,
-            "pieces": ceiling_pieces.get(link),
+    rows, results, prompts_by_family, ceiling_pieces, gen_wall = [], {}, {}, {}, 0.0
+    sr = model.codec.sample_rate
+    for family in args.families:
+        prompts = eval_sets.held_out_prompts(args.num_prompts, train_examples=2000, family=family)
+        prompts_by_family[family] = [p["caption"] for p in prompts]
+        reference = np.stack([eval_sets.synthetic_item(p, args.seconds, sr).reference for p in prompts])
+        t1 = time.perf_counter()
+        gen = generate(model, prompts, args.seconds, args.batch, args.seed)
+        gen_wall += time.perf_counter() - t1
+        ref_tok = reference_tokens(model, semantic_tokenizer, reference, sr)
+        ref_tok["acoustic"] = ref_tok["acoustic"][..., :coarse]
+        gen["acoustic"] = gen["acoustic"][..., :coarse]
+        codec_audio = np.asarray(model.codec.decode(model.codec.encode(reference), num_samples=reference.shape[1]))
+        probe_gen = token_probes.predict(probes, gen)
+        probe_ref = token_probes.predict(probes, ref_tok)
+        links = [
+            ("MuLan tokens", "text tokens (probe)", probe_gen["mulan"], "audio tokens (probe)", probe_ref["mulan"]),
+            ("semantic tokens", "generated (probe)", probe_gen["semantic"], "real (probe)", probe_ref["semantic"]),
+            ("coarse tokens", "generated (probe)", probe_gen["acoustic"], "real (probe)", probe_ref["acoustic"]),
+            ("audio: detectors", "generated", detect(gen["audio"]), "codec reconstruction", detect(codec_audio)),
+            ("audio: classifier", "generated", classify(gen["audio"]), "codec reconstruction", classify(codec_audio)),
+        ]
+        ceiling_pieces[family] = {
+            "audio: detectors": score(prompts, detect(reference)),
+            "audio: classifier": score(prompts, classify(reference)),
         }
-        row = {"link": link}
-        for attr in ATTRIBUTES:
-            row[f"{attr}_gen"] = g[attr]["accuracy"]
-            row[f"{attr}_p"] = g[attr]["p"]
-            row[f"{attr}_ref"] = r[attr]["accuracy"]
-            row[f"{attr}_chance"] = g[attr]["chance"]
-        rows.append(row)
+        results[family] = {}
+        for link, gen_name, gen_pred, ref_name, ref_pred in links:
+            g, r = score(prompts, gen_pred), score(prompts, ref_pred)
+            results[family][link] = {
+                "generated": g,
+                "reference": r,
+                "generated_what": gen_name,
+                "reference_what": ref_name,
+                "pieces": ceiling_pieces[family].get(link),
+            }
+            row = {"family": family, "link": link}
+            for attr in g:
+                row[f"{attr}_gen"] = g[attr]["accuracy"]
+                row[f"{attr}_p"] = g[attr]["p"]
+                row[f"{attr}_n"] = g[attr]["n"]
+                row[f"{attr}_ref"] = r[attr]["accuracy"]
+                row[f"{attr}_chance"] = g[attr]["null_chance"]
+            rows.append(row)
 
     out_dir = os.path.join(d, "adherence_bench")
     os.makedirs(out_dir, exist_ok=True)
@@ -269,38 +278,46 @@ def main() -> None:
             "machine": machine(),
             "pipeline_dir": d,
             "codec_dir": codec_dir,
-            "num_prompts": len(prompts),
+            "num_prompts": args.num_prompts,
             "seconds": args.seconds,
             "train_wall_s": train_wall,
             "generate_wall_s": gen_wall,
             "links": results,
+            "prompts": prompts_by_family,
             "probe_train_accuracy": {f"{s}/{a}": p.train_accuracy for (s, a), p in probes.items()},
             "bindings": {"pipeline": ADHERENCE_BINDINGS, "decoder_finetune": DECODER_FINETUNE} if args.train else None,
         },
     )
-    print(f"\n{machine()}; {len(prompts)} held-out prompts x {args.seconds:g} s; pipeline {d}; codec {codec_dir}")
-    chances = ", ".join(f"{a} {rows[0][a + '_chance']:.2f}" for a in ATTRIBUTES)
     print(
-        f"gen = generated from the prompt, p = one-sided binomial p against chance ({chances}); "
-        "ref = the held-out pieces' own tokens / codec reconstructions (the link's ceiling)"
+        f"\n{machine()}; {args.num_prompts} held-out prompts x {args.seconds:g} s per family; "
+        f"pipeline {d}; codec {codec_dir}"
+    )
+    print(
+        "gen = generated from the prompt (n prompts state the attribute), p = one-sided binomial p against "
+        "chance (the larger of uniform and shuffled); ref = the held-out pieces' own tokens / codec "
+        "reconstructions (the link's ceiling)"
     )
     shown = [
         {
+            "captions": r["family"],
             "link": r["link"],
             **{
-                f"{a} {k}": format(r[f"{a}_{k}"], ".3g" if k == "p" else ".2f")
+                f"{a} {k}": (
+                    format(r[f"{a}_{k}"], ".2g" if k == "p" else "d" if k == "n" else ".2f") if f"{a}_{k}" in r else "-"
+                )
                 for a in ATTRIBUTES
-                for k in ("gen", "p", "ref")
+                for k in ("gen", "n", "p", "ref")
             },
         }
         for r in rows
     ]
     print(table(shown))
-    for link in ("audio: detectors", "audio: classifier"):
-        print(
-            f"the pieces themselves, {link}: "
-            + ", ".join(f"{a} {ceiling_pieces[link][a]['accuracy']:.2f}" for a in ATTRIBUTES)
-        )
+    for family in args.families:
+        for link in ("audio: detectors", "audio: classifier"):
+            print(
+                f"{family} captions, the pieces themselves, {link}: "
+                + ", ".join(f"{a} {v['accuracy']:.2f}" for a, v in ceiling_pieces[family][link].items())
+            )
     print(f"\nwrote {out_dir}/adherence.json and adherence_links.png")
 
 
