@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine import machine  # noqa: E402
 
 from musiclm_jax import model_io  # noqa: E402
-from musiclm_jax.audio.io import AUDIO_EXTENSIONS, load_audio  # noqa: E402
+from musiclm_jax.audio.io import AUDIO_EXTENSIONS, AudioDecodeError, load_audio  # noqa: E402
 from musiclm_jax.data import synthetic  # noqa: E402
 from musiclm_jax.evaluation import pitch  # noqa: E402
 from musiclm_jax.models import codec_losses, soundstream  # noqa: E402
@@ -54,7 +54,11 @@ def real_clips(folder: str, num: int, seconds: float, sample_rate: int) -> list[
     )
     out = []
     for path in paths:
-        audio = load_audio(path, sample_rate)
+        try:  # the first 30 s: enough for a crop, and a file's damaged tail does not matter
+            audio, _ = load_audio(path, sample_rate=sample_rate, end_s=30.0)
+        except AudioDecodeError as e:
+            print(f"skipped {path}: {e}")
+            continue
         n = int(seconds * sample_rate)
         if len(audio) < n:
             continue
