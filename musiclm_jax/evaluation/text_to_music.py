@@ -339,18 +339,12 @@ def _adherence(
         return
     log("eval: attribute adherence on %d labelled captions", len(keep))
     labelled = [items[k] for k in keep]
-    results["adherence"] = adherence(labelled, [detected[k] for k in keep])
-    results["adherence_reference"] = adherence(labelled, [detect(references[k], rate) for k in keep])
+    results["adherence"] = eval_sets.adherence(labelled, [detected[k] for k in keep])
+    results["adherence_reference"] = eval_sets.adherence(labelled, [detect(references[k], rate) for k in keep])
     if coded is not None:
-        results["adherence_codec_ceiling"] = adherence(labelled, [detect(coded[k], rate) for k in keep])
+        results["adherence_codec_ceiling"] = eval_sets.adherence(labelled, [detect(coded[k], rate) for k in keep])
     for attr, a in results["adherence"].items():
         log("eval: adherence %s", metrics.adherence_line(attr, a))
-
-
-def adherence(items: Sequence, detected: Sequence[dict]) -> dict:
-    """eval_sets.adherence (accuracy, n, chance, shuffled chance per attribute) with each
-    figure's binomial test (metrics.with_significance: successes, p, above_chance)."""
-    return metrics.with_significance(eval_sets.adherence(items, detected))
 
 
 def _write_items(
