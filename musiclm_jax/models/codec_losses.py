@@ -12,7 +12,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from musiclm_jax.audio.mel import mel_spectrogram
+from musiclm_jax.audio.mel import mel_filterbank, mel_spectrogram
 from musiclm_jax.nn.signal import stft
 
 Array = jax.Array
@@ -93,6 +93,21 @@ def multi_resolution_stft_loss(
         log_l1 = jnp.mean(jnp.abs(jnp.log(jnp.maximum(sx, floor)) - jnp.log(jnp.maximum(sy, floor))))
         total = total + convergence + log_l1
     return total / len(windows)
+
+
+def magnitude_losses(
+    target: Array, log_magnitude: Array, sample_rate: int, *, n_mels: int = 80, floor: float = 1e-5
+) -> tuple[Array, Array]:
+    """Losses of a decoder that emits log-magnitudes [B, T, bins] of the frames whose true
+    magnitudes are `target` (same shape; n_fft = 2 (bins - 1)): (mel, stft) scalars, where
+    mel = mean |log mel(target) - log mel(predicted)| and stft = spectral convergence + mean
+    |log target - log predicted|, the terms the waveform losses compute, on one resolution."""
+    predicted = jnp.exp(log_magnitude)
+    bank = jnp.asarray(mel_filterbank(sample_rate, 2 * (target.shape[-1] - 1), n_mels))
+    log = lambda m: jnp.log(jnp.maximum(m, floor))  # noqa: E731
+    mel = jnp.mean(jnp.abs(log(target @ bank) - log(predicted @ bank)))
+    convergence = jnp.sqrt(jnp.sum(jnp.square(target - predicted))) / (jnp.sqrt(jnp.sum(jnp.square(target))) + floor)
+    return mel, convergence + jnp.mean(jnp.abs(log(target) - log(predicted)))
 
 
 def waveform_l1(x: Array, y: Array) -> Array:

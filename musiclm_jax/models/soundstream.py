@@ -27,10 +27,10 @@ import optax
 from musiclm_jax.audio import plots
 from musiclm_jax.models import codec_losses
 from musiclm_jax.models.base import BaseModel, Batch, Metrics, Variables
-from musiclm_jax.nn import config_io, quantizer
+from musiclm_jax.nn import config_io, quantizer, spectral_codec
 from musiclm_jax.nn.discriminators import DiscriminatorConfig, Discriminators
 from musiclm_jax.nn.seanet import SEANetConfig, SEANetDecoder, SEANetEncoder
-from musiclm_jax.nn.spectral_codec import ISTFTDecoder, STFTEncoder
+from musiclm_jax.nn.spectral_codec import ISTFTDecoder, MagnitudeDecoder, SpectrumEncoder, STFTEncoder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +69,8 @@ class SoundStreamConfig:
     # only the decoder (and the discriminators) train. Needs a trained codec: resume its
     # MODEL_DIR or start from it with train's restore_params_from.
     frozen_tokens: bool = False
+    # Decode-time phase recovery of the 'griffin_lim' decoder (SEANetConfig.decoder).
+    griffin_lim_iters: int = 32
 
     def __post_init__(self):
         if self.adversarial_loss not in ("hinge", "lsgan"):
@@ -79,6 +81,11 @@ class SoundStreamConfig:
             raise ValueError("SoundStreamConfig needs num_levels >= 1 and codebook_size >= 2")
         if self.discriminator_update_every < 1:
             raise ValueError("SoundStreamConfig.discriminator_update_every must be >= 1")
+        if self.seanet.decoder == "griffin_lim" and self.gan_enabled:
+            raise ValueError(
+                "SEANetConfig.decoder='griffin_lim' trains on magnitudes and has no differentiable waveform "
+                "for the discriminators: set SoundStreamConfig.discriminator_start_step = -1"
+            )
 
     @property
     def gan_enabled(self) -> bool:
@@ -141,8 +148,11 @@ class SoundStream(BaseModel):
     def __init__(self, config: SoundStreamConfig = SoundStreamConfig()):
         self.config = config
         seanet = config.seanet
-        self.encoder = STFTEncoder(seanet) if seanet.encoder == "stft" else SEANetEncoder(seanet)
-        self.decoder = ISTFTDecoder(seanet) if seanet.decoder == "istft" else SEANetDecoder(seanet)
+        encoders = {"seanet": SEANetEncoder, "stft": STFTEncoder, "spectrum": SpectrumEncoder}
+        self.encoder = encoders[seanet.encoder](seanet)
+        decoders = {"seanet": SEANetDecoder, "istft": ISTFTDecoder, "griffin_lim": MagnitudeDecoder}
+        self.decoder = decoders[seanet.decoder](seanet)
+        self.decodes_magnitudes = seanet.decoder == "griffin_lim"
         self.discriminator = Discriminators(config.discriminators)
 
     # ---- the interface -------------------------------------------------------------------
@@ -167,7 +177,7 @@ class SoundStream(BaseModel):
         return {
             "params": {
                 "generator": {
-                    "encoder": self.encoder.init(r_enc, audio)["params"],
+                    "encoder": self.encoder.init(r_enc, audio).get("params", {}),  # SpectrumEncoder has none
                     "decoder": self.decoder.init(r_dec, latents)["params"],
                 },
                 "discriminator": self.discriminator.init(r_disc, audio)["params"],
@@ -188,7 +198,10 @@ class SoundStream(BaseModel):
         return self.encoder.apply({"params": params["generator"]["encoder"]}, audio)
 
     def decode_latents(self, params, latents: jax.Array) -> jax.Array:
-        return self.decoder.apply({"params": params["generator"]["decoder"]}, latents)
+        out = self.decoder.apply({"params": params["generator"]["decoder"]}, latents)
+        if self.decodes_magnitudes:
+            return spectral_codec.griffin_lim(jnp.exp(out), self.config.hop_length, self.config.griffin_lim_iters)
+        return out
 
     def encode(self, params, audio: jax.Array, num_levels: Optional[int] = None) -> jax.Array:
         """int32 codes [batch, frames, levels] of audio [batch, samples] (samples a multiple of the hop)."""
@@ -212,6 +225,13 @@ class SoundStream(BaseModel):
         full = {**params, "generator": gen_params}
         latents = self.encode_latents(full, audio)
         q = quantizer.quantize(params["codebooks"], latents, num_active_levels=num_levels, rng=sample_rng)
+        if self.decodes_magnitudes:  # trained on spectra: no waveform in the step
+            log_magnitude = self.decoder.apply({"params": gen_params["decoder"]}, q.quantized)
+            target = jnp.abs(spectral_codec.frame_spectrum(audio, cfg.hop_length))
+            mel, spec = codec_losses.magnitude_losses(target, log_magnitude, cfg.sample_rate, floor=cfg.log_floor)
+            total = cfg.mel_weight * mel + cfg.stft_weight * spec + cfg.commitment_weight * q.commit_loss
+            metrics = {"mel_loss": mel, "stft_loss": spec, "commit_loss": q.commit_loss}
+            return total, (metrics, q, None)
         recon = self.decode_latents(full, q.quantized)
         mel = codec_losses.multi_scale_mel_loss(audio, recon, cfg.sample_rate, floor=cfg.log_floor)
         l1 = codec_losses.waveform_l1(audio, recon)
@@ -367,8 +387,9 @@ class SoundStream(BaseModel):
                 "learning_rate": schedule(state.step),
                 "finite": finite,
                 "active_levels": jnp.asarray(cfg.num_levels if levels is None else levels, jnp.float32),
-                "si_sdr": jnp.mean(codec_losses.si_sdr(audio, recon)),
             }
+            if recon is not None:
+                metrics["si_sdr"] = jnp.mean(codec_losses.si_sdr(audio, recon))
             for level in range(cfg.num_levels):
                 metrics[f"perplexity_l{level}"] = q.perplexity[level]
                 metrics[f"dead_codes_l{level}"] = dead[level].astype(jnp.float32)

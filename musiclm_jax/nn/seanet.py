@@ -34,6 +34,10 @@ from musiclm_jax.nn.initializers import default_kernel_init
 Array = jax.Array
 
 
+ENCODERS = ("seanet", "stft", "spectrum")
+DECODERS = ("seanet", "istft", "griffin_lim")
+
+
 @dataclasses.dataclass(frozen=True)
 class SEANetConfig:
     """SEANet hyperparameters. Paper (24 kHz, 50 Hz latents): channels=32, dim=128,
@@ -57,6 +61,10 @@ class SEANetConfig:
     # spectrum (pitch) from its first step, and the decoder can put a partial at any frequency,
     # where small SEANet codecs trained briefly without a GAN emit a fixed comb at the frame
     # rate's harmonics whatever the notes.
+    # 'griffin_lim' decoder: the same head to magnitudes only, trained on spectra; the waveform
+    # comes from Griffin-Lim at decode time. 'spectrum' encoder: no parameters, the latent is
+    # the log-magnitude frame itself (dim = 2 * hop + 1), so the RVQ quantises spectra; it
+    # keeps pitch where learned encoders trained for minutes do not (nn/spectral_codec.py).
     encoder: str = "seanet"
     decoder: str = "seanet"
     frame_channels: int = 256  # width of the frame-rate layers of 'stft' / 'istft'
@@ -69,10 +77,21 @@ class SEANetConfig:
         object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))
         object.__setattr__(self, "channel_multipliers", tuple(int(m) for m in self.channel_multipliers))
         object.__setattr__(self, "dilations", tuple(int(d) for d in self.dilations))
-        if self.encoder not in ("seanet", "stft"):
-            raise ValueError(f"SEANetConfig.encoder must be 'seanet' or 'stft', got {self.encoder!r}")
-        if self.decoder not in ("seanet", "istft"):
-            raise ValueError(f"SEANetConfig.decoder must be 'seanet' or 'istft', got {self.decoder!r}")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"SEANetConfig.encoder must be one of {ENCODERS}, got {self.encoder!r}")
+        if self.encoder == "spectrum":
+            bins = 2 * self.hop_length + 1  # spectral_codec.spectrum_bins (OVERLAP 4)
+            if self.dim != bins:
+                raise ValueError(
+                    f"SEANetConfig.encoder='spectrum' makes the latent the {bins}-bin spectrum of hop "
+                    f"{self.hop_length}: set SEANetConfig.dim = {bins} (got {self.dim})"
+                )
+            if self.decoder != "griffin_lim":
+                raise ValueError(
+                    "SEANetConfig.encoder='spectrum' needs decoder='griffin_lim' (its latents are spectra)"
+                )
+        if self.decoder not in DECODERS:
+            raise ValueError(f"SEANetConfig.decoder must be one of {DECODERS}, got {self.decoder!r}")
         if len(self.strides) != len(self.channel_multipliers):
             raise ValueError(
                 f"SEANetConfig.strides {self.strides} and channel_multipliers {self.channel_multipliers} "
