@@ -25,7 +25,8 @@ larger of uniform and shuffled chance: evaluation/metrics.with_significance).
 ADHERENCE_BINDINGS, then fine-tunes the codec's decoder (DECODER_FINETUNE: encoder and codebooks
 frozen, so the token cache and the stages stay valid) into D/codec_decoder_finetuned; the music
 is decoded with that decoder when it exists (--codec_dir overrides). The 20-minute main job has
-no time for either. Writes adherence.json and adherence_links.png into D/adherence_bench.
+no time for either. Writes adherence.json, adherence_links.png and generated_examples.png (a low and a high prompt's
+music beside the pieces they describe) into D/adherence_bench.
 """
 
 from __future__ import annotations
@@ -183,6 +184,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from musiclm_jax import pipeline
+    from musiclm_jax.audio import plots
     from musiclm_jax.evaluation import eval_sets, text_to_music, token_probes
     from musiclm_jax.fileio import write_json
     from musiclm_jax.generate import load_musiclm
@@ -224,7 +226,7 @@ def main() -> None:
         values = {a: classifier.config.classes[classifier.config.attributes.index(a)] for a in known}
         return [{a: values[a][int(dists[a][i].argmax())] for a in known} for i in range(len(clips))]
 
-    rows, results, prompts_by_family, ceiling_pieces, gen_wall = [], {}, {}, {}, 0.0
+    rows, results, prompts_by_family, ceiling_pieces, gen_wall, examples = [], {}, {}, {}, 0.0, []
     sr = model.codec.sample_rate
     for family in args.families:
         prompts = eval_sets.held_out_prompts(args.num_prompts, train_examples=2000, family=family)
@@ -236,6 +238,13 @@ def main() -> None:
         ref_tok = reference_tokens(model, semantic_tokenizer, reference, sr)
         ref_tok["acoustic"] = ref_tok["acoustic"][..., :coarse]
         gen["acoustic"] = gen["acoustic"][..., :coarse]
+        if family == args.families[-1]:  # one low and one high prompt of the last family, to look at
+            for register in ("low", "high"):
+                i = next(i for i, p in enumerate(prompts) if p["labels"]["register"] == register)
+                examples += [
+                    (f"generated for: {prompts[i]['caption']!r}", gen["audio"][i], sr),
+                    ("the held-out piece that caption describes (its source)", reference[i], sr),
+                ]
         codec_audio = np.asarray(model.codec.decode(model.codec.encode(reference), num_samples=reference.shape[1]))
         probe_gen = token_probes.predict(probes, gen)
         probe_ref = token_probes.predict(probes, ref_tok)
@@ -272,6 +281,7 @@ def main() -> None:
     out_dir = os.path.join(d, "adherence_bench")
     os.makedirs(out_dir, exist_ok=True)
     plot(rows, os.path.join(out_dir, "adherence_links.png"))
+    plots.spectrogram_sheet(examples, os.path.join(out_dir, "generated_examples.png"))
     write_json(
         os.path.join(out_dir, "adherence.json"),
         {

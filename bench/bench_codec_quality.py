@@ -125,6 +125,11 @@ def main(argv=None) -> None:
     parser.add_argument("--real_dir", default=None, help="a folder of real recordings to measure on too")
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", default=None, help="PNG: an original and its reconstruction")
+    parser.add_argument(
+        "--without_correction",
+        action="store_true",
+        help="a spectral VQ codec ('spectrum' encoder) measured also with its decoder's learned correction off",
+    )
     args = parser.parse_args(argv)
 
     model, params = model_io.load(args.codec_dir, kind="SoundStream")
@@ -134,6 +139,18 @@ def main(argv=None) -> None:
         sets[f"real ({args.real_dir})"] = real_clips(args.real_dir, args.num_clips, args.seconds, sr)
     t0 = time.time()
     results = {name: measure(model, params, clips) for name, clips in sets.items()}
+    if args.without_correction:
+        decoder = params["generator"]["decoder"]
+        if "residual_gate" not in decoder:
+            raise SystemExit("--without_correction: this codec's decoder has no learned correction (residual_gate)")
+        off = {
+            **params,
+            "generator": {
+                **params["generator"],
+                "decoder": {**decoder, "residual_gate": 0.0 * decoder["residual_gate"]},
+            },
+        }
+        results.update({f"{name}, correction off": measure(model, off, clips) for name, clips in sets.items()})
     print(
         f"# {machine()}; codec {args.codec_dir} ({sr} Hz, {model.config.frame_rate:g} Hz frames), "
         f"{args.num_clips} clips x {args.seconds:g} s; {time.time() - t0:.0f} s"

@@ -2,7 +2,10 @@
 
 Parameters are three groups, each with its own optimiser (`optimizer_groups`):
   generator      SEANet encoder + decoder (trained by the reconstruction, commitment,
-                 adversarial and feature-matching losses)
+                 adversarial and feature-matching losses); or the frame-rate spectral nets of
+                 nn/spectral_codec.py (SEANetConfig.encoder / decoder), down to no encoder
+                 parameters at all for the 'spectrum' encoder, whose decoder ('griffin_lim')
+                 trains on magnitudes and decodes with Griffin-Lim
   discriminator  STFT + 3-scale waveform discriminators (hinge or least-squares loss)
   codebooks      the residual VQ, updated by EMA in the step (k-means initialised on the
                  first batch, dead codes restarted from batch vectors), never by gradients.
@@ -178,7 +181,7 @@ class SoundStream(BaseModel):
             "params": {
                 "generator": {
                     "encoder": self.encoder.init(r_enc, audio).get("params", {}),  # SpectrumEncoder has none
-                    "decoder": self.decoder.init(r_dec, latents)["params"],
+                    "decoder": self.decoder.init(r_dec, latents).get("params", {}),
                 },
                 "discriminator": self.discriminator.init(r_disc, audio)["params"],
                 "codebooks": _boxed(codebooks),

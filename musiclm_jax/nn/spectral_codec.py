@@ -9,8 +9,9 @@ decoder='istft'): the cheap, quick-to-train alternative to SEANet's sample-rate 
                   trains it on spectra and makes a waveform with `griffin_lim` (fast Griffin-Lim)
     SpectrumEncoder  no parameters: the latent is the frame's log-magnitude spectrum itself
                   (clipped DYNAMIC_RANGE below the frame's peak), dim = n_fft / 2 + 1; the
-                  residual VQ then quantises spectra, and MagnitudeDecoder adds a learned
-                  correction (starting at zero) to the quantised spectrum
+                  residual VQ then quantises spectra, and MagnitudeDecoder passes the quantised
+                  spectrum on, plus a learned correction (starting at zero) when
+                  SEANetConfig.spectrum_correction is on
 
 Why: every layer runs at the frame rate (100 Hz, not 24 kHz), a small fraction of SEANet's cost
 on a CPU; the encoder sees harmonics from its first step instead of learning a filterbank, and
@@ -187,8 +188,10 @@ class MagnitudeDecoder(nn.Module):
     @nn.compact
     def __call__(self, latents: Array) -> Array:
         cfg = dataclasses.replace(self.config, causal=False)
-        out = _spectral_head(cfg, latents, 1)
-        if cfg.encoder == "spectrum":
+        if cfg.encoder != "spectrum":
+            return jnp.minimum(_spectral_head(cfg, latents, 1), MAX_LOG_MAGNITUDE)
+        out = latents.astype(jnp.float32)
+        if cfg.spectrum_correction:
             gate = self.param("residual_gate", nn.with_logical_partitioning(nn.initializers.zeros_init(), ()), ())
-            out = latents.astype(jnp.float32) + gate * out
+            out = out + gate * _spectral_head(cfg, latents, 1)
         return jnp.minimum(out, MAX_LOG_MAGNITUDE)
