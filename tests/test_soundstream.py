@@ -118,9 +118,9 @@ def test_tiny_codec_learns_on_synthetic_music():
 @pytest.mark.slow
 def test_spectral_vq_codec_keeps_pitch_on_held_out_clips():
     """The main job's codec (experiments/soundstream_spectral_24k.gin: RVQ on log spectra,
-    Griffin-Lim decoding; only the codebooks train) after a short run: pyin finds the original's pitch within 50 cents on
-    most voiced frames of held-out clips (the SEANet codecs of this budget: 0-5%), and the
-    codes at 4 levels reconstruct better than at 1."""
+    Griffin-Lim decoding; only the codebooks train) after a short run: pyin finds the
+    original's pitch within 50 cents on most voiced frames of held-out clips (the SEANet codecs
+    of this budget: 0-5%), and the codes at 4 levels reconstruct better than at 1."""
     from musiclm_jax.evaluation import pitch
 
     sr, samples, batch = 24000, 12000, 16
