@@ -22,20 +22,17 @@ larger of uniform and shuffled chance: evaluation/metrics.with_significance).
     python bench/bench_adherence.py --pipeline_dir=/tmp/adherence --train  # trains it first
 
 --train first runs (or resumes) `musiclm pipeline` with the longer stage training of
-ADHERENCE_BINDINGS, then fine-tunes the codec's decoder (DECODER_FINETUNE: encoder and codebooks
-frozen, so the token cache and the stages stay valid) into D/codec_decoder_finetuned; the music
-is decoded with that decoder when it exists (--codec_dir overrides). The 20-minute main job has
-no time for either. Writes adherence.json, adherence_links.png and generated_examples.png (a low and a high prompt's
-music beside the pieces they describe) into D/adherence_bench.
+ADHERENCE_BINDINGS, which the main job has no time for. The music is decoded with D/codec
+(--codec_dir: another codec with the same tokens, e.g. one whose decoder was fine-tuned with
+SoundStreamConfig.frozen_tokens). Writes adherence.json, adherence_links.png and
+generated_examples.png (a low and a high prompt's music beside the pieces they describe) into
+D/adherence_bench.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import subprocess
-import sys
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -49,35 +46,6 @@ FAMILIES = ("train", "heldout")  # the caption families: as MuLan trained on the
 # Longer stage training than the main job's (pipeline/small/*.gin, 200 steps each): the stages
 # need it to carry the MuLan condition.
 ADHERENCE_BINDINGS = {"semantic_stage": ["TRAIN_STEPS = 1000"], "coarse_stage": ["TRAIN_STEPS = 800"]}
-# The main job's codec (1,000 steps) keeps too little pitch for register to survive decoding;
-# its decoder trains on to this many steps with a decaying learning rate, tokens unchanged.
-DECODER_FINETUNE = [
-    "TRAIN_STEPS = 3500",
-    "EVAL_PERIOD = 500",
-    "SoundStreamConfig.frozen_tokens = True",
-    "OptimizerConfig.schedule = 'cosine'",
-]
-FINETUNED_CODEC = "codec_decoder_finetuned"
-
-
-def finetune_decoder(pipeline_dir: str) -> str:
-    """Trains (or resumes) D/codec's decoder into D/codec_decoder_finetuned with `musiclm train`."""
-    out = os.path.join(pipeline_dir, FINETUNED_CODEC)
-    if not os.path.exists(out):
-        shutil.rmtree(out + ".tmp", ignore_errors=True)  # left by an interrupted copy
-        shutil.copytree(os.path.join(pipeline_dir, "codec"), out + ".tmp")
-        os.replace(out + ".tmp", out)
-    cmd = [
-        sys.executable,
-        "-m",
-        "musiclm_jax.main",
-        "train",
-        "--gin_file=pipeline/small/codec.gin",
-        f"--gin.MODEL_DIR={out!r}",
-    ] + [f"--gin.{b.replace(' ', '')}" for b in DECODER_FINETUNE]
-    print("decoder fine-tuning:", " ".join(cmd[2:]), flush=True)
-    subprocess.run(cmd, check=True)
-    return out
 
 
 def score(prompts: list[dict], predicted: list[dict]) -> dict:
@@ -169,7 +137,7 @@ def main() -> None:
     parser.add_argument(
         "--train",
         action="store_true",
-        help="first run/resume the pipeline with ADHERENCE_BINDINGS, then the decoder fine-tune",
+        help="first run/resume the pipeline with ADHERENCE_BINDINGS",
     )
     parser.add_argument("--num_prompts", type=int, default=54, help="per caption family (18 combinations x 3)")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
@@ -178,8 +146,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--codec_dir",
-        help="decode with this codec (same tokens as D/codec); default "
-        f"D/{FINETUNED_CODEC} when it exists, else D/codec",
+        help="decode with this codec (same tokens as D/codec, e.g. one with a fine-tuned decoder); default D/codec",
     )
     args = parser.parse_args()
 
@@ -194,10 +161,9 @@ def main() -> None:
     t0 = time.perf_counter()
     if args.train:
         pipeline.run_pipeline(model_dir=d, size="small", num_prompts=24, step_bindings=ADHERENCE_BINDINGS)
-        finetune_decoder(d)
     train_wall = time.perf_counter() - t0
     dirs = {k: os.path.join(d, v) for k, v in pipeline.DIRS.items()}
-    codec_dir = args.codec_dir or next(c for c in (os.path.join(d, FINETUNED_CODEC), dirs["codec"]) if os.path.isdir(c))
+    codec_dir = args.codec_dir or dirs["codec"]
     model = load_musiclm(
         {
             "mulan_dir": dirs["mulan"],
@@ -295,7 +261,7 @@ def main() -> None:
             "links": results,
             "prompts": prompts_by_family,
             "probe_train_accuracy": {f"{s}/{a}": p.train_accuracy for (s, a), p in probes.items()},
-            "bindings": {"pipeline": ADHERENCE_BINDINGS, "decoder_finetune": DECODER_FINETUNE} if args.train else None,
+            "bindings": {"pipeline": ADHERENCE_BINDINGS} if args.train else None,
         },
     )
     print(
