@@ -111,6 +111,40 @@ def test_griffin_lim_keeps_the_pitch_of_true_magnitudes():
     )
 
 
+def test_griffin_lim_codec_decoder_exports_with_symbolic_frames():
+    """export.py serialises the codec decoder with a symbolic batch and number of frames; the
+    Griffin-Lim decoder's re-analysis must not reflect-pad a symbolic length."""
+    from jax import export
+
+    from musiclm_jax.models.soundstream import SoundStream, SoundStreamConfig
+
+    seanet = SEANetConfig(strides=(3, 4), channel_multipliers=(2, 4), encoder="spectrum", decoder="griffin_lim", dim=25)
+    model = SoundStream(
+        SoundStreamConfig(
+            sample_rate=8000,
+            seanet=seanet,
+            discriminators=_tiny_disc(),
+            num_levels=2,
+            codebook_size=8,
+            discriminator_start_step=-1,
+        )
+    )
+    params = jax.tree.map(
+        lambda x: getattr(x, "value", x),
+        model.get_initial_variables(jax.random.PRNGKey(0), {"audio": (1, 120)})["params"],
+        is_leaf=lambda x: hasattr(x, "value"),
+    )
+    b, f = export.symbolic_shape("b, f")
+    exported = export.export(jax.jit(model.decode), platforms=("cpu",))(
+        jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), params),
+        jax.ShapeDtypeStruct((b, f, 2), jnp.int32),
+    )
+    codes = jax.random.randint(jax.random.PRNGKey(1), (3, 17, 2), 0, 8)
+    y = export.deserialize(exported.serialize()).call(params, codes)
+    assert y.shape == (3, 17 * 12)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(model.decode(params, codes)), atol=1e-3)
+
+
 def test_magnitude_losses():
     target = jnp.abs(jax.random.normal(jax.random.PRNGKey(0), (2, 10, 121))) + 0.1
     mel, spec = L.magnitude_losses(target, jnp.log(target), 16000, n_mels=20)

@@ -76,10 +76,10 @@ def istft(spectrum: Array, hop: int) -> Array:
     return (y / jnp.maximum(envelope, 1e-3))[:, centre : centre + t * hop]
 
 
-def frame_spectrum(waveform: Array, hop: int) -> Array:
+def frame_spectrum(waveform: Array, hop: int, pad_mode: str = "reflect") -> Array:
     """[B, T] -> complex [B, T // hop, OVERLAP * hop / 2 + 1]: frame t centred on sample t * hop,
     the frames `istft` inverts and the codec's latents sit on."""
-    return stft(waveform, OVERLAP * hop, hop)[:, : waveform.shape[1] // hop]
+    return stft(waveform, OVERLAP * hop, hop, pad_mode=pad_mode)[:, : waveform.shape[1] // hop]
 
 
 def griffin_lim(magnitude: Array, hop: int, iters: int = 32, momentum: float = 0.99, seed: int = 0) -> Array:
@@ -92,7 +92,8 @@ def griffin_lim(magnitude: Array, hop: int, iters: int = 32, momentum: float = 0
 
     def body(_, carry):
         angles, previous = carry
-        rebuilt = frame_spectrum(istft(magnitude * angles, hop), hop)
+        # zero padding at the ends: jax.export cannot reflect-pad a symbolic number of frames
+        rebuilt = frame_spectrum(istft(magnitude * angles, hop), hop, pad_mode="constant")
         accelerated = rebuilt - (momentum / (1.0 + momentum)) * previous
         return accelerated / jnp.maximum(jnp.abs(accelerated), 1e-8), rebuilt
 
