@@ -43,7 +43,7 @@ from tqdm import tqdm  # noqa: E402
 
 ATTRIBUTES = ("register", "drums", "tempo_class")
 FAMILIES = ("train", "heldout")  # the caption families: as MuLan trained on them, and paraphrases
-# Longer stage training than the main job's (pipeline/small/*.gin, 200 steps each): the stages
+# Longer stage training than the main job's (pipeline/small/*.gin: semantic 200, coarse 300 steps): the stages
 # need it to carry the MuLan condition.
 ADHERENCE_BINDINGS = {"semantic_stage": ["TRAIN_STEPS = 1000"], "coarse_stage": ["TRAIN_STEPS = 800"]}
 
@@ -206,7 +206,9 @@ def main() -> None:
         gen["acoustic"] = gen["acoustic"][..., :coarse]
         if family == args.families[-1]:  # one low and one high prompt of the last family, to look at
             for register in ("low", "high"):
-                i = next(i for i, p in enumerate(prompts) if p["labels"]["register"] == register)
+                i = next((i for i, p in enumerate(prompts) if p["labels"]["register"] == register), None)
+                if i is None:  # too few prompts to have one of each register
+                    continue
                 examples += [
                     (f"generated for: {prompts[i]['caption']!r}", gen["audio"][i], sr),
                     ("the held-out piece that caption describes (its source)", reference[i], sr),
@@ -247,7 +249,8 @@ def main() -> None:
     out_dir = os.path.join(d, "adherence_bench")
     os.makedirs(out_dir, exist_ok=True)
     plot(rows, os.path.join(out_dir, "adherence_links.png"))
-    plots.spectrogram_sheet(examples, os.path.join(out_dir, "generated_examples.png"))
+    if examples:
+        plots.spectrogram_sheet(examples, os.path.join(out_dir, "generated_examples.png"))
     write_json(
         os.path.join(out_dir, "adherence.json"),
         {

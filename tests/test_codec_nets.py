@@ -117,6 +117,7 @@ def test_griffin_lim_codec_decoder_exports_with_symbolic_frames():
     from jax import export
 
     from musiclm_jax.models.soundstream import SoundStream, SoundStreamConfig
+    from musiclm_jax.training.partitioning import unbox
 
     seanet = SEANetConfig(strides=(3, 4), channel_multipliers=(2, 4), encoder="spectrum", decoder="griffin_lim", dim=25)
     model = SoundStream(
@@ -129,11 +130,7 @@ def test_griffin_lim_codec_decoder_exports_with_symbolic_frames():
             discriminator_start_step=-1,
         )
     )
-    params = jax.tree.map(
-        lambda x: getattr(x, "value", x),
-        model.get_initial_variables(jax.random.PRNGKey(0), {"audio": (1, 120)})["params"],
-        is_leaf=lambda x: hasattr(x, "value"),
-    )
+    params = unbox(model.get_initial_variables(jax.random.PRNGKey(0), {"audio": (1, 120)})["params"])
     b, f = export.symbolic_shape("b, f")
     exported = export.export(jax.jit(model.decode), platforms=("cpu",))(
         jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), params),
