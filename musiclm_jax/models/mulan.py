@@ -30,7 +30,7 @@ from musiclm_jax.audio.mel import log_mel
 from musiclm_jax.models.base import BaseModel, Batch, Metrics, Variables
 from musiclm_jax.nn import axes, config_io
 from musiclm_jax.nn.encoders import EncoderConfig, ResNetAudioEncoder, ResNetConfig, SpectrogramTransformer, TextEncoder
-from musiclm_jax.nn.layers import dense, l2_normalize
+from musiclm_jax.nn.layers import dense, l2_normalize, norm
 
 AUDIO_ENCODERS = ("resnet", "transformer")
 LOSSES = ("softmax", "sigmoid")
@@ -72,6 +72,12 @@ class MuLanConfig:
     rvq_kmeans_iters: int = 20
     chance_tolerance: float = 0.01
     chance_patience: int = 3
+    # Parameter-free summaries of the log-mel beside the tower's pooled output (0 / False = off,
+    # the paper). A small tower trained for minutes learns neither from scratch (measured in
+    # README's MuLan section): per-band mean and std over time (drums, loudness, register) and
+    # the autocorrelation of the spectral flux up to this many seconds of lag (tempo).
+    band_stats: bool = False
+    onset_autocorr_seconds: float = 0.0
 
     def __post_init__(self):
         if self.audio_encoder not in AUDIO_ENCODERS:
@@ -80,6 +86,13 @@ class MuLanConfig:
             raise ValueError(f"MuLanConfig.loss must be one of {LOSSES}, got {self.loss!r}")
         if self.window_seconds <= 0 or self.hop_seconds <= 0:
             raise ValueError("MuLanConfig.window_seconds and hop_seconds must be positive")
+        if self.onset_autocorr_seconds < 0:
+            raise ValueError(f"MuLanConfig.onset_autocorr_seconds must be >= 0, got {self.onset_autocorr_seconds}")
+        if self.onset_autocorr_seconds >= self.window_seconds:
+            raise ValueError(
+                f"MuLanConfig.onset_autocorr_seconds={self.onset_autocorr_seconds} must be shorter than "
+                f"window_seconds={self.window_seconds}"
+            )
         if self.n_mels % self.patch_mels and self.audio_encoder == "transformer":
             raise ValueError(f"MuLanConfig.n_mels={self.n_mels} is not divisible by patch_mels={self.patch_mels}")
 
@@ -90,6 +103,10 @@ class MuLanConfig:
     @property
     def hop_samples(self) -> int:
         return int(round(self.hop_seconds * self.sample_rate))
+
+    @property
+    def onset_autocorr_lags(self) -> int:
+        return int(round(self.onset_autocorr_seconds * self.sample_rate / self.hop_length))
 
     def to_dict(self) -> dict:
         return config_io.to_plain(self)
@@ -114,6 +131,8 @@ class MuLanTowers(nn.Module):
             self.audio_tower = SpectrogramTransformer(
                 c.spectrogram_transformer, c.patch_frames, c.patch_mels, c.max_patches
             )
+        if c.band_stats or c.onset_autocorr_lags:
+            self.summary_norm = norm("summary_norm", dtype=jnp.float32, axis=None)
         self.audio_proj = dense(c.embed_dim, (axes.EMBED, None), "audio_proj")
         self.text_tower = TextEncoder(c.text_encoder, c.vocab_size, c.max_text_length)
         self.text_proj = dense(c.embed_dim, (axes.EMBED, None), "text_proj")
@@ -138,6 +157,10 @@ class MuLanTowers(nn.Module):
             h = self.audio_tower(mel)
         else:
             h = self.audio_tower(mel, deterministic=deterministic)
+        c = self.config
+        if c.band_stats or c.onset_autocorr_lags:
+            summary = log_mel_summary(mel, c.band_stats, c.onset_autocorr_lags)
+            h = jnp.concatenate([h.astype(jnp.float32), self.summary_norm(summary)], -1)
         return l2_normalize(self.audio_proj(h))
 
     def embed_text(self, ids: jax.Array, deterministic: bool = True) -> jax.Array:
@@ -148,6 +171,24 @@ class MuLanTowers(nn.Module):
         scale = self.logit_scale
         bias = self.logit_bias if self.config.loss == "sigmoid" else jnp.zeros(())
         return self.embed_audio(audio, deterministic), self.embed_text(ids, deterministic), scale, bias
+
+
+def log_mel_summary(mel: jax.Array, band_stats: bool, autocorr_lags: int) -> jax.Array:
+    """log-mel [B, frames, mels] -> float32 [B, 2 * mels if band_stats + autocorr_lags]: per-band
+    mean and std over time, then the autocorrelation of the spectral flux (the summed positive
+    frame-to-frame rise, mean removed) at lags 1..autocorr_lags, normalised by lag 0."""
+    mel = mel.astype(jnp.float32)
+    parts = [jnp.mean(mel, 1), jnp.std(mel, 1)] if band_stats else []
+    if autocorr_lags:
+        flux = jnp.sum(jax.nn.relu(jnp.diff(mel, axis=1)), -1)
+        flux = flux - jnp.mean(flux, -1, keepdims=True)
+        n = flux.shape[-1]
+        if autocorr_lags >= n:
+            raise ValueError(f"onset autocorrelation of {autocorr_lags} lags needs more than {n} frames of flux")
+        spec = jnp.fft.rfft(flux, 2 * n)
+        ac = jnp.fft.irfft(spec * jnp.conj(spec), 2 * n)[:, : autocorr_lags + 1]
+        parts.append(ac[:, 1:] / (ac[:, :1] + 1e-6))
+    return jnp.concatenate(parts, -1)
 
 
 def _gathered(x: jax.Array) -> jax.Array:
