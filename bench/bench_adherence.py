@@ -32,6 +32,7 @@ D/adherence_bench.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 
@@ -88,11 +89,26 @@ def reference_tokens(model, semantic_tokenizer, audio: np.ndarray, sample_rate: 
     }
 
 
-def generate(model, prompts: list[dict], seconds: float, batch: int, seed: int) -> dict:
-    """Generated tokens and audio for the prompts, in batches."""
+def sampling_settings(guidance: list[str]) -> dict:
+    """'STAGE=SCALE' items -> per-stage SamplingSettings: the paper's temperatures with that
+    classifier-free guidance scale."""
+    from musiclm_jax.models.musiclm import PAPER_SETTINGS
+
+    settings = dict(PAPER_SETTINGS)
+    for item in guidance:
+        stage, _, scale = item.partition("=")
+        if stage not in settings or not scale:
+            raise SystemExit(f"--guidance takes STAGE=SCALE with STAGE in {sorted(settings)}, got {item!r}")
+        settings[stage] = dataclasses.replace(settings[stage], guidance_scale=float(scale))
+    return settings
+
+
+def generate(model, prompts: list[dict], seconds: float, batch: int, seed: int, **kwargs) -> dict:
+    """Generated tokens and audio for the prompts, in batches (kwargs: MusicLM.generate's settings,
+    num_candidates)."""
     parts = []
     for i in tqdm(range(0, len(prompts), batch), desc="generate", unit="batch"):
-        g = model.generate([p["caption"] for p in prompts[i : i + batch]], seconds, seed=seed + i)
+        g = model.generate([p["caption"] for p in prompts[i : i + batch]], seconds, seed=seed + i, **kwargs)
         parts.append(
             {"mulan": g.mulan_tokens, "semantic": g.semantic_tokens, "acoustic": g.acoustic_tokens, "audio": g.audio}
         )
@@ -145,10 +161,22 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--guidance",
+        nargs="*",
+        default=[],
+        metavar="STAGE=SCALE",
+        help="classifier-free guidance per stage, e.g. coarse=3 (default none, the paper)",
+    )
+    parser.add_argument("--out_name", default="adherence_bench", help="output folder under --pipeline_dir")
+    parser.add_argument(
+        "--num_candidates", type=int, default=1, help="samples per prompt, the best by MuLan score kept"
+    )
+    parser.add_argument(
         "--codec_dir",
         help="decode with this codec (same tokens as D/codec, e.g. one with a fine-tuned decoder); default D/codec",
     )
     args = parser.parse_args()
+    settings = sampling_settings(args.guidance)
 
     from musiclm_jax import pipeline
     from musiclm_jax.audio import plots
@@ -199,7 +227,9 @@ def main() -> None:
         prompts_by_family[family] = [p["caption"] for p in prompts]
         reference = np.stack([eval_sets.synthetic_item(p, args.seconds, sr).reference for p in prompts])
         t1 = time.perf_counter()
-        gen = generate(model, prompts, args.seconds, args.batch, args.seed)
+        gen = generate(
+            model, prompts, args.seconds, args.batch, args.seed, settings=settings, num_candidates=args.num_candidates
+        )
         gen_wall += time.perf_counter() - t1
         ref_tok = reference_tokens(model, semantic_tokenizer, reference, sr)
         ref_tok["acoustic"] = ref_tok["acoustic"][..., :coarse]
@@ -246,7 +276,7 @@ def main() -> None:
                 row[f"{attr}_chance"] = g[attr]["null_chance"]
             rows.append(row)
 
-    out_dir = os.path.join(d, "adherence_bench")
+    out_dir = os.path.join(d, args.out_name)
     os.makedirs(out_dir, exist_ok=True)
     plot(rows, os.path.join(out_dir, "adherence_links.png"))
     if examples:

@@ -140,6 +140,36 @@ def test_multilevel_target_coarse_acoustic():
     assert logits.dtype == jnp.float32
 
 
+def test_guided_conditions_null_the_text_alone():
+    """guided_conditions=('mulan_tokens',): condition dropout and the unconditional prompt of
+    guidance null the MuLan tokens and keep the semantic tokens (guidance by the text alone)."""
+    model = _tiny_model(
+        layout=SMALL_LAYOUT,
+        conditions=(("mulan_tokens", "mulan", 0, 4), ("semantic_tokens", "semantic", 0, 1)),
+        target=("acoustic_tokens", "acoustic", 0, 2),
+        cond_dropout_rate=0.5,
+        guided_conditions=("mulan_tokens",),
+    )
+    rng = np.random.default_rng(0)
+    batch = {
+        "mulan_tokens": jnp.asarray(rng.integers(0, 16, (64, 4)), jnp.int32),
+        "semantic_tokens": jnp.asarray(rng.integers(0, 16, (64, 5)), jnp.int32),
+        "acoustic_tokens": jnp.asarray(rng.integers(0, 16, (64, 6, 2)), jnp.int32),
+    }
+    clean = np.asarray(model.build_sequences(batch)["inputs"][:, 1:10])
+    seq = model.build_sequences(batch, jax.random.key(1))
+    cond, dropped = np.asarray(seq["inputs"][:, 1:10]), np.asarray(seq["cond_dropped"])
+    assert 0 < dropped.sum() < 64
+    np.testing.assert_array_equal(cond[dropped, :4], NULL_COND_ID)
+    np.testing.assert_array_equal(cond[:, 4:], clean[:, 4:])  # semantic tokens never dropped
+    np.testing.assert_array_equal(cond[~dropped], clean[~dropped])
+    uncond = np.asarray(model.prompt_ids(batch, null_condition=True))
+    np.testing.assert_array_equal(uncond[:, 1:5], NULL_COND_ID)
+    np.testing.assert_array_equal(uncond[:, 5:10], clean[:, 4:])
+    with pytest.raises(ValueError, match="not condition features"):
+        _tiny_model(guided_conditions=("semantic_tokens",))
+
+
 def test_fine_stage_shares_one_feature():
     model = _tiny_model(
         conditions=(("acoustic_tokens", "acoustic", 0, 4),), target=("acoustic_tokens", "acoustic", 4, 8)

@@ -14,7 +14,10 @@ acoustic levels, is sliced to [first_level, first_level + num_levels)).
 Conditioning is a prefix (paper, section 3.3): sequence = [condition ids..., target ids...],
 model input = [BOS] + sequence[:-1], and the loss is the token cross-entropy on target
 positions only. For classifier-free guidance, training replaces an example's condition ids
-by NULL_COND with probability `cond_dropout_rate` (only when a dropout rng is given).
+by NULL_COND with probability `cond_dropout_rate` (only when a dropout rng is given), and the
+unconditional prompt of guided sampling has the same ids nulled. `guided_conditions` picks
+which condition features that is (default all): ('mulan_tokens',) on an acoustic stage guides
+by the text alone, keeping the semantic tokens in both prompts.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from musiclm_jax.models import decoding
 from musiclm_jax.models.base import BaseModel, Batch, Metrics, Variables
@@ -63,6 +67,8 @@ class StageConfig(RelPosStackConfig):
     conditions: tuple = (StreamSpec("mulan_tokens", "mulan", 0, 12),)
     target: tuple = StreamSpec("semantic_tokens", "semantic", 0, 1)
     cond_dropout_rate: float = 0.1
+    # Condition features that condition dropout and guidance null (empty = all).
+    guided_conditions: tuple = ()
     z_loss: float = 0.0
 
     def __post_init__(self):
@@ -74,6 +80,13 @@ class StageConfig(RelPosStackConfig):
         for spec in (*conditions, target):
             # Raises a clear error for an unknown stream or level span.
             self.layout.level_ranges(spec.stream, spec.first_level, spec.num_levels)
+        object.__setattr__(self, "guided_conditions", tuple(self.guided_conditions))
+        unknown = set(self.guided_conditions) - {c.feature for c in conditions}
+        if unknown:
+            raise ValueError(
+                f"StageConfig.guided_conditions {sorted(unknown)} are not condition features "
+                f"({[c.feature for c in conditions]})"
+            )
         if not 0.0 <= self.cond_dropout_rate <= 1.0:
             raise ValueError(f"StageConfig.cond_dropout_rate must be in [0, 1], got {self.cond_dropout_rate}")
         if self.z_loss < 0:
@@ -143,6 +156,15 @@ class StageModel(BaseModel):
         ]
         return jnp.concatenate(parts, axis=1)
 
+    def null_conditions(self, batch: Batch, cond: jax.Array, drop: jax.Array) -> jax.Array:
+        """`cond` [B, C] with the guided conditions' ids NULL_COND where `drop` [B] is true."""
+        guided = self.config.guided_conditions
+        sizes = [_flat_length(batch[s.feature].shape, s) for s in self.config.conditions]
+        mask = np.concatenate(
+            [np.full(n, not guided or s.feature in guided) for s, n in zip(self.config.conditions, sizes)]
+        )
+        return jnp.where(drop[:, None] & jnp.asarray(mask)[None], NULL_COND_ID, cond)
+
     def target_codes(self, batch: Batch) -> jax.Array:
         """[B, T] raw target codes (flattened frame-major)."""
         return self._feature(batch, self.config.target).astype(jnp.int32)
@@ -164,7 +186,7 @@ class StageModel(BaseModel):
         dropped = jnp.zeros((batch_size,), bool)
         if cond_dropout_rng is not None and self.config.cond_dropout_rate > 0.0:
             dropped = jax.random.bernoulli(cond_dropout_rng, self.config.cond_dropout_rate, (batch_size,))
-            cond = jnp.where(dropped[:, None], NULL_COND_ID, cond)
+            cond = self.null_conditions(batch, cond, dropped)
         sequence = jnp.concatenate([cond, targets], axis=1)
         bos = jnp.full((batch_size, 1), BOS_ID, jnp.int32)
         inputs = jnp.concatenate([bos, sequence[:, :-1]], axis=1)
@@ -242,10 +264,11 @@ class StageModel(BaseModel):
         return codes if codes.shape[1] > 0 else None
 
     def prompt_ids(self, batch: Batch, *, null_condition: bool = False) -> jax.Array:
-        """[B, 1 + C + P]: BOS, condition ids (all NULL_COND if `null_condition`), prefix ids."""
+        """[B, 1 + C + P]: BOS, condition ids (the guided ones NULL_COND if `null_condition`),
+        prefix ids."""
         cond = self.condition_ids(batch)
         if null_condition:
-            cond = jnp.full_like(cond, NULL_COND_ID)
+            cond = self.null_conditions(batch, cond, jnp.ones(cond.shape[:1], bool))
         parts = [jnp.full((cond.shape[0], 1), BOS_ID, jnp.int32), cond]
         prefix = self.prefix_codes(batch)
         if prefix is not None:
