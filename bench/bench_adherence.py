@@ -1,9 +1,10 @@
 """Does the small pipeline's music follow the prompt? Adherence link by link, with p-values.
 
 For --num_prompts captions of held-out synthetic pieces that state register, drums and tempo
-(balanced over the 18 combinations), in each caption family (data/captions.py: 'train', the
-phrasings MuLan trained on, and 'heldout', paraphrases whose words and frames no training caption
-uses), the pipeline's models generate --seconds of music, and each attribute is checked at every
+(balanced over the 18 combinations), in each prompt family ('train', the caption phrasings MuLan
+trained on; 'heldout', paraphrases whose words and frames no training caption uses (both
+data/captions.py); 'plain', hand-written everyday prompts, evaluation/plain_prompts.py), the
+pipeline's models generate --seconds of music, and each attribute is checked at every
 link of the chain:
 
   mulan     the prompt's MuLan text tokens        probe fit on cached audio MuLan tokens
@@ -26,7 +27,8 @@ ADHERENCE_BINDINGS, which the main job has no time for. The music is decoded wit
 (--codec_dir: another codec with the same tokens, e.g. one whose decoder was fine-tuned with
 SoundStreamConfig.frozen_tokens). Writes adherence.json, adherence_links.png and
 generated_examples.png (a low and a high prompt's music beside the pieces they describe) into
-D/adherence_bench.
+D/adherence_bench (--out_name). --guidance STAGE=SCALE and --num_candidates sample as the
+pipeline's generate step can (the main job: semantic=2 coarse=3, pipeline.gin).
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ from machine import machine, table  # noqa: E402  (bench/machine.py)
 from tqdm import tqdm  # noqa: E402
 
 ATTRIBUTES = ("register", "drums", "tempo_class")
-FAMILIES = ("train", "heldout")  # the caption families: as MuLan trained on them, and paraphrases
+# The prompt families: as MuLan trained on them, paraphrases in words it never saw, hand-written
+# everyday prompts (evaluation/plain_prompts.py).
+FAMILIES = ("train", "heldout", "plain")
 # Longer stage training than the main job's (pipeline/small/*.gin: semantic 200, coarse 300 steps): the stages
 # need it to carry the MuLan condition.
 ADHERENCE_BINDINGS = {"semantic_stage": ["TRAIN_STEPS = 1000"], "coarse_stage": ["TRAIN_STEPS = 800"]}

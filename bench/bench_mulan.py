@@ -15,6 +15,14 @@ by a held-out-family one (words and frames no training caption uses, data/captio
 side; the gap measures how far the text tower generalises beyond the phrasings it learnt:
 
     python bench/bench_mulan.py --recall /tmp/mulan_tiny --recall_pieces 128 --recall_seconds 4
+
+What a trained MuLan carries about register, drums and tempo (--attributes MODEL_DIR): over
+--recall_pieces validation pieces, a 4-fold logistic probe on the audio embeddings (what the
+audio side holds), and per prompt family (train, heldout, plain: evaluation/eval_sets.py) the
+share of the 5 pieces nearest to a prompt's text embedding that have the prompt's value (what the
+text lands on; this is what the stages receive as MuLan tokens), beside the majority rate:
+
+    python bench/bench_mulan.py --attributes /tmp/musiclm/mulan --recall_pieces 192
 """
 
 from __future__ import annotations
@@ -118,15 +126,56 @@ def bench_recall(model_dir: str, num_pieces: int, seconds: float, prompts_per_pi
     return rows
 
 
+def bench_attributes(model_dir: str, num_pieces: int, seconds: float) -> list[dict]:
+    """Per attribute: audio probe accuracy, and per prompt family the nearest-5 agreement."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+
+    from musiclm_jax.data import synthetic
+    from musiclm_jax.evaluation import eval_sets
+    from musiclm_jax.tokenizers.mulan import MuLanEmbedder
+
+    embedder = MuLanEmbedder.from_model_dir(model_dir)
+    seed = synthetic.SPLIT_SEEDS["validation"]
+    labels = [synthetic.labels_of(seed, i) for i in range(num_pieces)]
+    clips = [
+        synthetic.render(seed, i, sample_rate=embedder.sample_rate, duration_s=seconds).audio for i in range(num_pieces)
+    ]
+    audio = np.asarray(embedder.embed_audio(clips))
+    rows = []
+    for attr in eval_sets.PROMPT_ATTRIBUTES:
+        y = np.array([str(lab[attr]) for lab in labels])
+        probe = LogisticRegression(C=10.0, max_iter=3000)
+        row = {
+            "attribute": attr,
+            "majority": max(np.mean(y == v) for v in set(y)),
+            "audio probe": float(cross_val_score(probe, audio, y, cv=4).mean()),
+        }
+        for family in eval_sets.PROMPT_FAMILIES:
+            prompts = eval_sets.held_out_prompts(54, family=family)
+            text = np.asarray(embedder.embed_text([p["caption"] for p in prompts]))
+            nearest = np.argsort(-(text @ audio.T), axis=1)[:, :5]
+            want = np.array([str(p["labels"][attr]) for p in prompts])
+            row[f"{family} text: nearest 5"] = float(np.mean(y[nearest] == want[:, None]))
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--paper", action="store_true", help="also the paper config (batch --paper_batch)")
     p.add_argument("--paper_batch", type=int, default=2)
     p.add_argument("--recall", metavar="MODEL_DIR", help="only the caption-family recall of a trained MuLan")
+    p.add_argument("--attributes", metavar="MODEL_DIR", help="only what a trained MuLan carries about the attributes")
     p.add_argument("--recall_pieces", type=int, default=128)
     p.add_argument("--recall_seconds", type=float, default=4.0, help="length of the pieces (the training clips')")
     args = p.parse_args()
+    if args.attributes:
+        rows = bench_attributes(args.attributes, args.recall_pieces, args.recall_seconds)
+        print(f"machine: {machine()}; MuLan {args.attributes}; {args.recall_pieces} validation pieces")
+        print("\nRegister, drums and tempo in MuLan's space (54 prompts per family)\n" + table(rows))
+        return
     if args.recall:
         rows = bench_recall(args.recall, args.recall_pieces, args.recall_seconds)
         print(f"machine: {machine()}; MuLan {args.recall}")

@@ -188,6 +188,7 @@ def test_caption_vocabulary_is_trained_on_the_variants(tmp_path):
 
 def test_prompts_are_balanced_and_state_register_drums_tempo():
     from musiclm_jax.evaluation import eval_sets
+    from musiclm_jax.evaluation.plain_prompts import PLAIN_PROMPTS
 
     prompts = eval_sets.held_out_prompts(54)
     combos = [(p["labels"]["register"], p["labels"]["drums"], p["labels"]["tempo_class"]) for p in prompts]
@@ -204,6 +205,12 @@ def test_prompts_are_balanced_and_state_register_drums_tempo():
     train = eval_sets.held_out_prompts(18, family="train")
     assert [p["index"] for p in train] == [p["index"] for p in prompts[:18]]  # same pieces, other words
     assert all(set(p["mentioned"]) == captions.mentioned_by_phrases(p["caption"], p["labels"], "train") for p in train)
+    plain = eval_sets.held_out_prompts(54, family="plain")
+    assert [p["index"] for p in plain] == [p["index"] for p in prompts]
+    assert len({p["caption"] for p in plain}) == 54  # every hand-written prompt once
+    for p in plain:  # written for their combination (free text: the lexicon's checker cannot parse it)
+        combo = (p["labels"]["register"], p["labels"]["drums"], p["labels"]["tempo_class"])
+        assert p["caption"] in PLAIN_PROMPTS[combo] and p["family"] == "plain"
     with pytest.raises(ValueError, match="family"):
         eval_sets.held_out_prompts(4, family="other")
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from musiclm_jax.data import captions, synthetic
 from musiclm_jax.evaluation import attributes, metrics
+from musiclm_jax.evaluation.plain_prompts import PLAIN_PROMPTS
 
 # Attributes whose adherence is measured, under the detectors' names.
 ATTRIBUTES = ("register", "drums", "tempo_class", "loudness", "mode")
@@ -42,6 +43,8 @@ class EvalItem:
 
 # What every adherence prompt states, and the combinations the prompts are balanced over.
 PROMPT_ATTRIBUTES = ("register", "drums", "tempo_class")
+# Prompt families: the caption generator's two, and hand-written everyday prompts (plain_prompts.py).
+PROMPT_FAMILIES = (*captions.FAMILIES, "plain")
 
 
 def _combo_order() -> list[tuple]:
@@ -57,12 +60,13 @@ def held_out_prompts(
     """Captions of validation-split pieces (never rendered for training) that state register,
     drums and tempo, balanced over the 18 register x drums x tempo combinations (any prefix of
     the list spreads them too). `family`: 'heldout' (default: words and frames no training
-    caption uses, data/captions.py) or 'train' (the training family's phrasings, for adherence
-    reported on both). Captions equal to one of the first `train_examples` training captions are
+    caption uses, data/captions.py), 'train' (the training family's phrasings, for adherence
+    reported on both) or 'plain' (hand-written everyday prompts, plain_prompts.py, each paired
+    with a piece of its combination). Captions equal to one of the first `train_examples` training captions are
     skipped. Each: caption, labels, mentioned (the label keys the caption states, as the caption
     generator recorded them), index (of the validation piece), family."""
-    if family not in captions.FAMILIES:
-        raise ValueError(f"family must be one of {captions.FAMILIES}, got {family!r}")
+    if family not in PROMPT_FAMILIES:
+        raise ValueError(f"family must be one of {PROMPT_FAMILIES}, got {family!r}")
     seed = synthetic.SPLIT_SEEDS["validation"]
     train = set(synthetic.caption_of(synthetic.SPLIT_SEEDS["train"], i) for i in range(train_examples))
     combos = _combo_order()
@@ -73,14 +77,19 @@ def held_out_prompts(
         combo = (labels["register"], bool(labels["drums"]), labels["tempo_class"])
         if len(by_combo[combo]) >= per_combo:
             continue
-        caption = synthetic.captions_of(seed, index, family=family, require=PROMPT_ATTRIBUTES)[0]
-        if caption.text in train:
+        if family == "plain":
+            plain = PLAIN_PROMPTS[combo]
+            text, mentioned = plain[len(by_combo[combo]) % len(plain)], PROMPT_ATTRIBUTES
+        else:
+            caption = synthetic.captions_of(seed, index, family=family, require=PROMPT_ATTRIBUTES)[0]
+            text, mentioned = caption.text, caption.mentioned
+        if text in train:
             continue
         by_combo[combo].append(
             {
-                "caption": caption.text,
+                "caption": text,
                 "labels": labels,
-                "mentioned": list(caption.mentioned),
+                "mentioned": list(mentioned),
                 "index": index,
                 "family": family,
             }
