@@ -20,7 +20,8 @@ What a trained MuLan carries about register, drums and tempo (--attributes MODEL
 --recall_pieces validation pieces, a 4-fold logistic probe on the audio embeddings (what the
 audio side holds), and per prompt family (train, heldout, plain: evaluation/eval_sets.py) the
 share of the 5 pieces nearest to a prompt's text embedding that have the prompt's value (what the
-text lands on; this is what the stages receive as MuLan tokens), beside the majority rate:
+text lands on; this is what the stages receive as MuLan tokens), beside chance (the share of
+pieces with the prompt's value: a text tower that ignored the words):
 
     python bench/bench_mulan.py --attributes /tmp/musiclm/mulan --recall_pieces 192
 """
@@ -148,7 +149,7 @@ def bench_attributes(model_dir: str, num_pieces: int, seconds: float) -> list[di
         probe = LogisticRegression(C=10.0, max_iter=3000)
         row = {
             "attribute": attr,
-            "majority": max(np.mean(y == v) for v in set(y)),
+            "audio probe: majority": max(np.mean(y == v) for v in set(y)),
             "audio probe": float(cross_val_score(probe, audio, y, cv=4).mean()),
         }
         for family in eval_sets.PROMPT_FAMILIES:
@@ -157,6 +158,7 @@ def bench_attributes(model_dir: str, num_pieces: int, seconds: float) -> list[di
             nearest = np.argsort(-(text @ audio.T), axis=1)[:, :5]
             want = np.array([str(p["labels"][attr]) for p in prompts])
             row[f"{family} text: nearest 5"] = float(np.mean(y[nearest] == want[:, None]))
+        row["nearest 5: chance"] = float(np.mean([np.mean(y == w) for w in want]))  # any text, same prompts
         rows.append(row)
     return rows
 

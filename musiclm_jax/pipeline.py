@@ -62,7 +62,7 @@ from musiclm_jax.data import token_cache_tasks
 from musiclm_jax.evaluation import eval_sets, text_to_music
 from musiclm_jax.evaluation import metrics as eval_metrics
 from musiclm_jax.evaluation.embedders import MuLanAudioEmbedder
-from musiclm_jax.evaluation.eval_sets import held_out_prompts
+from musiclm_jax.evaluation.eval_sets import PROMPT_FAMILIES, held_out_prompts
 from musiclm_jax.tokenizers.acoustic import AcousticTokenizer
 from musiclm_jax.tokenizers.mulan import MuLanEmbedder
 from musiclm_jax.training.summaries import format_duration, log
@@ -269,7 +269,7 @@ def _precompute(ctx: _Context, step: str) -> dict:
 
 def _generate(ctx: _Context, step: str) -> dict:
     o = ctx.options
-    prompts = held_out_prompts(o["num_prompts"], train_examples=o["train_captions_checked"])
+    prompts = held_out_prompts(o["num_prompts"], train_examples=o["train_captions_checked"], family=o["prompt_family"])
     texts = o["prompts"] or [p["caption"] for p in prompts]
     if o["prompts"]:  # the user's own prompts: nothing known about their attributes
         prompts = [{"caption": t, "labels": {}, "mentioned": []} for t in texts]
@@ -396,7 +396,16 @@ def step_config(ctx: _Context, step: str, hashes: Mapping[str, str]) -> list[str
             lines += gin.config_str().splitlines()
     o = ctx.options
     if step == "generate":
-        names = ("seconds", "num_prompts", "prompts", "seed", "num_candidates", "settings", "train_captions_checked")
+        names = (
+            "seconds",
+            "num_prompts",
+            "prompt_family",
+            "prompts",
+            "seed",
+            "num_candidates",
+            "settings",
+            "train_captions_checked",
+        )
         lines += [f"{k}: {_canonical(o[k])}" for k in names]
     elif step == "evaluate":
         lines += [f"{k}: {_canonical(o[k])}" for k in ("seconds", "seed")]
@@ -440,6 +449,7 @@ def run_pipeline(
     size: str = "small",
     seconds: float = 4.0,
     num_prompts: int = 6,
+    prompt_family: str = "heldout",
     prompts: Sequence[str] = (),
     seed: int = 0,
     num_candidates: int = 1,
@@ -461,6 +471,9 @@ def run_pipeline(
         the gin files gin/pipeline/<size>/ and the size of the eval's attribute classifier.
       seconds: length of each generated piece.
       num_prompts: number of generated pieces, when the prompts are captions of held-out pieces.
+      prompt_family: their phrasing (eval_sets.PROMPT_FAMILIES): 'heldout' (words no training
+        caption uses), 'train' (the caption generator's training phrasings) or 'plain' (hand-written
+        everyday prompts).
       prompts: the user's own prompts instead of held-out captions (then adherence is not measured:
         their music has no references and only runs through the detectors).
       seed: seed of generation and of the eval.
@@ -491,12 +504,15 @@ def run_pipeline(
         raise ValueError(
             f"step_bindings names {no_gin}, which read no gin file: their options are run_pipeline's arguments"
         )
+    if prompt_family not in PROMPT_FAMILIES:
+        raise ValueError(f"prompt_family must be one of {PROMPT_FAMILIES}, got {prompt_family!r}")
     if not seconds > 0 or num_prompts < 1:
         raise ValueError(f"seconds must be > 0 and num_prompts >= 1, got {seconds}, {num_prompts}")
     model_dir = fileio.resolve(model_dir)
     options = dict(
         seconds=float(seconds),
         num_prompts=int(num_prompts),
+        prompt_family=str(prompt_family),
         prompts=list(prompts),
         seed=int(seed),
         num_candidates=int(num_candidates),
