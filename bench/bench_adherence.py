@@ -28,7 +28,8 @@ ADHERENCE_BINDINGS, which the main job has no time for. The music is decoded wit
 SoundStreamConfig.frozen_tokens). Writes adherence.json, adherence_links.png and
 generated_examples.png (a low and a high prompt's music beside the pieces they describe) into
 D/adherence_bench (--out_name). --guidance STAGE=SCALE and --num_candidates sample as the
-pipeline's generate step can (the main job: semantic=2 coarse=3, pipeline.gin).
+pipeline's generate step can (the main job, gin/pipeline/small.gin: --guidance semantic=2
+coarse=3 --num_candidates 4).
 """
 
 from __future__ import annotations

@@ -90,5 +90,7 @@ def test_bad_arguments_are_refused(tmp_path):
         pipeline.run_pipeline(model_dir=str(tmp_path), size="huge")
     with pytest.raises(ValueError, match="unknown steps"):
         pipeline.run_pipeline(model_dir=str(tmp_path), size="tiny", step_bindings={"codek": ["TRAIN_STEPS = 1"]})
+    with pytest.raises(ValueError, match="prompt_family"):
+        pipeline.run_pipeline(model_dir=str(tmp_path), size="tiny", prompt_family="poetry")
     assert main.main(["pipeline"]) == 2  # no --model_dir
     assert not os.listdir(tmp_path)
