@@ -467,7 +467,7 @@ def run_pipeline(
         is skipped when its configuration (gin files as parsed, bindings, the options that reach
         it, the steps it reads) is the one recorded there; else it is rerun from scratch, and so
         is every step that reads it.
-      size: 'tiny' (the test suite's, ~a minute) or 'small' (the CPU demo, ~22 minutes on 2 cores):
+      size: 'tiny' (the test suite's, ~a minute) or 'small' (the CPU demo, ~24 minutes on 2 cores):
         the gin files gin/pipeline/<size>/ and the size of the eval's attribute classifier.
       seconds: length of each generated piece.
       num_prompts: number of generated pieces, when the prompts are captions of held-out pieces.
