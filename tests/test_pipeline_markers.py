@@ -17,7 +17,14 @@ TINY = dict(size="tiny", seconds=SECONDS, num_prompts=2, train_captions_checked=
 
 def _configs(model_dir, step_bindings=None, **overrides):
     options = dict(
-        seconds=SECONDS, num_prompts=2, prompts=[], seed=0, num_candidates=1, settings={}, train_captions_checked=64
+        seconds=SECONDS,
+        num_prompts=2,
+        prompt_family="heldout",
+        prompts=[],
+        seed=0,
+        num_candidates=1,
+        settings={},
+        train_captions_checked=64,
     )
     options.update(overrides)
     ctx = pipeline._Context(model_dir, "tiny", step_bindings or {}, options)
