@@ -2,7 +2,8 @@
 
 Two towers project into one 128-d space, L2-normalised:
   audio  log-mel (the JAX log-mel shared with the codec losses and w2v-BERT) -> a ResNet-50-style
-         CNN (the paper's choice) or a spectrogram transformer over patches (gin: audio_encoder)
+         CNN (the paper's choice) or a spectrogram transformer over patches (gin: audio_encoder),
+         optionally beside parameter-free log-mel summaries (log_mel_summary; small configs)
   text   SentencePiece ids of the caption (vocabulary trained on the training captions and
          stored with the model, data/text_vocab.py) -> a bidirectional transformer, mean pooled
 
