@@ -13,6 +13,10 @@ link of the chain:
   audio     the decoded music                     the DSP attribute detectors (the pipeline's
                                                   adherence) and the learned attribute classifier
 
+and, to tell the stages' losses from the text's, the music the stages make from each held-out piece's
+own audio MuLan tokens (all stages), and from its MuLan and semantic tokens (coarse + fine stages
+only; MusicLM.generate_from_tokens), read by the detectors
+
 (probes: evaluation/token_probes.py, logistic regressions on token statistics of the labelled
 training clips in the pipeline's token cache). Beside each link, the same measurement on the
 held-out pieces themselves (their real tokens; their audio; their codec reconstruction) is that
@@ -118,6 +122,20 @@ def generate(model, prompts: list[dict], seconds: float, batch: int, seed: int, 
             {"mulan": g.mulan_tokens, "semantic": g.semantic_tokens, "acoustic": g.acoustic_tokens, "audio": g.audio}
         )
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def generate_from_tokens(model, tokens: dict, seconds: float, batch: int, seed: int, **kwargs) -> np.ndarray:
+    """Audio from the pieces' own tokens (MusicLM.generate_from_tokens): tokens['mulan'] and, when
+    given, tokens['semantic'], in batches."""
+    rows = len(tokens["mulan"])
+    parts = []
+    for i in tqdm(range(0, rows, batch), desc="generate from tokens", unit="batch"):
+        part = {k: v[i : i + batch] for k, v in tokens.items()}
+        g = model.generate_from_tokens(
+            part["mulan"], seconds, semantic_tokens=part.get("semantic"), seed=seed + i, **kwargs
+        )
+        parts.append(g.audio)
+    return np.concatenate(parts)
 
 
 def plot(rows: list[dict], path: str) -> None:
@@ -251,11 +269,40 @@ def main() -> None:
         codec_audio = np.asarray(model.codec.decode(model.codec.encode(reference), num_samples=reference.shape[1]))
         probe_gen = token_probes.predict(probes, gen)
         probe_ref = token_probes.predict(probes, ref_tok)
+        # The stages given the pieces' true conditions: how much of a link's loss is the stages'.
+        from_tokens = {
+            "MuLan": generate_from_tokens(
+                model, {"mulan": ref_tok["mulan"]}, args.seconds, args.batch, args.seed, settings=settings
+            ),
+            "semantic": generate_from_tokens(
+                model,
+                {k: ref_tok[k] for k in ("mulan", "semantic")},
+                args.seconds,
+                args.batch,
+                args.seed,
+                settings=settings,
+            ),
+        }
+        codec_detected = detect(codec_audio)
         links = [
             ("MuLan tokens", "text tokens (probe)", probe_gen["mulan"], "audio tokens (probe)", probe_ref["mulan"]),
             ("semantic tokens", "generated (probe)", probe_gen["semantic"], "real (probe)", probe_ref["semantic"]),
             ("coarse tokens", "generated (probe)", probe_gen["acoustic"], "real (probe)", probe_ref["acoustic"]),
-            ("audio: detectors", "generated", detect(gen["audio"]), "codec reconstruction", detect(codec_audio)),
+            ("audio: detectors", "generated", detect(gen["audio"]), "codec reconstruction", codec_detected),
+            (
+                "audio from real MuLan tokens",
+                "all stages (detectors)",
+                detect(from_tokens["MuLan"]),
+                "codec reconstruction",
+                codec_detected,
+            ),
+            (
+                "audio from real semantic tokens",
+                "coarse + fine (detectors)",
+                detect(from_tokens["semantic"]),
+                "codec reconstruction",
+                codec_detected,
+            ),
             ("audio: classifier", "generated", classify(gen["audio"]), "codec reconstruction", classify(codec_audio)),
         ]
         ceiling_pieces[family] = {

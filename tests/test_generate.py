@@ -47,6 +47,20 @@ def test_generate_lengths_determinism_and_reranking(musiclm):
     g3 = musiclm.generate(texts, 0.5, seed=1, settings=guided, num_candidates=2)
     assert not np.array_equal(g1.semantic_tokens, g3.semantic_tokens)
 
+    # from given tokens: the text's MuLan tokens give what the text gives; given semantic tokens
+    # are kept and steer the acoustic stages
+    mulan = np.repeat(musiclm.mulan.text_tokens(texts), 2, axis=0)
+    t1 = musiclm.generate_from_tokens(mulan, 0.5, seed=1, settings=greedy)
+    np.testing.assert_array_equal(t1.acoustic_tokens[::2], g1.acoustic_tokens)
+    other = (t1.semantic_tokens + 1 + np.arange(13)) % 16
+    t2 = musiclm.generate_from_tokens(mulan, 0.5, seed=1, settings=greedy, semantic_tokens=other)
+    np.testing.assert_array_equal(t2.semantic_tokens, other)
+    assert not np.array_equal(t2.acoustic_tokens, t1.acoustic_tokens)
+    with pytest.raises(ValueError, match="semantic_tokens must be"):
+        musiclm.generate_from_tokens(mulan, 0.5, semantic_tokens=other[:, :5])
+    with pytest.raises(ValueError, match="mulan_tokens must be"):
+        musiclm.generate_from_tokens(mulan[0], 0.5)
+
 
 def test_generate_writes_wav_json_png_and_refuses_bad_input(tmp_path, dirs, musiclm):
     out = tmp_path / "out"

@@ -303,25 +303,105 @@ class MusicLM:
             raise ValueError(f"seconds must be positive, got {seconds}")
         if num_candidates < 1:
             raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
-        settings = {**PAPER_SETTINGS, **(settings or {})}
-        note = progress or (lambda *_: None)
         b, n = len(schedule[0][0]), num_candidates
-        k_sem, k_coarse, k_fine = jax.random.split(jax.random.key(seed), 3)
 
         prompt = self._encode_prompt(prompt_audio, prompt_sample_rate, b * n)
-        offset = prompt.seconds
         segment_tokens = [np.repeat(self.mulan.text_tokens(texts), n, axis=0) for texts, _ in schedule]
-        starts = [offset + start for _, start in schedule]
-        total = offset + seconds
-        slide = functools.partial(self._slide, segment_tokens=segment_tokens, changes=starts[1:], progress=note)
-        semantic = slide(
-            "semantic",
-            k_sem,
-            settings["semantic"],
-            rate=self.semantic_rate,
-            total=math.ceil(total * self.semantic_rate - 1e-9),
-            generated=prompt.semantic[..., None],
+        starts = [prompt.seconds + start for _, start in schedule]
+        semantic, acoustic, audio = self._sample_tokens(
+            segment_tokens, starts, prompt.seconds + seconds, prompt, seed=seed, settings=settings, progress=progress
         )
+
+        scores, best = None, np.zeros(b, np.int64)
+        if n > 1:
+            scores = self._schedule_scores(schedule, starts, audio).reshape(b, n)
+            best = scores.argmax(axis=1)
+        rows = np.arange(b) * n + best
+        return Generation(
+            audio=audio[rows],
+            sample_rate=self.codec.sample_rate,
+            mulan_score=None if scores is None else scores[np.arange(b), best],
+            candidate_scores=scores,
+            mulan_tokens=segment_tokens[0][rows],
+            semantic_tokens=semantic[rows, :, 0],
+            acoustic_tokens=acoustic[rows],
+            prompt_seconds=prompt.seconds,
+        )
+
+    def generate_from_tokens(
+        self,
+        mulan_tokens: np.ndarray,
+        seconds: float,
+        *,
+        semantic_tokens: Optional[np.ndarray] = None,
+        seed: int = 0,
+        settings: Optional[Mapping[str, SamplingSettings]] = None,
+    ) -> Generation:
+        """`seconds` of music from given MuLan tokens [B, levels] (e.g. a clip's audio tokens)
+        instead of text; with `semantic_tokens` [B, frames] (covering `seconds`) the semantic stage
+        is skipped and the acoustic stages follow them. What the stages make of their true
+        conditions: the adherence bench's stage ceilings."""
+        if not seconds > 0:
+            raise ValueError(f"seconds must be positive, got {seconds}")
+        mulan_tokens = np.asarray(mulan_tokens, np.int32)
+        if mulan_tokens.ndim != 2:
+            raise ValueError(f"mulan_tokens must be [batch, levels], got shape {mulan_tokens.shape}")
+        rows = mulan_tokens.shape[0]
+        if semantic_tokens is not None:
+            semantic_tokens = np.asarray(semantic_tokens, np.int32)
+            need = math.ceil(seconds * self.semantic_rate - 1e-9)
+            if semantic_tokens.ndim != 2 or semantic_tokens.shape[0] != rows or semantic_tokens.shape[1] < need:
+                raise ValueError(
+                    f"semantic_tokens must be [{rows}, >= {need}] for {seconds:g} s, got shape {semantic_tokens.shape}"
+                )
+            semantic_tokens = semantic_tokens[:, :need, None]
+        semantic, acoustic, audio = self._sample_tokens(
+            [mulan_tokens],
+            [0.0],
+            seconds,
+            self._encode_prompt(None, None, rows),
+            seed=seed,
+            settings=settings,
+            semantic=semantic_tokens,
+        )
+        return Generation(
+            audio=audio,
+            sample_rate=self.codec.sample_rate,
+            mulan_score=None,
+            candidate_scores=None,
+            mulan_tokens=mulan_tokens,
+            semantic_tokens=semantic[:, :, 0],
+            acoustic_tokens=acoustic,
+        )
+
+    def _sample_tokens(
+        self,
+        segment_tokens: list,
+        starts: Sequence[float],
+        total: float,
+        prompt: "_Prompt",
+        *,
+        seed: int,
+        settings: Optional[Mapping[str, SamplingSettings]],
+        progress: Optional[Callable[[str, int, int], None]] = None,
+        semantic: Optional[np.ndarray] = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The three stages and the decoder: (semantic [rows, frames, 1], acoustic [rows, frames,
+        levels], audio [rows, samples]) for `total` seconds, segment i under MuLan tokens
+        segment_tokens[i] from starts[i] on; `semantic` given skips the semantic stage."""
+        settings = {**PAPER_SETTINGS, **(settings or {})}
+        note = progress or (lambda *_: None)
+        k_sem, k_coarse, k_fine = jax.random.split(jax.random.key(seed), 3)
+        slide = functools.partial(self._slide, segment_tokens=segment_tokens, changes=starts[1:], progress=note)
+        if semantic is None:
+            semantic = slide(
+                "semantic",
+                k_sem,
+                settings["semantic"],
+                rate=self.semantic_rate,
+                total=math.ceil(total * self.semantic_rate - 1e-9),
+                generated=prompt.semantic[..., None],
+            )
         frames = math.ceil(total * self.acoustic_rate - 1e-9)
         coarse = slide(
             "coarse",
@@ -344,22 +424,7 @@ class MusicLM:
         acoustic = np.concatenate([coarse, fine], axis=2)
         note("decode", 0, 1)
         audio = self.codec.decode(acoustic, num_samples=int(round(total * self.codec.sample_rate)))
-
-        scores, best = None, np.zeros(b, np.int64)
-        if n > 1:
-            scores = self._schedule_scores(schedule, starts, audio).reshape(b, n)
-            best = scores.argmax(axis=1)
-        rows = np.arange(b) * n + best
-        return Generation(
-            audio=audio[rows],
-            sample_rate=self.codec.sample_rate,
-            mulan_score=None if scores is None else scores[np.arange(b), best],
-            candidate_scores=scores,
-            mulan_tokens=segment_tokens[0][rows],
-            semantic_tokens=semantic[rows, :, 0],
-            acoustic_tokens=acoustic[rows],
-            prompt_seconds=offset,
-        )
+        return semantic, acoustic, audio
 
     def _slide(
         self,
