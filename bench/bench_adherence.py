@@ -15,7 +15,9 @@ link of the chain:
 
 and, to tell the stages' losses from the text's, the music the stages make from each held-out piece's
 own audio MuLan tokens (all stages), and from its MuLan and semantic tokens (coarse + fine stages
-only; MusicLM.generate_from_tokens), read by the detectors
+only; MusicLM.generate_from_tokens), read by the detectors; and each stage's eval cross-entropy
+on the token cache's validation clips with each condition swapped for another clip's (or its
+frames shuffled): a stage that ignores a condition loses nothing
 
 (probes: evaluation/token_probes.py, logistic regressions on token statistics of the labelled
 training clips in the pipeline's token cache). Beside each link, the same measurement on the
@@ -45,6 +47,7 @@ import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from machine import machine, table  # noqa: E402  (bench/machine.py)
 from tqdm import tqdm  # noqa: E402
@@ -136,6 +139,50 @@ def generate_from_tokens(model, tokens: dict, seconds: float, batch: int, seed: 
         )
         parts.append(g.audio)
     return np.concatenate(parts)
+
+
+def condition_reliance(stage_dirs: dict, cache_dir: str, seed: int = 0) -> dict:
+    """{stage: {variant: eval cross-entropy}} on the token cache's validation clips (each clip's
+    first training crop): with the true conditions, with one condition stream taken from another
+    clip ('<feature> from another clip'), and for time-aligned streams with its frames shuffled
+    ('<feature> frames shuffled'). A stage that uses a condition loses when it is swapped."""
+    from musiclm_jax import model_io
+    from musiclm_jax.data import token_cache_tasks
+    from musiclm_jax.generate import training_crop_seconds
+
+    meta = token_cache_tasks.load_cache_meta(cache_dir)
+    clips = list(token_cache_tasks.read_cache(cache_dir, "validation"))
+    rng = np.random.default_rng(seed)
+    out = {}
+    for stage, stage_dir in stage_dirs.items():
+        model, params = model_io.load(stage_dir)
+        crop = training_crop_seconds(stage_dir)
+        batch = {}
+        for name, rate in (("semantic", meta["rates"]["semantic"]), ("acoustic", meta["rates"]["acoustic"])):
+            frames = min(len(c[f"{name}_tokens"]) for c in clips)
+            frames = min(frames, round(crop * rate)) if crop else frames
+            batch[f"{name}_tokens"] = np.stack([c[f"{name}_tokens"][:frames] for c in clips])
+        batch["mulan_tokens"] = np.stack([c["mulan_tokens"] for c in clips])
+        ce = jax.jit(lambda b: model.eval_fn(params, b)["cross_entropy"])  # noqa: B023
+        result = {"true conditions": float(ce(batch))}
+        target = model.config.target.feature
+        for spec in model.config.conditions:
+            feature, levels = spec.feature, slice(spec.first_level, spec.first_level + spec.num_levels)
+            x = batch[feature]
+
+            def condition_replaced(new, x=x, feature=feature, levels=levels):
+                if feature != target:
+                    return {**batch, feature: new}
+                kept = x.copy()  # the fine stage's coarse levels: replace only those
+                kept[..., levels] = new[..., levels]
+                return {**batch, feature: kept}
+
+            result[f"{feature} from another clip"] = float(ce(condition_replaced(np.roll(x, 1, axis=0))))
+            if spec.stream != "mulan":
+                shuffled = x[:, rng.permutation(x.shape[1])]
+                result[f"{feature} frames shuffled"] = float(ce(condition_replaced(shuffled)))
+        out[stage] = result
+    return out
 
 
 def plot(rows: list[dict], path: str) -> None:
@@ -328,6 +375,9 @@ def main() -> None:
                 row[f"{attr}_chance"] = g[attr]["null_chance"]
             rows.append(row)
 
+    reliance = condition_reliance(
+        {s: dirs[s] for s in ("semantic_stage", "coarse_stage", "fine_stage")}, dirs["tokens"]
+    )
     out_dir = os.path.join(d, args.out_name)
     os.makedirs(out_dir, exist_ok=True)
     plot(rows, os.path.join(out_dir, "adherence_links.png"))
@@ -344,6 +394,7 @@ def main() -> None:
             "train_wall_s": train_wall,
             "generate_wall_s": gen_wall,
             "links": results,
+            "condition_reliance": reliance,
             "prompts": prompts_by_family,
             "probe_train_accuracy": {f"{s}/{a}": p.train_accuracy for (s, a), p in probes.items()},
             "bindings": {"pipeline": ADHERENCE_BINDINGS} if args.train else None,
@@ -373,6 +424,21 @@ def main() -> None:
         for r in rows
     ]
     print(table(shown))
+    print("\nDoes each stage use its conditions? Eval cross-entropy on the token cache's validation clips")
+    print(
+        table(
+            [
+                {
+                    "stage": stage,
+                    "conditions": variant,
+                    "cross-entropy": f"{ce:.3f}",
+                    "vs true": f"{ce - r['true conditions']:+.3f}",
+                }
+                for stage, r in reliance.items()
+                for variant, ce in r.items()
+            ]
+        )
+    )
     for family in args.families:
         for link in ("audio: detectors", "audio: classifier"):
             print(
