@@ -125,6 +125,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", help="inspect: train or validation")
     p.add_argument("--model_dir", help="pipeline: where every model, the music and pipeline_summary.json go")
     p.add_argument(
+        "--data",
+        help="pipeline: your own collection instead of the synthetic music: a folder of audio files "
+        "(captions in <name>.txt or <name>.json beside each) or a JSONL manifest",
+    )
+    p.add_argument(
         "--size",
         choices=("tiny", "small"),
         default="small",
@@ -320,14 +325,18 @@ def _run_mode(args, configurables, gin_utils) -> int:
             print(f"{s['file']}: {s['prompt']!r}{score}")
         return 0
     if args.mode == "pipeline":
+        from musiclm_jax import pipeline_data
         from musiclm_jax.train import StoppedBySignal
 
         try:
+            data = {"data": args.data} if args.data else {}
             summary = configurables.run_pipeline(
-                model_dir=args.model_dir, on_start=lambda d: gin_utils.write_config(d, "pipeline_config.gin")
+                model_dir=args.model_dir, on_start=lambda d: gin_utils.write_config(d, "pipeline_config.gin"), **data
             )
         except StoppedBySignal as e:  # the step is not marked done: the same command resumes it
             return _failed("pipeline", e, status=SIGTERM_STATUS)
+        except pipeline_data.DataError as e:  # the collection cannot feed a step: said before any runs
+            return _failed("pipeline", e)
         print(f"pipeline done; summary in {os.path.join(summary['model_dir'], 'pipeline_summary.json')}")
         return 0
     raise AssertionError(args.mode)

@@ -56,7 +56,7 @@ import numpy as np
 import soundfile
 
 import gin
-from musiclm_jax import fileio, gin_utils, model_io
+from musiclm_jax import fileio, gin_utils, model_io, pipeline_data
 from musiclm_jax import generate as generate_lib
 from musiclm_jax.data import token_cache_tasks
 from musiclm_jax.evaluation import eval_sets, text_to_music
@@ -154,13 +154,17 @@ class _Configurables:
 
 
 @contextlib.contextmanager
-def _gin_config(gin_files: Sequence[str], bindings: Sequence[str]):
+def _gin_config(gin_files: Sequence[str], bindings: Sequence[str], then: Optional[Callable[[], list[str]]] = None):
     """A fresh gin configuration for one step (cleared after it, also on error); yields the
-    registered configurables. Clearing is safe inside a gin-configured run_pipeline: its own
+    registered configurables. `then()`: bindings parsed after the files and `bindings` (it may
+    read what they bound). Clearing is safe inside a gin-configured run_pipeline: its own
     arguments were bound when it was called."""
     gin.clear_config()
     try:
         gin_utils.parse(list(gin_files), list(bindings))
+        if then is not None:
+            with gin.unlock_config():
+                gin.parse_config(then())
         yield _Configurables()
     finally:
         gin.clear_config()
@@ -195,8 +199,15 @@ def last_scalars(logdir: str) -> dict[str, float]:
 class _Context:
     """What the steps share: sizes, directories, extra gin bindings per step, options."""
 
-    def __init__(self, model_dir: str, size: str, step_bindings: Mapping[str, Sequence[str]], options: dict):
-        self.model_dir, self.size, self.options = model_dir, size, options
+    def __init__(
+        self,
+        model_dir: str,
+        size: str,
+        step_bindings: Mapping[str, Sequence[str]],
+        options: dict,
+        data: Optional[pipeline_data.DataSpec] = None,
+    ):
+        self.model_dir, self.size, self.options, self.data = model_dir, size, options, data
         self.step_bindings = {k: list(v) for k, v in (step_bindings or {}).items()}
         self.dirs = {k: fileio.join(model_dir, v) for k, v in DIRS.items()}
 
@@ -227,7 +238,10 @@ class _Context:
     def configured(self, step: str):
         """The step's gin configuration, parsed (yields the configurables)."""
         gin_name, macros = self.gin(step)
-        with _gin_config([step_gin(self.size, gin_name)], self.bindings(step, **macros)) as configurables:
+        then = None
+        if self.data is not None and step in pipeline_data.SCOPES:  # the user's collection, not the synthetic source
+            then = lambda: pipeline_data.gin_bindings(self.data, step, gin.query_parameter)  # noqa: E731
+        with _gin_config([step_gin(self.size, gin_name)], self.bindings(step, **macros), then) as configurables:
             yield configurables
 
     def run(self, step: str, fn: Callable):
@@ -267,12 +281,29 @@ def _precompute(ctx: _Context, step: str) -> dict:
     }
 
 
+def _collection_prompts(ctx: _Context) -> list[dict]:
+    """The captions of the collection's validation clips (the first num_prompts that have one),
+    each with its clip's id: what the user's own music is measured against."""
+    out = []
+    for ex in ctx.data.source(pipeline_data.SCAN_RATE).examples("validation"):
+        if ex.caption.strip():
+            out.append({"caption": ex.caption.strip(), "labels": {}, "mentioned": [], "clip_id": ex.id})
+        if len(out) == ctx.options["num_prompts"]:
+            break
+    return out
+
+
 def _generate(ctx: _Context, step: str) -> dict:
     o = ctx.options
-    prompts = held_out_prompts(o["num_prompts"], train_examples=o["train_captions_checked"], family=o["prompt_family"])
-    texts = o["prompts"] or [p["caption"] for p in prompts]
     if o["prompts"]:  # the user's own prompts: nothing known about their attributes
-        prompts = [{"caption": t, "labels": {}, "mentioned": []} for t in texts]
+        prompts = [{"caption": t, "labels": {}, "mentioned": []} for t in o["prompts"]]
+    elif ctx.data is not None:
+        prompts = _collection_prompts(ctx)
+    else:
+        prompts = held_out_prompts(
+            o["num_prompts"], train_examples=o["train_captions_checked"], family=o["prompt_family"]
+        )
+    texts = [p["caption"] for p in prompts]
     dirs = {k: ctx.dirs["codec" if k == "soundstream_dir" else k.removesuffix("_dir")] for k in generate_lib.MODEL_DIRS}
     model = generate_lib.load_musiclm(dirs)  # each stage slides its training crop
     windows = model.windows
@@ -305,15 +336,21 @@ def _evaluate(ctx: _Context, step: str, done: dict) -> dict:
     prompts = done["generate"]["metrics"]["prompts"]
     clips = [_read_wav(p["wav"]) for p in prompts]
     rate = clips[0][1]
-    if not all("index" in p for p in prompts) or len(prompts) < 2:
+    from_collection = all("clip_id" in p for p in prompts)
+    if not (all("index" in p for p in prompts) or from_collection) or len(prompts) < 2:
         for p, (audio, sr) in zip(prompts, clips):
             p["detected"] = eval_sets.detect(audio, sr)
         return {"prompts": prompts}
-    items = [eval_sets.synthetic_item(p, ctx.options["seconds"], rate) for p in prompts]
     mulan = MuLanEmbedder.from_model_dir(ctx.dirs["mulan"])
-    classifier = text_to_music.SyntheticAttributeClassifier(
-        fileio.join(ctx.model_dir, CLASSIFIER_DIR), **CLASSIFIER[ctx.size]
-    )
+    if from_collection:  # the clips the captions describe; no labels, so no adherence or KLD
+        items = _collection_items(ctx, prompts, rate)
+        classifier, title = None, f"musiclm pipeline ({ctx.size}) on {ctx.data.path}: music for validation captions"
+    else:
+        items = [eval_sets.synthetic_item(p, ctx.options["seconds"], rate) for p in prompts]
+        classifier = text_to_music.SyntheticAttributeClassifier(
+            fileio.join(ctx.model_dir, CLASSIFIER_DIR), **CLASSIFIER[ctx.size]
+        )
+        title = f"musiclm pipeline ({ctx.size}): music for held-out captions"
     results = text_to_music.generate_and_score(
         ctx.dirs["eval"],
         items,
@@ -325,11 +362,23 @@ def _evaluate(ctx: _Context, step: str, done: dict) -> dict:
         classifier=classifier,
         seed=ctx.options["seed"],
         num_report_samples=len(items),
-        title=f"musiclm pipeline ({ctx.size}): music for held-out captions",
+        title=title,
     )
     for p, row in zip(prompts, results["items"]):
         p["detected"] = row["detected"]
     return {**results, "prompts": prompts}
+
+
+def _collection_items(ctx: _Context, prompts: list[dict], rate: int) -> list:
+    """EvalItems of the validation clips the prompts came from, their first `seconds` (zero-padded
+    when shorter) at `rate`."""
+    wanted = {p["clip_id"] for p in prompts}
+    n = int(round(ctx.options["seconds"] * rate))
+    clips = {}
+    for ex in ctx.data.source(rate).examples("validation"):
+        if ex.id in wanted:
+            clips[ex.id] = np.pad(ex.audio[:n], (0, max(0, n - len(ex.audio[:n]))))
+    return [eval_sets.EvalItem(p["clip_id"], p["caption"], clips[p["clip_id"]], rate) for p in prompts]
 
 
 def _read_wav(path: str) -> tuple[np.ndarray, int]:
@@ -389,7 +438,13 @@ def step_config(ctx: _Context, step: str, hashes: Mapping[str, str]) -> list[str
     lines = [f"step: {step}"]
     # The pipeline's directory as D, in the bindings themselves: gin wraps long lines, so the
     # text would depend on the directory's length if D were substituted afterwards.
-    ctx = _Context("D", ctx.size, ctx.step_bindings, ctx.options)
+    # The collection as DATA and its fingerprint: a moved collection keeps its steps, an edited one
+    # (files added, captions changed) reruns them.
+    data = ctx.data and dataclasses.replace(ctx.data, path="DATA")
+    fingerprint = ctx.options.get("data_fingerprint")
+    ctx = _Context("D", ctx.size, ctx.step_bindings, ctx.options, data)
+    if data is not None and (step in pipeline_data.SCOPES or step in ("generate", "evaluate")):
+        lines.append(f"data: {data.kind} sha256:{fingerprint}, validation_fraction {data.validation_fraction}")
     if ctx.gin(step) is not None:
         lines.append(f"gin file: {step_gin(ctx.size, ctx.gin(step)[0])}")
         with ctx.configured(step):
@@ -456,6 +511,9 @@ def run_pipeline(
     settings: Optional[Mapping] = None,
     step_bindings: Optional[Mapping[str, Sequence[str]]] = None,
     train_captions_checked: int = 2000,
+    data: Optional[str] = None,
+    validation_fraction: float = 0.1,
+    min_captioned_clips: int = 16,
     on_start: Optional[Callable[[str], None]] = None,
 ) -> dict:
     """Runs (or resumes) every step into `model_dir` and returns the summary written to
@@ -483,6 +541,14 @@ def run_pipeline(
         generate and evaluate, which read no gin file: their options are the arguments here).
       train_captions_checked: held-out captions equal to one of the first this many training
         captions are not used as prompts.
+      data: the user's own collection instead of the synthetic source (pipeline_data.py): a folder
+        of audio files with optional <name>.txt / <name>.json caption sidecars, or a JSONL manifest.
+        The prompts are then its validation clips' captions (unless `prompts`), and the eval
+        compares the music with those clips (FAD, KAD, MCC, MuLan score; no adherence or KLD:
+        real clips have no labels).
+      validation_fraction: with `data`, the share of clips hashed to validation where the data
+        names no split.
+      min_captioned_clips: with `data`, the fewest captioned training clips MuLan trains on.
       on_start: called with the absolute `model_dir` once it exists, before the first step (the CLI
         writes its gin config there).
     Returns:
@@ -492,7 +558,8 @@ def run_pipeline(
     Raises:
       ValueError: an unknown `size`, `step_bindings` naming unknown steps or generate/evaluate,
         `seconds` <= 0 or `num_prompts` < 1; gin_utils.ConfigError (a ValueError) for a bad
-        binding, before any step runs.
+        binding; pipeline_data.DataError (a ValueError) for a collection that cannot feed a step
+        (one line): all before any step runs.
     """
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
@@ -508,6 +575,7 @@ def run_pipeline(
         raise ValueError(f"prompt_family must be one of {PROMPT_FAMILIES}, got {prompt_family!r}")
     if not seconds > 0 or num_prompts < 1:
         raise ValueError(f"seconds must be > 0 and num_prompts >= 1, got {seconds}, {num_prompts}")
+    spec = pipeline_data.resolve(data, validation_fraction) if data is not None else None
     model_dir = fileio.resolve(model_dir)
     options = dict(
         seconds=float(seconds),
@@ -519,15 +587,19 @@ def run_pipeline(
         settings=dict(settings or {}),
         train_captions_checked=int(train_captions_checked),
     )
+    if spec is not None:
+        options["data_fingerprint"] = pipeline_data.fingerprint(spec)
     fileio.makedirs(fileio.join(model_dir, "steps"))
     if on_start:  # before any step's gin clears the caller's configuration
         on_start(model_dir)
-    ctx = _Context(model_dir, size, step_bindings or {}, options)
+    ctx = _Context(model_dir, size, step_bindings or {}, options, spec)
     configs: dict[str, list[str]] = {}
     hashes: dict[str, str] = {}
     for step in STEPS:  # parses every step's gin: a bad binding fails before any step runs
         configs[step] = step_config(ctx, step, hashes)
         hashes[step] = config_hash(configs[step])
+    if spec is not None:
+        _check_collection(ctx, min_captioned_clips)
     t_start = time.perf_counter()
     done: dict[str, dict] = {}
     log("pipeline (%s) in %s: %d steps", size, model_dir, len(STEPS))
@@ -596,6 +668,63 @@ def run_pipeline(
     fileio.write_json(fileio.join(model_dir, SUMMARY_FILE), summary)
     _log_summary(summary)
     return summary
+
+
+def _data_needs(ctx: _Context) -> dict[str, dict]:
+    """What each step asks of the collection (pipeline_data.check), read from its gin files."""
+
+    def query(name, default=None):
+        try:
+            return gin.query_parameter(name)
+        except (ValueError, KeyError):
+            return default
+
+    needs = {}
+    for step in STEPS:
+        if ctx.gin(step) is None or step in ("semantic_kmeans", "mulan_rvq"):  # the same data as w2v_bert / mulan
+            continue
+        with ctx.configured(step):
+            scopes = [scope for scope, _ in pipeline_data.SCOPES.get(step, ())] or ["stage_tokens"]
+            crops = [
+                query(f"{scope}/register_{'token' if scope == 'stage_tokens' else 'audio'}_task.crop_seconds")
+                for scope in scopes
+            ]
+            evals = (query("%EVAL_PERIOD", 0) or 0) > 0 and step != "precompute"
+            needs[step] = {
+                "eval_batch": int(query("%GLOBAL_BATCH_SIZE", 0) or 0) if evals else 0,
+                "captions": step == "mulan",
+                "crop_seconds": max((float(c) for c in crops if c), default=None),
+            }
+    return needs
+
+
+def _check_collection(ctx: _Context, min_captioned: int) -> None:
+    """Scans the collection (or reads back its scan) and stops before any step when it cannot
+    feed one; logs its clip counts."""
+    summary = pipeline_data.scan(ctx.data, ctx.model_dir)
+    notes = pipeline_data.check(summary, _data_needs(ctx), min_captioned)
+    val = summary["splits"]["validation"]
+    if not ctx.options["prompts"] and val["captioned"] < 2:
+        raise pipeline_data.DataError(
+            f"{val['captioned']} validation clips have a caption: the generate step prompts with them and needs 2 "
+            "(or give run_pipeline.prompts)"
+        )
+    for split, s in summary["splits"].items():
+        log(
+            "pipeline data %s, %s: %d clips (%d captioned), %s of audio; %s",
+            summary["path"],
+            split,
+            s["clips"],
+            s["captioned"],
+            format_duration(s["seconds"]),
+            ", ".join(
+                [f"{k} {v} skipped" for k, v in s["skipped"].items()]
+                + [f"{k} {v} repaired" for k, v in s["repaired"].items()]
+            )
+            or "nothing skipped or repaired",
+        )
+    for note in notes:
+        log("pipeline data: %s", note)
 
 
 def _remove_outputs(model_dir: str, step: str, old: Sequence[str], new: Sequence[str]) -> None:
