@@ -205,7 +205,7 @@ def plot(rows: list[dict], path: str) -> None:
             ax.bar(x + 0.2, [r[f"{attr}_gen"] for r in shown], 0.4, label="generated from the prompt", color="#2a6")
             if shown:
                 ax.axhline(shown[0][f"{attr}_chance"], color="k", ls="--", lw=1, label="chance")
-            ax.set_xticks(x, [r["link"] for r in shown], rotation=20, fontsize=7)
+            ax.set_xticks(x, [r["link"] for r in shown], rotation=30, ha="right", fontsize=7)
             ax.set_title(f"{attr}: {family} captions", fontsize=9)
             ax.set_ylim(0, 1)
         axes[i][0].set_ylabel("accuracy")
@@ -337,14 +337,14 @@ def main() -> None:
             ("coarse tokens", "generated (probe)", probe_gen["acoustic"], "real (probe)", probe_ref["acoustic"]),
             ("audio: detectors", "generated", detect(gen["audio"]), "codec reconstruction", codec_detected),
             (
-                "audio from real MuLan tokens",
+                "real MuLan tokens -> audio",
                 "all stages (detectors)",
                 detect(from_tokens["MuLan"]),
                 "codec reconstruction",
                 codec_detected,
             ),
             (
-                "audio from real semantic tokens",
+                "real semantic tokens -> audio",
                 "coarse + fine (detectors)",
                 detect(from_tokens["semantic"]),
                 "codec reconstruction",
