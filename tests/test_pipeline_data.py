@@ -174,3 +174,7 @@ def test_a_manifest_names_its_splits(tmp_path):
     assert summary["splits"]["train"]["shortest_seconds"] == pytest.approx(0.5)
     notes = pipeline_data.check(summary, {"codec": {"crop_seconds": 1.0}}, min_captioned=4)
     assert len(notes) == 2 and "zero-padded" in notes[0]
+    # a manifest whose clips are all 'train': an empty validation split, said in one line
+    manifest.write_text("\n".join(line.replace('"test"', '"train"') for line in lines) + "\n")
+    with pytest.raises(pipeline_data.DataError, match="validation"):
+        pipeline_data.scan(pipeline_data.resolve(str(manifest)), str(tmp_path), progress=False)
