@@ -699,17 +699,12 @@ def _data_needs(ctx: _Context) -> dict[str, dict]:
 
 
 def _check_collection(ctx: _Context, min_captioned: int) -> None:
-    """Scans the collection (or reads back its scan) and stops before any step when it cannot
-    feed one; logs its clip counts."""
+    """Scans the collection (or reads back its scan), logs its clip counts and stops before any
+    step when it cannot feed one."""
     summary = pipeline_data.scan(ctx.data, ctx.model_dir)
-    notes = pipeline_data.check(summary, _data_needs(ctx), min_captioned)
-    val = summary["splits"]["validation"]
-    if not ctx.options["prompts"] and val["captioned"] < 2:
-        raise pipeline_data.DataError(
-            f"{val['captioned']} validation clips have a caption: the generate step prompts with them and needs 2 "
-            "(or give run_pipeline.prompts)"
-        )
     for split, s in summary["splits"].items():
+        problems = [f"{k} {v} skipped" for k, v in s["skipped"].items()]
+        problems += [f"{k} {v} repaired" for k, v in s["repaired"].items()]
         log(
             "pipeline data %s, %s: %d clips (%d captioned), %s of audio; %s",
             summary["path"],
@@ -717,11 +712,14 @@ def _check_collection(ctx: _Context, min_captioned: int) -> None:
             s["clips"],
             s["captioned"],
             format_duration(s["seconds"]),
-            ", ".join(
-                [f"{k} {v} skipped" for k, v in s["skipped"].items()]
-                + [f"{k} {v} repaired" for k, v in s["repaired"].items()]
-            )
-            or "nothing skipped or repaired",
+            ", ".join(problems) or "nothing skipped or repaired",
+        )
+    notes = pipeline_data.check(summary, _data_needs(ctx), min_captioned)
+    val = summary["splits"]["validation"]
+    if not ctx.options["prompts"] and val["captioned"] < 2:
+        raise pipeline_data.DataError(
+            f"{val['captioned']} validation clips have a caption: the generate step prompts with them and needs 2 "
+            "(or give run_pipeline.prompts)"
         )
     for note in notes:
         log("pipeline data: %s", note)
