@@ -130,6 +130,12 @@ def _parser() -> argparse.ArgumentParser:
         "(captions in <name>.txt or <name>.json beside each) or a JSONL manifest",
     )
     p.add_argument(
+        "--from",
+        dest="from_dir",
+        help="pipeline: reuse another pipeline directory's models: copy the tokenizers, fine-tune the stages "
+        "(per step: --gin.run_pipeline.reuse=\"{'mulan': 'finetune'}\"; modes copy, finetune, train)",
+    )
+    p.add_argument(
         "--size",
         choices=("tiny", "small"),
         default="small",
@@ -325,11 +331,13 @@ def _run_mode(args, configurables, gin_utils) -> int:
             print(f"{s['file']}: {s['prompt']!r}{score}")
         return 0
     if args.mode == "pipeline":
-        from musiclm_jax import pipeline_data
+        from musiclm_jax import pipeline, pipeline_data
         from musiclm_jax.train import StoppedBySignal
 
         try:
             data = {"data": args.data} if args.data else {}
+            if args.from_dir:
+                data["from_dir"] = args.from_dir
             summary = configurables.run_pipeline(
                 model_dir=args.model_dir, on_start=lambda d: gin_utils.write_config(d, "pipeline_config.gin"), **data
             )
@@ -337,6 +345,8 @@ def _run_mode(args, configurables, gin_utils) -> int:
             return _failed("pipeline", e, status=SIGTERM_STATUS)
         except pipeline_data.DataError as e:  # the collection cannot feed a step: said before any runs
             return _failed("pipeline", e)
+        except pipeline.ReuseError as e:  # --from names a run without the steps to reuse
+            return _usage_error(f"pipeline: {e}")
         print(f"pipeline done; summary in {os.path.join(summary['model_dir'], 'pipeline_summary.json')}")
         return 0
     raise AssertionError(args.mode)

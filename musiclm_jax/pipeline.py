@@ -112,6 +112,26 @@ OUTPUTS = {
     "generate": ("generated",),
     "evaluate": ("eval",),
 }
+# Reusing another pipeline directory's models (run_pipeline(from_dir=...)): per step, 'copy' its
+# result as it is, 'finetune' (train from its parameters on this run's data, as the step's gin
+# says) or 'train' from scratch. The defaults keep the tokenizers (so the stages' token layout
+# still fits) and fine-tune the three stages.
+REUSE_MODES = ("copy", "finetune", "train")
+FROM_DEFAULTS = {
+    "codec": "copy",
+    "w2v_bert": "copy",
+    "semantic_kmeans": "copy",
+    "mulan": "copy",
+    "mulan_rvq": "copy",
+    "semantic_stage": "finetune",
+    "coarse_stage": "finetune",
+    "fine_stage": "finetune",
+}
+# Layered after a fine-tuned step's own gin file (step_bindings still come last).
+FINETUNE_GIN = "runs/finetune.gin"
+# A fitted step can be copied only with the model it was fitted on.
+_COPY_NEEDS = {"semantic_kmeans": "w2v_bert", "mulan_rvq": "mulan"}
+_TRAINED = ("codec", "w2v_bert", "mulan", "semantic_stage", "coarse_stage", "fine_stage")
 # The evaluate step's attribute classifier (trained once, then loaded): deleted when its size changes.
 CLASSIFIER_DIR = "attribute_classifier"
 # Where each model lives under the pipeline's directory.
@@ -206,8 +226,11 @@ class _Context:
         step_bindings: Mapping[str, Sequence[str]],
         options: dict,
         data: Optional[pipeline_data.DataSpec] = None,
+        from_dir: Optional[str] = None,
+        reuse: Optional[Mapping[str, str]] = None,
     ):
         self.model_dir, self.size, self.options, self.data = model_dir, size, options, data
+        self.from_dir, self.reuse = from_dir, dict(reuse or {})
         self.step_bindings = {k: list(v) for k, v in (step_bindings or {}).items()}
         self.dirs = {k: fileio.join(model_dir, v) for k, v in DIRS.items()}
 
@@ -231,17 +254,27 @@ class _Context:
             }
         return None
 
+    def mode(self, step: str) -> str:
+        """'copy', 'finetune' or 'train' (without from_dir, always 'train')."""
+        return self.reuse.get(step, "train") if self.from_dir else "train"
+
     def bindings(self, step: str, **macros) -> list[str]:
-        return [f"{k} = {v!r}" for k, v in macros.items()] + self.step_bindings.get(step, [])
+        extra = []
+        if self.mode(step) == "finetune":  # t5x's order: this run's checkpoints first, else these parameters
+            extra.append(f"train.restore_params_from = {fileio.join(self.from_dir, DIRS[step], 'checkpoints')!r}")
+        return [f"{k} = {v!r}" for k, v in macros.items()] + extra + self.step_bindings.get(step, [])
 
     @contextlib.contextmanager
     def configured(self, step: str):
         """The step's gin configuration, parsed (yields the configurables)."""
         gin_name, macros = self.gin(step)
+        files = [step_gin(self.size, gin_name)]
+        if self.mode(step) == "finetune":
+            files.append(FINETUNE_GIN)
         then = None
         if self.data is not None and step in pipeline_data.SCOPES:  # the user's collection, not the synthetic source
             then = lambda: pipeline_data.gin_bindings(self.data, step, gin.query_parameter)  # noqa: E731
-        with _gin_config([step_gin(self.size, gin_name)], self.bindings(step, **macros), then) as configurables:
+        with _gin_config(files, self.bindings(step, **macros), then) as configurables:
             yield configurables
 
     def run(self, step: str, fn: Callable):
@@ -249,8 +282,35 @@ class _Context:
             return fn(configurables)
 
 
+def _copy(ctx: _Context, step: str) -> dict:
+    """The other run's result of `step`, copied into this run (its outputs only: a nested output of
+    another step, w2v_bert/kmeans or mulan/mulan_rvq, is that step's to copy)."""
+    nested = {o for other in STEPS if other != step for o in OUTPUTS[other]}
+    for out in OUTPUTS[step]:
+        src, dst = fileio.join(ctx.from_dir, out), fileio.join(ctx.model_dir, out)
+        fileio.makedirs(dst)
+        for name in fileio.listdir(src):
+            if f"{out}/{name}" in nested:
+                continue
+            child = fileio.join(src, name)
+            if fileio.isdir(child):
+                fileio.copytree(child, fileio.join(dst, name))
+            else:
+                fileio.copy(child, fileio.join(dst, name))
+    metrics = dict(read_marker(ctx.from_dir, step)["metrics"])
+    if "model_dir" in metrics:
+        metrics["model_dir"] = ctx.dirs[step]
+    if "cache_dir" in metrics:
+        metrics["cache_dir"] = ctx.dirs["tokens"]
+    return metrics
+
+
 def _train(ctx: _Context, step: str) -> dict:
     model_dir = ctx.dirs[step]
+    if step == "mulan" and ctx.mode(step) == "finetune":  # the parameters' token ids: keep their vocabulary
+        src = fileio.join(ctx.from_dir, DIRS["mulan"], "text_vocab")
+        if not fileio.exists(fileio.join(model_dir, "text_vocab")):
+            fileio.copytree(src, fileio.join(model_dir, "text_vocab"))
     ctx.run(step, lambda c: c.train(on_start=gin_utils.write_config))
     return {
         "model_dir": model_dir,
@@ -442,11 +502,19 @@ def step_config(ctx: _Context, step: str, hashes: Mapping[str, str]) -> list[str
     # (files added, captions changed) reruns them.
     data = ctx.data and dataclasses.replace(ctx.data, path="DATA")
     fingerprint = ctx.options.get("data_fingerprint")
-    ctx = _Context("D", ctx.size, ctx.step_bindings, ctx.options, data)
+    mode, from_dir = ctx.mode(step), ctx.from_dir
+    # The other run as FROM, named by its step's configuration hash: a moved run keeps the steps.
+    ctx = _Context("D", ctx.size, ctx.step_bindings, ctx.options, data, from_dir and "FROM", ctx.reuse)
+    if mode != "train":
+        lines.append(f"from: {mode} the step configured {read_marker(from_dir, step)['config_hash']}")
+        if mode == "copy":  # nothing of this run's configuration reaches a copy but what it goes with
+            return lines + [f"after {d}: {hashes[d]}" for d in DEPENDS[step]]
     if data is not None and (step in pipeline_data.SCOPES or step in ("generate", "evaluate")):
         lines.append(f"data: {data.kind} sha256:{fingerprint}, validation_fraction {data.validation_fraction}")
     if ctx.gin(step) is not None:
         lines.append(f"gin file: {step_gin(ctx.size, ctx.gin(step)[0])}")
+        if mode == "finetune":
+            lines.append(f"gin file: {FINETUNE_GIN}")
         with ctx.configured(step):
             lines += gin.config_str().splitlines()
     o = ctx.options
@@ -514,6 +582,8 @@ def run_pipeline(
     data: Optional[str] = None,
     validation_fraction: float = 0.1,
     min_captioned_clips: int = 16,
+    from_dir: Optional[str] = None,
+    reuse: Optional[Mapping[str, str]] = None,
     on_start: Optional[Callable[[str], None]] = None,
 ) -> dict:
     """Runs (or resumes) every step into `model_dir` and returns the summary written to
@@ -549,6 +619,10 @@ def run_pipeline(
       validation_fraction: with `data`, the share of clips hashed to validation where the data
         names no split.
       min_captioned_clips: with `data`, the fewest captioned training clips MuLan trains on.
+      from_dir: another pipeline directory whose finished steps this run reuses, per `reuse`.
+      reuse: {step: 'copy' | 'finetune' | 'train'} over FROM_DEFAULTS (with `from_dir`): copy the
+        step's result, train from its parameters (the step's gin decides steps and learning rate),
+        or train from scratch. The mode is part of each step's configuration and its marker.
       on_start: called with the absolute `model_dir` once it exists, before the first step (the CLI
         writes its gin config there).
     Returns:
@@ -576,6 +650,7 @@ def run_pipeline(
     if not seconds > 0 or num_prompts < 1:
         raise ValueError(f"seconds must be > 0 and num_prompts >= 1, got {seconds}, {num_prompts}")
     spec = pipeline_data.resolve(data, validation_fraction) if data is not None else None
+    reuse = _check_reuse(from_dir, reuse)
     model_dir = fileio.resolve(model_dir)
     options = dict(
         seconds=float(seconds),
@@ -592,7 +667,7 @@ def run_pipeline(
     fileio.makedirs(fileio.join(model_dir, "steps"))
     if on_start:  # before any step's gin clears the caller's configuration
         on_start(model_dir)
-    ctx = _Context(model_dir, size, step_bindings or {}, options, spec)
+    ctx = _Context(model_dir, size, step_bindings or {}, options, spec, from_dir and fileio.resolve(from_dir), reuse)
     configs: dict[str, list[str]] = {}
     hashes: dict[str, str] = {}
     for step in STEPS:  # parses every step's gin: a bad binding fails before any step runs
@@ -647,9 +722,14 @@ def run_pipeline(
             format_duration(time.perf_counter() - t_start),
         )
         t0 = time.perf_counter()
-        metrics = _evaluate(ctx, step, done) if step == "evaluate" else _STEP_FNS[step](ctx, step)
+        if step == "evaluate":
+            metrics = _evaluate(ctx, step, done)
+        else:
+            metrics = (_copy if ctx.mode(step) == "copy" else _STEP_FNS[step])(ctx, step)
         done[step] = {
             "step": step,
+            "mode": {"copy": "copied", "finetune": "fine-tuned"}.get(ctx.mode(step), "run")
+            + (f" from {ctx.from_dir}" if ctx.mode(step) != "train" else ""),
             "wall_s": time.perf_counter() - t0,
             "metrics": metrics,
             "config_hash": hashes[step],
@@ -670,6 +750,35 @@ def run_pipeline(
     return summary
 
 
+class ReuseError(ValueError):
+    """`from_dir` / `reuse` cannot be honoured (one line naming the step)."""
+
+
+def _check_reuse(from_dir: Optional[str], reuse: Optional[Mapping[str, str]]) -> dict[str, str]:
+    """FROM_DEFAULTS with `reuse` over them, checked against each other and against what
+    `from_dir` has finished (ValueError naming the step)."""
+    if from_dir is None:
+        if reuse:
+            raise ReuseError("reuse needs from_dir (the pipeline directory to reuse)")
+        return {}
+    modes = {**FROM_DEFAULTS, **(reuse or {})}
+    for step, mode in modes.items():
+        if step not in FROM_DEFAULTS:
+            raise ReuseError(f"reuse names {step!r}; steps that can be reused: {list(FROM_DEFAULTS)}")
+        if mode not in REUSE_MODES or (mode == "finetune" and step not in _TRAINED):
+            allowed = REUSE_MODES if step in _TRAINED else ("copy", "train")
+            raise ReuseError(f"reuse[{step!r}] = {mode!r}: one of {allowed}")
+        if mode == "copy" and step in _COPY_NEEDS and modes[_COPY_NEEDS[step]] != "copy":
+            raise ReuseError(
+                f"reuse[{step!r}] = 'copy' needs reuse[{_COPY_NEEDS[step]!r}] = 'copy' (it was fitted on that model)"
+            )
+        if mode != "train" and read_marker(fileio.resolve(from_dir), step) is None:
+            raise ReuseError(
+                f"from_dir {from_dir}: step {step} has not finished there (no steps/{step}.json) to {mode}"
+            )
+    return modes
+
+
 def _data_needs(ctx: _Context) -> dict[str, dict]:
     """What each step asks of the collection (pipeline_data.check), read from its gin files."""
 
@@ -681,8 +790,8 @@ def _data_needs(ctx: _Context) -> dict[str, dict]:
 
     needs = {}
     for step in STEPS:
-        if ctx.gin(step) is None or step in ("semantic_kmeans", "mulan_rvq"):  # the same data as w2v_bert / mulan
-            continue
+        if ctx.gin(step) is None or step in ("semantic_kmeans", "mulan_rvq") or ctx.mode(step) == "copy":
+            continue  # kmeans and RVQ read w2v_bert's and mulan's data; a copy reads none
         with ctx.configured(step):
             scopes = [scope for scope, _ in pipeline_data.SCOPES.get(step, ())] or ["stage_tokens"]
             crops = [
@@ -714,6 +823,7 @@ def _check_collection(ctx: _Context, min_captioned: int) -> None:
             format_duration(s["seconds"]),
             ", ".join(problems) or "nothing skipped or repaired",
         )
+    min_captioned = 0 if ctx.mode("mulan") == "copy" else min_captioned  # a copied MuLan needs no captions
     notes = pipeline_data.check(summary, _data_needs(ctx), min_captioned)
     val = summary["splits"]["validation"]
     if not ctx.options["prompts"] and val["captioned"] < 2:

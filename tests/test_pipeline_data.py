@@ -1,7 +1,9 @@
-"""`musiclm pipeline --data=PATH` (pipeline_data.py): every step on a folder of the user's own files
-(WAV, FLAC and MP3 with .txt / .json caption sidecars, some without, one corrupt), a rerun that
-resumes, what decides the data's part of each step's configuration, and collections that cannot
-feed a step stopped with one line before anything trains."""
+"""`musiclm pipeline --data=PATH --from=D` (pipeline_data.py, run_pipeline's from_dir / reuse): the
+steps on a folder of the user's own files (WAV, FLAC and MP3 with .txt / .json caption sidecars,
+some without, one corrupt), reusing the session's tiny pipeline three ways at once (codec copied,
+MuLan and the stages fine-tuned, w2v-BERT trained anew), a rerun that resumes, what decides the
+data's and the reuse's part of each step's configuration, and collections or reuses that cannot
+work stopped with one line before anything trains."""
 
 import json
 import os
@@ -17,9 +19,8 @@ from musiclm_jax.data import synthetic
 NUM_CLIPS = 64
 # Training steps cut to a few: the plumbing is under test here (test_pipeline checks that the
 # tiny pipeline learns); each model still trains, evaluates and checkpoints.
-FEW_STEPS = {
-    s: ["TRAIN_STEPS = 4"] for s in ("codec", "w2v_bert", "mulan", "semantic_stage", "coarse_stage", "fine_stage")
-}
+FEW_STEPS = {s: ["TRAIN_STEPS = 4"] for s in ("w2v_bert", "mulan", "semantic_stage", "coarse_stage", "fine_stage")}
+REUSE = {"codec": "copy", "w2v_bert": "train", "semantic_kmeans": "train", "mulan": "finetune", "mulan_rvq": "train"}
 
 
 def write_collection(folder, num_clips=NUM_CLIPS, captioned_every=1):
@@ -52,10 +53,10 @@ def collection(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def data_pipeline(collection, tmp_path_factory):
+def data_pipeline(collection, tiny_pipeline, tmp_path_factory):
     folder, _ = collection
     model_dir = str(tmp_path_factory.mktemp("own_music"))
-    summary = pipeline.run_pipeline(
+    kwargs = dict(
         model_dir=model_dir,
         size="tiny",
         seconds=1.0,
@@ -63,14 +64,17 @@ def data_pipeline(collection, tmp_path_factory):
         data=str(folder),
         validation_fraction=0.25,
         step_bindings=FEW_STEPS,
+        from_dir=tiny_pipeline[0],
+        reuse=REUSE,
     )
-    return model_dir, summary
+    return model_dir, pipeline.run_pipeline(**kwargs), kwargs
 
 
 @pytest.mark.slow
-def test_every_step_runs_on_the_folder_and_a_rerun_resumes(collection, data_pipeline, capsys):
+def test_every_step_runs_on_the_folder_and_a_rerun_resumes(collection, data_pipeline, tiny_pipeline, capsys):
     folder, captions = collection
-    model_dir, summary = data_pipeline
+    model_dir, summary, kwargs = data_pipeline
+    source = tiny_pipeline[0]
     data = json.loads((open(os.path.join(model_dir, pipeline_data.SUMMARY_FILE))).read())
     train, val = data["splits"]["train"], data["splits"]["validation"]
     assert train["clips"] + val["clips"] == NUM_CLIPS  # the corrupt MP3 and the PDF are skipped
@@ -81,10 +85,20 @@ def test_every_step_runs_on_the_folder_and_a_rerun_resumes(collection, data_pipe
     # the token cache holds the folder's clips, not the synthetic source's 48 + 8
     assert m["precompute"]["train"]["clips"] == train["clips"]
     assert m["precompute"]["validation"]["clips"] == val["clips"]
-    for name in ("codec", "w2v_bert", "mulan", "semantic_stage", "coarse_stage", "fine_stage"):
-        assert os.listdir(os.path.join(model_dir, name, "checkpoints"))
-    # MuLan's caption vocabulary came from the folder's captions
-    assert os.path.exists(os.path.join(model_dir, "mulan", "text_vocab", "captions.model"))
+    # each step as `reuse` said, and its marker says so
+    modes = {s: pipeline.read_marker(model_dir, s)["mode"] for s in pipeline.STEPS}
+    assert modes["codec"] == f"copied from {source}"
+    for s in ("mulan", "semantic_stage", "coarse_stage", "fine_stage"):
+        assert modes[s] == f"fine-tuned from {source}"
+    assert modes["w2v_bert"] == modes["precompute"] == "run"
+    ckpts = lambda d, name: sorted(os.listdir(os.path.join(d, name, "checkpoints")))  # noqa: E731
+    assert ckpts(model_dir, "codec") == ckpts(source, "codec")
+    for name in ("w2v_bert", "mulan", "semantic_stage", "coarse_stage", "fine_stage"):
+        assert ckpts(model_dir, name) == ["4"]  # FEW_STEPS, here
+    # fine-tuned MuLan kept the vocabulary its parameters' token ids belong to
+    vocab = ("mulan", "text_vocab", "captions.model")
+    with open(os.path.join(model_dir, *vocab), "rb") as a, open(os.path.join(source, *vocab), "rb") as b:
+        assert a.read() == b.read()
     # the prompts are the validation clips' own captions; the eval compares with those clips
     assert len(summary["prompts"]) == 3
     assert {p["caption"] for p in summary["prompts"]} <= set(captions.values())
@@ -96,17 +110,24 @@ def test_every_step_runs_on_the_folder_and_a_rerun_resumes(collection, data_pipe
     assert os.path.exists(summary["report"])
 
     capsys.readouterr()
-    pipeline.run_pipeline(
-        model_dir=model_dir,
-        size="tiny",
-        seconds=1.0,
-        num_prompts=3,
-        data=str(folder),
-        validation_fraction=0.25,
-        step_bindings=FEW_STEPS,
-    )
+    pipeline.run_pipeline(**kwargs)
     out = capsys.readouterr().out
     assert out.count("already done") == len(pipeline.STEPS) and "train step compiled" not in out
+
+
+def test_reuse_that_cannot_work_is_refused(tiny_pipeline, tmp_path, capsys):
+    source = tiny_pipeline[0]
+    with pytest.raises(pipeline.ReuseError, match="semantic_kmeans.*needs reuse\\['w2v_bert'\\] = 'copy'"):
+        pipeline.run_pipeline(model_dir=str(tmp_path), size="tiny", from_dir=source, reuse={"w2v_bert": "train"})
+    with pytest.raises(pipeline.ReuseError, match="one of"):
+        pipeline.run_pipeline(model_dir=str(tmp_path), size="tiny", from_dir=source, reuse={"mulan_rvq": "finetune"})
+    with pytest.raises(pipeline.ReuseError, match="needs from_dir"):
+        pipeline.run_pipeline(model_dir=str(tmp_path), size="tiny", reuse={"codec": "copy"})
+    with pytest.raises(pipeline.ReuseError, match="has not finished there"):
+        pipeline.run_pipeline(model_dir=str(tmp_path / "a"), size="tiny", from_dir=str(tmp_path / "empty"))
+    capsys.readouterr()
+    assert main.main(["pipeline", "--size=tiny", f"--model_dir={tmp_path / 'b'}", f"--from={tmp_path / 'nope'}"]) == 2
+    assert "has not finished there" in capsys.readouterr().err
 
 
 def test_the_data_line_follows_the_collection_not_its_path(collection, tmp_path):

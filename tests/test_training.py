@@ -1,6 +1,8 @@
 """Trainer: sharded steps agree with one device, checkpoints restore on any mesh, NaN stops; the
 loop's actions (NaN stop, periodic eval, eval media and warnings, a caller's own)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +13,7 @@ from musiclm_jax.data.input_pipeline import DatasetConfig
 from musiclm_jax.models.base import BaseModel
 from musiclm_jax.models.stages import StageModel
 from musiclm_jax.training import actions as actions_lib
-from musiclm_jax.training import checkpoints
+from musiclm_jax.training import checkpoints, optimizers
 from musiclm_jax.training.actions import ActionMode, BaseAction
 from musiclm_jax.training.optimizers import OptimizerConfig, make_schedule
 from musiclm_jax.training.partitioning import Partitioner, create_mesh
@@ -355,3 +357,28 @@ def test_sigterm_saves_the_step_reached_and_stops(tmp_path, capsys):
     assert checkpoints.Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [4]
     assert "stopped at step 4 by SIGTERM" in capsys.readouterr().out
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is the loop's only
+
+
+def test_frozen_parameters_keep_their_bits_and_get_no_optimiser_state(tiny_stage_config):
+    """OptimizerConfig.frozen (fine-tuning part of a model): the matched parameters are unchanged
+    bit for bit, the rest train, and Adam keeps moments only for the trained ones."""
+    frozen = OptimizerConfig(learning_rate=3e-3, warmup_steps=0, frozen=("token_embed", "layers_0"))
+    model = StageModel(dataclasses.replace(tiny_stage_config, scan_layers=False))
+    trainer = _trainer(model, (1, 1, 1), devices=jax.devices()[:1], opt=frozen)
+    start = jax.device_get(trainer.init_state(trainer.rng(0)))
+    state, metrics = _run_steps(trainer, 3)
+    assert np.isfinite(metrics["loss"])
+
+    def flat(tree):
+        return {optimizers.param_path(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+    before, after = flat(start.params), flat(state.params)
+    for name in before:
+        kept = np.array_equal(before[name], after[name])
+        assert kept == ("token_embed" in name or "layers_0" in name), name
+    full = _trainer(model, (1, 1, 1), devices=jax.devices()[:1])
+    count = lambda s: sum(x.size for x in jax.tree.leaves(s.opt_state))  # noqa: E731
+    frozen_size = sum(v.size for k, v in before.items() if "token_embed" in k or "layers_0" in k)
+    assert count(full.abstract_state) - count(trainer.abstract_state) == 2 * frozen_size  # Adam's two moments
+    with pytest.raises(ValueError, match="matches no parameter"):
+        _trainer(model, (1, 1, 1), devices=jax.devices()[:1], opt=OptimizerConfig(frozen=("no_such_layer",)))

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Optional
+import re
+from typing import Any, Mapping, Optional
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -23,8 +26,18 @@ class OptimizerConfig:
     weight_decay: float = 0.01
     clip_grad_norm: Optional[float] = 1.0
     ema_decay: Optional[float] = None  # keep an EMA of the parameters when set
+    # Parameters kept as they are (fine-tuning part of a model): regular expressions searched in
+    # each parameter's path ('audio_tower/stem/kernel', 'layers/attention/query/kernel', ...).
+    # They get no update and no optimiser state, and are left out of gradient clipping.
+    frozen: tuple = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "frozen", tuple(self.frozen))
+        for pattern in self.frozen:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"OptimizerConfig.frozen: {pattern!r} is not a regular expression: {e}") from e
         if self.name not in ("adamw", "adafactor"):
             raise ValueError(f"OptimizerConfig.name must be 'adamw' or 'adafactor', got {self.name!r}")
         if self.schedule not in ("cosine", "rsqrt", "constant"):
@@ -73,7 +86,36 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> tuple[optax.Gradie
             eps=1e-30,
         )
     chain = [optax.clip_by_global_norm(cfg.clip_grad_norm)] if cfg.clip_grad_norm else []
-    return optax.chain(*chain, core), schedule
+    tx = optax.chain(*chain, core)
+    if cfg.frozen:
+        tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, _frozen_labels(cfg.frozen))
+    return tx, schedule
+
+
+def param_path(path) -> str:
+    """'a/b/kernel' for a jax tree path."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def _frozen_labels(patterns: tuple):
+    compiled = [re.compile(p) for p in patterns]
+
+    def labels(params: Any):
+        def label(path, _):
+            name = param_path(path)
+            return "frozen" if any(p.search(name) for p in compiled) else "trained"
+
+        # A parameter boxed with its logical axes (flax's Partitioned) is one leaf: the labels then
+        # fit the boxed tree (the trainer's abstract init) and the unboxed one alike.
+        tree = jax.tree_util.tree_map_with_path(label, params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+        if "trained" not in jax.tree.leaves(tree):
+            raise ValueError(f"OptimizerConfig.frozen {patterns} matches every parameter: nothing would train")
+        if "frozen" not in jax.tree.leaves(tree):
+            example = param_path(jax.tree_util.tree_flatten_with_path(params)[0][0][0])
+            raise ValueError(f"OptimizerConfig.frozen {patterns} matches no parameter (paths look like {example!r})")
+        return tree
+
+    return labels
 
 
 def by_group(optimizers: Mapping[str, optax.GradientTransformation]) -> optax.GradientTransformation:

@@ -235,8 +235,13 @@ class Partitioner:
         return int(np.prod([self.mesh.shape[a] for a in axes]))
 
     def logical_to_sharding(self, logical_specs: Any) -> Any:
-        """A tree of logical PartitionSpecs -> the same tree of NamedShardings on this mesh."""
-        return nn.logical_to_mesh_sharding(logical_specs, self.mesh, self.logical_axis_rules)
+        """A tree of logical PartitionSpecs -> the same tree of NamedShardings on this mesh (empty
+        nodes, such as optax's MaskedNode for a frozen parameter's state, stay as they are)."""
+        return jax.tree.map(
+            lambda spec: nn.logical_to_mesh_sharding(spec, self.mesh, self.logical_axis_rules),
+            logical_specs,
+            is_leaf=lambda x: isinstance(x, PartitionSpec),
+        )
 
     def shardings_for(self, abstract_tree: Any, logical_specs: Any) -> Any:
         """Mesh shardings for arrays with the given logical specs. A dimension that the mesh
