@@ -108,14 +108,19 @@ def export_checkpoint(
 
     if step is None:
         step = model_io.latest_step(model_dir)
-    kind = model_io.read_spec(model_dir)["model"]
+    spec = model_io.read_spec(model_dir)
+    kind, files_from, lora = spec["model"], model_dir, None
+    if kind == "LoRAModel":  # adapters merged into the base: the export is a plain model of the base's kind
+        lora = {k: spec["config"][k] for k in ("base_dir", "rank", "alpha", "targets")}
+        files_from = spec["config"]["base_dir"]
+        kind = model_io.read_spec(files_from)["model"]
     _, params = model_io.load(model_dir, step)
     if dtype is not None:
         target = jnp.dtype(dtype)
         params = jax.tree.map(lambda x: x.astype(target) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
     _fresh_dir(output_dir)
     for name in COPIED:
-        src = fileio.join(model_dir, name)
+        src = fileio.join(files_from, name)
         if fileio.isdir(src):
             fileio.copytree(src, fileio.join(output_dir, name))
         elif fileio.exists(src):
@@ -135,6 +140,7 @@ def export_checkpoint(
             "source": fileio.resolve(model_dir),
             "step": int(step),
             "dtype": str(dtype) if dtype else "as trained",
+            **({"merged_lora": lora} if lora else {}),
         },
     )
 

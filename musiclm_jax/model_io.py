@@ -96,6 +96,8 @@ def load(model_dir: str, step: Optional[int] = None, *, kind: Optional[str] = No
     """
     spec = read_spec(model_dir)
     name = spec.get("model")
+    if name == "LoRAModel":  # a LoRA directory: its base model, adapters merged in
+        return _load_lora(model_dir, spec["config"], step, kind)
     if kind is not None and name != kind:
         raise ValueError(f"{fileio.join(model_dir, MODEL_FILE)} describes a {name!r} model, not {kind}")
     if name not in KINDS:
@@ -114,6 +116,27 @@ def load(model_dir: str, step: Optional[int] = None, *, kind: Optional[str] = No
         source = fileio.join(source, str(step))
     params, _ = checkpoints.restore_params(source, abstract)
     return model, params
+
+
+def _load_lora(model_dir: str, config: Mapping, step: Optional[int], kind: Optional[str]) -> tuple[BaseModel, dict]:
+    from musiclm_jax.models import lora
+
+    base_model, base_params = load(config["base_dir"], config.get("step"), kind=kind)
+    model = lora.LoRAModel(
+        config["base_dir"], config["rank"], config["alpha"], tuple(config["targets"]), config.get("step")
+    )
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def init():
+        shapes = KINDS[model.base_kind].init_shapes(base_model)
+        return unbox(model.get_initial_variables(jax.random.PRNGKey(0), shapes)["params"][lora.ADAPTERS])
+
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), jax.eval_shape(init))
+    source = fileio.join(model_dir, "checkpoints")
+    if step is not None:
+        source = fileio.join(source, str(step))
+    saved, _ = checkpoints.restore_params(source, {lora.ADAPTERS: abstract})
+    return base_model, model.merged({lora.ADAPTERS: saved[lora.ADAPTERS], lora.BASE: base_params})
 
 
 def latest_step(model_dir: str) -> int:

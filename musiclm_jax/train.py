@@ -78,11 +78,17 @@ def train(
     if train_steps <= 0:
         raise ValueError(f"train_steps must be positive, got {train_steps}")
     model_dir, partitioner = start_run(model_dir, partitioner, on_start=None)
+    frozen = model.frozen_params_source()  # (key, checkpoint dir): read at every start, never saved
+    if frozen and restore_params_from:
+        raise ValueError(
+            f"{type(model).__name__} reads its {frozen[0]!r} parameters from {frozen[1]}: no restore_params_from"
+        )
     ckpt = checkpoints.Checkpointer(
         fileio.join(model_dir, "checkpoints"),
         save_every=checkpoint_period,
         keep=keep_checkpoints,
         async_save=async_checkpointing,
+        exclude=(frozen[0],) if frozen else (),
     )
     latest = ckpt.latest_step()
     change = check_model_config(model_dir, model.config_dict(), allow_change=allow_config_change, step=latest)
@@ -122,6 +128,11 @@ def train(
             params, step = checkpoints.restore_params(restore_params_from, trainer.abstract_state.params)
             state = state.replace(params=params)
             summaries.log("initialised parameters from %s (step %d)", restore_params_from, step)
+    if frozen:
+        key, source = frozen
+        values, step = checkpoints.restore_params(source, trainer.abstract_state.params[key])
+        state = state.replace(params={**state.params, key: values})
+        summaries.log("read the %s parameters from %s (step %d); they are not trained or saved", key, source, step)
 
     start_step = int(jax.device_get(state.step))
     summaries.log(

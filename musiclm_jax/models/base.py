@@ -28,6 +28,7 @@ class BaseModel(abc.ABC):
       optimizer_groups + custom_train_step  a training that is not one loss and one optimiser
       flops_per_example                      MFU when XLA cannot count the step's FLOPs
       requires_trained_params                refuse a fresh init (fine-tuning only)
+      frozen_params_source                   a parameter subtree read from elsewhere, never saved
       config_dict                            MODEL_DIR/model.json, to rebuild the model without gin
     Optional eval reporting, one protocol (defaults: report nothing beyond eval_fn's metrics):
       eval_outputs + summarize_eval_outputs  metrics over the whole eval pool (e.g. retrieval)
@@ -142,6 +143,12 @@ class BaseModel(abc.ABC):
           None (the default) if a fresh init is fine; else why not, the start of the error
           train raises when it would initialise from scratch.
         """
+        return None
+
+    def frozen_params_source(self) -> Optional[tuple[str, str]]:
+        """(top-level parameter key, checkpoint directory) of parameters that are read, never
+        trained or saved: the trainer loads that subtree from the directory at every start and
+        resume and leaves it out of its checkpoints (LoRA's base model). None: none."""
         return None
 
     def config_dict(self) -> Optional[dict]:

@@ -31,9 +31,21 @@ def _state_item(state: TrainState) -> dict:
 
 
 class Checkpointer:
-    def __init__(self, directory: str, *, save_every: int = 1000, keep: Optional[int] = 3, async_save: bool = True):
+    """`exclude`: top-level parameter keys not saved (read from elsewhere: BaseModel.
+    frozen_params_source); `restore` returns them as the abstract state's ShapeDtypeStructs."""
+
+    def __init__(
+        self,
+        directory: str,
+        *,
+        save_every: int = 1000,
+        keep: Optional[int] = 3,
+        async_save: bool = True,
+        exclude: tuple = (),
+    ):
         self.directory = fileio.resolve(directory)
         self.save_every = save_every
+        self.exclude = tuple(exclude)
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -58,7 +70,7 @@ class Checkpointer:
         self._manager.save(
             step,
             args=ocp.args.Composite(
-                params=ocp.args.StandardSave(state.params),
+                params=ocp.args.StandardSave(self._saved(state.params)),
                 state=ocp.args.StandardSave(_state_item(state)),
                 data=ocp.args.JsonSave(data_state),
             ),
@@ -71,14 +83,20 @@ class Checkpointer:
         out = self._manager.restore(
             step,
             args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(abstract_state.params),
+                params=ocp.args.StandardRestore(self._saved(abstract_state.params)),
                 state=ocp.args.StandardRestore(_state_item(abstract_state)),
                 data=ocp.args.JsonRestore(),
             ),
         )
         s = out["state"]
-        state = TrainState(step=s["step"], params=out["params"], opt_state=s["opt_state"], ema_params=s["ema_params"])
+        params = (
+            {**out["params"], **{k: abstract_state.params[k] for k in self.exclude}} if self.exclude else out["params"]
+        )
+        state = TrainState(step=s["step"], params=params, opt_state=s["opt_state"], ema_params=s["ema_params"])
         return state, dict(out["data"] or {})
+
+    def _saved(self, params):
+        return {k: v for k, v in params.items() if k not in self.exclude} if self.exclude else params
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

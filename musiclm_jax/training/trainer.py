@@ -121,7 +121,19 @@ class Trainer:
     def model_info(self) -> str:
         """Returns the text of MODEL_DIR/model-info.txt: the parameter count, the mesh, and every
         parameter's shape, dtype, logical axes and mesh sharding."""
-        lines = [f"parameters: {self.param_count():,}", f"mesh: {dict(self.partitioner.mesh.shape)}", ""]
+        opt_values = sum(x.size for x in jax.tree.leaves(self.abstract_state.opt_state))
+        opt_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(self.abstract_state.opt_state))
+        frozen = [k for k, v in (self.model.optimizer_groups() or {}).items() if v is None]
+        frozen_count = sum(x.size for k in frozen for x in jax.tree.leaves(self.abstract_state.params[k]))
+        lines = [
+            f"parameters: {self.param_count():,}",
+            f"trained parameters: {self.param_count() - frozen_count:,}"
+            + (f" (no optimiser: {', '.join(frozen)})" if frozen else ""),
+            f"optimiser state: {opt_values:,} values, {opt_bytes / 2**20:.1f} MiB "
+            f"(Adam over every parameter: {2 * self.param_count() * 4 / 2**20:.1f} MiB)",
+            f"mesh: {dict(self.partitioner.mesh.shape)}",
+            "",
+        ]
         flat_abstract = jax.tree_util.tree_flatten_with_path(self.abstract_state.params)[0]
         flat_logical = jax.tree.leaves(
             self.logical_specs.params, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
