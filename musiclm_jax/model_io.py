@@ -118,6 +118,18 @@ def load(model_dir: str, step: Optional[int] = None, *, kind: Optional[str] = No
     return model, params
 
 
+def artifact_path(model_dir: str, relative: str) -> str:
+    """model_dir/relative (a caption vocabulary, an RVQ, a k-means); for a LoRA directory without
+    it, its base directory's (the adapters change neither)."""
+    path = fileio.join(model_dir, *relative.split("/"))
+    if fileio.exists(path) or not fileio.exists(fileio.join(model_dir, MODEL_FILE)):
+        return path
+    spec = read_spec(model_dir)
+    if spec.get("model") == "LoRAModel":
+        return artifact_path(spec["config"]["base_dir"], relative)
+    return path
+
+
 def _load_lora(model_dir: str, config: Mapping, step: Optional[int], kind: Optional[str]) -> tuple[BaseModel, dict]:
     from musiclm_jax.models import lora
 

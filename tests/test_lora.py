@@ -132,3 +132,29 @@ def test_bad_lora_configs_are_refused(trained):
         )
     with pytest.raises(FileNotFoundError):
         LoRAModel(str(root / "nowhere"))
+
+
+def test_a_lora_mulan_directory_reads_the_base_vocabulary_and_rvq(tokenizer_model_dirs, tmp_path):
+    """Text-tower adapters on the session's random-init tiny MuLan: the LoRA directory holds only
+    adapters and model.json; the tokenizer finds the caption vocabulary and the RVQ in the base
+    directory, and with fresh adapters (B = 0) it embeds and tokenizes like the base."""
+    from musiclm_jax.tokenizers.mulan import MuLanTokenizer
+    from musiclm_jax.training import checkpoints
+    from musiclm_jax.training.partitioning import unbox
+    from musiclm_jax.training.train_state import TrainState
+
+    base_dir = tokenizer_model_dirs["mulan_dir"]
+    targets = (r"text_tower/.*attention/(query|key|value|out)$", r"text_tower/.*mlp/[^/]*/kernel$")
+    lora = LoRAModel(base_dir, rank=2, targets=targets)
+    params = unbox(
+        lora.get_initial_variables(jax.random.key(0), {"audio": (1, 32000), "text_tokens": (1, 32)})["params"]
+    )
+    assert params[ADAPTERS] and all(k.startswith("text_tower.") for k in params[ADAPTERS])
+    (tmp_path / "model.json").write_text(json.dumps(lora.config_dict()))
+    ckpt = checkpoints.Checkpointer(str(tmp_path / "checkpoints"), save_every=1, async_save=False, exclude=(BASE,))
+    ckpt.save(1, TrainState(step=np.int32(1), params=params, opt_state={}), {})
+    ckpt.close()
+    base, adapted = MuLanTokenizer.from_model_dir(base_dir), MuLanTokenizer.from_model_dir(str(tmp_path))
+    texts = ["a slow piano ballad", "fast drums and bass"]
+    np.testing.assert_allclose(adapted.embed_text(texts), base.embed_text(texts), atol=1e-6)
+    np.testing.assert_array_equal(adapted.text_tokens(texts), base.text_tokens(texts))

@@ -95,7 +95,7 @@ class MuLanEmbedder:
         from musiclm_jax.data.text_vocab import load_caption_vocabulary  # seqio: loaded when needed
 
         model, params = model_io.load(model_dir, step, kind="MuLan")
-        vocab_path = fileio.join(model_dir, *VOCAB_PATH.split("/"))
+        vocab_path = model_io.artifact_path(model_dir, VOCAB_PATH)
         vocabulary = load_caption_vocabulary(_local_file(vocab_path)) if fileio.exists(vocab_path) else None
         return cls(model, params, vocabulary, **kwargs)
 
@@ -226,7 +226,7 @@ class MuLanTokenizer(MuLanEmbedder):
           ExportError: `model_dir` is an export whose files changed.
         """
         embedder = MuLanEmbedder.from_model_dir(model_dir, step=step)
-        codebooks, _ = load_rvq(rvq_dir or fileio.join(model_dir, RVQ_DIR))
+        codebooks, _ = load_rvq(rvq_dir or model_io.artifact_path(model_dir, RVQ_DIR))
         return cls(embedder.model, embedder.params, embedder.vocabulary, codebooks, **kwargs)
 
     @property
