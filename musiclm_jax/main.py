@@ -138,8 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--size",
         choices=("tiny", "small"),
-        default="small",
-        help="pipeline: the packaged pipeline/<size>.gin when no --gin_file is given",
+        help="pipeline: the packaged pipeline/<size>.gin (default small), layered under any --gin_file",
     )
     p.add_argument("--dtype", help="export: cast floating parameters, e.g. bfloat16 (default: as trained)")
     p.add_argument("--verbose", action="store_true", help="show library logs")
@@ -155,8 +154,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     if args.mode == "pipeline" and not args.model_dir:
         return _usage_error("pipeline needs --model_dir")
-    if args.mode == "pipeline" and not args.gin_file:
-        args.gin_file = [f"pipeline/{args.size}.gin"]
+    if args.mode == "pipeline":
+        data_gins = [f for f in args.gin_file if f.replace("\\", "/").lstrip("./").startswith(("data/", "gin/data/"))]
+        if data_gins:  # no pipeline step reads the task a data gin registers: it would be ignored
+            return _usage_error(
+                f"pipeline: {data_gins[0]} registers a task that no pipeline step reads; give the collection "
+                "itself: --data=FOLDER or --data=MANIFEST.jsonl"
+            )
+        # The size's packaged pipeline gin first, the user's files and bindings over it.
+        args.gin_file = [f"pipeline/{args.size or 'small'}.gin", *args.gin_file]
     if args.mode == "export" and args.model_dir and not args.gin_file:
         return _export_one(args)
     if not args.gin_file and args.mode != "inspect":
@@ -331,9 +337,13 @@ def _run_mode(args, configurables, gin_utils) -> int:
             print(f"{s['file']}: {s['prompt']!r}{score}")
         return 0
     if args.mode == "pipeline":
+        import gin
         from musiclm_jax import pipeline, pipeline_data
         from musiclm_jax.train import StoppedBySignal
 
+        bound = gin.query_parameter("run_pipeline.size")
+        if args.size and bound != args.size:  # a user gin file set another size over --size's
+            return _usage_error(f"pipeline: --size={args.size}, but a --gin_file binds run_pipeline.size = {bound!r}")
         try:
             data = {"data": args.data} if args.data else {}
             if args.from_dir:

@@ -199,3 +199,15 @@ def test_a_manifest_names_its_splits(tmp_path):
     manifest.write_text("\n".join(line.replace('"test"', '"train"') for line in lines) + "\n")
     with pytest.raises(pipeline_data.DataError, match="validation"):
         pipeline_data.scan(pipeline_data.resolve(str(manifest)), str(tmp_path), progress=False)
+
+
+def test_the_cli_refuses_a_data_gin_and_a_size_it_would_not_honour(tmp_path, capsys):
+    """A data gin's task is read by no pipeline step (the pipeline takes --data), and --size layers
+    under the user's gin files: a file that sets another size is refused, not silently obeyed."""
+    d = str(tmp_path / "run")
+    manifest = ["--gin_file=data/manifest.gin", "--gin.MANIFEST='/data/music.jsonl'"]
+    assert main.main(["pipeline", "--size=tiny", f"--model_dir={d}", *manifest]) == 2
+    assert "--data=FOLDER or --data=MANIFEST.jsonl" in capsys.readouterr().err
+    assert main.main(["pipeline", "--size=tiny", f"--model_dir={d}", "--gin_file=pipeline/small.gin"]) == 2
+    assert "--size=tiny, but a --gin_file binds run_pipeline.size = 'small'" in capsys.readouterr().err
+    assert not os.path.exists(d)
