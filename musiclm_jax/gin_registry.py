@@ -6,14 +6,15 @@ and `MODEL = @StageModel()`. Names are also reachable with their module prefix
 """
 
 import gin
-from musiclm_jax.models import lora, stages, token_layout
+from musiclm_jax import model_io
+from musiclm_jax.models import stages, token_layout
 
 _MODULE = "musiclm_jax.models"
 
 TokenLayout = gin.external_configurable(token_layout.TokenLayout, module=_MODULE)
 StageConfig = gin.external_configurable(stages.StageConfig, module=_MODULE)
 StageModel = gin.external_configurable(stages.StageModel, module=_MODULE)
-LoRAModel = gin.external_configurable(lora.LoRAModel, module=_MODULE)
+LoRAModel = gin.external_configurable(model_io.lora_model, "LoRAModel", module=_MODULE)
 
 # SoundStream (the codec) and its building blocks' configs.
 from musiclm_jax.models import soundstream  # noqa: E402

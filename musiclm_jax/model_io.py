@@ -26,6 +26,7 @@ import jax
 
 from musiclm_jax import fileio
 from musiclm_jax.models.base import BaseModel
+from musiclm_jax.models.lora import DEFAULT_TARGETS as DEFAULT_LORA_TARGETS
 from musiclm_jax.models.mulan import MuLan, MuLanConfig
 from musiclm_jax.models.soundstream import SoundStream, SoundStreamConfig
 from musiclm_jax.models.stages import StageConfig, StageModel
@@ -130,12 +131,30 @@ def artifact_path(model_dir: str, relative: str) -> str:
     return path
 
 
+def lora_model(
+    base_dir: str,
+    rank: int = 8,
+    alpha: float = 16.0,
+    targets: Sequence[str] = DEFAULT_LORA_TARGETS,
+    step: Optional[int] = None,
+) -> BaseModel:
+    """LoRA adapters (models/lora.py) on the model of a trained directory, rebuilt from its
+    model.json (gin: `LoRAModel`, runs/lora.gin)."""
+    from musiclm_jax.models import lora
+
+    spec = read_spec(base_dir)
+    if spec.get("model") not in KINDS:
+        raise ValueError(f"LoRA base {base_dir} is a {spec.get('model')!r} model; LoRA adapts {sorted(KINDS)}")
+    base = KINDS[spec["model"]].build(spec["config"])
+    return lora.LoRAModel(base, fileio.resolve(base_dir), rank, alpha, targets, step, spec["model"])
+
+
 def _load_lora(model_dir: str, config: Mapping, step: Optional[int], kind: Optional[str]) -> tuple[BaseModel, dict]:
     from musiclm_jax.models import lora
 
     base_model, base_params = load(config["base_dir"], config.get("step"), kind=kind)
     model = lora.LoRAModel(
-        config["base_dir"], config["rank"], config["alpha"], tuple(config["targets"]), config.get("step")
+        base_model, config["base_dir"], config["rank"], config["alpha"], tuple(config["targets"]), config.get("step")
     )
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 

@@ -27,6 +27,8 @@ MAY_IMPORT = {
     "fileio": set(),
     "gin_utils": {"fileio"},
     "run_setup": {"training", "fileio"},
+    # The pipeline's data path: a user's collection as sources, scanned and checked.
+    "pipeline_data": {"audio", "data", "fileio"},
 }
 
 

@@ -15,7 +15,7 @@ from model_dirs import save_random_model
 from musiclm_jax import export, model_io
 from musiclm_jax.data import token_tasks
 from musiclm_jax.data.input_pipeline import DatasetConfig
-from musiclm_jax.models.lora import ADAPTERS, BASE, DEFAULT_TARGETS, LoRAModel
+from musiclm_jax.models.lora import ADAPTERS, BASE, DEFAULT_TARGETS
 from musiclm_jax.models.stages import StageConfig, StageModel
 from musiclm_jax.models.token_layout import TokenLayout
 from musiclm_jax.train import train
@@ -36,7 +36,7 @@ def trained(tmp_path_factory):
         StageModel(StageConfig(**SIZE, layout=LAYOUT)),
         {"mulan_tokens": (1, 12), "semantic_tokens": (1, 24)},
     )
-    lora = LoRAModel(str(root / "base"), rank=8, alpha=16.0, targets=(*DEFAULT_TARGETS, "logits/kernel$"))
+    lora = model_io.lora_model(str(root / "base"), rank=8, alpha=16.0, targets=(*DEFAULT_TARGETS, "logits/kernel$"))
     state = train(
         model=lora,
         model_dir=str(root / "adapters"),
@@ -125,13 +125,13 @@ def test_the_directory_loads_merged_as_its_base_kind_and_exports(trained, tmp_pa
 def test_bad_lora_configs_are_refused(trained):
     root, *_ = trained
     with pytest.raises(ValueError, match="rank"):
-        LoRAModel(str(root / "base"), rank=0)
+        model_io.lora_model(str(root / "base"), rank=0)
     with pytest.raises(ValueError, match="match no kernel"):
-        LoRAModel(str(root / "base"), targets=("conv_.*",)).get_initial_variables(
+        model_io.lora_model(str(root / "base"), targets=("conv_.*",)).get_initial_variables(
             jax.random.key(0), {"mulan_tokens": (1, 12), "semantic_tokens": (1, 24)}
         )
     with pytest.raises(FileNotFoundError):
-        LoRAModel(str(root / "nowhere"))
+        model_io.lora_model(str(root / "nowhere"))
 
 
 def test_a_lora_mulan_directory_reads_the_base_vocabulary_and_rvq(tokenizer_model_dirs, tmp_path):
@@ -145,7 +145,7 @@ def test_a_lora_mulan_directory_reads_the_base_vocabulary_and_rvq(tokenizer_mode
 
     base_dir = tokenizer_model_dirs["mulan_dir"]
     targets = (r"text_tower/.*attention/(query|key|value|out)$", r"text_tower/.*mlp/[^/]*/kernel$")
-    lora = LoRAModel(base_dir, rank=2, targets=targets)
+    lora = model_io.lora_model(base_dir, rank=2, targets=targets)
     params = unbox(
         lora.get_initial_variables(jax.random.key(0), {"audio": (1, 32000), "text_tokens": (1, 32)})["params"]
     )

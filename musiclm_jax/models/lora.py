@@ -1,8 +1,8 @@
 """LoRA (Hu et al., 2021) for any trained model directory: low-rank adapters on chosen kernels.
 
-    model = LoRAModel(base_dir="/runs/coarse_stage", rank=8, alpha=16.0)   # gin: runs/lora.gin
+    model = model_io.lora_model("/runs/coarse_stage", rank=8, alpha=16.0)   # gin: runs/lora.gin
 
-The base model is rebuilt from base_dir/model.json and its parameters are read from
+The base model is rebuilt from base_dir/model.json (model_io) and its parameters are read from
 base_dir/checkpoints: they are never trained, optimised or checkpointed here. Each kernel whose
 path matches one of `targets` (regular expressions, e.g. 'attention/(query|key|value)/kernel')
 gets A [..., in, rank] (normal, std 1/sqrt(in)) and B [..., rank, out] (zeros, so training starts
@@ -32,6 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from musiclm_jax import fileio
 from musiclm_jax.models.base import BaseModel, Batch, Metrics, Variables
 
 # The stages' and MuLan's attention projections and feed-forward kernels.
@@ -61,27 +62,25 @@ class LoRAModel(BaseModel):
 
     def __init__(
         self,
+        base: BaseModel,
         base_dir: str,
         rank: int = 8,
         alpha: float = 16.0,
         targets: Sequence[str] = DEFAULT_TARGETS,
         step: Optional[int] = None,
+        base_kind: Optional[str] = None,
     ):
-        from musiclm_jax import model_io  # model_io registers this kind: imported lazily
-
+        """`base`: the model of `base_dir` (model_io.lora_model rebuilds it from model.json);
+        `step`: the base checkpoint to read (None: the latest)."""
         if rank < 1:
             raise ValueError(f"LoRA rank must be >= 1, got {rank}")
         if not targets:
             raise ValueError("LoRA needs at least one target pattern")
-        self.base_dir, self.rank, self.alpha, self.step = base_dir, int(rank), float(alpha), step
+        self.base, self.base_dir, self.rank, self.alpha, self.step = base, base_dir, int(rank), float(alpha), step
+        self.base_kind = base_kind or type(base).__name__
         self.targets = tuple(targets)
         self._patterns = [re.compile(t) for t in self.targets]
-        spec = model_io.read_spec(base_dir)
-        if spec["model"] not in model_io.KINDS:
-            raise ValueError(f"LoRA base {base_dir} is a {spec['model']!r} model; LoRA adapts {sorted(model_io.KINDS)}")
-        self.base_kind = spec["model"]
-        self.base = model_io.KINDS[self.base_kind].build(spec["config"])
-        self.FEATURE_DTYPES = self.base.FEATURE_DTYPES
+        self.FEATURE_DTYPES = base.FEATURE_DTYPES
 
     @property
     def scale(self) -> float:
@@ -153,8 +152,6 @@ class LoRAModel(BaseModel):
         return {ADAPTERS: {}, BASE: None}  # None: no optimiser, no state (training/optimizers.py)
 
     def frozen_params_source(self) -> Optional[tuple[str, str]]:
-        from musiclm_jax import fileio
-
         source = fileio.join(self.base_dir, "checkpoints")
         return BASE, source if self.step is None else fileio.join(source, str(self.step))
 
