@@ -25,7 +25,7 @@ from musiclm_jax.training.partitioning import Partitioner
 LAYOUT = TokenLayout(streams=(("mulan", 12, 32), ("semantic", 1, 1024)))  # the task permutes 1024 codes
 SIZE = dict(num_layers=2, num_heads=4, head_dim=16, d_model=64, d_ff=128, dropout_rate=0.0, cond_dropout_rate=0.0)
 FEATURES = {"mulan_tokens": 12, "semantic_tokens": 24}
-STEPS = 200
+STEPS = 100
 
 
 @pytest.fixture(scope="module")
