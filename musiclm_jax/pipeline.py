@@ -297,12 +297,13 @@ def _copy(ctx: _Context, step: str) -> dict:
                 fileio.copytree(child, fileio.join(dst, name))
             else:
                 fileio.copy(child, fileio.join(dst, name))
-    metrics = dict(read_marker(ctx.from_dir, step)["metrics"])
-    if "model_dir" in metrics:
-        metrics["model_dir"] = ctx.dirs[step]
-    if "cache_dir" in metrics:
-        metrics["cache_dir"] = ctx.dirs["tokens"]
-    return metrics
+
+    def here(value):  # the other run's paths in the metrics (model_dir, cache_dir, ...), as this run's
+        if isinstance(value, str) and value.startswith(ctx.from_dir + "/"):
+            return ctx.model_dir + value[len(ctx.from_dir) :]
+        return value
+
+    return {k: here(v) for k, v in read_marker(ctx.from_dir, step)["metrics"].items()}
 
 
 def _train(ctx: _Context, step: str) -> dict:

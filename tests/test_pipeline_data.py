@@ -211,3 +211,16 @@ def test_the_cli_refuses_a_data_gin_and_a_size_it_would_not_honour(tmp_path, cap
     assert main.main(["pipeline", "--size=tiny", f"--model_dir={d}", "--gin_file=pipeline/small.gin"]) == 2
     assert "--size=tiny, but a --gin_file binds run_pipeline.size = 'small'" in capsys.readouterr().err
     assert not os.path.exists(d)
+
+
+def test_copied_steps_bring_their_own_outputs_only(tiny_pipeline, tmp_path):
+    source = tiny_pipeline[0]
+    ctx = pipeline._Context(str(tmp_path), "tiny", {}, {}, None, source, pipeline.FROM_DEFAULTS)
+    w2v = pipeline._copy(ctx, "w2v_bert")
+    assert not (tmp_path / "w2v_bert" / "kmeans").exists()  # the k-means step's to copy
+    assert w2v["model_dir"] == str(tmp_path / "w2v_bert")
+    pipeline._copy(ctx, "semantic_kmeans")
+    assert (tmp_path / "w2v_bert" / "kmeans" / "kmeans.npz").exists()
+    assert sorted(os.listdir(tmp_path / "w2v_bert" / "checkpoints")) == sorted(
+        os.listdir(os.path.join(source, "w2v_bert", "checkpoints"))
+    )
