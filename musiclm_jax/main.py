@@ -130,6 +130,12 @@ def _parser() -> argparse.ArgumentParser:
         "(captions in <name>.txt or <name>.json beside each) or a JSONL manifest",
     )
     p.add_argument(
+        "--plan",
+        action="store_true",
+        help="pipeline: print what each step would do (skip, resume, rerun, run, copy, fine-tune; model, "
+        "parameters, steps, batch) and the data's clip counts, then stop without running a step",
+    )
+    p.add_argument(
         "--from",
         dest="from_dir",
         help="pipeline: reuse another pipeline directory's models: copy the tokenizers, fine-tune the stages "
@@ -348,6 +354,8 @@ def _run_mode(args, configurables, gin_utils) -> int:
             data = {"data": args.data} if args.data else {}
             if args.from_dir:
                 data["from_dir"] = args.from_dir
+            if args.plan:
+                data["plan"] = True
             summary = configurables.run_pipeline(
                 model_dir=args.model_dir, on_start=lambda d: gin_utils.write_config(d, "pipeline_config.gin"), **data
             )
@@ -357,6 +365,9 @@ def _run_mode(args, configurables, gin_utils) -> int:
             return _failed("pipeline", e)
         except pipeline.ReuseError as e:  # --from names a run without the steps to reuse
             return _usage_error(f"pipeline: {e}")
+        if args.plan:
+            print(f"pipeline plan for {summary['model_dir']}: nothing ran")
+            return 0
         print(f"pipeline done; summary in {os.path.join(summary['model_dir'], 'pipeline_summary.json')}")
         return 0
     raise AssertionError(args.mode)

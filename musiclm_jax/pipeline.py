@@ -585,6 +585,7 @@ def run_pipeline(
     min_captioned_clips: int = 16,
     from_dir: Optional[str] = None,
     reuse: Optional[Mapping[str, str]] = None,
+    plan: bool = False,
     on_start: Optional[Callable[[str], None]] = None,
 ) -> dict:
     """Runs (or resumes) every step into `model_dir` and returns the summary written to
@@ -621,6 +622,10 @@ def run_pipeline(
         names no split.
       min_captioned_clips: with `data`, the fewest captioned training clips MuLan trains on.
       from_dir: another pipeline directory whose finished steps this run reuses, per `reuse`.
+      plan: resolve everything, log and return the plan (`plan_steps`) without running a step: what
+        each step would do (skip, resume, rerun, train, fine-tune, copy), its model, parameters,
+        steps and batch, and the data's clip counts. Nothing is written but D/steps/ (empty) and,
+        with `data`, the scan.
       reuse: {step: 'copy' | 'finetune' | 'train'} over FROM_DEFAULTS (with `from_dir`): copy the
         step's result, train from its parameters (the step's gin decides steps and learning rate),
         or train from scratch. The mode is part of each step's configuration and its marker.
@@ -676,10 +681,12 @@ def run_pipeline(
         hashes[step] = config_hash(configs[step])
     if spec is not None:
         _check_collection(ctx, min_captioned_clips)
+    markers = {step: read_marker(model_dir, step) for step in STEPS}
+    if plan:
+        return _log_plan(ctx, plan_steps(ctx, markers, hashes))
     t_start = time.perf_counter()
     done: dict[str, dict] = {}
     log("pipeline (%s) in %s: %d steps", size, model_dir, len(STEPS))
-    markers = {step: read_marker(model_dir, step) for step in STEPS}
     unrecorded = [s for s, m in markers.items() if m is not None and "config_hash" not in m]
     if unrecorded:
         log(
@@ -834,6 +841,71 @@ def _check_collection(ctx: _Context, min_captioned: int) -> None:
         )
     for note in notes:
         log("pipeline data: %s", note)
+
+
+def plan_steps(ctx: _Context, markers: Mapping[str, Optional[dict]], hashes: Mapping[str, str]) -> list[dict]:
+    """What a run would do, step by step: {'step', 'action', 'model', 'parameters', 'train_steps',
+    'batch'}; action is 'skip' (done with this configuration), 'rerun' (done with another, or after
+    a step it reads reruns), 'resume' (checkpoints, no marker), 'copy', 'fine-tune' or 'run'."""
+    rerun: set[str] = set()
+    rows = []
+    for step in STEPS:
+        marker = markers[step]
+        changed = marker is not None and marker.get("config_hash", hashes[step]) != hashes[step]
+        if changed or (marker is not None and rerun & _upstream(step)):
+            rerun.add(step)
+        if marker is not None and step not in rerun:
+            action = "skip"
+        elif step in rerun:
+            action = "rerun"
+        elif ctx.mode(step) != "train":
+            action = {"copy": "copy", "finetune": "fine-tune"}[ctx.mode(step)]
+        elif step in DIRS and fileio.exists(fileio.join(ctx.dirs[step], "checkpoints")):
+            action = "resume"
+        else:
+            action = "run"
+        rows.append({"step": step, "action": action, **_step_model(ctx, step)})
+    return rows
+
+
+def _step_model(ctx: _Context, step: str) -> dict:
+    """The model a training step builds, its parameter count, steps and global batch (from its gin)."""
+    if step not in _TRAINED or ctx.mode(step) == "copy":
+        return {}
+    with ctx.configured(step):
+        model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+        out = {"model": type(model).__name__}
+        kind = model_io.KINDS.get(out["model"])
+        if kind is not None:
+            shapes = kind.init_shapes(model)
+            params = jax_eval_params(model, shapes)
+            out["parameters"] = params
+        out["train_steps"] = gin.query_parameter("%TRAIN_STEPS")
+        batch = gin.query_parameter("%GLOBAL_BATCH_SIZE")
+        out["batch"] = batch if batch else f"{gin.query_parameter('%BATCH_SIZE_PER_DEVICE')} per device"
+    return out
+
+
+def jax_eval_params(model, shapes) -> int:
+    """Parameter count from shapes alone (nothing is allocated)."""
+    import jax
+
+    abstract = jax.eval_shape(lambda: model.get_initial_variables(jax.random.key(0), shapes)["params"])
+    return int(sum(x.size for x in jax.tree.leaves(abstract)))
+
+
+def _log_plan(ctx: _Context, rows: list[dict]) -> dict:
+    log("pipeline plan (%s) for %s: nothing runs", ctx.size, ctx.model_dir)
+    if ctx.data is not None:
+        log("  data: %s %s (clip counts above)", ctx.data.kind, ctx.data.path)
+    if ctx.from_dir:
+        log("  from: %s", ctx.from_dir)
+    for r in rows:
+        what = ""
+        if "model" in r:
+            what = f"{r['model']}, {r.get('parameters', 0):,} parameters, {r['train_steps']} steps, batch {r['batch']}"
+        log("  %-16s %-9s %s", r["step"], r["action"], what)
+    return {"model_dir": ctx.model_dir, "size": ctx.size, "plan": rows}
 
 
 def _remove_outputs(model_dir: str, step: str, old: Sequence[str], new: Sequence[str]) -> None:

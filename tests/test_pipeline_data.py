@@ -224,3 +224,28 @@ def test_copied_steps_bring_their_own_outputs_only(tiny_pipeline, tmp_path):
     assert sorted(os.listdir(tmp_path / "w2v_bert" / "checkpoints")) == sorted(
         os.listdir(os.path.join(source, "w2v_bert", "checkpoints"))
     )
+
+
+def test_plan_says_what_a_run_would_do_and_runs_nothing(tiny_pipeline, collection, tmp_path):
+    """`--plan` on the session's finished tiny pipeline: every step skipped; with a changed
+    binding, that step and what reads it rerun; on a fresh directory with --data and --from, the
+    reuse modes. No marker or checkpoint is written."""
+    source, _ = tiny_pipeline
+    same = dict(size="tiny", seconds=1.0, num_prompts=2, train_captions_checked=64, plan=True)
+    markers = {s: os.path.getmtime(pipeline.marker_path(source, s)) for s in pipeline.STEPS}
+    plan = pipeline.run_pipeline(model_dir=source, **same)["plan"]
+    assert [r["step"] for r in plan] == list(pipeline.STEPS) and {r["action"] for r in plan} == {"skip"}
+    coarse = next(r for r in plan if r["step"] == "coarse_stage")
+    assert coarse["model"] == "StageModel" and coarse["parameters"] > 0 and coarse["train_steps"] == 60
+    changed = pipeline.run_pipeline(model_dir=source, step_bindings={"coarse_stage": ["TRAIN_STEPS = 61"]}, **same)
+    actions = {r["step"]: r["action"] for r in changed["plan"]}
+    assert {s for s, a in actions.items() if a == "rerun"} == {"coarse_stage", "generate", "evaluate"}
+    assert markers == {s: os.path.getmtime(pipeline.marker_path(source, s)) for s in pipeline.STEPS}
+    folder, _ = collection
+    fresh = pipeline.run_pipeline(
+        model_dir=str(tmp_path / "mine"), data=str(folder), validation_fraction=0.25, from_dir=source, **same
+    )
+    actions = {r["step"]: r["action"] for r in fresh["plan"]}
+    assert actions["codec"] == actions["mulan_rvq"] == "copy" and actions["fine_stage"] == "fine-tune"
+    assert actions["precompute"] == actions["generate"] == "run"
+    assert os.listdir(tmp_path / "mine" / "steps") == []
