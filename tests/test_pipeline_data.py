@@ -1,7 +1,8 @@
 """`musiclm pipeline --data=PATH --from=D` (pipeline_data.py, run_pipeline's from_dir / reuse): the
 steps on a folder of the user's own files (WAV, FLAC and MP3 with .txt / .json caption sidecars,
-some without, one corrupt), reusing the session's tiny pipeline three ways at once (codec copied,
-MuLan and the stages fine-tuned, w2v-BERT trained anew), a rerun that resumes, what decides the
+some without, one corrupt), reusing the session's tiny pipeline three ways at once (the codec,
+w2v-BERT and its k-means copied, MuLan and the stages fine-tuned, the MuLan RVQ refitted), a rerun
+that resumes, what decides the
 data's and the reuse's part of each step's configuration, and collections or reuses that cannot
 work stopped with one line before anything trains."""
 
@@ -19,8 +20,8 @@ from musiclm_jax.data import synthetic
 NUM_CLIPS = 64
 # Training steps cut to a few: the plumbing is under test here (test_pipeline checks that the
 # tiny pipeline learns); each model still trains, evaluates and checkpoints.
-FEW_STEPS = {s: ["TRAIN_STEPS = 4"] for s in ("w2v_bert", "mulan", "semantic_stage", "coarse_stage", "fine_stage")}
-REUSE = {"codec": "copy", "w2v_bert": "train", "semantic_kmeans": "train", "mulan": "finetune", "mulan_rvq": "train"}
+FEW_STEPS = {s: ["TRAIN_STEPS = 4"] for s in ("mulan", "semantic_stage", "coarse_stage", "fine_stage")}
+REUSE = {"mulan": "finetune", "mulan_rvq": "train"}  # over FROM_DEFAULTS: codec, w2v-BERT, k-means copied
 
 
 def write_collection(folder, num_clips=NUM_CLIPS, captioned_every=1):
@@ -90,10 +91,13 @@ def test_every_step_runs_on_the_folder_and_a_rerun_resumes(collection, data_pipe
     assert modes["codec"] == f"copied from {source}"
     for s in ("mulan", "semantic_stage", "coarse_stage", "fine_stage"):
         assert modes[s] == f"fine-tuned from {source}"
-    assert modes["w2v_bert"] == modes["precompute"] == "run"
+    assert modes["w2v_bert"] == modes["semantic_kmeans"] == f"copied from {source}"
+    assert modes["mulan_rvq"] == modes["precompute"] == "run"
     ckpts = lambda d, name: sorted(os.listdir(os.path.join(d, name, "checkpoints")))  # noqa: E731
-    assert ckpts(model_dir, "codec") == ckpts(source, "codec")
-    for name in ("w2v_bert", "mulan", "semantic_stage", "coarse_stage", "fine_stage"):
+    assert ckpts(model_dir, "codec") == ckpts(source, "codec") and ckpts(model_dir, "w2v_bert") == ckpts(
+        source, "w2v_bert"
+    )
+    for name in ("mulan", "semantic_stage", "coarse_stage", "fine_stage"):
         assert ckpts(model_dir, name) == ["4"]  # FEW_STEPS, here
     # fine-tuned MuLan kept the vocabulary its parameters' token ids belong to
     vocab = ("mulan", "text_vocab", "captions.model")
