@@ -146,7 +146,7 @@ def lora_model(
     if spec.get("model") not in KINDS:
         raise ValueError(f"LoRA base {base_dir} is a {spec.get('model')!r} model; LoRA adapts {sorted(KINDS)}")
     base = KINDS[spec["model"]].build(spec["config"])
-    return lora.LoRAModel(base, fileio.resolve(base_dir), rank, alpha, targets, step, spec["model"])
+    return lora.LoRAModel(base, fileio.resolve(base_dir), rank, alpha, targets, step)
 
 
 def _load_lora(model_dir: str, config: Mapping, step: Optional[int], kind: Optional[str]) -> tuple[BaseModel, dict]:

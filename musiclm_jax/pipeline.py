@@ -439,6 +439,8 @@ def _collection_items(ctx: _Context, prompts: list[dict], rate: int) -> list:
     for ex in ctx.data.source(rate).examples("validation"):
         if ex.id in wanted:
             clips[ex.id] = np.pad(ex.audio[:n], (0, max(0, n - len(ex.audio[:n]))))
+        if len(clips) == len(wanted):
+            break
     return [eval_sets.EvalItem(p["clip_id"], p["caption"], clips[p["clip_id"]], rate) for p in prompts]
 
 
@@ -694,7 +696,7 @@ def run_pipeline(
             "(delete D/steps/<step>.json to rerun one)",
             ", ".join(unrecorded),
         )
-    changed = [s for s, m in markers.items() if m is not None and m.get("config_hash", hashes[s]) != hashes[s]]
+    changed = _changed_steps(markers, hashes)
     for i, step in enumerate(STEPS, 1):
         marker = markers[step]
         if marker is not None and step not in changed:
@@ -843,21 +845,22 @@ def _check_collection(ctx: _Context, min_captioned: int) -> None:
         log("pipeline data: %s", note)
 
 
+def _changed_steps(markers: Mapping[str, Optional[dict]], hashes: Mapping[str, str]) -> list[str]:
+    """The finished steps whose recorded configuration is not the current one."""
+    return [s for s, m in markers.items() if m is not None and m.get("config_hash", hashes[s]) != hashes[s]]
+
+
 def plan_steps(ctx: _Context, markers: Mapping[str, Optional[dict]], hashes: Mapping[str, str]) -> list[dict]:
     """What a run would do, step by step: {'step', 'action', 'model', 'parameters', 'train_steps',
     'batch'}; action is 'skip' (done with this configuration), 'rerun' (done with another, or after
     a step it reads reruns), 'resume' (checkpoints, no marker), 'copy', 'fine-tune' or 'run'."""
-    rerun: set[str] = set()
+    rerun = _changed_steps(markers, hashes)  # a step's hash holds those of the steps it reads
     rows = []
     for step in STEPS:
-        marker = markers[step]
-        changed = marker is not None and marker.get("config_hash", hashes[step]) != hashes[step]
-        if changed or (marker is not None and rerun & _upstream(step)):
-            rerun.add(step)
-        if marker is not None and step not in rerun:
-            action = "skip"
-        elif step in rerun:
+        if step in rerun:
             action = "rerun"
+        elif markers[step] is not None:
+            action = "skip"
         elif ctx.mode(step) != "train":
             action = {"copy": "copy", "finetune": "fine-tune"}[ctx.mode(step)]
         elif step in DIRS and fileio.exists(fileio.join(ctx.dirs[step], "checkpoints")):
@@ -878,15 +881,14 @@ def _step_model(ctx: _Context, step: str) -> dict:
         kind = model_io.KINDS.get(out["model"])
         if kind is not None:
             shapes = kind.init_shapes(model)
-            params = jax_eval_params(model, shapes)
-            out["parameters"] = params
+            out["parameters"] = _param_count(model, shapes)
         out["train_steps"] = gin.query_parameter("%TRAIN_STEPS")
         batch = gin.query_parameter("%GLOBAL_BATCH_SIZE")
         out["batch"] = batch if batch else f"{gin.query_parameter('%BATCH_SIZE_PER_DEVICE')} per device"
     return out
 
 
-def jax_eval_params(model, shapes) -> int:
+def _param_count(model, shapes) -> int:
     """Parameter count from shapes alone (nothing is allocated)."""
     import jax
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from typing import Mapping, Optional
+from typing import Mapping
 
 from musiclm_jax import fileio
 from musiclm_jax.audio.io import AUDIO_EXTENSIONS
@@ -200,13 +200,3 @@ def check(summary: dict, needs: Mapping[str, dict], min_captioned: int) -> list[
                 f"({longest:g} s): such clips are zero-padded for the models' training and skipped by the stages"
             )
     return notes
-
-
-def validation_clips(spec: DataSpec, sample_rate: int, limit: Optional[int] = None) -> list:
-    """The validation split's usable examples at `sample_rate` (the first `limit`)."""
-    out = []
-    for ex in spec.source(sample_rate).examples("validation"):
-        out.append(ex)
-        if limit is not None and len(out) >= limit:
-            break
-    return out

@@ -12,8 +12,9 @@ from musiclm_jax.data import token_tasks
 from musiclm_jax.data.input_pipeline import DatasetConfig
 from musiclm_jax.models.base import BaseModel
 from musiclm_jax.models.stages import StageModel
+from musiclm_jax.nn.axes import param_path
 from musiclm_jax.training import actions as actions_lib
-from musiclm_jax.training import checkpoints, optimizers
+from musiclm_jax.training import checkpoints
 from musiclm_jax.training.actions import ActionMode, BaseAction
 from musiclm_jax.training.optimizers import OptimizerConfig, make_schedule
 from musiclm_jax.training.partitioning import Partitioner, create_mesh
@@ -370,7 +371,7 @@ def test_frozen_parameters_keep_their_bits_and_get_no_optimiser_state(tiny_stage
     assert np.isfinite(metrics["loss"])
 
     def flat(tree):
-        return {optimizers.param_path(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+        return {param_path(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
     before, after = flat(start.params), flat(state.params)
     for name in before:

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from musiclm_jax import fileio
 from musiclm_jax.models.base import BaseModel, Batch, Metrics, Variables
+from musiclm_jax.nn.axes import param_path
 
 # The stages' and MuLan's attention projections and feed-forward kernels.
 DEFAULT_TARGETS = (r"attention/(query|key|value|out)$", r"mlp/[^/]*/kernel$")
@@ -53,10 +54,6 @@ def _split(names: Sequence, ndim: int) -> tuple[int, int]:
     return n_lead, n_in
 
 
-def _path_name(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-
-
 class LoRAModel(BaseModel):
     """Adapters on the kernels of the model in `base_dir` that match `targets`."""
 
@@ -68,7 +65,6 @@ class LoRAModel(BaseModel):
         alpha: float = 16.0,
         targets: Sequence[str] = DEFAULT_TARGETS,
         step: Optional[int] = None,
-        base_kind: Optional[str] = None,
     ):
         """`base`: the model of `base_dir` (model_io.lora_model rebuilds it from model.json);
         `step`: the base checkpoint to read (None: the latest)."""
@@ -77,7 +73,7 @@ class LoRAModel(BaseModel):
         if not targets:
             raise ValueError("LoRA needs at least one target pattern")
         self.base, self.base_dir, self.rank, self.alpha, self.step = base, base_dir, int(rank), float(alpha), step
-        self.base_kind = base_kind or type(base).__name__
+        self.base_kind = type(base).__name__  # the model_io kind it was built as
         self.targets = tuple(targets)
         self._patterns = [re.compile(t) for t in self.targets]
         self.FEATURE_DTYPES = base.FEATURE_DTYPES
@@ -111,7 +107,7 @@ class LoRAModel(BaseModel):
         for i, (path, leaf) in enumerate(boxed):
             value = leaf.value if isinstance(leaf, nn.Partitioned) else leaf
             names = leaf.names if isinstance(leaf, nn.Partitioned) else (None,) * value.ndim
-            name = _path_name(path)
+            name = param_path(path)
             if not self._targeted(name, value.ndim):
                 continue
             n_lead, n_in = _split(names, value.ndim)
@@ -126,7 +122,7 @@ class LoRAModel(BaseModel):
         if not adapters:
             raise ValueError(
                 f"LoRA targets {self.targets} match no kernel of the {self.base_kind} in {self.base_dir} "
-                f"(paths look like {_path_name(boxed[0][0])!r})"
+                f"(paths look like {param_path(boxed[0][0])!r})"
             )
         return {"params": {ADAPTERS: adapters, BASE: base}}
 
@@ -135,7 +131,7 @@ class LoRAModel(BaseModel):
         adapters = params[ADAPTERS]
 
         def merge(path, w):
-            key = _path_name(path).replace("/", ".")
+            key = param_path(path).replace("/", ".")
             if key not in adapters:
                 return w
             a, b = adapters[key]["a"], adapters[key]["b"]

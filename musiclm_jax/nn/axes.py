@@ -36,3 +36,8 @@ HEADS_ACT = (ACT_BATCH, ACT_LENGTH, ACT_HEADS, ACT_KV)  # [batch, length, heads,
 POOLED_ACT = (ACT_BATCH, ACT_EMBED)  # [batch, d_model]
 IMAGE_ACT = (ACT_BATCH, ACT_LENGTH, None, None)  # [batch, time, freq, channels]
 CONV1D_ACT = (ACT_BATCH, ACT_LENGTH, None)  # [batch, time, channels]
+
+
+def param_path(path) -> str:
+    """A parameter's name from its jax tree path: 'layers/attention/query', 'logits/kernel'."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)

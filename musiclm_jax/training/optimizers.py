@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from musiclm_jax.nn.axes import param_path
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
@@ -90,11 +92,6 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> tuple[optax.Gradie
     if cfg.frozen:
         tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, _frozen_labels(cfg.frozen))
     return tx, schedule
-
-
-def param_path(path) -> str:
-    """'a/b/kernel' for a jax tree path."""
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
 def _frozen_labels(patterns: tuple):

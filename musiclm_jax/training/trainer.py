@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from musiclm_jax.models.base import BaseModel, dummy_batch
+from musiclm_jax.nn.axes import param_path
 from musiclm_jax.training import mfu
 from musiclm_jax.training.checkpoints import abstract_with_shardings
 from musiclm_jax.training.optimizers import OptimizerConfig, by_group, make_group_optimizers, make_optimizer
@@ -139,7 +140,7 @@ class Trainer:
             self.logical_specs.params, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
         )
         for (path, leaf), logical in zip(flat_abstract, flat_logical):
-            name = "/".join(str(getattr(p, "key", getattr(p, "name", p))) for p in path)
+            name = param_path(path)
             shape, dtype = str(leaf.shape), str(leaf.dtype)
             lines.append(f"{name:<60} {shape:<22} {dtype:<9} logical={tuple(logical)} mesh={tuple(leaf.sharding.spec)}")
         return "\n".join(lines) + "\n"
