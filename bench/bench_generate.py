@@ -28,12 +28,12 @@ config, KV-cache decoding against the same stage decoded without a cache, and (u
    reference venv /tmp/venv-ref291, worker bench/ref_semantic_worker.py): theirs dim 256, depth
    4, heads 4, 1024 semantic ids, unconditional, KV cache, top-k filter_thres 0.9 (k = 102 of
    1,025 logits), gumbel sampling at temperature 1; ours StageModel(d_model 256, 4 layers, 4 heads
-   x 64, d_ff 1024) over a layout [1-code 'mulan' condition stream, 1024-code semantic stream]
+   x 64 sharing one key/value head as theirs do, gated d_ff 682 = their GEGLU's inner width) over a layout [1-code 'mulan' condition stream, 1024-code semantic stream]
    (vocabulary 3 specials + 1 + 1024 = 1,028, no padding): the prompt is BOS + one constant
    condition token, i.e. unconditional-equivalent; top-k 102, temperature 1. 256 generated tokens
    per row, batch 1 and 8. Each repeat times ours once, then theirs once.
 
-"ours" rows are compiled as the library compiles its samplers (models/decoding.compiler_options:
+"ours" rows are compiled as the library compiles its samplers (nn/compiler.compiler_options:
 on CPU the XLA option `xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT`, YNNPACK
 fusions for matmuls only); "XLA default" rows (section 1 at batch 1, section 3) without it.
 jax 0.10.2's default also hands reductions to YNNPACK, and the single-query attention's
@@ -64,13 +64,14 @@ from machine import ReferenceWorker, machine, model_from_gin, table  # noqa: E40
 from musiclm_jax.models import decoding  # noqa: E402
 from musiclm_jax.models.stages import StageConfig, StageModel  # noqa: E402
 from musiclm_jax.models.token_layout import TokenLayout  # noqa: E402
+from musiclm_jax.nn.compiler import compiler_options  # noqa: E402
 from musiclm_jax.nn.transformer import count_params, unscanned  # noqa: E402
 from musiclm_jax.training.partitioning import unbox  # noqa: E402
 
 DEFAULT_REF_PYTHON = "/tmp/venv-ref291/bin/python"
-# "ours": the options the library compiles its samplers with (models/decoding.compiler_options:
+# "ours": the options the library compiles its samplers with (nn/compiler.compiler_options:
 # YNNPACK fusions kept to matmuls on CPU); "XLA default": none, for comparison.
-OURS = decoding.compiler_options()
+OURS = compiler_options()
 XLA_DEFAULT = {}
 SEMANTIC_RATE = 25  # semantic tokens per second
 
@@ -347,7 +348,8 @@ def equal_model() -> StageModel:
             num_heads=4,
             head_dim=64,
             d_model=256,
-            d_ff=1024,
+            d_ff=682,
+            num_kv_heads=1,
             dropout_rate=0.0,
             cond_dropout_rate=0.0,
         )

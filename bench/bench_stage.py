@@ -40,15 +40,19 @@ CONFIGS = {
     # name: (StageConfig overrides, batch, target tokens)
     "tiny": (dict(num_layers=2, num_heads=4, head_dim=16, d_model=64, d_ff=256), 8, 24),
     "small": (dict(num_layers=8, num_heads=8, head_dim=64, d_model=512, d_ff=2048), 8, 250),
-    # audiolm-pytorch SemanticTransformer(dim=256, depth=4, heads=4, dim_head=64), GEGLU ff mult 4,
-    # 1024 semantic ids, unconditional, 256 tokens; ours has one MuLan-free condition token.
+    # audiolm-pytorch SemanticTransformer(dim=256, depth=4, heads=4, dim_head=64): one key/value
+    # head shared by the 4 query heads (its to_kv), GEGLU ff mult 4 (inner width
+    # int(256 * 2 * 4 / 3) = 682), 1024 semantic ids, unconditional, 256 tokens; ours has one
+    # condition token. Layers unrolled (scan_unroll), as on CPU they should be.
     "ref-equal": (
         dict(
             num_layers=4,
             num_heads=4,
             head_dim=64,
             d_model=256,
-            d_ff=1024,
+            d_ff=682,
+            num_kv_heads=1,
+            scan_unroll=4,
             layout=TokenLayout(streams=(("mulan", 1, 1024), ("semantic", 1, 1024))),
             conditions=(("mulan_tokens", "mulan", 0, 1),),
         ),

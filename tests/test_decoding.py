@@ -53,12 +53,12 @@ def coarse_model():
 
 
 @pytest.mark.parametrize(
-    "scan_layers,unroll,prefill",
-    [(True, True, 20), (True, False, 1), (False, True, 13)],
-    ids=["scanned-unrolled-for-decode", "scanned-stacked-cache", "unscanned"],
+    "scan_layers,unroll,prefill,kv_heads",
+    [(True, True, 20, None), (True, False, 1, None), (False, True, 13, None), (True, True, 13, 2)],
+    ids=["scanned-unrolled-for-decode", "scanned-stacked-cache", "unscanned", "grouped-query"],
 )
-def test_cache_matches_full_forward(scan_layers, unroll, prefill):
-    model = StageModel(StageConfig(**TINY, layout=TASK_LAYOUT, scan_layers=scan_layers))
+def test_cache_matches_full_forward(scan_layers, unroll, prefill, kv_heads):
+    model = StageModel(StageConfig(**TINY, layout=TASK_LAYOUT, scan_layers=scan_layers, num_kv_heads=kv_heads))
     batch = {k: jnp.asarray(v) for k, v in permuted_copy_batch(5, 2, codebook_size=TASK_CODEBOOK).items()}
     params = _init(model, {k: v.shape for k, v in batch.items()})
     inputs = model.build_sequences(batch)["inputs"]  # [2, 36]
@@ -68,6 +68,29 @@ def test_cache_matches_full_forward(scan_layers, unroll, prefill):
     cached = decoding.teacher_forced_logits(model.module, params, inputs, prefill, unroll_layers=unroll)
     assert cached.shape == full.shape
     np.testing.assert_allclose(cached, full, atol=1e-4, rtol=1e-4)
+
+
+def test_grouped_query_attention_equals_heads_sharing_their_key_and_value():
+    """num_kv_heads=1 (multi-query) = plain attention whose K/V kernels repeat one head: the
+    grouping pairs query head h with K/V head h // (num_heads / num_kv_heads). Its KV cache and
+    K/V kernels are num_heads times smaller."""
+    batch = {k: jnp.asarray(v) for k, v in permuted_copy_batch(5, 2, codebook_size=TASK_CODEBOOK).items()}
+    shapes = {k: v.shape for k, v in batch.items()}
+    mqa = StageModel(StageConfig(**TINY, layout=TASK_LAYOUT, num_kv_heads=1))
+    mha = StageModel(StageConfig(**TINY, layout=TASK_LAYOUT))
+    params = _init(mqa, shapes)
+    attention = params["layers"]["attention"]
+    assert attention["key"].shape == (2, 64, 1, 16) and attention["query"].shape == (2, 64, 4, 16)
+    repeated = {**attention, **{k: jnp.repeat(attention[k], 4, axis=2) for k in ("key", "value")}}
+    mha_params = {**params, "layers": {**params["layers"], "attention": repeated}}
+    inputs = mqa.build_sequences(batch)["inputs"]
+    np.testing.assert_allclose(
+        jax.jit(mqa.logits)(params, inputs), jax.jit(mha.logits)(mha_params, inputs), atol=1e-5, rtol=1e-5
+    )
+    cache = decoding.init_cache(mqa.module, 2, 36)
+    assert cache["layers"]["attention"]["cached_key"].shape == (2, 2, 36, 1, 16)  # [layers, b, len, kv, d]
+    with pytest.raises(ValueError, match="num_kv_heads must divide"):
+        StageConfig(**TINY, layout=TASK_LAYOUT, num_kv_heads=3)
 
 
 _JIT_LOGITS = {}

@@ -40,16 +40,6 @@ import numpy as np
 from musiclm_jax.nn.transformer import unscanned
 
 
-def compiler_options() -> Optional[dict]:
-    """XLA options for compiling a sampler on this backend. On CPU (jax 0.10), XLA hands the
-    single-query attention's multiply-reduce over the cache to a YNNPACK reduce fusion costing
-    0.2-0.45 ms per layer per token; keeping YNNPACK to matmuls made batch-1 decoding ~3x faster
-    (bench/bench_generate.py). Other backends: None (their defaults)."""
-    if jax.default_backend() == "cpu":
-        return {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
-    return None
-
-
 def init_cache(module: nn.Module, batch_size: int, length: int) -> Any:
     """A zero KV cache (the 'cache' collection) of `length` positions for `module`."""
 
@@ -62,16 +52,23 @@ def init_cache(module: nn.Module, batch_size: int, length: int) -> Any:
 
 
 def decode_step(
-    module: nn.Module, params: Any, cache: Any, ids: jax.Array, num_logits: Optional[int] = None
+    module: nn.Module,
+    params: Any,
+    cache: Any,
+    ids: jax.Array,
+    num_logits: Optional[int] = None,
+    logits_window: Optional[tuple[int, int]] = None,
 ) -> tuple[jax.Array, Any]:
     """Feeds ids [B, L] (L >= 1) at the cache index: returns (logits [B, L, V], new cache);
-    with `num_logits`, logits of the last `num_logits` positions only."""
+    with `num_logits`, logits of the last `num_logits` positions only; with `logits_window`
+    (lo, hi), of ids [lo, hi) only ([B, L, hi - lo])."""
     logits, mutated = module.apply(
         {"params": params, "cache": cache},
         ids,
         decode=True,
         deterministic=True,
         num_logits=num_logits,
+        logits_window=logits_window,
         mutable=["cache"],
     )
     return logits, mutated["cache"]
@@ -250,6 +247,8 @@ def generate(
     lo_table = jnp.asarray(level_lo, jnp.int32)
     hi_table = jnp.asarray(level_hi, jnp.int32)
     num_levels = len(level_lo)
+    # Logits of the ids the levels span only: the rest of the vocabulary is never sampled.
+    window = (min(level_lo), max(level_hi))
 
     def pick(logits: jax.Array, step: jax.Array):
         logits = logits.astype(jnp.float32)
@@ -258,24 +257,24 @@ def generate(
             logits = cond + guidance_scale * (cond - uncond)
         position = start_position + step
         level = position % num_levels
-        ids = jnp.arange(logits.shape[-1], dtype=jnp.int32)
+        ids = window[0] + jnp.arange(logits.shape[-1], dtype=jnp.int32)
         legal = (ids >= lo_table[level]) & (ids < hi_table[level])
         logits = jnp.where(legal, logits, -jnp.inf)
         token = sample_logits(
             logits, jax.random.fold_in(rng, position), temperature=temperature, top_k=top_k, top_p=top_p
         )
-        return token, logits
+        return token + window[0], logits
 
     def feed(token: jax.Array) -> jax.Array:
         return jnp.concatenate([token, token], axis=0) if guided else token
 
     cache = init_cache(module, rows.shape[0], prompt_len + num_steps - 1)
-    prompt_logits, cache = decode_step(module, params, cache, rows, num_logits=1)  # one chunked write
+    prompt_logits, cache = decode_step(module, params, cache, rows, num_logits=1, logits_window=window)  # one write
     first, first_logits = pick(prompt_logits[:, -1], jnp.int32(0))
 
     def body(carry, step):
         cache, previous = carry
-        logits, cache = decode_step(module, params, cache, feed(previous)[:, None])
+        logits, cache = decode_step(module, params, cache, feed(previous)[:, None], logits_window=window)
         token, masked = pick(logits[:, 0], step)
         return (cache, token), (token, masked if return_logits else None)
 
@@ -284,4 +283,5 @@ def generate(
     if not return_logits:
         return tokens
     all_logits = jnp.concatenate([first_logits[:, None], jnp.transpose(step_logits, (1, 0, 2))], axis=1)
-    return tokens, all_logits
+    vocab_pad = ((0, 0), (0, 0), (window[0], module.config.vocab_size - window[1]))
+    return tokens, jnp.pad(all_logits, vocab_pad, constant_values=-jnp.inf)

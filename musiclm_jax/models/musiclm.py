@@ -37,8 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from musiclm_jax.audio.io import resample
-from musiclm_jax.models import decoding
 from musiclm_jax.models.stages import TARGET_PREFIX_KEY, StageModel
+from musiclm_jax.nn.compiler import compiler_options
 
 STAGES = ("semantic", "coarse", "fine")
 
@@ -228,7 +228,7 @@ class MusicLM:
                     guidance_scale=settings.guidance_scale,
                 )
 
-            self._samplers[key] = jax.jit(sample, compiler_options=decoding.compiler_options())
+            self._samplers[key] = jax.jit(sample, compiler_options=compiler_options())
         return self._samplers[key]
 
     def _run_stage(self, stage: str, batch: dict, rng, num_tokens: int, settings: SamplingSettings) -> np.ndarray:

@@ -33,6 +33,7 @@ from musiclm_jax.models import decoding
 from musiclm_jax.models.base import BaseModel, Batch, Metrics, Variables
 from musiclm_jax.models.token_layout import BOS_ID, NULL_COND_ID, TokenLayout
 from musiclm_jax.nn import config_io
+from musiclm_jax.nn.layers import NEG_INF
 from musiclm_jax.nn.stack import RelPosStackConfig
 from musiclm_jax.nn.transformer import DecoderStack, TransformerConfig, count_params
 
@@ -206,19 +207,32 @@ class StageModel(BaseModel):
         variables = self.module.init({"params": rng}, ids, deterministic=True)
         return {"params": variables["params"]}
 
+    def target_window(self) -> tuple[int, int]:
+        """(lo, hi): the ids the target stream's levels span, the only columns the stage's
+        logits need (`DecoderStack` logits_window)."""
+        spec = self.config.target
+        lo, hi = self.layout.level_ranges(spec.stream, spec.first_level, spec.num_levels)
+        return int(lo.min()), int(hi.max())
+
     def logits(
         self,
         params: Any,
         inputs: jax.Array,
         dropout_rng: Optional[jax.Array] = None,
         num_logits: Optional[int] = None,
+        logits_window: Optional[tuple[int, int]] = None,
     ) -> jax.Array:
         """Full (teacher-forced) forward pass: [B, L] input ids -> [B, L, vocab] float32 logits
-        (only the last `num_logits` positions if given)."""
+        (only the last `num_logits` positions if given; only ids [lo, hi) with `logits_window`)."""
         deterministic = dropout_rng is None
         rngs = {} if deterministic else {"dropout": dropout_rng}
         return self.module.apply(
-            {"params": params}, inputs, deterministic=deterministic, rngs=rngs, num_logits=num_logits
+            {"params": params},
+            inputs,
+            deterministic=deterministic,
+            rngs=rngs,
+            num_logits=num_logits,
+            logits_window=logits_window,
         )
 
     def loss_fn(self, params: Any, batch: Batch, dropout_rng: Optional[jax.Array]) -> tuple[jax.Array, Metrics]:
@@ -226,9 +240,23 @@ class StageModel(BaseModel):
         if dropout_rng is not None:
             cond_rng, model_rng = jax.random.split(dropout_rng)
         seq = self.build_sequences(batch, cond_rng)
-        # Input position C + j predicts target token j: only the last T positions need logits.
-        logits = self.logits(params, seq["inputs"], model_rng, num_logits=seq["targets"].shape[1])
-        targets, weights = seq["targets"], seq["weights"]
+        # Input position C + j predicts target token j: only the last T positions need logits,
+        # and only over the target stream's ids. The softmax is over the ids of each
+        # position's own level, the distribution sampling draws from.
+        spec = self.config.target
+        window_lo, window_hi = self.target_window()
+        num_targets = seq["targets"].shape[1]
+        logits = self.logits(
+            params, seq["inputs"], model_rng, num_logits=num_targets, logits_window=(window_lo, window_hi)
+        )
+        if spec.num_levels > 1:
+            lo, hi = self.layout.level_ranges(spec.stream, spec.first_level, spec.num_levels)
+            level = jnp.arange(num_targets) % spec.num_levels
+            ids = window_lo + jnp.arange(window_hi - window_lo)
+            legal = (ids >= jnp.asarray(lo)[level, None]) & (ids < jnp.asarray(hi)[level, None])
+            logits = jnp.where(legal, logits, NEG_INF)
+        weights = seq["weights"]
+        targets = jnp.clip(seq["targets"] - window_lo, 0, window_hi - window_lo - 1)  # padding: weight 0
         log_z = jax.nn.logsumexp(logits, axis=-1)
         target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
         token_loss = log_z - target_logit
@@ -360,6 +388,8 @@ class StageModel(BaseModel):
         cfg = self.config
         cond_len, target_len = self.sequence_length(input_shapes)
         length = cond_len + target_len
-        n_matmul = self.param_count(input_shapes) - self.layout.vocab_size * cfg.d_model
+        n_layers = self.param_count(input_shapes) - 2 * self.layout.vocab_size * cfg.d_model
+        window_lo, window_hi = self.target_window()
+        logits = cfg.d_model * (window_hi - window_lo) * target_len
         attention = 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * length**2
-        return float(6 * n_matmul * length + attention)
+        return float(6 * (n_layers * length + logits) + attention)

@@ -19,7 +19,7 @@ checked (the index is traced); callers size the cache.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -27,15 +27,22 @@ import jax.numpy as jnp
 
 from musiclm_jax.nn import axes
 from musiclm_jax.nn.initializers import default_kernel_init
+from musiclm_jax.nn.layers import matmul
 
 Array = jax.Array
 
 
 class MultiHeadAttention(nn.Module):
-    """Self-attention: q, k, v and output projections without biases (T5 style)."""
+    """Self-attention: q, k, v and output projections without biases (T5 style).
+
+    `num_kv_heads` < `num_heads` shares each key/value head among num_heads / num_kv_heads
+    query heads (grouped-query attention; 1 = multi-query): smaller K/V projections and a KV
+    cache num_heads / num_kv_heads times smaller, which is what bounds decoding speed.
+    """
 
     num_heads: int
     head_dim: int
+    num_kv_heads: Optional[int] = None  # None: num_heads (plain multi-head attention)
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -47,6 +54,7 @@ class MultiHeadAttention(nn.Module):
         return cls(
             num_heads=config.num_heads,
             head_dim=config.head_dim,
+            num_kv_heads=config.num_kv_heads,
             dropout_rate=config.dropout_rate,
             dtype=config.dtype,
             param_dtype=config.param_dtype,
@@ -58,21 +66,27 @@ class MultiHeadAttention(nn.Module):
         """x: [batch, length, embed]; bias: float32, broadcastable to [batch, heads, length, keys]."""
         kernel_init = self.kernel_init or default_kernel_init()
         d_model = x.shape[-1]
+        kv_heads = self.num_kv_heads or self.num_heads
+        if self.num_heads % kv_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({kv_heads})")
+        groups = self.num_heads // kv_heads
+        # Shared K/V heads are replicated over the 'model' mesh axis (they are few and small).
+        kv_names, kv_act = (axes.HEADS, axes.HEADS_ACT) if groups == 1 else (axes.KV_HEADS, axes.KV_HEADS_ACT)
 
         # Explicit kernels rather than nn.DenseGeneral: DenseGeneral initialises a flattened
         # 2-D kernel, which clashes with 3-D logical axis names under a mesh.
-        def qkv(name):
+        def qkv(name, heads, head_axis):
             kernel = self.param(
                 name,
-                nn.with_logical_partitioning(kernel_init, (axes.EMBED, axes.HEADS, axes.KV)),
-                (d_model, self.num_heads, self.head_dim),
+                nn.with_logical_partitioning(kernel_init, (axes.EMBED, head_axis, axes.KV)),
+                (d_model, heads, self.head_dim),
                 self.param_dtype,
             )
-            return jnp.einsum("bld,dhk->blhk", x.astype(self.dtype), kernel.astype(self.dtype))
+            return matmul(x.astype(self.dtype), kernel.astype(self.dtype))
 
-        query = nn.with_logical_constraint(qkv("query"), axes.HEADS_ACT)
-        key = nn.with_logical_constraint(qkv("key"), axes.HEADS_ACT)
-        value = nn.with_logical_constraint(qkv("value"), axes.HEADS_ACT)
+        query = nn.with_logical_constraint(qkv("query", self.num_heads, axes.HEADS), axes.HEADS_ACT)
+        key = nn.with_logical_constraint(qkv("key", kv_heads, kv_names), kv_act)
+        value = nn.with_logical_constraint(qkv("value", kv_heads, kv_names), kv_act)
 
         if decode:
             initialized = self.has_variable("cache", "cached_key")
@@ -89,24 +103,29 @@ class MultiHeadAttention(nn.Module):
                 cache_index.value = index + x.shape[1]
 
         query = query * jnp.asarray(self.head_dim**-0.5, query.dtype)
+        batch = query.shape[0]
         # One query against the cache (a decode step): multiply-reduce over the cache in its
-        # stored [batch, keys, heads, head_dim] layout. A batched dot over (batch, heads) would
-        # make XLA transpose the whole cache on every step, a per-token cost that grows with
-        # the cache length.
+        # stored [batch, keys, kv_heads, head_dim] layout, query heads grouped by the K/V head
+        # they share. A batched dot over (batch, heads) would make XLA transpose the whole cache
+        # on every step, a per-token cost that grows with the cache length.
         single_query = decode and query.shape[1] == 1 and key.shape[1] > 1
         # Logits and softmax in float32 whatever the activation dtype.
         if single_query:
-            logits = jnp.sum(query.astype(jnp.float32) * key.astype(jnp.float32), axis=-1)  # [b, k, h]
-            logits = jnp.transpose(logits, (0, 2, 1))[:, :, None, :]  # [b, h, 1, k]
+            grouped = query.astype(jnp.float32).reshape(batch, 1, kv_heads, groups, self.head_dim)
+            logits = jnp.sum(grouped * key.astype(jnp.float32)[:, :, :, None, :], axis=-1)  # [b, k, n, g]
+            logits = jnp.transpose(logits.reshape(batch, -1, self.num_heads), (0, 2, 1))[:, :, None, :]  # [b,h,1,k]
         else:
+            if groups > 1:  # query head h uses K/V head h // groups; XLA:CPU runs plain heads fastest
+                key, value = jnp.repeat(key, groups, axis=2), jnp.repeat(value, groups, axis=2)
             logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
         logits = logits + bias.astype(jnp.float32)
         weights = jax.nn.softmax(logits, axis=-1)
         if not deterministic and self.dropout_rate > 0.0:
             weights = nn.Dropout(rate=self.dropout_rate)(weights, deterministic=False)
         if single_query:
-            w = jnp.transpose(weights[:, :, 0, :], (0, 2, 1))[..., None]  # [b, k, h, 1] float32
-            out = jnp.sum(w * value.astype(jnp.float32), axis=1, keepdims=True).astype(self.dtype)  # [b, 1, h, d]
+            w = jnp.transpose(weights[:, :, 0, :], (0, 2, 1)).reshape(batch, -1, kv_heads, groups, 1)
+            out = jnp.sum(w * value.astype(jnp.float32)[:, :, :, None, :], axis=1)  # [b, n, g, d]
+            out = out.reshape(batch, 1, self.num_heads, self.head_dim).astype(self.dtype)
         else:
             weights = weights.astype(self.dtype)
             out = jnp.einsum("bhqk,bkhd->bqhd", weights, value.astype(self.dtype))
@@ -117,5 +136,5 @@ class MultiHeadAttention(nn.Module):
             (self.num_heads, self.head_dim, d_model),
             self.param_dtype,
         )
-        out = jnp.einsum("blhk,hkd->bld", out, out_kernel.astype(self.dtype))
+        out = matmul(out, out_kernel.astype(self.dtype), num_contract=2)
         return nn.with_logical_constraint(out, axes.EMBED_ACT)

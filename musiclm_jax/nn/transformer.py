@@ -22,7 +22,8 @@ import numpy as np
 
 from musiclm_jax.nn import axes, config_io
 from musiclm_jax.nn.attention import MultiHeadAttention
-from musiclm_jax.nn.layers import NEG_INF, Mlp, dense, norm
+from musiclm_jax.nn.initializers import default_kernel_init
+from musiclm_jax.nn.layers import NEG_INF, Mlp, matmul, norm
 from musiclm_jax.nn.position import RelativePositionBias
 from musiclm_jax.nn.stack import RelPosStackConfig, stack_layers
 
@@ -65,19 +66,52 @@ class DecoderLayer(nn.Module):
         return x, None
 
 
+class LogitsProjection(nn.Module):
+    """The output projection, kernel [d_model, vocab] ('embed', 'vocab'), of which a call may
+    use only the columns of one id window [lo, hi)."""
+
+    vocab_size: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, window: Optional[tuple[int, int]] = None) -> Array:
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(default_kernel_init(), (axes.EMBED, axes.VOCAB)),
+            (x.shape[-1], self.vocab_size),
+            self.param_dtype,
+        )
+        if window is not None:
+            lo, hi = window
+            if not 0 <= lo < hi <= self.vocab_size:
+                raise ValueError(f"logits window [{lo}, {hi}) is not inside the vocabulary [0, {self.vocab_size})")
+            kernel = kernel[:, lo:hi]
+        return matmul(x.astype(self.dtype), kernel.astype(self.dtype))
+
+
 class DecoderStack(nn.Module):
     """ids [batch, length] (int) -> logits [batch, length, vocab] (float32).
 
     `num_logits` (static) projects only the last `num_logits` positions to logits (the
     target part of a prefix-conditioned sequence, or the last prompt position when
     prefilling a cache), saving the [length, vocab] projection of the rest.
+    `logits_window` (static (lo, hi)) gives the logits of ids [lo, hi) only, [.., hi - lo]:
+    a stage predicts one stream, whose ids are a small part of the shared vocabulary (1,024
+    semantic ids of 25,728), so the projection and softmax over the rest would be wasted.
     """
 
     config: TransformerConfig
 
     @nn.compact
     def __call__(
-        self, ids: Array, *, deterministic: bool = True, decode: bool = False, num_logits: Optional[int] = None
+        self,
+        ids: Array,
+        *,
+        deterministic: bool = True,
+        decode: bool = False,
+        num_logits: Optional[int] = None,
+        logits_window: Optional[tuple[int, int]] = None,
     ) -> Array:
         cfg = self.config
         length = ids.shape[1]
@@ -123,7 +157,7 @@ class DecoderStack(nn.Module):
             x = x[:, length - num_logits :]
         x = norm("final_norm", rms=True, **cfg.dtypes)(x)
         x = nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=deterministic)
-        logits = dense(cfg.vocab_size, (axes.EMBED, axes.VOCAB), "logits", **cfg.dtypes)(x)
+        logits = LogitsProjection(cfg.vocab_size, **cfg.dtypes, name="logits")(x, logits_window)
         logits = nn.with_logical_constraint(logits, axes.VOCAB_ACT)
         return logits.astype(jnp.float32)
 

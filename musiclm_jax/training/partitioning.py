@@ -19,6 +19,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from musiclm_jax.nn.compiler import compiler_options
+
 MESH_AXES = ("data", "fsdp", "model")
 LogicalRules = Sequence[tuple[str, Any]]
 
@@ -29,6 +31,7 @@ DEFAULT_LOGICAL_AXIS_RULES: LogicalRules = (
     ("activation_length", None),
     ("activation_embed", None),
     ("activation_heads", "model"),
+    ("activation_kv_heads", None),
     ("activation_kv", None),
     ("activation_mlp", "model"),
     ("activation_vocab", "model"),
@@ -36,6 +39,7 @@ DEFAULT_LOGICAL_AXIS_RULES: LogicalRules = (
     ("embed", "fsdp"),
     ("mlp", "model"),
     ("heads", "model"),
+    ("kv_heads", None),
     ("kv", None),
     ("layers", None),
     ("relpos_buckets", None),
@@ -285,7 +289,13 @@ class Partitioner:
         Returns:
           A callable with the jitted function's signature, and `.lower(*args)` for AOT.
         """
-        jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=donate_argnums)
+        jitted = jax.jit(
+            fn,
+            in_shardings=in_shardings,
+            out_shardings=out_shardings,
+            donate_argnums=donate_argnums,
+            compiler_options=compiler_options(self.mesh.devices.flat[0].platform),
+        )
 
         def call(*args):
             with jax.set_mesh(self.mesh), self.rules_context():
