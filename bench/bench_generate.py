@@ -28,7 +28,8 @@ config, KV-cache decoding against the same stage decoded without a cache, and (u
    reference venv /tmp/venv-ref291, worker bench/ref_semantic_worker.py): theirs dim 256, depth
    4, heads 4, 1024 semantic ids, unconditional, KV cache, top-k filter_thres 0.9 (k = 102 of
    1,025 logits), gumbel sampling at temperature 1; ours StageModel(d_model 256, 4 layers, 4 heads
-   x 64 sharing one key/value head as theirs do, gated d_ff 682 = their GEGLU's inner width) over a layout [1-code 'mulan' condition stream, 1024-code semantic stream]
+   x 64 sharing one key/value head as theirs do, gated d_ff 682 = their GEGLU's inner width)
+   over a layout [1-code 'mulan' condition stream, 1024-code semantic stream]
    (vocabulary 3 specials + 1 + 1024 = 1,028, no padding): the prompt is BOS + one constant
    condition token, i.e. unconditional-equivalent; top-k 102, temperature 1. 256 generated tokens
    per row, batch 1 and 8. Each repeat times ours once, then theirs once.
@@ -495,8 +496,8 @@ def main() -> None:
     print("\n## 3. Equal config vs audiolm-pytorch SemanticTransformer generation (top-k 102, temperature 1)\n")
     print(table(rows, ["case", "implementation", "seconds", "tokens/s", "ms/step", "ours faster by"]))
     print(
-        f"\nparameters: ours {info['ours_params']:,} (StageModel d_model 256, 4 x (4 heads x 64), d_ff 1024 gated "
-        f"GELU, vocabulary 1,028)"
+        f"\nparameters: ours {info['ours_params']:,} (StageModel d_model 256, 4 x (4 heads x 64), "
+        f"one K/V head, d_ff 682 gated GELU, vocabulary 1,028)"
         + (
             f"; audiolm-pytorch {info['ref']['params']['total']:,} ({info['ref']['params']}; "
             f"torch {info['ref']['torch']}, {info['ref']['threads']} threads)"

@@ -53,12 +53,18 @@ def coarse_model():
 
 
 @pytest.mark.parametrize(
-    "scan_layers,unroll,prefill,kv_heads",
-    [(True, True, 20, None), (True, False, 1, None), (False, True, 13, None), (True, True, 13, 2)],
-    ids=["scanned-unrolled-for-decode", "scanned-stacked-cache", "unscanned", "grouped-query"],
+    "scan_layers,unroll,prefill,extra",
+    [
+        (True, True, 20, {}),
+        (True, False, 1, {}),
+        (False, True, 13, {}),
+        (True, True, 13, {"num_kv_heads": 2}),
+        (True, True, 13, {"position": "rope", "attention_kernel": "fused"}),
+    ],
+    ids=["scanned-unrolled-for-decode", "scanned-stacked-cache", "unscanned", "grouped-query", "rope-fused"],
 )
-def test_cache_matches_full_forward(scan_layers, unroll, prefill, kv_heads):
-    model = StageModel(StageConfig(**TINY, layout=TASK_LAYOUT, scan_layers=scan_layers, num_kv_heads=kv_heads))
+def test_cache_matches_full_forward(scan_layers, unroll, prefill, extra):
+    model = StageModel(StageConfig(**TINY, layout=TASK_LAYOUT, scan_layers=scan_layers, **extra))
     batch = {k: jnp.asarray(v) for k, v in permuted_copy_batch(5, 2, codebook_size=TASK_CODEBOOK).items()}
     params = _init(model, {k: v.shape for k, v in batch.items()})
     inputs = model.build_sequences(batch)["inputs"]  # [2, 36]
@@ -91,6 +97,25 @@ def test_grouped_query_attention_equals_heads_sharing_their_key_and_value():
     assert cache["layers"]["attention"]["cached_key"].shape == (2, 2, 36, 1, 16)  # [layers, b, len, kv, d]
     with pytest.raises(ValueError, match="num_kv_heads must divide"):
         StageConfig(**TINY, layout=TASK_LAYOUT, num_kv_heads=3)
+
+
+@pytest.mark.parametrize("position", ["relative_bias", "rope"])
+def test_fused_attention_kernel_equals_xla_attention(position):
+    """attention_kernel='fused' (jax.nn.dot_product_attention; cuDNN on GPU) gives the einsum
+    path's loss and gradients, with the T5 bias as its additive bias or with rope's causal flag."""
+    batch = {k: jnp.asarray(v) for k, v in permuted_copy_batch(5, 2, codebook_size=TASK_CODEBOOK).items()}
+    models = {
+        k: StageModel(StageConfig(**TINY, layout=TASK_LAYOUT, position=position, attention_kernel=k, num_kv_heads=2))
+        for k in ("xla", "fused")
+    }
+    params = _init(models["xla"], {k: v.shape for k, v in batch.items()})
+    results = {
+        k: jax.jit(jax.value_and_grad(lambda p, m=m: m.loss_fn(p, batch, None)[0]))(params) for k, m in models.items()
+    }
+    np.testing.assert_allclose(results["fused"][0], results["xla"][0], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(results["fused"][1]), jax.tree.leaves(results["xla"][1])):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+    assert ("relpos_bias" in params) == (position == "relative_bias")
 
 
 _JIT_LOGITS = {}

@@ -349,9 +349,9 @@ def test_config_errors_are_clear():
 # --- learning --------------------------------------------------------------------------------
 
 
-def train_permuted_copy(steps: int = 400, batch_size: int = 16, seed: int = 0):
+def train_permuted_copy(steps: int = 400, batch_size: int = 16, seed: int = 0, **config):
     """Trains the tiny stage (reduced vocabulary) on permuted_copy; returns (model, params, losses)."""
-    model = StageModel(StageConfig(**TINY, layout=TASK_LAYOUT, cond_dropout_rate=0.1))
+    model = StageModel(StageConfig(**{**TINY, "layout": TASK_LAYOUT, "cond_dropout_rate": 0.1, **config}))
     pool = permuted_copy_batch(0, 4096, seed=seed, codebook_size=TASK_CODEBOOK)
     shapes = {k: (batch_size, v.shape[1]) for k, v in pool.items()}
     params = nn.meta.unbox(model.get_initial_variables(jax.random.key(seed), shapes)["params"])
@@ -375,8 +375,13 @@ def train_permuted_copy(steps: int = 400, batch_size: int = 16, seed: int = 0):
     return model, params, losses
 
 
-def test_tiny_stage_learns_permuted_copy():
-    model, params, losses = train_permuted_copy()
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"position": "rope", "attention_kernel": "fused", "num_kv_heads": 1}],
+    ids=["t5-bias", "rope-fused-multiquery"],
+)
+def test_tiny_stage_learns_permuted_copy(config):
+    model, params, losses = train_permuted_copy(**config)
     assert np.mean(losses[-10:]) < 0.1 * np.mean(losses[:10])
     held_out = {
         k: jnp.asarray(v) for k, v in permuted_copy_batch(0, 256, split="eval", codebook_size=TASK_CODEBOOK).items()

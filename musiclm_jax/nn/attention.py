@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from musiclm_jax.nn import axes
 from musiclm_jax.nn.initializers import default_kernel_init
 from musiclm_jax.nn.layers import matmul
+from musiclm_jax.nn.position import apply_rope
 
 Array = jax.Array
 
@@ -43,6 +44,8 @@ class MultiHeadAttention(nn.Module):
     num_heads: int
     head_dim: int
     num_kv_heads: Optional[int] = None  # None: num_heads (plain multi-head attention)
+    kernel: str = "xla"  # 'xla' (einsum + softmax) or 'fused' (jax.nn.dot_product_attention)
+    rope_max_wavelength: float = 10_000.0
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -55,6 +58,8 @@ class MultiHeadAttention(nn.Module):
             num_heads=config.num_heads,
             head_dim=config.head_dim,
             num_kv_heads=config.num_kv_heads,
+            kernel=config.attention_kernel,
+            rope_max_wavelength=getattr(config, "rope_max_wavelength", 10_000.0),
             dropout_rate=config.dropout_rate,
             dtype=config.dtype,
             param_dtype=config.param_dtype,
@@ -62,8 +67,22 @@ class MultiHeadAttention(nn.Module):
         )
 
     @nn.compact
-    def __call__(self, x: Array, bias: Array, *, deterministic: bool = True, decode: bool = False) -> Array:
-        """x: [batch, length, embed]; bias: float32, broadcastable to [batch, heads, length, keys]."""
+    def __call__(
+        self,
+        x: Array,
+        bias: Array,
+        *,
+        positions: Optional[Array] = None,
+        causal: bool = False,
+        deterministic: bool = True,
+        decode: bool = False,
+    ) -> Array:
+        """x: [batch, length, embed]; bias: float32, broadcastable to [batch, heads, length, keys].
+
+        `positions` [length] (int): rotate queries and keys by these positions (rotary
+        embeddings) before the cache write. `causal`: the bias is nothing but the causal mask of
+        queries and keys both from position 0, which the fused kernel may apply itself.
+        """
         kernel_init = self.kernel_init or default_kernel_init()
         d_model = x.shape[-1]
         kv_heads = self.num_kv_heads or self.num_heads
@@ -87,6 +106,9 @@ class MultiHeadAttention(nn.Module):
         query = nn.with_logical_constraint(qkv("query", self.num_heads, axes.HEADS), axes.HEADS_ACT)
         key = nn.with_logical_constraint(qkv("key", kv_heads, kv_names), kv_act)
         value = nn.with_logical_constraint(qkv("value", kv_heads, kv_names), kv_act)
+        if positions is not None:
+            query = apply_rope(query, positions, self.rope_max_wavelength)
+            key = apply_rope(key, positions, self.rope_max_wavelength)
 
         if decode:
             initialized = self.has_variable("cache", "cached_key")
@@ -109,26 +131,27 @@ class MultiHeadAttention(nn.Module):
         # they share. A batched dot over (batch, heads) would make XLA transpose the whole cache
         # on every step, a per-token cost that grows with the cache length.
         single_query = decode and query.shape[1] == 1 and key.shape[1] > 1
-        # Logits and softmax in float32 whatever the activation dtype.
+
+        def softmax(logits):  # float32 logits and softmax whatever the activation dtype
+            weights = jax.nn.softmax(logits + bias.astype(jnp.float32), axis=-1)
+            if not deterministic and self.dropout_rate > 0.0:
+                weights = nn.Dropout(rate=self.dropout_rate)(weights, deterministic=False)
+            return weights
+
         if single_query:
             grouped = query.astype(jnp.float32).reshape(batch, 1, kv_heads, groups, self.head_dim)
             logits = jnp.sum(grouped * key.astype(jnp.float32)[:, :, :, None, :], axis=-1)  # [b, k, n, g]
-            logits = jnp.transpose(logits.reshape(batch, -1, self.num_heads), (0, 2, 1))[:, :, None, :]  # [b,h,1,k]
-        else:
-            if groups > 1:  # query head h uses K/V head h // groups; XLA:CPU runs plain heads fastest
-                key, value = jnp.repeat(key, groups, axis=2), jnp.repeat(value, groups, axis=2)
-            logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
-        logits = logits + bias.astype(jnp.float32)
-        weights = jax.nn.softmax(logits, axis=-1)
-        if not deterministic and self.dropout_rate > 0.0:
-            weights = nn.Dropout(rate=self.dropout_rate)(weights, deterministic=False)
-        if single_query:
+            weights = softmax(jnp.transpose(logits.reshape(batch, -1, self.num_heads), (0, 2, 1))[:, :, None, :])
             w = jnp.transpose(weights[:, :, 0, :], (0, 2, 1)).reshape(batch, -1, kv_heads, groups, 1)
             out = jnp.sum(w * value.astype(jnp.float32)[:, :, :, None, :], axis=1)  # [b, n, g, d]
             out = out.reshape(batch, 1, self.num_heads, self.head_dim).astype(self.dtype)
+        elif self.kernel == "fused":
+            out = fused_attention(query, key.astype(query.dtype), value.astype(query.dtype), bias, causal=causal)
         else:
-            weights = weights.astype(self.dtype)
-            out = jnp.einsum("bhqk,bkhd->bqhd", weights, value.astype(self.dtype))
+            if groups > 1:  # query head h uses K/V head h // groups; XLA:CPU runs plain heads fastest
+                key, value = jnp.repeat(key, groups, axis=2), jnp.repeat(value, groups, axis=2)
+            weights = softmax(jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32))
+            out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), value.astype(self.dtype))
         out = nn.with_logical_constraint(out, axes.HEADS_ACT)
         out_kernel = self.param(
             "out",
@@ -138,3 +161,15 @@ class MultiHeadAttention(nn.Module):
         )
         out = matmul(out, out_kernel.astype(self.dtype), num_contract=2)
         return nn.with_logical_constraint(out, axes.EMBED_ACT)
+
+
+def fused_attention(query: Array, key: Array, value: Array, bias: Array, *, causal: bool = False) -> Array:
+    """softmax(q k^T + bias) v by `jax.nn.dot_product_attention` ([batch, length, heads,
+    head_dim] in and out; queries already scaled; K/V may have fewer heads). On GPU it takes
+    cuDNN's flash attention where shapes and dtypes allow (then the [heads, q, k] weights are
+    never stored), elsewhere XLA's own. `causal`: the bias is only the causal mask, passed as
+    the kernel's flag instead."""
+    if causal:
+        return jax.nn.dot_product_attention(query, key, value, scale=1.0, is_causal=True)
+    bias = jnp.broadcast_to(bias, bias.shape[:2] + (query.shape[1], key.shape[1])).astype(query.dtype)
+    return jax.nn.dot_product_attention(query, key, value, bias=bias, scale=1.0)

@@ -58,6 +58,8 @@ class ConformerConfig(RelPosStackConfig):
     def __post_init__(self):
         super().__post_init__()
         config_io.check_positive_ints(self, "conv_kernel_size")
+        if self.position != "relative_bias":
+            raise ValueError(f"ConformerConfig.position must be 'relative_bias', got {self.position!r}")
         if self.conv_kernel_size % 2 == 0:
             raise ValueError(
                 f"ConformerConfig.conv_kernel_size must be odd (centred 'same' conv), got {self.conv_kernel_size}"

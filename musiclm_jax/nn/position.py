@@ -72,3 +72,17 @@ class RelativePositionBias(nn.Module):
         )  # [q, k]
         bias = jnp.take(jnp.asarray(table, jnp.float32), buckets, axis=1)  # [heads, q, k]
         return bias[None]
+
+
+def apply_rope(x: Array, positions: Array, max_wavelength: float = 10_000.0) -> Array:
+    """Rotary position embedding (Su et al. 2021) of x [batch, length, heads, head_dim] at
+    `positions` [length] (int; traced when decoding): feature pairs (i, i + head_dim / 2) are
+    rotated by position x max_wavelength^(-2i / head_dim), so that query . key depends on the
+    positions only through their difference. Computed in float32, returned in x's dtype."""
+    half = x.shape[-1] // 2
+    inv_freq = max_wavelength ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angle = jnp.asarray(positions, jnp.float32)[:, None] * inv_freq[None, :]  # [length, half]
+    sin, cos = jnp.sin(angle)[None, :, None, :], jnp.cos(angle)[None, :, None, :]
+    first, second = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
+    return rotated.astype(x.dtype)

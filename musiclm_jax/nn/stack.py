@@ -18,6 +18,8 @@ import jax.numpy as jnp
 from musiclm_jax.nn import axes, config_io
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
+ATTENTION_KERNELS = ("xla", "fused")
+POSITION_SCHEMES = ("relative_bias", "rope")
 
 
 def remat_policy(name: str) -> Optional[Any]:
@@ -39,7 +41,9 @@ class StackConfig:
     straight-line stack with the scanned param layout: on CPU the loop's stacked residuals cost
     ~20% of a small model's train step; on TPU keep 1, compile time grows with it);
     `remat_policy` one of REMAT_POLICIES; `num_kv_heads` key/value heads (None: `num_heads`;
-    fewer = grouped-query attention, see nn/attention.py)."""
+    fewer = grouped-query attention, see nn/attention.py); `attention_kernel` 'xla' (einsum +
+    softmax) or 'fused' (`jax.nn.dot_product_attention`: cuDNN flash attention on GPU where it
+    applies; no dropout on the attention weights)."""
 
     num_layers: int = 2
     num_heads: int = 4
@@ -53,9 +57,12 @@ class StackConfig:
     scan_layers: bool = True
     scan_unroll: int = 1
     remat_policy: str = "none"
+    attention_kernel: str = "xla"
 
     def __post_init__(self):
         config_io.normalize_dtypes(self)
+        if self.attention_kernel not in ATTENTION_KERNELS:
+            raise ValueError(f"unknown attention_kernel {self.attention_kernel!r}; expected one of {ATTENTION_KERNELS}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"unknown remat_policy {self.remat_policy!r}; expected one of {REMAT_POLICIES}")
         config_io.check_positive_ints(self, "num_layers", "num_heads", "head_dim", "d_model", "d_ff", "scan_unroll")
@@ -74,14 +81,22 @@ class StackConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RelPosStackConfig(StackConfig):
-    """A stack with a T5-style bucketed relative position bias (nn/position.py)."""
+    """A stack with a T5-style bucketed relative position bias (nn/position.py), or, with
+    `position='rope'` (decoder stacks only), rotary embeddings on queries and keys and no bias
+    but the causal mask: what fused attention kernels take whole."""
 
     relpos_num_buckets: int = 32
     relpos_max_distance: int = 128
+    position: str = "relative_bias"
+    rope_max_wavelength: float = 10_000.0
 
     def __post_init__(self):
         super().__post_init__()
         config_io.check_positive_ints(self, "relpos_num_buckets", "relpos_max_distance")
+        if self.position not in POSITION_SCHEMES:
+            raise ValueError(f"unknown position {self.position!r}; expected one of {POSITION_SCHEMES}")
+        if self.position == "rope" and self.head_dim % 2:
+            raise ValueError(f"position='rope' needs an even head_dim, got {self.head_dim}")
 
 
 def stack_layers(

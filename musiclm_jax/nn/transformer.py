@@ -50,13 +50,16 @@ class DecoderLayer(nn.Module):
     config: TransformerConfig
     deterministic: bool = True
     decode: bool = False
+    causal: bool = False  # the bias is only the causal mask (see MultiHeadAttention)
 
     @nn.compact
-    def __call__(self, x: Array, bias: Array):
+    def __call__(self, x: Array, bias: Array, positions: Optional[Array] = None):
         cfg = self.config
         x = nn.with_logical_constraint(x, axes.EMBED_ACT)
         h = norm("pre_attention_norm", rms=True, **cfg.dtypes)(x)
-        h = MultiHeadAttention.of_stack(cfg)(h, bias, deterministic=self.deterministic, decode=self.decode)
+        h = MultiHeadAttention.of_stack(cfg)(
+            h, bias, positions=positions, causal=self.causal, deterministic=self.deterministic, decode=self.decode
+        )
         h = nn.Dropout(rate=cfg.dropout_rate)(h, deterministic=self.deterministic)
         x = x + h
         h = norm("pre_mlp_norm", rms=True, **cfg.dtypes)(x)
@@ -127,16 +130,20 @@ class DecoderStack(nn.Module):
                 k_len = key_positions.value.shape[0]
                 cache_index.value = q_start + length
 
-        rel_bias = RelativePositionBias(
-            num_heads=cfg.num_heads,
-            num_buckets=cfg.relpos_num_buckets,
-            max_distance=cfg.relpos_max_distance,
-            param_dtype=cfg.param_dtype,
-            name="relpos_bias",
-        )(length, k_len, q_start)
         q_pos = q_start + jnp.arange(length, dtype=jnp.int32)
         causal = jnp.arange(k_len, dtype=jnp.int32)[None, :] <= q_pos[:, None]
-        bias = jnp.where(causal[None, None], rel_bias, NEG_INF).astype(jnp.float32)  # [1, H, q, k]
+        if cfg.position == "rope":  # rotary queries and keys; the bias is the causal mask alone
+            positions, rel_bias = q_pos, jnp.zeros((1, 1, length, k_len), jnp.float32)
+        else:
+            positions = None
+            rel_bias = RelativePositionBias(
+                num_heads=cfg.num_heads,
+                num_buckets=cfg.relpos_num_buckets,
+                max_distance=cfg.relpos_max_distance,
+                param_dtype=cfg.param_dtype,
+                name="relpos_bias",
+            )(length, k_len, q_start)
+        bias = jnp.where(causal[None, None], rel_bias, NEG_INF).astype(jnp.float32)  # [1, H or 1, q, k]
 
         x = nn.Embed(
             num_embeddings=cfg.vocab_size,
@@ -149,7 +156,11 @@ class DecoderStack(nn.Module):
         x = nn.with_logical_constraint(x, axes.EMBED_ACT)
         x = nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=deterministic)
 
-        x, _ = stack_layers(DecoderLayer, cfg, deterministic=deterministic, decode=decode)(x, bias)
+        causal_only = cfg.position == "rope" and not decode  # queries and keys both from position 0
+        layers = stack_layers(
+            DecoderLayer, cfg, num_broadcast=2, deterministic=deterministic, decode=decode, causal=causal_only
+        )
+        x, _ = layers(x, bias, positions)
 
         if num_logits is not None:
             if not 0 < num_logits <= length:
