@@ -71,7 +71,8 @@ class DecoderLayer(nn.Module):
 
 class LogitsProjection(nn.Module):
     """The output projection, kernel [d_model, vocab] ('embed', 'vocab'), of which a call may
-    use only the columns of one id window [lo, hi)."""
+    use only the columns of one id window [lo, hi). Applied with a kernel of the window's
+    columns only (`window_params`), it uses that as is: a decoding loop slices once, outside."""
 
     vocab_size: int
     dtype: Any = jnp.float32
@@ -79,17 +80,23 @@ class LogitsProjection(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, window: Optional[tuple[int, int]] = None) -> Array:
-        kernel = self.param(
-            "kernel",
-            nn.with_logical_partitioning(default_kernel_init(), (axes.EMBED, axes.VOCAB)),
-            (x.shape[-1], self.vocab_size),
-            self.param_dtype,
-        )
+        if self.has_variable("params", "kernel"):  # read as stored: possibly the window's columns only
+            kernel = nn.meta.unbox(self.get_variable("params", "kernel"))
+        else:
+            kernel = self.param(
+                "kernel",
+                nn.with_logical_partitioning(default_kernel_init(), (axes.EMBED, axes.VOCAB)),
+                (x.shape[-1], self.vocab_size),
+                self.param_dtype,
+            )
         if window is not None:
             lo, hi = window
             if not 0 <= lo < hi <= self.vocab_size:
                 raise ValueError(f"logits window [{lo}, {hi}) is not inside the vocabulary [0, {self.vocab_size})")
-            kernel = kernel[:, lo:hi]
+            if kernel.shape[1] == self.vocab_size:
+                kernel = kernel[:, lo:hi]
+            elif kernel.shape[1] != hi - lo:
+                raise ValueError(f"logits kernel has {kernel.shape[1]} columns: neither the vocabulary nor the window")
         return matmul(x.astype(self.dtype), kernel.astype(self.dtype))
 
 
@@ -171,6 +178,13 @@ class DecoderStack(nn.Module):
         logits = LogitsProjection(cfg.vocab_size, **cfg.dtypes, name="logits")(x, logits_window)
         logits = nn.with_logical_constraint(logits, axes.VOCAB_ACT)
         return logits.astype(jnp.float32)
+
+
+def window_params(params: Any, window: tuple[int, int]) -> Any:
+    """`params` with the logits kernel cut to the columns of `window` (see LogitsProjection)."""
+    lo, hi = window
+    params = nn.meta.unbox(params)
+    return {**params, "logits": {**params["logits"], "kernel": params["logits"]["kernel"][:, lo:hi]}}
 
 
 def count_params(tree: Any) -> int:
