@@ -1,7 +1,7 @@
 """Multi-head self-attention with an additive bias and a chunked KV cache.
 
 The caller supplies the additive bias (relative position bias plus causal mask, computed
-once per stack), so this module knows nothing about positions.
+once per stack), and with rotary embeddings the positions to rotate queries and keys by.
 
 KV cache (`decode=True`): variables in the 'cache' collection,
 
@@ -29,6 +29,7 @@ from musiclm_jax.nn import axes
 from musiclm_jax.nn.initializers import default_kernel_init
 from musiclm_jax.nn.layers import matmul
 from musiclm_jax.nn.position import apply_rope
+from musiclm_jax.nn.splash import splash_causal_attention
 
 Array = jax.Array
 
@@ -168,8 +169,14 @@ def fused_attention(query: Array, key: Array, value: Array, bias: Array, *, caus
     head_dim] in and out; queries already scaled; K/V may have fewer heads). On GPU it takes
     cuDNN's flash attention where shapes and dtypes allow (then the [heads, q, k] weights are
     never stored), elsewhere XLA's own. `causal`: the bias is only the causal mask, passed as
-    the kernel's flag instead."""
-    if causal:
-        return jax.nn.dot_product_attention(query, key, value, scale=1.0, is_causal=True)
+    the kernel's flag instead; on TPU then Pallas splash attention (nn/splash.py)."""
+    if causal:  # TPU: Pallas splash attention; elsewhere dot_product_attention's causal flag
+        return jax.lax.platform_dependent(
+            query,
+            key,
+            value,
+            tpu=splash_causal_attention,
+            default=lambda q, k, v: jax.nn.dot_product_attention(q, k, v, scale=1.0, is_causal=True),
+        )
     bias = jnp.broadcast_to(bias, bias.shape[:2] + (query.shape[1], key.shape[1])).astype(query.dtype)
     return jax.nn.dot_product_attention(query, key, value, bias=bias, scale=1.0)
