@@ -203,6 +203,11 @@ def test_kth_largest_equals_top_k_with_ties_infinities_and_signed_zeros():
                 np.testing.assert_array_equal(
                     np.asarray(fn(x, k)).view(np.uint32), want.view(np.uint32), err_msg=f"k={k}"
                 )
+            many = jnp.tile(x, (3, 1))  # past the small-input size: the 1-bit-per-round search
+            assert many.size > decoding._SMALL_TOP_K_INPUT or len(row) < 1000
+            np.testing.assert_array_equal(
+                np.asarray(bisect(many, k)).view(np.uint32), np.tile(want, (3, 1)).view(np.uint32)
+            )
     x = jnp.asarray(rng.normal(size=(2, 3, 50)), jnp.bfloat16)  # any leading shape and float dtype
     np.testing.assert_array_equal(decoding._kth_largest_by_bisection(x, 7), jax.lax.top_k(x, 7)[0][..., -1:])
 

@@ -101,6 +101,7 @@ def teacher_forced_logits(
 
 
 _SIGN_BIT = np.uint32(0x80000000)
+_SMALL_TOP_K_INPUT = 4096  # logits per step up to which the top-k search takes 4 bits per round
 
 
 def _order_keys(x: jax.Array) -> jax.Array:
@@ -115,21 +116,23 @@ def _from_order_keys(keys: jax.Array) -> jax.Array:
 
 
 def _kth_largest_by_bisection(logits: jax.Array, k: int) -> jax.Array:
-    """Builds the k-th largest order key 4 bits at a time, from the top: in each of 8 rounds,
-    count the keys at or above each of the 15 candidates prefix | j << shift (j = 1..15) and keep
-    the largest j whose count still reaches k. 8 rounds of [rows, 15, vocab] comparisons instead
-    of 32 halvings: at batch 1 each round costs what a halving does (a few small kernels)."""
+    """Builds the k-th largest order key from the top, `bits` bits per round: each round counts
+    the keys at or above the 2**bits - 1 candidates prefix | j << shift and keeps the largest j
+    whose count still reaches k. Small inputs (a decoding step at batch 1) take 4 bits per round,
+    8 rounds of [rows, 15, vocab] comparisons, since there each round's cost is a few kernel
+    launches; large ones take 1 bit per round (32 halvings), the fewest comparisons."""
     keys = _order_keys(logits.astype(jnp.float32))
-    digits = jnp.arange(1, 16, dtype=jnp.uint32)  # [15]
+    bits = 4 if keys.size <= _SMALL_TOP_K_INPUT else 1
+    digits = jnp.arange(1, 2**bits, dtype=jnp.uint32)
 
     def round_(r, prefix):  # invariant: the k-th largest key lies in [prefix, prefix | (2**shift - 1)]
-        shift = (28 - 4 * r).astype(jnp.uint32)
-        candidates = prefix | (digits << shift)  # [rows, 15]
+        shift = (32 - bits * (r + 1)).astype(jnp.uint32)
+        candidates = prefix | (digits << shift)  # [rows, 2**bits - 1]
         counts = jnp.sum(keys[..., None, :] >= candidates[..., :, None], axis=-1, dtype=jnp.int32)
         digit = jnp.sum(counts >= k, axis=-1, keepdims=True, dtype=jnp.uint32)  # counts fall with j
         return prefix | (digit << shift)
 
-    prefix = jax.lax.fori_loop(0, 8, round_, jnp.zeros(keys.shape[:-1] + (1,), jnp.uint32))
+    prefix = jax.lax.fori_loop(0, 32 // bits, round_, jnp.zeros(keys.shape[:-1] + (1,), jnp.uint32))
     return _from_order_keys(prefix).astype(logits.dtype)
 
 
@@ -137,8 +140,8 @@ def kth_largest(logits: jax.Array, k: int) -> jax.Array:
     """The k-th largest value of each row, [..., 1], ties counted as `jax.lax.top_k` counts them.
 
     On CPU, XLA's TopK sorts every row: 0.9 ms per decoding step for 8 rows of 1,028 logits on
-    2 cores. Searching the values' order-preserving uint32 keys 4 bits at a time (8 rounds, each
-    counting the keys above 15 candidates) finds the same value exactly. The choice is made per
+    2 cores. Searching the values' order-preserving uint32 keys from the top (4 bits per round
+    for a few rows, 1 for many) finds the same value exactly. The choice is made per
     platform when lowering (an exported cpu + tpu sampler gets both); other platforms, and
     float64 logits (no exact 32-bit keys), keep TopK."""
 

@@ -139,7 +139,12 @@ class MultiHeadAttention(nn.Module):
                 weights = nn.Dropout(rate=self.dropout_rate)(weights, deterministic=False)
             return weights
 
-        if single_query:
+        if single_query and groups == 1:
+            logits = jnp.sum(query.astype(jnp.float32) * key.astype(jnp.float32), axis=-1)  # [b, k, h]
+            weights = softmax(jnp.transpose(logits, (0, 2, 1))[:, :, None, :])  # [b, h, 1, k]
+            w = jnp.transpose(weights[:, :, 0, :], (0, 2, 1))[..., None]  # [b, k, h, 1]
+            out = jnp.sum(w * value.astype(jnp.float32), axis=1, keepdims=True).astype(self.dtype)  # [b, 1, h, d]
+        elif single_query:
             grouped = query.astype(jnp.float32).reshape(batch, 1, kv_heads, groups, self.head_dim)
             logits = jnp.sum(grouped * key.astype(jnp.float32)[:, :, :, None, :], axis=-1)  # [b, k, n, g]
             weights = softmax(jnp.transpose(logits.reshape(batch, -1, self.num_heads), (0, 2, 1))[:, :, None, :])
