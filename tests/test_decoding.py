@@ -210,6 +210,12 @@ def test_kth_largest_equals_top_k_with_ties_infinities_and_signed_zeros():
             )
     x = jnp.asarray(rng.normal(size=(2, 3, 50)), jnp.bfloat16)  # any leading shape and float dtype
     np.testing.assert_array_equal(decoding._kth_largest_by_bisection(x, 7), jax.lax.top_k(x, 7)[0][..., -1:])
+    # An exported sampler has a symbolic batch: the search must not compare it with a constant.
+    (rows,) = jax.export.symbolic_shape("b")
+    spec = jax.ShapeDtypeStruct((rows, 16), jnp.float32)
+    exported = jax.export.export(jax.jit(lambda v: decoding.kth_largest(v, 3)), platforms=("cpu",))(spec)
+    y = jnp.asarray(rng.normal(size=(5, 16)), jnp.float32)
+    np.testing.assert_array_equal(exported.call(y), jax.lax.top_k(y, 3)[0][..., -1:])
 
 
 def test_filter_logits_top_k_top_p():

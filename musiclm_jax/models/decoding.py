@@ -122,7 +122,9 @@ def _kth_largest_by_bisection(logits: jax.Array, k: int) -> jax.Array:
     8 rounds of [rows, 15, vocab] comparisons, since there each round's cost is a few kernel
     launches; large ones take 1 bit per round (32 halvings), the fewest comparisons."""
     keys = _order_keys(logits.astype(jnp.float32))
-    bits = 4 if keys.size <= _SMALL_TOP_K_INPUT else 1
+    # A symbolic batch (an exported sampler) may be large: it takes the 1-bit search.
+    static = all(isinstance(d, int) for d in keys.shape)
+    bits = 4 if static and keys.size <= _SMALL_TOP_K_INPUT else 1
     digits = jnp.arange(1, 2**bits, dtype=jnp.uint32)
 
     def round_(r, prefix):  # invariant: the k-th largest key lies in [prefix, prefix | (2**shift - 1)]
