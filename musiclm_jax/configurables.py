@@ -11,8 +11,17 @@ from musiclm_jax import export as export_lib
 from musiclm_jax import generate as generate_lib
 from musiclm_jax import pipeline as pipeline_lib
 from musiclm_jax import train as train_lib
-from musiclm_jax.data import audio_tasks, input_pipeline, sources, synthetic, text_vocab, token_cache_tasks
+from musiclm_jax.data import (
+    audio_tasks,
+    input_pipeline,
+    melody_tasks,
+    sources,
+    synthetic,
+    text_vocab,
+    token_cache_tasks,
+)
 from musiclm_jax.models import musiclm
+from musiclm_jax.tokenizers import melody as melody_tokenizer
 from musiclm_jax.tokenizers import mulan as mulan_tokenizer
 from musiclm_jax.tokenizers import semantic as semantic_tokenizer
 from musiclm_jax.training import partitioning
@@ -39,6 +48,9 @@ FolderSource = gin_utils.register(sources.FolderSource, "FolderSource")
 caption_vocabulary = gin_utils.register(text_vocab.caption_vocabulary, "caption_vocabulary")
 # MuLan tokens: the RVQ fitted on a trained MuLan's audio embeddings.
 fit_mulan_rvq = gin_utils.register(mulan_tokenizer.fit_mulan_rvq, "fit_mulan_rvq")
+# The melody model's pairs (same tune, different renditions) and its tokens' RVQ.
+register_melody_pair_task = gin_utils.register(melody_tasks.register_melody_pair_task, "register_melody_pair_task")
+fit_melody_rvq = gin_utils.register(melody_tokenizer.fit_melody_rvq, "fit_melody_rvq")
 # Semantic tokens: k-means of a trained w2v-BERT's layer embeddings.
 fit_semantic_kmeans = gin_utils.register(semantic_tokenizer.fit_semantic_kmeans, "fit_semantic_kmeans")
 # Token precompute: the three frozen tokenizers over a raw-audio task, into a seqio token cache,

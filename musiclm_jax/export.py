@@ -271,6 +271,11 @@ def export_musiclm(
     """
     settings = {**PAPER_SETTINGS, **(settings or {})}
     model = load_musiclm(model_dirs, semantic_rate=semantic_rate, windows=windows)
+    if model.melody_spec is not None:  # its samplers would need the melody stream's shapes too
+        raise ValueError(
+            "export: the semantic stage reads melody tokens; bundles of melody-conditioned models are not supported "
+            "yet (generate from the model directories with MELODY_DIR)"
+        )
     _fresh_dir(output_dir)
     for key in MODEL_DIRS:
         export_checkpoint(model_dirs[key], fileio.join(output_dir, key.removesuffix("_dir")), dtype=dtype)

@@ -29,14 +29,16 @@ from musiclm_jax.audio.io import MISSING_FILE, AudioDecodeError, AudioInfo, load
 from musiclm_jax.audio.plots import spectrogram_sheet
 from musiclm_jax.models.musiclm import PAPER_SETTINGS, STAGES, MusicLM, SamplingSettings, Window
 from musiclm_jax.tokenizers.acoustic import AcousticTokenizer
+from musiclm_jax.tokenizers.melody import MelodyTokenizer
 from musiclm_jax.tokenizers.mulan import MuLanTokenizer
 from musiclm_jax.tokenizers.semantic import SemanticTokenizer
 from musiclm_jax.training.summaries import log
 
 # The five trained models' directories, the keys of `model_dirs` (w2v_bert_dir is optional: its
-# semantic tokenizer only serves continuations of audio prompts).
+# semantic tokenizer only serves continuations of audio prompts; melody_dir too: the melody
+# tokenizer, which a semantic stage trained with melody tokens needs).
 MODEL_DIRS = ("mulan_dir", "semantic_stage_dir", "coarse_stage_dir", "fine_stage_dir", "soundstream_dir")
-OPTIONAL_MODEL_DIRS = ("w2v_bert_dir",)
+OPTIONAL_MODEL_DIRS = ("w2v_bert_dir", "melody_dir")
 
 
 def check_model_dirs(model_dirs: Mapping[str, Optional[str]]) -> dict[str, str]:
@@ -75,7 +77,8 @@ def load_musiclm(
       model_dirs: the `musiclm train` directories (or params-only exports) by key: mulan_dir (with
         its RVQ in mulan_rvq/, `musiclm fit_mulan_rvq`), semantic_stage_dir, coarse_stage_dir,
         fine_stage_dir (StageModels), soundstream_dir (the codec; its sample_rate / hop_length is
-        the acoustic rate), and optionally w2v_bert_dir (with kmeans/), only to continue audio.
+        the acoustic rate), and optionally w2v_bert_dir (with kmeans/), only to continue audio, and
+        melody_dir (with melody_rvq/), for a semantic stage trained with melody tokens.
       semantic_rate: semantic tokens per second (w2v-BERT's frame rate; 25 at the paper config).
       windows: each stage's sliding Window or (seconds, stride); a stage left out (or None) slides its
         training crop (read from its config.gin; the paper's window when that is unknown).
@@ -101,6 +104,7 @@ def load_musiclm(
         semantic_rate=semantic_rate,
         windows=chosen,
         semantic_tokenizer=semantic_tokenizer,
+        melody=MelodyTokenizer.from_model_dir(dirs["melody_dir"]) if "melody_dir" in dirs else None,
     )
 
 
@@ -183,6 +187,7 @@ def generate(
     windows: Optional[Mapping[str, Window]] = None,
     story: Sequence[tuple[str, float]] = (),
     continue_from: Optional[str] = None,
+    melody: Optional[str] = None,
     model: Optional[MusicLM] = None,
 ) -> list[dict]:
     """Generates every prompt (or the one story); returns the sidecars written (one per output).
@@ -207,6 +212,9 @@ def generate(
         each segment's seconds; its prompt (file name, sidecar) is the texts joined by " | ".
       continue_from: an audio file to continue; the written audio starts with its codec reconstruction
         (prompt_seconds long) before the `seconds` of new music.
+      melody: an audio file of a tune (hummed, whistled, sung or played; any length: looped or cut to
+        the music's) for every prompt to follow; needs a semantic stage trained with melody tokens and
+        `melody_dir`.
       model: an already loaded MusicLM (e.g. `export.load_exported_musiclm`); the directories are then
         only recorded, and `semantic_rate` and `windows` are unused.
     Returns:
@@ -219,7 +227,8 @@ def generate(
         `seconds` outside (0, max_seconds], `continue_from` without `w2v_bert_dir`, or a model
         directory of the wrong kind.
       FileNotFoundError: a model directory is missing.
-      AudioDecodeError: `continue_from` cannot be read.
+      AudioDecodeError: `continue_from` or `melody` cannot be read.
+      UnusableMelodyError: `melody` is silent.
     """
     if story:
         if prompts or prompt_file:
@@ -241,6 +250,14 @@ def generate(
     if continue_from:
         audio, info = _load_prompt_audio(continue_from, model.codec.sample_rate)  # AudioDecodeError: clear
         prompt = {"prompt_audio": audio, "prompt_sample_rate": info.sample_rate}
+    if melody:
+        if model.melody is None:
+            raise ValueError(
+                "melody needs a semantic stage trained with melody tokens and melody_dir (the melody model)"
+            )
+        tune, info = _load_prompt_audio(melody, model.melody.sample_rate)
+        prompt.update(melody_audio=tune, melody_sample_rate=info.sample_rate)
+        model._melody_tokens(tune, info.sample_rate, None)  # a silent tune fails before any sampling
 
     t0 = time.perf_counter()
     with _StageBars(len(texts), num_candidates) as bars:
@@ -272,6 +289,8 @@ def generate(
             sidecar["story"] = [{"text": t, "seconds": s} for t, s in story]
         if continue_from:
             sidecar.update(continue_from=continue_from, prompt_seconds=result.prompt_seconds)
+        if melody:
+            sidecar["melody"] = melody
         fileio.write_text(stem + ".json", json.dumps(sidecar, indent=1))  # last: WAV and PNG are whole
         sidecars.append(sidecar)
     log(

@@ -34,6 +34,12 @@ ResNetConfig = gin.external_configurable(encoders.ResNetConfig, module=_MODULE)
 MuLanConfig = gin.external_configurable(mulan.MuLanConfig, module=_MODULE)
 MuLan = gin.external_configurable(mulan.MuLan, module=_MODULE)
 
+# The melody embedding model (melody tokens).
+from musiclm_jax.models import melody  # noqa: E402
+
+MelodyConfig = gin.external_configurable(melody.MelodyConfig, module=_MODULE)
+MelodyModel = gin.external_configurable(melody.MelodyModel, module=_MODULE)
+
 # w2v-BERT (semantic tokens) and its conformer config.
 from musiclm_jax.models import w2v_bert  # noqa: E402
 from musiclm_jax.nn import conformer  # noqa: E402

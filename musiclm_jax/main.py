@@ -21,6 +21,7 @@ ENTRY_FUNCTIONS = (
     "compile_for_topology",
     "inspect_task",
     "fit_mulan_rvq",
+    "fit_melody_rvq",
     "fit_semantic_kmeans",
     "precompute_tokens",
     "generate",
@@ -34,6 +35,7 @@ MODES = {
     "aot": "compile the train step for a TPU topology on this machine and report memory/FLOPs",
     "inspect": "write a raw-audio task's examples as WAVs plus a PNG sheet of spectrograms",
     "fit_mulan_rvq": "fit the MuLan-token RVQ on a trained MuLan's audio embeddings of a task",
+    "fit_melody_rvq": "fit the melody-token RVQ on a trained melody model's window embeddings of a task",
     "fit_semantic_kmeans": "fit the semantic-token k-means on a trained w2v-BERT's layer embeddings of a task",
     "precompute": "tokenize a raw-audio task once with the frozen MuLan, w2v-BERT and SoundStream into a token cache",
     "generate": "text -> music: a WAV (+ JSON sidecar, PNG spectrogram) per prompt from the trained models' "
@@ -122,6 +124,11 @@ def _parser() -> argparse.ArgumentParser:
         help="generate: story mode, one piece whose text changes: 'SECONDS:TEXT' (repeatable, in order)",
     )
     p.add_argument("--continue_from", help="generate: an audio file to continue (needs W2V_BERT_DIR in gin)")
+    p.add_argument(
+        "--melody",
+        help="generate: an audio file of a tune (hummed, whistled or played) for the music to follow "
+        "(needs a semantic stage trained with melody tokens and MELODY_DIR in gin)",
+    )
     p.add_argument("--split", default="train", help="inspect: train or validation")
     p.add_argument("--model_dir", help="pipeline: where every model, the music and pipeline_summary.json go")
     p.add_argument(
@@ -284,12 +291,12 @@ def _run_mode(args, configurables, gin_utils) -> int:
         print(summary.table())
         print(f"wrote {summary.count} WAVs, spectrograms.png and summary.json to {args.output_dir}")
         return 0
-    if args.mode == "fit_mulan_rvq":
-        info = configurables.fit_mulan_rvq()
-        cosines = info["reconstruction_cosine"]
+    if args.mode in ("fit_mulan_rvq", "fit_melody_rvq"):
+        info = getattr(configurables, args.mode)()
+        what = "clips" if args.mode == "fit_mulan_rvq" else "windows"
         print(
-            f"fitted a {info['levels']} x {info['codebook_size']} RVQ on {info['num_examples']} clips; "
-            f"reconstruction cosine by levels: {cosines}"
+            f"fitted a {info['levels']} x {info['codebook_size']} RVQ on {info['num_examples']} {what}; "
+            f"reconstruction cosine by levels: {info['reconstruction_cosine']}"
         )
         return 0
     if args.mode == "fit_semantic_kmeans":
@@ -335,6 +342,8 @@ def _run_mode(args, configurables, gin_utils) -> int:
                 kwargs["story"] = generate_lib.parse_story(args.story)
             if args.continue_from:
                 kwargs["continue_from"] = args.continue_from
+            if args.melody:
+                kwargs["melody"] = args.melody
             sidecars = configurables.generate(prompts=args.prompt, prompt_file=args.prompt_file, **kwargs)
         except (ValueError, AudioDecodeError) as e:  # an empty prompt, a bad length or audio prompt, misfit stages
             return _usage_error(f"generate: {gin_utils.first_line(e)}")

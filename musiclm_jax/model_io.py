@@ -3,7 +3,7 @@
     model, params = model_io.load("/runs/semantic")                  # any registered kind
     model, params = model_io.load(d, step=500, kind="MuLan")         # refuses another kind
 
-`model.json` names the model's kind (its class: StageModel, MuLan, W2vBert, SoundStream) and
+`model.json` names the model's kind (its class: StageModel, MuLan, MelodyModel, W2vBert, SoundStream) and
 holds its config. The registry `KINDS` knows, per kind, how to rebuild the model from that config
 and the smallest input shapes that give its parameter shapes; parameters are restored onto one
 device from `checkpoints/<step>/` (the latest unless `step` is given). An export directory
@@ -27,6 +27,7 @@ import jax
 from musiclm_jax import fileio
 from musiclm_jax.models.base import BaseModel
 from musiclm_jax.models.lora import DEFAULT_TARGETS as DEFAULT_LORA_TARGETS
+from musiclm_jax.models.melody import MelodyConfig, MelodyModel
 from musiclm_jax.models.mulan import MuLan, MuLanConfig
 from musiclm_jax.models.soundstream import SoundStream, SoundStreamConfig
 from musiclm_jax.models.stages import StageConfig, StageModel
@@ -64,6 +65,9 @@ KINDS: dict[str, Kind] = {
     "MuLan": Kind(
         lambda c: MuLan(MuLanConfig.from_dict(c)),
         lambda m: {"audio": (1, m.config.window_samples), "text_tokens": (1, m.config.max_text_length)},
+    ),
+    "MelodyModel": Kind(
+        lambda c: MelodyModel(MelodyConfig.from_dict(c)), lambda m: {"audio": (1, m.config.window_samples)}
     ),
     "W2vBert": Kind(lambda c: W2vBert(W2vBertConfig.from_dict(c)), lambda m: {"audio": (1, m.config.sample_rate)}),
     "SoundStream": Kind(lambda c: SoundStream(SoundStreamConfig.from_dict(c)), _codec_shapes),

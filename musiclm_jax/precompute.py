@@ -8,7 +8,8 @@ Each clip of the task's source, whole (a cropping task's crop is not applied), b
 `mulan_tokens` [levels] (10 s windows at 1 s hop in the paper config, averaged, then the
 RVQ), `mulan_window_tokens` [windows, levels] (each window's own tokens: the condition of a
 crop of a long track), `semantic_tokens` [T*25] and `acoustic_tokens` [T*50, levels] (paper rates), plus its
-`caption` and `id`. Every tokenizer gets the clip resampled to its own model's rate. The
+`caption` and `id`; with a melody model (`melody_dir`) also `melody_tokens` [T / hop, levels] (a
+window every hop_seconds, tokenizers/melody.py). Every tokenizer gets the clip resampled to its own model's rate. The
 layout of the cache (seqio's offline-cache format) is described in data/token_cache_tasks.py,
 which registers token tasks that crop it.
 
@@ -54,6 +55,7 @@ from musiclm_jax.audio.io import resample
 from musiclm_jax.data import token_cache_tasks as layout
 from musiclm_jax.data.bad_input import BadInputReport, NoUsableExamplesError
 from musiclm_jax.tokenizers.acoustic import AcousticTokenizer
+from musiclm_jax.tokenizers.melody import MelodyTokenizer
 from musiclm_jax.tokenizers.mulan import MuLanTokenizer
 from musiclm_jax.tokenizers.semantic import SemanticTokenizer
 
@@ -68,6 +70,7 @@ _REQUIRED_FILES = {
     "mulan_dir": ("model.json", "mulan_rvq/codebooks.npz"),
     "w2v_bert_dir": ("model.json", "kmeans/kmeans.npz"),
     "soundstream_dir": ("model.json",),
+    "melody_dir": ("model.json", "melody_rvq/codebooks.npz"),
 }
 
 
@@ -75,17 +78,18 @@ _REQUIRED_FILES = {
 
 
 class _Tokenizers:
-    """The three frozen tokenizers, loaded once per worker."""
+    """The three frozen tokenizers (four with the melody model), loaded once per worker."""
 
-    def __init__(self, mulan_dir: str, w2v_bert_dir: str, soundstream_dir: str):
+    def __init__(self, mulan_dir: str, w2v_bert_dir: str, soundstream_dir: str, melody_dir: Optional[str] = None):
         self.mulan = MuLanTokenizer.from_model_dir(mulan_dir)
         self.semantic = SemanticTokenizer.from_model_dir(w2v_bert_dir)
         self.acoustic = AcousticTokenizer.from_model_dir(soundstream_dir)
+        self.melody = MelodyTokenizer.from_model_dir(melody_dir) if melody_dir else None
 
     def meta(self) -> dict:
         """What a reader of the cache needs: token rates, levels, codebook sizes, model rates."""
         s, a = self.semantic, self.acoustic
-        return {
+        meta = {
             "rates": {"semantic": s.sample_rate / s.samples_per_frame, "acoustic": a.sample_rate / a.hop_length},
             "levels": {"mulan": self.mulan.num_levels, "acoustic": a.num_levels},
             "codebook_sizes": {
@@ -99,33 +103,50 @@ class _Tokenizers:
                 "hop_seconds": self.mulan.model.config.hop_seconds,
             },
         }
+        if self.melody is not None:  # a time-aligned stream: windows per second
+            m = self.melody
+            meta["rates"]["melody"] = float(m.windows_per_second)
+            meta["levels"]["melody"] = m.num_levels
+            meta["codebook_sizes"]["melody"] = int(m.codebooks["embed"].shape[1])
+            meta["sample_rates"]["melody"] = m.sample_rate
+        return meta
 
     def tokenize(self, clips: Sequence[np.ndarray], sample_rate: int) -> list[Optional[dict]]:
         """Tokens of each clip, or None where a tokenizer rejects it (ValueError)."""
-        at = {
-            sr: [resample(c, sample_rate, sr) for c in clips]
-            for sr in {self.mulan.sample_rate, self.semantic.sample_rate, self.acoustic.sample_rate}
-        }
+        rates = {self.mulan.sample_rate, self.semantic.sample_rate, self.acoustic.sample_rate}
+        if self.melody is not None:
+            rates.add(self.melody.sample_rate)
+        at = {sr: [resample(c, sample_rate, sr) for c in clips] for sr in rates}
         try:
             clip_tokens, window_tokens = self.mulan.audio_tokens_with_windows(at[self.mulan.sample_rate])
             mulan = list(zip(clip_tokens, window_tokens))
         except ValueError:  # one bad clip: find it clip by clip
             mulan = [self._or_none(self.mulan.audio_tokens_with_windows, [c]) for c in at[self.mulan.sample_rate]]
             mulan = [None if m is None else (m[0][0], m[1][0]) for m in mulan]
+        melody = [None] * len(clips)
+        if self.melody is not None:
+            try:
+                melody = self.melody.tokens(at[self.melody.sample_rate])
+            except ValueError:  # one bad clip: find it clip by clip
+                melody = [self._or_none(self.melody.tokens, [c]) for c in at[self.melody.sample_rate]]
+                melody = [None if t is None else t[0] for t in melody]
         out = []
         for i, m in enumerate(mulan):
             sem = None if m is None else self._or_none(self.semantic.tokenize, [at[self.semantic.sample_rate][i]])
             ac = None if sem is None else self._or_none(self.acoustic.encode, at[self.acoustic.sample_rate][i][None])
-            out.append(
-                None
-                if ac is None
-                else {
-                    "mulan_tokens": np.asarray(m[0], np.int32),
-                    "mulan_window_tokens": np.asarray(m[1], np.int32),
-                    "semantic_tokens": np.asarray(sem[0], np.int32),
-                    "acoustic_tokens": np.asarray(ac[0], np.int32),
-                }
-            )
+            mel = melody[i]
+            if ac is None or (self.melody is not None and mel is None):
+                out.append(None)
+                continue
+            tokens = {
+                "mulan_tokens": np.asarray(m[0], np.int32),
+                "mulan_window_tokens": np.asarray(m[1], np.int32),
+                "semantic_tokens": np.asarray(sem[0], np.int32),
+                "acoustic_tokens": np.asarray(ac[0], np.int32),
+            }
+            if mel is not None:
+                tokens["melody_tokens"] = np.asarray(mel, np.int32)
+            out.append(tokens)
         return out
 
     @staticmethod
@@ -138,9 +159,11 @@ class _Tokenizers:
 
 
 @functools.lru_cache(maxsize=2)
-def load_tokenizers(mulan_dir: str, w2v_bert_dir: str, soundstream_dir: str) -> _Tokenizers:
+def load_tokenizers(
+    mulan_dir: str, w2v_bert_dir: str, soundstream_dir: str, melody_dir: Optional[str] = None
+) -> _Tokenizers:
     """Kept per process: the DirectRunner (and a worker that runs many bundles) loads them once."""
-    return _Tokenizers(mulan_dir, w2v_bert_dir, soundstream_dir)
+    return _Tokenizers(mulan_dir, w2v_bert_dir, soundstream_dir, melody_dir)
 
 
 def _merge_skipped(counts: collections.Counter, report: Optional[BadInputReport]) -> None:
@@ -314,6 +337,8 @@ class _TokenizeShards:
 
 def _check_model_dirs(model_dirs: dict) -> None:
     for arg, files in _REQUIRED_FILES.items():
+        if arg not in model_dirs:  # the optional melody model
+            continue
         for name in files:
             path = fileio.join(model_dirs[arg], name)
             if not fileio.exists(path):
@@ -368,7 +393,9 @@ def _finish_split(output_dir: str, split: str, num_shards: int) -> dict:
     layout.write_json(seqio.utils.get_cached_stats_path(output_dir, split), stats)
     layout.write_json(
         seqio.utils.get_cached_info_path(output_dir, split),
-        layout.info_dict(num_shards, total["levels"]["acoustic"], total["levels"]["mulan"]),
+        layout.info_dict(
+            num_shards, total["levels"]["acoustic"], total["levels"]["mulan"], total["levels"].get("melody")
+        ),
     )
     return total
 
@@ -391,6 +418,7 @@ def precompute_tokens(
     mulan_dir: str,
     w2v_bert_dir: str,
     soundstream_dir: str,
+    melody_dir: Optional[str] = None,
     num_shards: int = 8,
     beam_args: Sequence[str] = (),
 ) -> dict:
@@ -406,6 +434,8 @@ def precompute_tokens(
       mulan_dir: MuLan's directory (model.json, mulan_rvq/codebooks.npz).
       w2v_bert_dir: w2v-BERT's directory (model.json, kmeans/kmeans.npz).
       soundstream_dir: SoundStream's directory (model.json).
+      melody_dir: the melody model's directory (model.json, melody_rvq/codebooks.npz); None for a
+        cache without `melody_tokens`.
       num_shards: input shards per split, the units of work and of resumption (shard i: the clips
         whose index is i mod num_shards); a split must keep the count it was started with.
       beam_args: Beam pipeline options (default the in-process DirectRunner).
@@ -432,6 +462,8 @@ def precompute_tokens(
         "w2v_bert_dir": fileio.resolve(w2v_bert_dir),
         "soundstream_dir": fileio.resolve(soundstream_dir),
     }
+    if melody_dir:
+        model_dirs["melody_dir"] = fileio.resolve(melody_dir)
     _check_model_dirs(model_dirs)
     fileio.makedirs(fileio.join(output_dir, layout.SHARD_STATS_DIR))
     todo = [s for s in splits if not _split_done(output_dir, s)]

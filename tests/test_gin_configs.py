@@ -13,7 +13,7 @@ from musiclm_jax import gin_registry, gin_utils
 from musiclm_jax.nn.encoders import ResNetConfig
 
 GIN = pathlib.Path(__file__).resolve().parents[1] / "gin"
-MODELS = ("soundstream", "w2v_bert", "mulan", "semantic_stage", "coarse_stage", "fine_stage")
+MODELS = ("soundstream", "w2v_bert", "mulan", "melody", "semantic_stage", "coarse_stage", "fine_stage")
 SIZES = ("paper", "small", "tiny")
 BINDING = re.compile(r"^([A-Za-z_][\w./]*)\s*=")
 
@@ -174,3 +174,21 @@ def test_mulan_sizes(size, tower, text_layers, embed_dim, rvq, text_length):
     else:  # the paper's ResNet stays configured but unused, at ResNetConfig's defaults (as before)
         assert config.resnet == ResNetConfig()
         assert str(config.text_encoder.dtype) == "float32"
+
+
+@pytest.mark.parametrize(
+    "size, front_end, layers, embed_dim, window, rvq",
+    [
+        ("paper", "pitch", 12, 128, 10.0, (6, 1024)),
+        ("small", "pitch", 4, 128, 4.0, (4, 64)),
+        ("tiny", "chroma", 2, 64, 2.0, (4, 32)),
+    ],
+)
+def test_melody_sizes(size, front_end, layers, embed_dim, window, rvq):
+    _parse(f"models/melody/{size}.gin")
+    config = gin_registry.MelodyConfig()
+    assert config.front_end == front_end and config.encoder.num_layers == layers and config.embed_dim == embed_dim
+    assert (config.window_seconds, config.hop_seconds) == (window, 1.0)
+    assert (config.rvq_levels, config.rvq_codebook_size) == rvq
+    lengths = _query("TASK_FEATURE_LENGTHS")
+    assert lengths["audio"] == lengths["paired_audio"] == int(window * config.sample_rate)

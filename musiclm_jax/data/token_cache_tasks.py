@@ -2,7 +2,8 @@
 
 The cache (written by precompute.py) holds each clip tokenised once, whole:
 `mulan_tokens` [levels], `mulan_window_tokens` [windows, levels], `semantic_tokens` [frames],
-`acoustic_tokens` [frames, levels], `caption`, `id`. A token task crops it at a whole-second
+`acoustic_tokens` [frames, levels], `caption`, `id`, and with a melody model `melody_tokens`
+[windows, levels] (one window per 1 / rate seconds). A token task crops it at a whole-second
 start s for L seconds in every stream at once (semantic [s*r_s : (s+L)*r_s], acoustic
 [s*r_a : (s+L)*r_a], rates read from the cache's precompute.json), so one tokenisation serves
 every stage and crop length:
@@ -49,7 +50,7 @@ META_FILE = "precompute.json"
 COMPLETED_FILE = "COMPLETED"  # seqio's marker, written last
 SUMMARY_FILE = "summary.json"
 SHARD_STATS_DIR = "shards"
-TOKEN_FEATURES = ("mulan_tokens", "mulan_window_tokens", "semantic_tokens", "acoustic_tokens")
+TOKEN_FEATURES = ("mulan_tokens", "mulan_window_tokens", "semantic_tokens", "acoustic_tokens", "melody_tokens")
 # What every shard reports and precompute.json keeps (shards must agree on all of them).
 META_KEYS = ("rates", "levels", "codebook_sizes", "sample_rates", "mulan_windows")
 CROP_MODES = ("center", "start")
@@ -66,10 +67,10 @@ def shard_stats_path(cache_dir: str, split: str, shard: int, num_shards: int) ->
     return fileio.join(cache_dir, SHARD_STATS_DIR, f"{split}-{shard:05d}-of-{num_shards:05d}.json")
 
 
-def info_dict(num_shards: int, acoustic_levels: int, mulan_levels: int) -> dict:
+def info_dict(num_shards: int, acoustic_levels: int, mulan_levels: int, melody_levels: Optional[int] = None) -> dict:
     """seqio's info.<split>.json (what beam_utils.GetInfo writes for these features)."""
     token = lambda shape: {"shape": shape, "dtype": "int32"}  # noqa: E731
-    return {
+    info = {
         "num_shards": int(num_shards),
         "seqio_version": seqio.__version__,
         "features": {
@@ -81,6 +82,9 @@ def info_dict(num_shards: int, acoustic_levels: int, mulan_levels: int) -> dict:
             "id": {"shape": [], "dtype": "string"},
         },
     }
+    if melody_levels is not None:
+        info["features"]["melody_tokens"] = token([None, int(melody_levels)])
+    return info
 
 
 def read_json(path: str) -> dict:
@@ -264,6 +268,8 @@ def register_token_task(
         "semantic_tokens": tokens_per_second(meta, "semantic"),
         "acoustic_tokens": tokens_per_second(meta, "acoustic"),
     }
+    if "melody" in meta["rates"]:  # time-aligned like the others: cropped over the same seconds
+        rates["melody_tokens"] = tokens_per_second(meta, "melody")
     splits = tuple(meta["splits"])
     for split in splits:
         if not fileio.exists(seqio.utils.get_cached_info_path(cache_dir, split)):
@@ -308,6 +314,8 @@ def register_token_task(
     }
     if "mulan_windows" in meta:  # caches from before per-window tokens lack the feature
         features["mulan_window_tokens"] = codes("mulan", 2)
+    if "melody" in meta["rates"]:
+        features["melody_tokens"] = codes("melody", 2)
     seqio.TaskRegistry.add(
         name,
         source=source,

@@ -38,6 +38,7 @@ import numpy as np
 
 from musiclm_jax.audio.io import resample
 from musiclm_jax.models.stages import TARGET_PREFIX_KEY, StageModel
+from musiclm_jax.models.token_layout import NULL_CODE
 from musiclm_jax.nn.compiler import compiler_options
 
 STAGES = ("semantic", "coarse", "fine")
@@ -143,7 +144,8 @@ class MusicLM:
     `codec`: an AcousticTokenizer; `semantic_rate`: semantic tokens per second (w2v-BERT's frame
     rate, 25 at the paper config); `windows`: each stage's sliding `Window` or (seconds, stride)
     (default PAPER_WINDOWS); `semantic_tokenizer`: a SemanticTokenizer, needed only to continue
-    an audio prompt."""
+    an audio prompt; `melody`: a MelodyTokenizer, needed only to follow a tune (a semantic stage
+    trained with a melody condition)."""
 
     def __init__(
         self,
@@ -154,6 +156,7 @@ class MusicLM:
         semantic_rate: float = 25.0,
         windows: Optional[Mapping[str, Any]] = None,
         semantic_tokenizer=None,
+        melody=None,
     ):
         missing = [s for s in STAGES if s not in stages]
         if missing:
@@ -165,7 +168,13 @@ class MusicLM:
             **{k: w if isinstance(w, Window) else Window(*w) for k, w in (windows or {}).items()},
         }
         self.semantic_tokenizer = semantic_tokenizer
+        self.melody = melody
         self._check_streams()
+        if self.melody_spec is not None and melody is None:
+            raise ValueError(
+                "the semantic stage was trained with melody tokens: MusicLM needs the melody tokenizer "
+                "(the melody model's directory) even for text-only music"
+            )
         self._samplers: dict = {}
 
     # --- consistency of the parts ------------------------------------------------------------
@@ -173,6 +182,11 @@ class MusicLM:
     @property
     def acoustic_rate(self) -> float:
         return self.codec.sample_rate / self.codec.hop_length
+
+    @property
+    def melody_spec(self):
+        """The semantic stage's melody condition (a StreamSpec), or None without one."""
+        return next((c for c in self.stages["semantic"][0].config.conditions if c.stream == "melody"), None)
 
     @property
     def coarse_levels(self) -> int:
@@ -200,6 +214,14 @@ class MusicLM:
                 raise ValueError(f"the {name} stage's acoustic codebooks do not match the codec's {codebook} codes")
         for name, (model, _) in self.stages.items():
             for spec in model.config.conditions:
+                if spec.stream == "melody" and name != "semantic":
+                    raise ValueError(f"the {name} stage reads melody tokens; only the semantic stage may")
+                if spec.stream == "melody" and self.melody is not None:
+                    if spec.first_level + spec.num_levels > self.melody.num_levels:
+                        raise ValueError(
+                            f"the semantic stage reads melody levels up to {spec.first_level + spec.num_levels}; "
+                            f"the melody RVQ has {self.melody.num_levels}"
+                        )
                 if spec.stream == "mulan" and spec.num_levels > self.mulan.num_levels:
                     raise ValueError(
                         f"the {name} stage reads {spec.num_levels} MuLan levels; the MuLan RVQ has "
@@ -252,12 +274,17 @@ class MusicLM:
         num_candidates: int = 1,
         prompt_audio: Optional[np.ndarray] = None,
         prompt_sample_rate: Optional[int] = None,
+        melody_audio: Optional[np.ndarray] = None,
+        melody_sample_rate: Optional[int] = None,
         progress: Optional[Callable[[str, int, int], None]] = None,
     ) -> Generation:
         """`seconds` of music for each text (any length: stages slide their windows). With
         `prompt_audio` (one mono clip at `prompt_sample_rate`), the music continues that clip; the
-        returned audio starts with the clip's codec reconstruction. `progress(stage, window,
-        num_windows)` is called before each window (stage 'decode' once at the end)."""
+        returned audio starts with the clip's codec reconstruction. With `melody_audio` (a hummed,
+        whistled or played tune, mono, at `melody_sample_rate`; needs a semantic stage trained with
+        melody tokens) the music follows that tune, looped or cut to the music's length.
+        `progress(stage, window, num_windows)` is called before each window (stage 'decode' once at
+        the end)."""
         if isinstance(texts, str):
             texts = [texts]
         if not texts:
@@ -270,6 +297,8 @@ class MusicLM:
             num_candidates=num_candidates,
             prompt_audio=prompt_audio,
             prompt_sample_rate=prompt_sample_rate,
+            melody_audio=melody_audio,
+            melody_sample_rate=melody_sample_rate,
             progress=progress,
         )
 
@@ -296,6 +325,8 @@ class MusicLM:
         num_candidates: int = 1,
         prompt_audio: Optional[np.ndarray] = None,
         prompt_sample_rate: Optional[int] = None,
+        melody_audio: Optional[np.ndarray] = None,
+        melody_sample_rate: Optional[int] = None,
         progress: Optional[Callable[[str, int, int], None]] = None,
     ) -> Generation:
         """`schedule`: [(texts [B], start second of the new music), ...], the first at 0."""
@@ -305,11 +336,15 @@ class MusicLM:
             raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
         b, n = len(schedule[0][0]), num_candidates
 
+        melody = self._melody_tokens(melody_audio, melody_sample_rate, None)  # checked before any work
         prompt = self._encode_prompt(prompt_audio, prompt_sample_rate, b * n)
         segment_tokens = [np.repeat(self.mulan.text_tokens(texts), n, axis=0) for texts, _ in schedule]
         starts = [prompt.seconds + start for _, start in schedule]
+        total = prompt.seconds + seconds
+        if melody_audio is not None:  # over the whole timeline, the continuation prompt's part included
+            melody = self._melody_tokens(melody_audio, melody_sample_rate, total)
         semantic, acoustic, audio = self._sample_tokens(
-            segment_tokens, starts, prompt.seconds + seconds, prompt, seed=seed, settings=settings, progress=progress
+            segment_tokens, starts, total, prompt, seed=seed, settings=settings, progress=progress, melody=melody
         )
 
         scores, best = None, np.zeros(b, np.int64)
@@ -334,13 +369,15 @@ class MusicLM:
         seconds: float,
         *,
         semantic_tokens: Optional[np.ndarray] = None,
+        melody_tokens: Optional[np.ndarray] = None,
         seed: int = 0,
         settings: Optional[Mapping[str, SamplingSettings]] = None,
     ) -> Generation:
         """`seconds` of music from given MuLan tokens [B, levels] (e.g. a clip's audio tokens)
         instead of text; with `semantic_tokens` [B, frames] (covering `seconds`) the semantic stage
-        is skipped and the acoustic stages follow them. What the stages make of their true
-        conditions: the adherence bench's stage ceilings."""
+        is skipped and the acoustic stages follow them; with `melody_tokens` [B, windows, levels]
+        (a clip's own, covering `seconds`) a melody-conditioned semantic stage follows them. What
+        the stages make of their true conditions: the adherence bench's stage ceilings."""
         if not seconds > 0:
             raise ValueError(f"seconds must be positive, got {seconds}")
         mulan_tokens = np.asarray(mulan_tokens, np.int32)
@@ -363,6 +400,7 @@ class MusicLM:
             seed=seed,
             settings=settings,
             semantic=semantic_tokens,
+            melody=None if melody_tokens is None else np.asarray(melody_tokens, np.int32),
         )
         return Generation(
             audio=audio,
@@ -385,15 +423,19 @@ class MusicLM:
         settings: Optional[Mapping[str, SamplingSettings]],
         progress: Optional[Callable[[str, int, int], None]] = None,
         semantic: Optional[np.ndarray] = None,
+        melody: Optional[np.ndarray] = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The three stages and the decoder: (semantic [rows, frames, 1], acoustic [rows, frames,
         levels], audio [rows, samples]) for `total` seconds, segment i under MuLan tokens
-        segment_tokens[i] from starts[i] on; `semantic` given skips the semantic stage."""
+        segment_tokens[i] from starts[i] on; `semantic` given skips the semantic stage. `melody`
+        [1 or rows, windows, levels]: the tune's tokens for a melody-conditioned semantic stage
+        (None: no tune, NULL_CODE in their place)."""
         settings = {**PAPER_SETTINGS, **(settings or {})}
         note = progress or (lambda *_: None)
         k_sem, k_coarse, k_fine = jax.random.split(jax.random.key(seed), 3)
         slide = functools.partial(self._slide, segment_tokens=segment_tokens, changes=starts[1:], progress=note)
         if semantic is None:
+            rows = prompt.semantic.shape[0]
             semantic = slide(
                 "semantic",
                 k_sem,
@@ -401,6 +443,7 @@ class MusicLM:
                 rate=self.semantic_rate,
                 total=math.ceil(total * self.semantic_rate - 1e-9),
                 generated=prompt.semantic[..., None],
+                aligned=self._melody_stream(melody, total, rows),
             )
         frames = math.ceil(total * self.acoustic_rate - 1e-9)
         coarse = slide(
@@ -470,6 +513,38 @@ class MusicLM:
             codes = self._run_stage(stage, batch, jax.random.fold_in(key, i), (end - start) * levels, settings)
             generated = np.concatenate([generated, codes.reshape(rows, end - start, levels)[:, done - start :]], axis=1)
         return generated
+
+    def _melody_tokens(self, audio: Optional[np.ndarray], sample_rate: Optional[int], seconds: Optional[float]):
+        """A tune's melody tokens [1, windows, levels] covering `seconds` (None: only check that a
+        tune can be followed); None without a tune."""
+        if audio is None:
+            return None
+        if self.melody_spec is None:
+            raise ValueError(
+                "this semantic stage was trained without melody tokens: it cannot follow a tune (train one with a "
+                "melody condition, e.g. the pipeline's melody step)"
+            )
+        if not sample_rate or sample_rate <= 0:
+            raise ValueError(f"melody_audio needs a positive melody_sample_rate, got {sample_rate}")
+        if seconds is None:
+            seconds = len(np.asarray(audio)) / sample_rate  # checks the tune (silence, shape) cheaply
+        return self.melody.tokens_for(audio, sample_rate, seconds)
+
+    def _melody_stream(self, melody: Optional[np.ndarray], total: float, rows: int) -> Optional[dict]:
+        """The semantic stage's time-aligned melody stream: {'melody': (tokens [rows, windows,
+        levels], windows per second)}, NULL_CODE without a tune; None for a stage without one."""
+        if self.melody_spec is None:
+            return None
+        rate = self.melody.windows_per_second
+        windows = math.ceil(total * rate - 1e-9)
+        if melody is None:
+            melody = np.full((rows, windows, self.melody.num_levels), NULL_CODE, np.int32)
+        melody = np.asarray(melody, np.int32)
+        if melody.ndim != 3 or melody.shape[1] < windows:
+            raise ValueError(f"melody tokens must be [rows, >= {windows}, levels] for {total:g} s, got {melody.shape}")
+        if melody.shape[0] != rows:
+            melody = np.repeat(melody[:1], rows, axis=0)
+        return {"melody": (melody, float(rate))}
 
     def _encode_prompt(self, audio: Optional[np.ndarray], sample_rate: Optional[int], rows: int) -> "_Prompt":
         """A continuation prompt's tokens, cut to whole semantic tokens (empty without a prompt)."""

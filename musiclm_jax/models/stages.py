@@ -70,6 +70,9 @@ class StageConfig(RelPosStackConfig):
     cond_dropout_rate: float = 0.1
     # Condition features that condition dropout and guidance null (empty = all).
     guided_conditions: tuple = ()
+    # (feature, rate) pairs: that condition alone is nulled with its own probability, on top of
+    # cond_dropout_rate (melody dropout: the same model then also makes music without a tune).
+    condition_dropout: tuple = ()
     z_loss: float = 0.0
 
     def __post_init__(self):
@@ -88,6 +91,15 @@ class StageConfig(RelPosStackConfig):
                 f"StageConfig.guided_conditions {sorted(unknown)} are not condition features "
                 f"({[c.feature for c in conditions]})"
             )
+        object.__setattr__(self, "condition_dropout", tuple((str(f), float(r)) for f, r in self.condition_dropout))
+        for feature, rate in self.condition_dropout:
+            if feature not in {c.feature for c in conditions}:
+                raise ValueError(
+                    f"StageConfig.condition_dropout names {feature!r}, not a condition feature "
+                    f"({[c.feature for c in conditions]})"
+                )
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"StageConfig.condition_dropout rate of {feature!r} must be in [0, 1], got {rate}")
         if not 0.0 <= self.cond_dropout_rate <= 1.0:
             raise ValueError(f"StageConfig.cond_dropout_rate must be in [0, 1], got {self.cond_dropout_rate}")
         if self.z_loss < 0:
@@ -108,6 +120,7 @@ class StageConfig(RelPosStackConfig):
         d["layout"] = TokenLayout(**layout)
         d["conditions"] = tuple(StreamSpec(*c) for c in d["conditions"])
         d["target"] = StreamSpec(*d["target"])
+        d["condition_dropout"] = tuple(tuple(x) for x in d.get("condition_dropout", ()))
         return cls(**d)
 
     def transformer_config(self) -> TransformerConfig:
@@ -157,13 +170,19 @@ class StageModel(BaseModel):
         ]
         return jnp.concatenate(parts, axis=1)
 
-    def null_conditions(self, batch: Batch, cond: jax.Array, drop: jax.Array) -> jax.Array:
-        """`cond` [B, C] with the guided conditions' ids NULL_COND where `drop` [B] is true."""
-        guided = self.config.guided_conditions
+    def _condition_positions(self, batch: Batch, features: Sequence[str]) -> np.ndarray:
+        """bool [C]: the condition positions that `features` fill (empty `features` = all)."""
         sizes = [_flat_length(batch[s.feature].shape, s) for s in self.config.conditions]
-        mask = np.concatenate(
-            [np.full(n, not guided or s.feature in guided) for s, n in zip(self.config.conditions, sizes)]
+        return np.concatenate(
+            [np.full(n, not features or s.feature in features) for s, n in zip(self.config.conditions, sizes)]
         )
+
+    def null_conditions(
+        self, batch: Batch, cond: jax.Array, drop: jax.Array, features: Optional[Sequence[str]] = None
+    ) -> jax.Array:
+        """`cond` [B, C] with the ids of `features` (default: the guided conditions) NULL_COND
+        where `drop` [B] is true."""
+        mask = self._condition_positions(batch, self.config.guided_conditions if features is None else features)
         return jnp.where(drop[:, None] & jnp.asarray(mask)[None], NULL_COND_ID, cond)
 
     def target_codes(self, batch: Batch) -> jax.Array:
@@ -176,7 +195,7 @@ class StageModel(BaseModel):
         Returns inputs [B, C+T] (= [BOS] + sequence[:-1]), targets [B, T] (target ids),
         weights [B, T] (1 where the target code is not padding) and cond_dropped [B] (bool).
         With `cond_dropout_rng`, each example's condition ids become NULL_COND with
-        probability `cond_dropout_rate`.
+        probability `cond_dropout_rate`, and each `condition_dropout` feature's with its own rate.
         """
         cond = self.condition_ids(batch)
         spec = self.config.target
@@ -188,6 +207,10 @@ class StageModel(BaseModel):
         if cond_dropout_rng is not None and self.config.cond_dropout_rate > 0.0:
             dropped = jax.random.bernoulli(cond_dropout_rng, self.config.cond_dropout_rate, (batch_size,))
             cond = self.null_conditions(batch, cond, dropped)
+        if cond_dropout_rng is not None:
+            for i, (feature, rate) in enumerate(self.config.condition_dropout):
+                drop = jax.random.bernoulli(jax.random.fold_in(cond_dropout_rng, i + 1), rate, (batch_size,))
+                cond = self.null_conditions(batch, cond, drop, (feature,))
         sequence = jnp.concatenate([cond, targets], axis=1)
         bos = jnp.full((batch_size, 1), BOS_ID, jnp.int32)
         inputs = jnp.concatenate([bos, sequence[:, :-1]], axis=1)

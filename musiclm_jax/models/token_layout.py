@@ -27,6 +27,9 @@ PAD_ID = 0
 BOS_ID = 1
 NULL_COND_ID = 2
 NUM_SPECIAL_IDS = 3
+# A raw code meaning "no condition here": it becomes NULL_COND_ID, as condition dropout makes
+# it (a melody-conditioned stage asked for music without a tune gets these in place of melody codes).
+NULL_CODE = -2
 
 # (stream name, number of levels, codebook size)
 DEFAULT_STREAMS: tuple[tuple[str, int, int], ...] = (
@@ -151,12 +154,14 @@ class TokenLayout:
         return first_level + (np.arange(start, start + length) % num_levels)
 
     def to_ids(self, codes: Any, stream: str, first_level: int = 0, num_levels: int = 1) -> jax.Array:
-        """Raw codes -> global ids [B, N] (int32). Negative codes (padding) -> PAD_ID."""
+        """Raw codes -> global ids [B, N] (int32). NULL_CODE -> NULL_COND_ID; other negative
+        codes (padding) -> PAD_ID."""
         self._check_span(stream, first_level, num_levels)
         flat = self.flatten(codes, stream, first_level, num_levels).astype(jnp.int32)
         lo, _ = self.level_ranges(stream, first_level, num_levels)
         offsets = jnp.asarray(lo)[jnp.arange(flat.shape[-1]) % num_levels]
-        return jnp.where(flat >= 0, flat + offsets, PAD_ID).astype(jnp.int32)
+        special = jnp.where(flat == NULL_CODE, NULL_COND_ID, PAD_ID)
+        return jnp.where(flat >= 0, flat + offsets, special).astype(jnp.int32)
 
     def to_codes(self, ids: Any, stream: str, first_level: int = 0, num_levels: int = 1, start: int = 0) -> jax.Array:
         """Global ids [B, N] (flat position p is level first_level + (start + p) % num_levels)

@@ -70,6 +70,9 @@ class MuLanEmbedder:
         compiled function serves any number of clips.
     """
 
+    # Where a clip's windows start (the melody tokenizer's windows cover a clip differently).
+    window_starts = staticmethod(window_starts)
+
     def __init__(self, model: MuLan, params, vocabulary=None, *, window_batch: int = 16):
         self.model, self.params, self.vocabulary = model, params, vocabulary
         self.window_batch = int(window_batch)
@@ -138,7 +141,7 @@ class MuLanEmbedder:
         for i, clip in enumerate(clips):
             if clip.ndim != 1 or clip.size == 0:
                 raise ValueError(f"clip {i}: expected a non-empty 1-D waveform, got shape {clip.shape}")
-            starts = window_starts(clip.size, c.window_samples, c.hop_samples)
+            starts = self.window_starts(clip.size, c.window_samples, c.hop_samples)
             for start in starts:
                 w = clip[start : start + c.window_samples]
                 windows.append(np.pad(w, (0, c.window_samples - w.size)))
@@ -322,11 +325,11 @@ def save_rvq(directory: str, codebooks: dict, info: dict) -> None:
 def load_rvq(directory: str) -> tuple[dict, dict]:
     path = fileio.join(directory, "codebooks.npz")
     if not fileio.exists(path):
-        raise FileNotFoundError(f"{path} not found: fit the MuLan RVQ first (musiclm fit_mulan_rvq)")
+        raise FileNotFoundError(f"{path} not found: fit the RVQ first (musiclm fit_mulan_rvq / fit_melody_rvq)")
     with np.load(io.BytesIO(fileio.read_bytes(path)), allow_pickle=False) as data:
         codebooks = {k: data[k] for k in data.files}
     if set(codebooks) != {"embed", "cluster_size", "embed_sum", "initialized"} or codebooks["embed"].ndim != 3:
-        raise ValueError(f"{path} is not a MuLan RVQ (arrays: {sorted(codebooks)})")
+        raise ValueError(f"{path} is not an RVQ (arrays: {sorted(codebooks)})")
     info_path = fileio.join(directory, "rvq.json")
     info = fileio.read_json(info_path) if fileio.exists(info_path) else {}
     return codebooks, info
@@ -366,50 +369,84 @@ def fit_mulan_rvq(
       ValueError: an unknown task, or a split with no clips to embed (or fewer than 2 to fit on).
     """
     embedder = MuLanEmbedder.from_model_dir(model_dir, step=step)
-    c = embedder.model.config
-    output_dir = output_dir or fileio.join(model_dir, RVQ_DIR)
+    return fit_embedding_rvq(
+        embedder.embed_audio,
+        embedder.model.config,
+        task=task,
+        split=split,
+        num_examples=num_examples,
+        eval_split=eval_split,
+        num_eval_examples=num_eval_examples,
+        output_dir=output_dir or fileio.join(model_dir, RVQ_DIR),
+        seed=seed,
+        what="MuLan",
+    )
+
+
+def fit_embedding_rvq(
+    embed,
+    config,
+    *,
+    task: str,
+    split: str,
+    num_examples: Optional[int],
+    eval_split: Optional[str],
+    num_eval_examples: int,
+    output_dir: str,
+    seed: int,
+    what: str,
+) -> dict:
+    """The RVQ of `config` (rvq_levels, rvq_codebook_size, rvq_kmeans_iters) fitted on `embed(clips)`
+    ([N, D] embeddings of a list of clips: one per clip for MuLan, one per window for the melody
+    model) of `task`'s clips, evaluated, saved to `output_dir`; returns the info dict
+    (`fit_mulan_rvq` documents it)."""
 
     def embed_split(which: str, limit: Optional[int]) -> np.ndarray:
-        embs, chunk = [], []
+        embs, chunk, clips = [], [], 0
         t0 = time.perf_counter()
         for clip in task_clips(task, which, limit):
             chunk.append(clip)
             if len(chunk) == 32:
-                embs.append(embedder.embed_audio(chunk))
+                embs.append(embed(chunk))
+                clips += len(chunk)
                 chunk = []
-                done = sum(map(len, embs))
                 log(
                     "embedding %s/%s: %d/%s clips, %.1f clips/s",
                     task,
                     which,
-                    done,
+                    clips,
                     limit or "all",
-                    done / (time.perf_counter() - t0),
+                    clips / (time.perf_counter() - t0),
                 )
         if chunk:
-            embs.append(embedder.embed_audio(chunk))
+            embs.append(embed(chunk))
         if not embs:
             raise ValueError(f"split {which!r} of task {task!r} has no clips to embed")
         return np.concatenate(embs)
 
     train = embed_split(split, num_examples)
     log(
-        "embedded %d clips of %s/%s; fitting an RVQ of %d x %d",
+        "%s: %d embeddings of %s/%s; fitting an RVQ of %d x %d",
+        what,
         len(train),
         task,
         split,
-        c.rvq_levels,
-        c.rvq_codebook_size,
+        config.rvq_levels,
+        config.rvq_codebook_size,
     )
     codebooks = fit_rvq(
-        train, levels=c.rvq_levels, codebook_size=c.rvq_codebook_size, iters=c.rvq_kmeans_iters, seed=seed
+        train,
+        levels=config.rvq_levels,
+        codebook_size=config.rvq_codebook_size,
+        iters=config.rvq_kmeans_iters,
+        seed=seed,
     )
     info = {
         "task": task,
         "split": split,
         "num_examples": int(len(train)),
-        "levels": c.rvq_levels,
-        "codebook_size": c.rvq_codebook_size,
+        "levels": config.rvq_levels,
+        "codebook_size": config.rvq_codebook_size,
         "seed": seed,
         "reconstruction_cosine": {split: {str(k): v for k, v in rvq_reconstruction_cosine(codebooks, train).items()}},
     }
@@ -420,7 +457,8 @@ def fit_mulan_rvq(
         }
     save_rvq(output_dir, codebooks, info)
     log(
-        "MuLan RVQ saved to %s; reconstruction cosine by levels: %s",
+        "%s RVQ saved to %s; reconstruction cosine by levels: %s",
+        what,
         output_dir,
         json.dumps(info["reconstruction_cosine"]),
     )
