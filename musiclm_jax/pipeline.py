@@ -11,11 +11,15 @@ also runs on its own, e.g. `musiclm train --gin_file=pipeline/small/codec.gin
     semantic_kmeans  fit the semantic k-means on its embeddings        D/w2v_bert/kmeans
     mulan            train MuLan                                        D/mulan
     mulan_rvq        fit the MuLan-token RVQ                            D/mulan/mulan_rvq
+    melody           train the melody model (only with melody=True)     D/melody
+    melody_rvq       fit the melody-token RVQ (only with melody=True)   D/melody/melody_rvq
     precompute       tokenize synthetic clips with the three models     D/tokens
+                     (four with melody: the cache gets melody tokens)
     semantic_stage   MuLan -> semantic tokens                           D/semantic_stage
     coarse_stage     MuLan + semantic -> coarse acoustic tokens         D/coarse_stage
     fine_stage       MuLan + coarse -> fine acoustic tokens             D/fine_stage
     generate         music for prompts held out from training           D/generated
+                     (with melody: also pieces that follow held-out hummed tunes, D/generated/melody)
     evaluate         FAD, KLD, MCC, adherence of the music; report.html  D/eval
 
 A step is done once D/steps/<step>.json exists (written last, whole, at its end, with its wall
@@ -58,11 +62,14 @@ import soundfile
 import gin
 from musiclm_jax import fileio, gin_utils, model_io, pipeline_data
 from musiclm_jax import generate as generate_lib
+from musiclm_jax.data import melody as melody_data
+from musiclm_jax.data import synthetic
 from musiclm_jax.data import token_cache_tasks
 from musiclm_jax.evaluation import eval_sets, text_to_music
 from musiclm_jax.evaluation import metrics as eval_metrics
 from musiclm_jax.evaluation.embedders import MuLanAudioEmbedder
 from musiclm_jax.evaluation.eval_sets import PROMPT_FAMILIES, held_out_prompts
+from musiclm_jax.evaluation.pitch import melody_adherence
 from musiclm_jax.tokenizers.acoustic import AcousticTokenizer
 from musiclm_jax.tokenizers.mulan import MuLanEmbedder
 from musiclm_jax.training.summaries import format_duration, log
@@ -74,6 +81,8 @@ STEPS = (
     "semantic_kmeans",
     "mulan",
     "mulan_rvq",
+    "melody",
+    "melody_rvq",
     "precompute",
     "semantic_stage",
     "coarse_stage",
@@ -90,11 +99,13 @@ DEPENDS = {
     "semantic_kmeans": ("w2v_bert",),
     "mulan": (),
     "mulan_rvq": ("mulan",),
-    "precompute": ("codec", "semantic_kmeans", "mulan_rvq"),
+    "melody": (),
+    "melody_rvq": ("melody",),
+    "precompute": ("codec", "semantic_kmeans", "mulan_rvq", "melody_rvq"),
     "semantic_stage": ("precompute",),
     "coarse_stage": ("precompute",),
     "fine_stage": ("precompute",),
-    "generate": ("mulan_rvq", "semantic_stage", "coarse_stage", "fine_stage", "codec"),
+    "generate": ("mulan_rvq", "melody_rvq", "semantic_stage", "coarse_stage", "fine_stage", "codec"),
     "evaluate": ("generate", "mulan", "codec"),
 }
 # What each step writes under the pipeline's directory: deleted before a step reruns because its
@@ -105,6 +116,8 @@ OUTPUTS = {
     "semantic_kmeans": ("w2v_bert/kmeans",),
     "mulan": ("mulan",),
     "mulan_rvq": ("mulan/mulan_rvq",),
+    "melody": ("melody",),
+    "melody_rvq": ("melody/melody_rvq",),
     "precompute": ("tokens",),
     "semantic_stage": ("semantic_stage",),
     "coarse_stage": ("coarse_stage",),
@@ -123,6 +136,8 @@ FROM_DEFAULTS = {
     "semantic_kmeans": "copy",
     "mulan": "copy",
     "mulan_rvq": "copy",
+    "melody": "copy",
+    "melody_rvq": "copy",
     "semantic_stage": "finetune",
     "coarse_stage": "finetune",
     "fine_stage": "finetune",
@@ -130,8 +145,10 @@ FROM_DEFAULTS = {
 # Layered after a fine-tuned step's own gin file (step_bindings still come last).
 FINETUNE_GIN = "runs/finetune.gin"
 # A fitted step can be copied only with the model it was fitted on.
-_COPY_NEEDS = {"semantic_kmeans": "w2v_bert", "mulan_rvq": "mulan"}
-_TRAINED = ("codec", "w2v_bert", "mulan", "semantic_stage", "coarse_stage", "fine_stage")
+_COPY_NEEDS = {"semantic_kmeans": "w2v_bert", "mulan_rvq": "mulan", "melody_rvq": "melody"}
+_TRAINED = ("codec", "w2v_bert", "mulan", "melody", "semantic_stage", "coarse_stage", "fine_stage")
+# Steps that run only when asked (run_pipeline(melody=True)).
+MELODY_STEPS = ("melody", "melody_rvq")
 # The evaluate step's attribute classifier (trained once, then loaded): deleted when its size changes.
 CLASSIFIER_DIR = "attribute_classifier"
 # Where each model lives under the pipeline's directory.
@@ -139,6 +156,7 @@ DIRS = {
     "codec": "codec",
     "w2v_bert": "w2v_bert",
     "mulan": "mulan",
+    "melody": "melody",
     "tokens": "tokens",
     "semantic_stage": "semantic_stage",
     "coarse_stage": "coarse_stage",
@@ -233,25 +251,36 @@ class _Context:
         self.from_dir, self.reuse = from_dir, dict(reuse or {})
         self.step_bindings = {k: list(v) for k, v in (step_bindings or {}).items()}
         self.dirs = {k: fileio.join(model_dir, v) for k, v in DIRS.items()}
+        self.melody = bool(options.get("melody"))
+        self.steps = tuple(s for s in STEPS if self.melody or s not in MELODY_STEPS)
+
+    def depends(self, step: str) -> tuple[str, ...]:
+        """The steps of this run whose results `step` reads."""
+        return tuple(d for d in DEPENDS[step] if d in self.steps)
 
     def gin(self, step: str) -> Optional[tuple[str, dict[str, str]]]:
         """(gin file, macros) of a step that parses one; None for generate and evaluate."""
         d = self.dirs
-        if step in ("codec", "w2v_bert", "mulan"):
+        if step in ("codec", "w2v_bert", "mulan", "melody"):
             return step, {"MODEL_DIR": d[step]}
+        if step == "semantic_stage" and self.melody:
+            return "semantic_stage_melody", {"MODEL_DIR": d[step], "TOKEN_CACHE_DIR": d["tokens"]}
         if step.endswith("_stage"):
             return step, {"MODEL_DIR": d[step], "TOKEN_CACHE_DIR": d["tokens"]}
         if step == "semantic_kmeans":
             return "w2v_bert", {"MODEL_DIR": d["w2v_bert"]}
         if step == "mulan_rvq":
             return "mulan", {"MODEL_DIR": d["mulan"]}
+        if step == "melody_rvq":
+            return "melody", {"MODEL_DIR": d["melody"]}
         if step == "precompute":
-            return "precompute", {
+            dirs = {
                 "MULAN_DIR": d["mulan"],
                 "W2V_BERT_DIR": d["w2v_bert"],
                 "SOUNDSTREAM_DIR": d["codec"],
                 "TOKEN_CACHE_DIR": d["tokens"],
             }
+            return "precompute", {**dirs, "MELODY_DIR": d["melody"]} if self.melody else dirs
         return None
 
     def mode(self, step: str) -> str:
@@ -285,7 +314,7 @@ class _Context:
 def _copy(ctx: _Context, step: str) -> dict:
     """The other run's result of `step`, copied into this run (its outputs only: a nested output of
     another step, w2v_bert/kmeans or mulan/mulan_rvq, is that step's to copy)."""
-    nested = {o for other in STEPS if other != step for o in OUTPUTS[other]}
+    nested = {o for other in ctx.steps if other != step for o in OUTPUTS[other]}
     for out in OUTPUTS[step]:
         src, dst = fileio.join(ctx.from_dir, out), fileio.join(ctx.model_dir, out)
         fileio.makedirs(dst)
@@ -326,7 +355,7 @@ def _semantic_kmeans(ctx: _Context, step: str) -> dict:
 
 
 def _mulan_rvq(ctx: _Context, step: str) -> dict:
-    info = ctx.run(step, lambda c: c.fit_mulan_rvq())
+    info = ctx.run(step, lambda c: c.fit_mulan_rvq() if step == "mulan_rvq" else c.fit_melody_rvq())
     return {
         k: v
         for k, v in info.items()
@@ -366,6 +395,8 @@ def _generate(ctx: _Context, step: str) -> dict:
         )
     texts = [p["caption"] for p in prompts]
     dirs = {k: ctx.dirs["codec" if k == "soundstream_dir" else k.removesuffix("_dir")] for k in generate_lib.MODEL_DIRS}
+    if ctx.melody:
+        dirs["melody_dir"] = ctx.dirs["melody"]
     model = generate_lib.load_musiclm(dirs)  # each stage slides its training crop
     windows = model.windows
     sidecars = generate_lib.generate(
@@ -381,12 +412,72 @@ def _generate(ctx: _Context, step: str) -> dict:
     )
     for p, s in zip(prompts, sidecars):
         p["wav"], p["png"], p["mulan_score"] = s["file"], s["file"][:-4] + ".png", s["mulan_score"]
-    return {
+    out = {
         "output_dir": ctx.dirs["generated"],
         "prompts": prompts,
         "windows": {k: vars(w) for k, w in windows.items()},
         "generation_seconds": sidecars[0]["generation_seconds_all_prompts"],
     }
+    if ctx.melody:
+        out["melody"] = _generate_with_melody(ctx, model, dirs, prompts)
+    return out
+
+
+def _generate_with_melody(ctx: _Context, model, dirs: dict, prompts: list[dict]) -> dict:
+    """Music that follows held-out hummed tunes (synthetic validation melodies, data/melody.py),
+    one per prompt up to num_melody_prompts, under that prompt's text; each scored against its
+    tune (evaluation.pitch.melody_adherence) beside the prompt's text-only piece (same seed and
+    model, no tune: chance) and an instrument rendition of the same tune (the ceiling)."""
+    o, sr = ctx.options, model.codec.sample_rate
+    rows = []
+    for k, p in enumerate(prompts[: o["num_melody_prompts"]]):
+        seed = synthetic.SPLIT_SEEDS["validation"]
+        tune = melody_data.melody_of(seed, k, o["seconds"] / 0.92)
+        hum, _ = melody_data.render_rendition(tune, "hum", seed=seed, index=k, sample_rate=sr, duration_s=o["seconds"])
+        played, _ = melody_data.render_rendition(
+            tune, "instrument", seed=seed, index=k, sample_rate=sr, duration_s=o["seconds"]
+        )
+        out_dir = fileio.join(ctx.dirs["generated"], "melody", f"tune_{k:03d}")
+        fileio.makedirs(out_dir)
+        tune_path = fileio.join(out_dir, "tune.wav")
+        with fileio.local_output(tune_path) as local:
+            soundfile.write(local, hum, sr)
+        (sidecar,) = generate_lib.generate(
+            output_dir=out_dir,
+            seconds=o["seconds"],
+            prompts=[p["caption"]],
+            model_dirs=dirs,
+            max_seconds=max(o["seconds"], 30.0),
+            seed=o["seed"],
+            num_candidates=o["num_candidates"],
+            settings=o["settings"],
+            melody=tune_path,
+            model=model,
+        )
+        followed = _read_wav(sidecar["file"])[0]
+        rows.append(
+            {
+                "tune": tune_path,
+                "prompt": p["caption"],
+                "wav": sidecar["file"],
+                "with_tune": melody_adherence(hum, followed, sr),
+                "text_only": melody_adherence(hum, _read_wav(p["wav"])[0], sr),
+                "played_tune": melody_adherence(hum, played, sr),
+            }
+        )
+    means = {
+        kind: {m: float(np.nanmean([r[kind][m] for r in rows])) for m in ("chroma_cosine", "pitch_class_agreement")}
+        for kind in ("with_tune", "text_only", "played_tune")
+    }
+    log(
+        "pipeline melody: %d hummed tunes; chroma cosine with the tune %.3f, text-only %.3f (chance), the tune played "
+        "%.3f (ceiling)",
+        len(rows),
+        means["with_tune"]["chroma_cosine"],
+        means["text_only"]["chroma_cosine"],
+        means["played_tune"]["chroma_cosine"],
+    )
+    return {"tunes": rows, "mean": means}
 
 
 def _evaluate(ctx: _Context, step: str, done: dict) -> dict:
@@ -456,6 +547,8 @@ _STEP_FNS: dict[str, Callable] = {
     "semantic_kmeans": _semantic_kmeans,
     "mulan": _train,
     "mulan_rvq": _mulan_rvq,
+    "melody": _train,
+    "melody_rvq": _mulan_rvq,
     "precompute": _precompute,
     "semantic_stage": _train,
     "coarse_stage": _train,
@@ -511,7 +604,7 @@ def step_config(ctx: _Context, step: str, hashes: Mapping[str, str]) -> list[str
     if mode != "train":
         lines.append(f"from: {mode} the step configured {read_marker(from_dir, step)['config_hash']}")
         if mode == "copy":  # nothing of this run's configuration reaches a copy but what it goes with
-            return lines + [f"after {d}: {hashes[d]}" for d in DEPENDS[step]]
+            return lines + [f"after {d}: {hashes[d]}" for d in ctx.depends(step)]
     if data is not None and (step in pipeline_data.SCOPES or step in ("generate", "evaluate")):
         lines.append(f"data: {data.kind} sha256:{fingerprint}, validation_fraction {data.validation_fraction}")
     if ctx.gin(step) is not None:
@@ -536,7 +629,9 @@ def step_config(ctx: _Context, step: str, hashes: Mapping[str, str]) -> list[str
     elif step == "evaluate":
         lines += [f"{k}: {_canonical(o[k])}" for k in ("seconds", "seed")]
         lines.append(f"classifier: {_canonical(CLASSIFIER[ctx.size])}")
-    lines += [f"after {d}: {hashes[d]}" for d in DEPENDS[step]]
+    if step == "generate" and ctx.melody:
+        lines.append(f"melody prompts: {_canonical(o['num_melody_prompts'])}")
+    lines += [f"after {d}: {hashes[d]}" for d in ctx.depends(step)]
     return [line.rstrip() for line in lines if line.strip()]
 
 
@@ -587,6 +682,8 @@ def run_pipeline(
     min_captioned_clips: int = 16,
     from_dir: Optional[str] = None,
     reuse: Optional[Mapping[str, str]] = None,
+    melody: bool = False,
+    num_melody_prompts: int = 2,
     plan: bool = False,
     on_start: Optional[Callable[[str], None]] = None,
 ) -> dict:
@@ -624,6 +721,10 @@ def run_pipeline(
         names no split.
       min_captioned_clips: with `data`, the fewest captioned training clips MuLan trains on.
       from_dir: another pipeline directory whose finished steps this run reuses, per `reuse`.
+      melody: also train the melody model and its RVQ (steps melody, melody_rvq), tokenize the clips
+        melodies, condition the semantic stage on them (melody dropout: it still makes music without a
+        tune), and generate pieces that follow held-out hummed tunes, scored against them.
+      num_melody_prompts: with `melody`, how many of the prompts also get a hummed tune to follow.
       plan: resolve everything, log and return the plan (`plan_steps`) without running a step: what
         each step would do (skip, resume, rerun, train, fine-tune, copy), its model, parameters,
         steps and batch, and the data's clip counts. Nothing is written but D/steps/ (empty) and,
@@ -658,7 +759,7 @@ def run_pipeline(
     if not seconds > 0 or num_prompts < 1:
         raise ValueError(f"seconds must be > 0 and num_prompts >= 1, got {seconds}, {num_prompts}")
     spec = pipeline_data.resolve(data, validation_fraction) if data is not None else None
-    reuse = _check_reuse(from_dir, reuse)
+    reuse = _check_reuse(from_dir, reuse, melody)
     model_dir = fileio.resolve(model_dir)
     options = dict(
         seconds=float(seconds),
@@ -669,6 +770,8 @@ def run_pipeline(
         num_candidates=int(num_candidates),
         settings=dict(settings or {}),
         train_captions_checked=int(train_captions_checked),
+        melody=bool(melody),
+        num_melody_prompts=int(num_melody_prompts),
     )
     if spec is not None:
         options["data_fingerprint"] = pipeline_data.fingerprint(spec)
@@ -678,17 +781,17 @@ def run_pipeline(
     ctx = _Context(model_dir, size, step_bindings or {}, options, spec, from_dir and fileio.resolve(from_dir), reuse)
     configs: dict[str, list[str]] = {}
     hashes: dict[str, str] = {}
-    for step in STEPS:  # parses every step's gin: a bad binding fails before any step runs
+    for step in ctx.steps:  # parses every step's gin: a bad binding fails before any step runs
         configs[step] = step_config(ctx, step, hashes)
         hashes[step] = config_hash(configs[step])
     if spec is not None:
         _check_collection(ctx, min_captioned_clips)
-    markers = {step: read_marker(model_dir, step) for step in STEPS}
+    markers = {step: read_marker(model_dir, step) for step in ctx.steps}
     if plan:
         return _log_plan(ctx, plan_steps(ctx, markers, hashes))
     t_start = time.perf_counter()
     done: dict[str, dict] = {}
-    log("pipeline (%s) in %s: %d steps", size, model_dir, len(STEPS))
+    log("pipeline (%s) in %s: %d steps", size, model_dir, len(ctx.steps))
     unrecorded = [s for s, m in markers.items() if m is not None and "config_hash" not in m]
     if unrecorded:
         log(
@@ -697,25 +800,25 @@ def run_pipeline(
             ", ".join(unrecorded),
         )
     changed = _changed_steps(markers, hashes)
-    for i, step in enumerate(STEPS, 1):
+    for i, step in enumerate(ctx.steps, 1):
         marker = markers[step]
         if marker is not None and step not in changed:
             done[step] = marker
             log(
                 "pipeline step %d/%d %s: already done (%s), skipped",
                 i,
-                len(STEPS),
+                len(ctx.steps),
                 step,
                 format_duration(marker["wall_s"]),
             )
             continue
         if step in changed:
             if not _upstream(step) & set(changed):  # else the step it reads said so
-                after = [s for s in STEPS if step in _upstream(s)]
+                after = [s for s in ctx.steps if step in _upstream(s)]
                 log(
                     "pipeline step %d/%d %s: configuration changed (%s); rerunning it%s",
                     i,
-                    len(STEPS),
+                    len(ctx.steps),
                     step,
                     first_difference(marker.get("config", []), configs[step]),
                     f" and the {len(after)} {'step that reads' if len(after) == 1 else 'steps that read'} it"
@@ -727,7 +830,7 @@ def run_pipeline(
         log(
             "pipeline step %d/%d %s: starting (pipeline time so far %s)",
             i,
-            len(STEPS),
+            len(ctx.steps),
             step,
             format_duration(time.perf_counter() - t_start),
         )
@@ -749,7 +852,7 @@ def run_pipeline(
         log(
             "pipeline step %d/%d %s: done in %s (pipeline time so far %s)",
             i,
-            len(STEPS),
+            len(ctx.steps),
             step,
             format_duration(done[step]["wall_s"]),
             format_duration(time.perf_counter() - t_start),
@@ -764,14 +867,18 @@ class ReuseError(ValueError):
     """`from_dir` / `reuse` cannot be honoured (one line naming the step)."""
 
 
-def _check_reuse(from_dir: Optional[str], reuse: Optional[Mapping[str, str]]) -> dict[str, str]:
+def _check_reuse(from_dir: Optional[str], reuse: Optional[Mapping[str, str]], melody: bool = False) -> dict[str, str]:
     """FROM_DEFAULTS with `reuse` over them, checked against each other and against what
-    `from_dir` has finished (ValueError naming the step)."""
+    `from_dir` has finished (ValueError naming the step). Without `melody`, the melody steps are
+    not this run's."""
     if from_dir is None:
         if reuse:
             raise ReuseError("reuse needs from_dir (the pipeline directory to reuse)")
         return {}
-    modes = {**FROM_DEFAULTS, **(reuse or {})}
+    defaults = {k: v for k, v in FROM_DEFAULTS.items() if melody or k not in MELODY_STEPS}
+    if not melody and set(reuse or {}) & set(MELODY_STEPS):
+        raise ReuseError(f"reuse names {sorted(set(reuse) & set(MELODY_STEPS))}, steps of a melody run (melody=True)")
+    modes = {**defaults, **(reuse or {})}
     for step, mode in modes.items():
         if step not in FROM_DEFAULTS:
             raise ReuseError(f"reuse names {step!r}; steps that can be reused: {list(FROM_DEFAULTS)}")
@@ -799,9 +906,11 @@ def _data_needs(ctx: _Context) -> dict[str, dict]:
             return default
 
     needs = {}
-    for step in STEPS:
+    for step in ctx.steps:
         if ctx.gin(step) is None or step in ("semantic_kmeans", "mulan_rvq") or ctx.mode(step) == "copy":
             continue  # kmeans and RVQ read w2v_bert's and mulan's data; a copy reads none
+        if step in MELODY_STEPS:  # synthetic same-tune pairs, whatever the collection
+            continue
         with ctx.configured(step):
             scopes = [scope for scope, _ in pipeline_data.SCOPES.get(step, ())] or ["stage_tokens"]
             crops = [
@@ -856,7 +965,7 @@ def plan_steps(ctx: _Context, markers: Mapping[str, Optional[dict]], hashes: Map
     a step it reads reruns), 'resume' (checkpoints, no marker), 'copy', 'fine-tune' or 'run'."""
     rerun = _changed_steps(markers, hashes)  # a step's hash holds those of the steps it reads
     rows = []
-    for step in STEPS:
+    for step in ctx.steps:
         if step in rerun:
             action = "rerun"
         elif markers[step] is not None:

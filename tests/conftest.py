@@ -46,6 +46,14 @@ def musiclm_model_dirs(tmp_path_factory, tokenizer_model_dirs):
     return musiclm_dirs(tmp_path_factory.mktemp("musiclm_models"), tokenizer_model_dirs)
 
 
+@pytest.fixture(scope="session")
+def melody_model_dirs(tmp_path_factory, musiclm_model_dirs):
+    """The MusicLM directories with a random-init melody model and a melody-conditioned semantic stage."""
+    from model_dirs import melody_dirs
+
+    return melody_dirs(tmp_path_factory.mktemp("melody_models"), musiclm_model_dirs)
+
+
 PIPELINE_SECONDS = 1.0
 
 

@@ -114,3 +114,35 @@ def musiclm_dirs(root, tokenizer_model_dirs) -> dict:
         save_random_model(root / name, model, {s.feature: (1, 1) for s in (*config.conditions, config.target)})
         out[name] = str(root / name)
     return out
+
+
+def melody_dirs(root, musiclm_model_dirs) -> dict:
+    """The MusicLM directories with a melody model (random tiny, a random 4 x 32 RVQ) and a
+    random-init semantic stage conditioned on MuLan and melody tokens (melody levels 0-3)."""
+    import dataclasses
+
+    from musiclm_jax.models.stages import StageModel
+    from musiclm_jax.models.token_layout import TokenLayout
+    from musiclm_jax.nn import quantizer
+    from musiclm_jax.tokenizers import mulan
+
+    m = save_random_model(root / "melody", gin_model("models/melody/tiny.gin", "MelodyModel"), {"audio": (1, 32000)})
+    cb = quantizer.init_codebooks(jax.random.PRNGKey(2), 4, 32, m.config.embed_dim)
+    mulan.save_rvq(str(root / "melody" / "melody_rvq"), {k: np.asarray(v) for k, v in cb.items()}, {})
+    semantic = stage_configs()["semantic_stage_dir"]
+    semantic = dataclasses.replace(
+        semantic,
+        layout=TokenLayout(streams=(*semantic.layout.streams, ("melody", 4, 32))),
+        conditions=(*semantic.conditions, ("melody_tokens", "melody", 0, 4)),
+        condition_dropout=(("melody_tokens", 0.5),),
+    )
+    save_random_model(
+        root / "semantic_melody",
+        StageModel(semantic),
+        {"mulan_tokens": (1, 1), "melody_tokens": (1, 1), "semantic_tokens": (1, 1)},
+    )
+    return {
+        **musiclm_model_dirs,
+        "semantic_stage_dir": str(root / "semantic_melody"),
+        "melody_dir": str(root / "melody"),
+    }

@@ -200,3 +200,71 @@ def test_melody_dropout_one_trains_the_text_only_stage():
     assert float(loss(params, other_text, rng)) != float(loss(params, a, rng))
     kept = melody_stage(condition_dropout=(("melody_tokens", 0.0),))
     assert float(kept.loss_fn(params, a, rng)[0]) != float(kept.loss_fn(params, b, rng)[0])
+
+
+def hummed(index: int, seconds: float, sample_rate: int = SR) -> np.ndarray:
+    from musiclm_jax.data import melody, synthetic
+
+    seed = synthetic.SPLIT_SEEDS["validation"]
+    tune = melody.melody_of(seed, index, seconds / 0.92)
+    return melody.render_rendition(tune, "hum", seed=seed, index=index, sample_rate=sample_rate, duration_s=seconds)[0]
+
+
+def test_melody_tokenizer_windows_any_tune_and_refuses_unusable_ones(melody_model_dirs):
+    from musiclm_jax.tokenizers.melody import MelodyTokenizer, UnusableMelodyError
+
+    tok = MelodyTokenizer.from_model_dir(melody_model_dirs["melody_dir"])
+    assert tok.windows_per_second == 1 and tok.num_levels == 4
+    a, b = tok.tokens([hummed(0, 3.0), hummed(1, 2.5)])
+    assert a.shape == (3, 4) and b.shape == (3, 4) and a.dtype == np.int32  # a window starting in each second
+    assert tok.tokens_for(hummed(0, 3.0), SR, 3.0).shape == (1, 3, 4)
+    short = tok.tokens_for(hummed(0, 1.0, 22050), 22050, 3.5)  # another rate; looped to 3.5 s: 4 windows
+    assert short.shape == (1, 4, 4)
+    with pytest.raises(UnusableMelodyError, match="silent"):
+        tok.tokens_for(np.zeros(SR, np.float32), SR, 2.0)
+    with pytest.raises(UnusableMelodyError, match="mono"):
+        tok.tokens_for(np.zeros((2, SR), np.float32), SR, 2.0)
+    with pytest.raises(UnusableMelodyError, match="NaN"):
+        tok.tokens_for(np.full(SR, np.nan, np.float32), SR, 2.0)
+
+
+def test_generation_follows_the_given_tune_and_runs_without_one(melody_model_dirs, musiclm_model_dirs, tmp_path):
+    """The semantic stage reads the tune's tokens window by window: two tunes give two pieces under
+    one seed and prompt; without a tune the stage gets NULL melody tokens. `generate --melody`
+    records the tune and refuses what it cannot follow."""
+    from musiclm_jax import generate as gen
+    from musiclm_jax.audio.io import write_wav
+
+    model = gen.load_musiclm(melody_model_dirs, windows={"semantic": (1.0, 0.6)})
+    seen = []
+    run_stage = model._run_stage
+    model._run_stage = lambda stage, batch, *a: seen.append((stage, batch)) or run_stage(stage, batch, *a)
+    kwargs = dict(seed=3, melody_sample_rate=SR)
+    one = model.generate(["a calm tune"], 1.5, melody_audio=hummed(0, 2.0), **kwargs)
+    two = model.generate(["a calm tune"], 1.5, melody_audio=hummed(1, 2.0), **kwargs)
+    none = model.generate(["a calm tune"], 1.5, seed=3)
+    assert one.audio.shape == none.audio.shape == (1, int(1.5 * model.codec.sample_rate))
+    assert not np.array_equal(one.semantic_tokens, two.semantic_tokens)
+    semantic = [b for stage, b in seen if stage == "semantic"]
+    # semantic windows [0, 1) and [0.6, 1.52) s read the melody windows starting in them: [0] and [0, 1]
+    assert [b["melody_tokens"].shape for b in semantic[:2]] == [(1, 1, 4), (1, 2, 4)]
+    tune_tokens = model.melody.tokens_for(hummed(0, 2.0), SR, 1.5)
+    np.testing.assert_array_equal(semantic[0]["melody_tokens"], tune_tokens[:, :1])
+    np.testing.assert_array_equal(semantic[1]["melody_tokens"], tune_tokens[:, :2])
+    assert all(np.all(b["melody_tokens"] == NULL_CODE) for b in semantic[-2:])
+
+    write_wav(tmp_path / "hum.wav", hummed(0, 2.0), SR)
+    write_wav(tmp_path / "silence.wav", 1e-3 * hummed(0, 1.0), SR)  # audible to a decoder, too quiet to follow
+    common = dict(seconds=1.0, prompts=["a calm tune"], model_dirs=melody_model_dirs, model=model)
+    [meta] = gen.generate(output_dir=str(tmp_path / "out"), melody=str(tmp_path / "hum.wav"), **common)
+    assert meta["melody"].endswith("hum.wav")
+    with pytest.raises(ValueError, match="silent"):
+        gen.generate(output_dir=str(tmp_path / "none"), melody=str(tmp_path / "silence.wav"), **common)
+    with pytest.raises(Exception, match="missing.wav"):
+        gen.generate(output_dir=str(tmp_path / "none"), melody=str(tmp_path / "missing.wav"), **common)
+    plain = gen.load_musiclm(musiclm_model_dirs)
+    with pytest.raises(ValueError, match="trained without melody"):
+        plain.generate(["a calm tune"], 1.0, melody_audio=hummed(0, 1.0), melody_sample_rate=SR)
+    assert not (tmp_path / "none").exists()
+    with pytest.raises(ValueError, match="needs the melody tokenizer"):
+        gen.load_musiclm({k: v for k, v in melody_model_dirs.items() if k != "melody_dir"})

@@ -67,3 +67,48 @@ def total_agreement(originals: Sequence[np.ndarray], copies: Sequence[np.ndarray
     for a, b in zip(originals, copies):
         total = total + pitch_agreement(a, b, sample_rate)
     return total
+
+
+# ---- melody adherence: does generated music follow a given tune? ---------------------------------
+
+CHROMA_HOP = 512
+
+
+def chroma_frames(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
+    """librosa's STFT chroma [frames, 12], each frame scaled to unit length (silent frames zero)."""
+    import librosa
+
+    chroma = librosa.feature.chroma_stft(
+        y=np.asarray(waveform, np.float32).reshape(-1), sr=sample_rate, n_fft=4096, hop_length=CHROMA_HOP, norm=None
+    ).T
+    norms = np.linalg.norm(chroma, axis=1, keepdims=True)
+    return np.where(norms > 1e-8, chroma / np.maximum(norms, 1e-8), 0.0)
+
+
+def melody_adherence(tune: np.ndarray, generated: np.ndarray, sample_rate: int) -> dict[str, float]:
+    """How closely `generated` follows `tune` (same rate; compared over the shorter length):
+
+    chroma_cosine          MusicGen's melody measure: the mean over the tune's voiced frames (pyin)
+                           of the cosine between the generated chroma and the one-hot pitch class
+                           the tune sounds there
+    pitch_class_agreement  of the tune's voiced frames, the share where pyin finds the generated
+                           music voiced at the same pitch class (within 50 cents, any octave)
+    voiced_frames          how many frames those are (0: the tune had no tracked pitch: NaN scores)
+
+    The trackers are librosa's (pyin, chroma), not ours."""
+    n = min(len(tune), len(generated))
+    tune, generated = np.asarray(tune[:n], np.float32), np.asarray(generated[:n], np.float32)
+    f0_tune, f0_gen = track_f0(tune, sample_rate, 4 * CHROMA_HOP), track_f0(generated, sample_rate, 4 * CHROMA_HOP)
+    chroma = chroma_frames(generated, sample_rate)
+    frames = min(len(f0_tune), len(chroma))
+    f0_tune, f0_gen, chroma = f0_tune[:frames], f0_gen[:frames], chroma[:frames]
+    voiced = ~np.isnan(f0_tune)
+    if not voiced.any():
+        return {"chroma_cosine": float("nan"), "pitch_class_agreement": float("nan"), "voiced_frames": 0}
+    midi_tune = 69.0 + 12.0 * np.log2(f0_tune[voiced] / 440.0)
+    classes = np.round(midi_tune).astype(int) % 12
+    cosine = float(np.mean(chroma[voiced][np.arange(len(classes)), classes]))
+    midi_gen = 69.0 + 12.0 * np.log2(f0_gen[voiced] / 440.0)  # NaN where unvoiced: never agrees
+    distance = np.abs((midi_gen - midi_tune + 6.0) % 12.0 - 6.0)  # semitones, octaves ignored
+    agree = float(np.mean(np.nan_to_num(distance, nan=12.0) <= TOLERANCE_CENTS / 100.0))
+    return {"chroma_cosine": cosine, "pitch_class_agreement": agree, "voiced_frames": int(voiced.sum())}

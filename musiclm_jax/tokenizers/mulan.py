@@ -77,7 +77,7 @@ class MuLanEmbedder:
         self.model, self.params, self.vocabulary = model, params, vocabulary
         self.window_batch = int(window_batch)
         self._embed_audio = jax.jit(model.embed_audio)
-        self._embed_text = jax.jit(model.embed_text)
+        self._embed_text = jax.jit(model.embed_text) if hasattr(model, "embed_text") else None  # melody: audio only
 
     @classmethod
     def from_model_dir(cls, model_dir: str, *, step: Optional[int] = None, **kwargs) -> "MuLanEmbedder":
