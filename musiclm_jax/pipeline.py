@@ -62,14 +62,14 @@ import soundfile
 import gin
 from musiclm_jax import fileio, gin_utils, model_io, pipeline_data
 from musiclm_jax import generate as generate_lib
+from musiclm_jax.audio.plots import pitch_curves_over_spectrogram
 from musiclm_jax.data import melody as melody_data
-from musiclm_jax.data import synthetic
-from musiclm_jax.data import token_cache_tasks
+from musiclm_jax.data import synthetic, token_cache_tasks
 from musiclm_jax.evaluation import eval_sets, text_to_music
 from musiclm_jax.evaluation import metrics as eval_metrics
 from musiclm_jax.evaluation.embedders import MuLanAudioEmbedder
 from musiclm_jax.evaluation.eval_sets import PROMPT_FAMILIES, held_out_prompts
-from musiclm_jax.evaluation.pitch import melody_adherence
+from musiclm_jax.evaluation.pitch import CHROMA_HOP, melody_adherence, track_f0
 from musiclm_jax.tokenizers.acoustic import AcousticTokenizer
 from musiclm_jax.tokenizers.mulan import MuLanEmbedder
 from musiclm_jax.training.summaries import format_duration, log
@@ -81,8 +81,6 @@ STEPS = (
     "semantic_kmeans",
     "mulan",
     "mulan_rvq",
-    "melody",
-    "melody_rvq",
     "precompute",
     "semantic_stage",
     "coarse_stage",
@@ -147,8 +145,9 @@ FINETUNE_GIN = "runs/finetune.gin"
 # A fitted step can be copied only with the model it was fitted on.
 _COPY_NEEDS = {"semantic_kmeans": "w2v_bert", "mulan_rvq": "mulan", "melody_rvq": "melody"}
 _TRAINED = ("codec", "w2v_bert", "mulan", "melody", "semantic_stage", "coarse_stage", "fine_stage")
-# Steps that run only when asked (run_pipeline(melody=True)).
+# Steps that run only when asked (run_pipeline(melody=True)), after mulan_rvq.
 MELODY_STEPS = ("melody", "melody_rvq")
+ALL_STEPS = STEPS[: STEPS.index("mulan_rvq") + 1] + MELODY_STEPS + STEPS[STEPS.index("mulan_rvq") + 1 :]
 # The evaluate step's attribute classifier (trained once, then loaded): deleted when its size changes.
 CLASSIFIER_DIR = "attribute_classifier"
 # Where each model lives under the pipeline's directory.
@@ -252,7 +251,7 @@ class _Context:
         self.step_bindings = {k: list(v) for k, v in (step_bindings or {}).items()}
         self.dirs = {k: fileio.join(model_dir, v) for k, v in DIRS.items()}
         self.melody = bool(options.get("melody"))
-        self.steps = tuple(s for s in STEPS if self.melody or s not in MELODY_STEPS)
+        self.steps = ALL_STEPS if self.melody else STEPS
 
     def depends(self, step: str) -> tuple[str, ...]:
         """The steps of this run whose results `step` reads."""
@@ -455,11 +454,25 @@ def _generate_with_melody(ctx: _Context, model, dirs: dict, prompts: list[dict])
             model=model,
         )
         followed = _read_wav(sidecar["file"])[0]
+        picture = fileio.join(out_dir, "pitch_curves.png")
+        with fileio.local_output(picture) as local:
+            rate = sr / CHROMA_HOP  # frames per second of track_f0 at melody_adherence's frame length
+            pitch_curves_over_spectrogram(
+                followed,
+                sr,
+                [
+                    ("hummed tune", track_f0(hum, sr, 4 * CHROMA_HOP), rate),
+                    ("generated", track_f0(followed, sr, 4 * CHROMA_HOP), rate),
+                ],
+                local,
+                title=f"{p['caption']!r} following a held-out hummed tune (pitch curves: librosa pyin)",
+            )
         rows.append(
             {
                 "tune": tune_path,
                 "prompt": p["caption"],
                 "wav": sidecar["file"],
+                "png": picture,
                 "with_tune": melody_adherence(hum, followed, sr),
                 "text_only": melody_adherence(hum, _read_wav(p["wav"])[0], sr),
                 "played_tune": melody_adherence(hum, played, sr),
@@ -746,10 +759,10 @@ def run_pipeline(
     """
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
-    unknown = sorted(set(step_bindings or {}) - set(STEPS))
+    unknown = sorted(set(step_bindings or {}) - set(ALL_STEPS))
     if unknown:
-        raise ValueError(f"step_bindings names unknown steps {unknown}; steps: {list(STEPS)}")
-    no_gin = [s for s in STEPS if s in (step_bindings or {}) and s in ("generate", "evaluate")]
+        raise ValueError(f"step_bindings names unknown steps {unknown}; steps: {list(ALL_STEPS)}")
+    no_gin = [s for s in ALL_STEPS if s in (step_bindings or {}) and s in ("generate", "evaluate")]
     if no_gin:
         raise ValueError(
             f"step_bindings names {no_gin}, which read no gin file: their options are run_pipeline's arguments"
@@ -876,6 +889,9 @@ def _check_reuse(from_dir: Optional[str], reuse: Optional[Mapping[str, str]], me
             raise ReuseError("reuse needs from_dir (the pipeline directory to reuse)")
         return {}
     defaults = {k: v for k, v in FROM_DEFAULTS.items() if melody or k not in MELODY_STEPS}
+    if melody and read_marker(fileio.resolve(from_dir), "melody") is None:
+        # A run without melody: nothing to copy, and its semantic stage's vocabulary lacks the melody ids.
+        defaults.update(melody="train", melody_rvq="train", semantic_stage="train")
     if not melody and set(reuse or {}) & set(MELODY_STEPS):
         raise ReuseError(f"reuse names {sorted(set(reuse) & set(MELODY_STEPS))}, steps of a melody run (melody=True)")
     modes = {**defaults, **(reuse or {})}
@@ -1083,6 +1099,19 @@ def _summary(model_dir: str, size: str, done: Mapping[str, dict]) -> dict:
             "adherence_codec_ceiling": m["evaluate"].get("adherence_codec_ceiling", {}),
             # FAD, KLD, MCC and codec metrics of the text-to-music eval (D/eval/results.json, report.html)
             "text_to_music": text_to_music.scalar_metrics(m["evaluate"]),
+            **(
+                {
+                    "melody": {
+                        **_pick(m["melody"]["eval"], "melody_recall@1", "melody_recall@10", "retrieval_pool"),
+                        **_pick(m["melody"]["train"], "loss"),
+                    },
+                    "melody_rvq": m["melody_rvq"],
+                    # music made to follow held-out hummed tunes, against text only and the tune played
+                    "melody_following": m["generate"]["melody"]["mean"],
+                }
+                if "melody" in m
+                else {}
+            ),
         },
         "wavs": [p["wav"] for p in prompts],
         "pngs": [p["png"] for p in prompts],

@@ -94,3 +94,33 @@ def test_bad_arguments_are_refused(tmp_path):
         pipeline.run_pipeline(model_dir=str(tmp_path), size="tiny", prompt_family="poetry")
     assert main.main(["pipeline"]) == 2  # no --model_dir
     assert not os.listdir(tmp_path)
+
+
+@pytest.mark.slow
+def test_melody_pipeline_from_a_finished_run(tiny_pipeline, tmp_path):
+    """`run_pipeline(melody=True)` over a finished run: its tokenizers copied, the melody model and
+    its RVQ trained, the clips tokenized again with melody tokens, the semantic stage trained on
+    [MuLan, melody] (its vocabulary grew: not fine-tuned), and music made for a hummed tune."""
+    model_dir = str(tmp_path / "melody_run")
+    options = dict(size="tiny", seconds=SECONDS, num_prompts=2, train_captions_checked=64, melody=True)
+    reuse = {"coarse_stage": "copy", "fine_stage": "copy"}
+    plan = pipeline.run_pipeline(model_dir=model_dir, from_dir=tiny_pipeline[0], reuse=reuse, plan=True, **options)
+    actions = {row["step"]: row["action"] for row in plan["plan"]}
+    assert list(actions) == list(pipeline.ALL_STEPS)
+    assert actions["melody"] == actions["semantic_stage"] == "run" and actions["mulan"] == "copy"
+    summary = pipeline.run_pipeline(
+        model_dir=model_dir, from_dir=tiny_pipeline[0], reuse=reuse, num_melody_prompts=1, **options
+    )
+    assert list(summary["wall_s"]) == list(pipeline.ALL_STEPS)
+    m = summary["metrics"]
+    assert m["melody_rvq"]["levels"] == 4 and m["precompute"]["train"]["tokens"]["melody_tokens"] == 48 * 2 * 4
+    config = json.load(open(os.path.join(model_dir, "semantic_stage", "model.json")))["config"]
+    assert [c[0] for c in config["conditions"]] == ["mulan_tokens", "melody_tokens"]
+    [tune] = json.load(open(pipeline.marker_path(model_dir, "generate")))["metrics"]["melody"]["tunes"]
+    made, hum = soundfile.info(tune["wav"]), soundfile.info(tune["tune"])
+    assert made.frames == hum.frames == int(SECONDS * made.samplerate)
+    assert os.path.exists(tune["png"])
+    for kind in ("with_tune", "text_only", "played_tune"):
+        assert 0 <= tune[kind]["chroma_cosine"] <= 1 and tune[kind]["voiced_frames"] > 0
+    assert tune["played_tune"]["chroma_cosine"] > 0.5  # the ceiling: the same tune on an instrument
+    assert set(m["melody_following"]) == {"with_tune", "text_only", "played_tune"}

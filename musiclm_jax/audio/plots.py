@@ -85,3 +85,45 @@ def quality_vs_bitrate(rows: Sequence[Mapping[str, float]], path: str, title: st
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def pitch_curves_over_spectrogram(
+    audio: np.ndarray,
+    sample_rate: int,
+    curves: Sequence[tuple[str, np.ndarray, float]],
+    path: str,
+    title: str = "",
+) -> str:
+    """A log-frequency spectrogram of `audio` with pitch curves drawn over it: `curves` are
+    (label, f0 in Hz per frame with NaN where unvoiced, frames per second). Melody conditioning's
+    picture: the input tune's curve over the music made to follow it, beside that music's own."""
+    import librosa
+    import librosa.display
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    audio = np.asarray(audio, np.float32)
+    fig, ax = plt.subplots(figsize=(11, 3.6))
+    spec = np.abs(librosa.stft(audio, n_fft=2048, hop_length=256))
+    librosa.display.specshow(
+        librosa.amplitude_to_db(spec, ref=np.max, top_db=70.0),
+        sr=sample_rate,
+        hop_length=256,
+        x_axis="time",
+        y_axis="log",
+        ax=ax,
+        cmap="magma",
+    )
+    styles = [("white", "-", 2.5), ("cyan", "--", 1.5), ("lime", ":", 1.5)]
+    for (label, f0, rate), (colour, line, width) in zip(curves, styles):
+        f0 = np.asarray(f0, np.float64)
+        ax.plot(np.arange(len(f0)) / rate, f0, color=colour, linestyle=line, linewidth=width, label=label)
+    ax.set_ylim(50, min(4000, sample_rate / 2))
+    ax.legend(loc="upper right", fontsize=8, framealpha=0.6)
+    ax.set_title("\n".join(textwrap.wrap(title, 120)), fontsize=8, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -23,6 +23,7 @@ import tensorflow as tf
 from musiclm_jax.data import melody, synthetic
 
 _registered: set[str] = set()
+CACHE_BYTES = 2 << 30  # a split's rendered pairs up to this size stay in memory after the first pass
 
 
 def _pairs_dataset_fn(
@@ -49,7 +50,10 @@ def _pairs_dataset_fn(
         "paired_audio": tf.TensorSpec([samples], tf.float32),
         "id": tf.TensorSpec([], tf.string),
     }
-    return tf.data.Dataset.from_generator(generate, output_signature=signature)
+    ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    # Rendered once, then read from memory: the trainer repeats the split, and rendering a pair
+    # costs tens of milliseconds on one thread (a batch of 32 would wait over a second).
+    return ds.cache() if sizes[split] * 2 * samples * 4 <= CACHE_BYTES else ds
 
 
 def register_melody_pair_task(
@@ -62,9 +66,8 @@ def register_melody_pair_task(
     control: bool = False,
     shuffle_buffer_size: int = 64,
 ) -> str:
-    """Registers (or re-registers) the pair task `name` and returns the name. One pass over the
-    training split renders `num_examples` pairs (each epoch renders them again: a rendition is
-    a few tens of milliseconds)."""
+    """Registers (or re-registers) the pair task `name` and returns the name. The first pass over a
+    split renders its pairs; later epochs read them from memory (up to CACHE_BYTES per split)."""
     if seconds <= 0 or num_examples <= 0 or num_validation_examples <= 0:
         raise ValueError(
             f"register_melody_pair_task: seconds, num_examples and num_validation_examples must be positive, got "
