@@ -519,6 +519,7 @@ def _evaluate(ctx: _Context, step: str, done: dict) -> dict:
     results = text_to_music.generate_and_score(
         ctx.dirs["eval"],
         items,
+        extra=_melody_for_report(ctx, done["generate"]["metrics"].get("melody")),
         generated=np.stack([a for a, _ in clips]),
         generated_sample_rate=rate,
         mulan=mulan,
@@ -532,6 +533,21 @@ def _evaluate(ctx: _Context, step: str, done: dict) -> dict:
     for p, row in zip(prompts, results["items"]):
         p["detected"] = row["detected"]
     return {**results, "prompts": prompts}
+
+
+def _melody_for_report(ctx: _Context, melody: Optional[dict]) -> Optional[dict]:
+    """The generate step's melody results for report.html, their files copied beside it (D/eval/melody/)."""
+    if not melody:
+        return None
+    tunes = []
+    for k, t in enumerate(melody["tunes"]):
+        folder = f"melody/tune_{k:03d}"
+        fileio.makedirs(fileio.join(ctx.dirs["eval"], folder))
+        files = {"tune": "tune.wav", "wav": "music.wav", "png": "pitch_curves.png"}
+        for key, name in files.items():
+            fileio.copy(t[key], fileio.join(ctx.dirs["eval"], folder, name))
+        tunes.append({**t, **{key: f"{folder}/{name}" for key, name in files.items()}})
+    return {"melody": {"mean": melody["mean"], "tunes": tunes}}
 
 
 def _collection_items(ctx: _Context, prompts: list[dict], rate: int) -> list:

@@ -124,3 +124,9 @@ def test_melody_pipeline_from_a_finished_run(tiny_pipeline, tmp_path):
         assert 0 <= tune[kind]["chroma_cosine"] <= 1 and tune[kind]["voiced_frames"] > 0
     assert tune["played_tune"]["chroma_cosine"] > 0.5  # the ceiling: the same tune on an instrument
     assert set(m["melody_following"]) == {"with_tune", "text_only", "played_tune"}
+    page = open(summary["report"]).read()  # the hum, the music and both pitch curves, beside the report
+    assert "Melody: music following hummed tunes" in page
+    for name in ("tune.wav", "music.wav", "pitch_curves.png"):
+        assert f"melody/tune_000/{name}" in page and os.path.exists(
+            os.path.join(model_dir, "eval/melody/tune_000", name)
+        )

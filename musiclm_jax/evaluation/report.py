@@ -259,6 +259,39 @@ def _sample_html(row: Mapping, png: Optional[str]) -> str:
     return "".join(parts) + "</div>"
 
 
+def _melody_html(melody: Mapping) -> str:
+    """Music made to follow hummed tunes: the means against text only (chance) and the tune
+    played (ceiling), then per tune the hum, the music and both pitch curves (paths relative to
+    the report)."""
+    kinds = (("with_tune", "with the tune"), ("text_only", "text only (chance)"), ("played_tune", "the tune played"))
+    rows = "".join(
+        f"<tr><td>{label}</td>"
+        + "".join(
+            f"<td class='num'>{_num(melody['mean'][kind][m])}</td>" for m in ("chroma_cosine", "pitch_class_agreement")
+        )
+        + "</tr>"
+        for kind, label in kinds
+    )
+    parts = [
+        "<h2>Melody: music following hummed tunes</h2><p class='small'>Each tune hummed (held out), music generated "
+        "under a caption with it and without it; scored against the hum by librosa's chroma and pyin: chroma "
+        "cosine (MusicGen's melody measure) and the share of the hum's voiced frames where the music sounds the "
+        "same pitch class.</p>",
+        f"<table><tr><th>music</th><th>chroma cosine</th><th>pitch-class agreement</th></tr>{rows}</table>",
+    ]
+    for t in melody["tunes"]:
+        parts.append(
+            f"<div class='sample'><div class='caption'>{html.escape(t['prompt'])}</div>"
+            f"<div class='small'>chroma cosine {_num(t['with_tune']['chroma_cosine'])} with the tune, "
+            f"{_num(t['text_only']['chroma_cosine'])} text only</div>"
+            "<table><tr><th>hummed tune</th><th>music</th></tr><tr>"
+            f"<td><audio controls preload='metadata' src='{html.escape(t['tune'])}'></audio></td>"
+            f"<td><audio controls preload='metadata' src='{html.escape(t['wav'])}'></audio></td></tr></table>"
+            f"<img src='{html.escape(t['png'])}' alt='pitch curves of the tune and the music'></div>"
+        )
+    return "".join(parts)
+
+
 def write_report(
     output_dir: str,
     results: Mapping,
@@ -333,6 +366,8 @@ def _report_page(
     for fig in figures:
         if fig:
             body.append(f"<img src='{html.escape('plots/' + os.path.basename(fig))}' alt='{os.path.basename(fig)}'>")
+    if results.get("melody"):
+        body.append(_melody_html(results["melody"]))
     body.append(f"<h2>Samples ({len(samples)} of {results['num_items']})</h2>")
     body.extend(samples)
     body.append(_SCRIPT + "</body></html>")
