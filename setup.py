@@ -46,6 +46,7 @@ EXTRAS_REQUIRE = {
     "test": [
         "pytest>=8,<10",
         "pytest-timeout>=2.3",
+        "pytest-xdist>=3.6",  # two workers (pytest.ini): most tests wait on one-threaded XLA compiles
         "ruff>=0.17,<0.18",  # lint + format check in CI
         "gcp-storage-emulator>=2026.7",  # a GCS API server on localhost for the gs:// tests
         "uv>=0.13",  # tpu_scripts' `setup` makes the workers' Python 3.11 virtualenv with uv

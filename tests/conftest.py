@@ -20,6 +20,14 @@ if "xla_force_host_platform_device_count" not in flags:
 import pytest  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items):
+    """For pytest-xdist's `--dist loadgroup` (pytest.ini): a file's tests run on one worker, so its
+    module fixtures are built once; so do all tests that read the tiny pipeline (built once)."""
+    for item in items:
+        group = "tiny_pipeline" if "tiny_pipeline" in item.fixturenames else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture
 def tiny_stage_config():
     from musiclm_jax.models.stages import StageConfig
