@@ -149,6 +149,7 @@ def condition_reliance(stage_dirs: dict, cache_dir: str, seed: int = 0) -> dict:
     from musiclm_jax import model_io
     from musiclm_jax.data import token_cache_tasks
     from musiclm_jax.generate import training_crop_seconds
+    from musiclm_jax.models.token_layout import NULL_CODE
 
     meta = token_cache_tasks.load_cache_meta(cache_dir)
     clips = list(token_cache_tasks.read_cache(cache_dir, "validation"))
@@ -158,7 +159,7 @@ def condition_reliance(stage_dirs: dict, cache_dir: str, seed: int = 0) -> dict:
         model, params = model_io.load(stage_dir)
         crop = training_crop_seconds(stage_dir)
         batch = {}
-        for name, rate in (("semantic", meta["rates"]["semantic"]), ("acoustic", meta["rates"]["acoustic"])):
+        for name, rate in meta["rates"].items():  # semantic, acoustic (and melody: windows per second)
             frames = min(len(c[f"{name}_tokens"]) for c in clips)
             frames = min(frames, round(crop * rate)) if crop else frames
             batch[f"{name}_tokens"] = np.stack([c[f"{name}_tokens"][:frames] for c in clips])
@@ -181,6 +182,8 @@ def condition_reliance(stage_dirs: dict, cache_dir: str, seed: int = 0) -> dict:
             if spec.stream != "mulan":
                 shuffled = x[:, rng.permutation(x.shape[1])]
                 result[f"{feature} frames shuffled"] = float(ce(condition_replaced(shuffled)))
+            if feature in dict(model.config.condition_dropout):  # trained to run without it
+                result[f"{feature} absent (NULL)"] = float(ce(condition_replaced(np.full_like(x, NULL_CODE))))
         out[stage] = result
     return out
 

@@ -6,7 +6,9 @@ and does music generated to follow a hummed tune follow it?
 1. Retrieval (the melody model of PIPELINE_DIR/melody): for held-out synthetic tunes, one rendition
    of each kind pair (hum -> instrument, whistle -> band, ...) finds the other among all tunes'
    renditions: recall@1 / @10 against chance (k / tunes).
-2. Following (the pipeline's MusicLM, run with `--gin.run_pipeline.melody=True`): each held-out
+2. Reliance: the semantic stage's eval cross-entropy with its true melody tokens, another clip's,
+   its windows shuffled, and none (NULL): a stage that uses the tune loses when it is swapped.
+3. Following (the pipeline's MusicLM, run with `--gin.run_pipeline.melody=True`): each held-out
    tune hummed, music generated under its own piece's caption
      with the tune       MusicLM.generate(melody_audio=hum)
      text only           the same caption, seed and model without a tune (chance)
@@ -62,6 +64,44 @@ def retrieval(melody_dir: str, num_tunes: int, seconds: float) -> dict:
         recall = recall_at_k(emb[a], emb[b], ks=(1, 10))
         out[f"{a}->{b}"] = {"recall@1": recall[1], "recall@10": recall[10]}
     out["chance"] = {"recall@1": 1.0 / num_tunes, "recall@10": min(1.0, 10.0 / num_tunes)}
+    return out
+
+
+def tokens_carry_pitch(cache_dir: str) -> dict:
+    """Do the cached token streams carry the melody? Per frame of the synthetic clips (their
+    scores give the sounding melody pitch), the melody's pitch class guessed from that frame's
+    token alone (each code's most frequent pitch class on the training clips), on validation
+    clips: accuracy against the best guess without a token (the most frequent class)."""
+    from musiclm_jax.data import synthetic, token_cache_tasks
+
+    meta = token_cache_tasks.load_cache_meta(cache_dir)
+    out = {}
+    streams = {"semantic": ("semantic_tokens", None), "acoustic level 0": ("acoustic_tokens", 0)}
+    for name, (feature, level) in streams.items():
+        rate = meta["rates"][feature.split("_")[0]]
+        pairs = {}
+        for split in ("train", "validation"):
+            codes, classes = [], []
+            for clip in token_cache_tasks.read_cache(cache_dir, split):
+                match = clip["id"].split("-")
+                if len(match) != 3 or match[0] != "synthetic":
+                    continue
+                tokens = clip[feature] if level is None else clip[feature][:, level]
+                score = synthetic.sample_score(int(match[1]), int(match[2]), len(tokens) / rate)
+                pitch = score.melody_pitch_at((np.arange(len(tokens)) + 0.5) / rate)
+                voiced = ~np.isnan(pitch)
+                codes.append(tokens[voiced])
+                classes.append(np.round(pitch[voiced]).astype(int) % 12)
+            pairs[split] = (np.concatenate(codes), np.concatenate(classes))
+        (tr_codes, tr_classes), (va_codes, va_classes) = pairs["train"], pairs["validation"]
+        table = np.zeros((int(max(tr_codes.max(), va_codes.max())) + 1, 12))
+        np.add.at(table, (tr_codes, tr_classes), 1)
+        guess = table.argmax(1)
+        out[name] = {
+            "accuracy": float(np.mean(guess[va_codes] == va_classes)),
+            "no_token": float(np.mean(np.bincount(tr_classes, minlength=12).argmax() == va_classes)),
+            "frames": int(len(va_codes)),
+        }
     return out
 
 
@@ -143,6 +183,19 @@ def main() -> None:
     print(f"{'renditions':<22}{'recall@1':>10}{'recall@10':>11}")
     for name, r in result["retrieval"].items():
         print(f"{name:<22}{r['recall@1']:>10.3f}{r['recall@10']:>11.3f}")
+    from bench_adherence import condition_reliance
+
+    reliance = condition_reliance(
+        {"semantic": os.path.join(args.pipeline_dir, "semantic_stage")}, os.path.join(args.pipeline_dir, "tokens")
+    )["semantic"]
+    result["semantic_stage_reliance"] = reliance
+    print("\nthe semantic stage's eval cross-entropy on the token cache's validation clips, conditions swapped")
+    for name, value in reliance.items():
+        print(f"{name:<40}{value:>8.4f}")
+    result["tokens_carry_pitch"] = tokens_carry_pitch(os.path.join(args.pipeline_dir, "tokens"))
+    print("\nthe melody's pitch class per frame, guessed from that frame's token (validation clips)")
+    for name, r in result["tokens_carry_pitch"].items():
+        print(f"{name:<20} accuracy {r['accuracy']:.3f}, without the token {r['no_token']:.3f} ({r['frames']} frames)")
     if not args.skip_following:
         f = following(args.pipeline_dir, args.num_tunes, args.seconds, args.seed)
         curves = f.pop("curves")
