@@ -257,7 +257,7 @@ def generate(
             )
         tune, info = _load_prompt_audio(melody, model.melody.sample_rate)
         prompt.update(melody_audio=tune, melody_sample_rate=info.sample_rate)
-        model._melody_tokens(tune, info.sample_rate, None)  # a silent tune fails before any sampling
+        model.tune_tokens(tune, info.sample_rate, None)  # a silent tune fails before any sampling
 
     t0 = time.perf_counter()
     with _StageBars(len(texts), num_candidates) as bars:

@@ -19,13 +19,27 @@ if "xla_force_host_platform_device_count" not in flags:
 
 import pytest  # noqa: E402
 
+# The files whose tests read the tiny pipeline fixture (~2.5 min to build): one xdist worker runs
+# them all, so it is built once (test_conftest_groups checks the list against the files).
+TINY_PIPELINE_FILES = (
+    "tests/test_mulan.py",
+    "tests/test_pipeline.py",
+    "tests/test_pipeline_data.py",
+    "tests/test_pipeline_markers.py",
+)
 
-def pytest_collection_modifyitems(config, items):
-    """For pytest-xdist's `--dist loadgroup` (pytest.ini): a file's tests run on one worker, so its
-    module fixtures are built once; so do all tests that read the tiny pipeline (built once)."""
-    for item in items:
-        group = "tiny_pipeline" if "tiny_pipeline" in item.fixturenames else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist (`-n 2`, pytest.ini) sends whole files to a worker, as `--dist loadfile` does
+    (module fixtures are built once), and the tiny pipeline's files together."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::")[0]
+            return "tiny_pipeline" if path in TINY_PIPELINE_FILES else path
+
+    return FileScheduling(config, log)
 
 
 @pytest.fixture

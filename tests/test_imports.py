@@ -151,3 +151,20 @@ def test_the_rules_catch_what_they_should():
     assert not allowed("data.sources", "training.summaries")
     assert allowed("export", "tokenizers.acoustic")
     assert allowed("audio.mel", "nn.signal")
+
+
+def test_conftest_groups_every_file_that_reads_the_tiny_pipeline():
+    """conftest.TINY_PIPELINE_FILES (one xdist worker, one build of the fixture) names exactly the
+    test files that take the `tiny_pipeline` fixture."""
+    import pathlib
+    import re
+
+    from conftest import TINY_PIPELINE_FILES
+
+    tests = pathlib.Path(__file__).parent
+    readers = {
+        f"tests/{p.name}"
+        for p in tests.glob("test_*.py")
+        if re.search(r"def test_\w+\([^)]*\btiny_pipeline\b", p.read_text())
+    }
+    assert readers == set(TINY_PIPELINE_FILES)

@@ -336,13 +336,13 @@ class MusicLM:
             raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
         b, n = len(schedule[0][0]), num_candidates
 
-        melody = self._melody_tokens(melody_audio, melody_sample_rate, None)  # checked before any work
+        melody = self.tune_tokens(melody_audio, melody_sample_rate, None)  # checked before any work
         prompt = self._encode_prompt(prompt_audio, prompt_sample_rate, b * n)
         segment_tokens = [np.repeat(self.mulan.text_tokens(texts), n, axis=0) for texts, _ in schedule]
         starts = [prompt.seconds + start for _, start in schedule]
         total = prompt.seconds + seconds
         if melody_audio is not None:  # over the whole timeline, the continuation prompt's part included
-            melody = self._melody_tokens(melody_audio, melody_sample_rate, total)
+            melody = self.tune_tokens(melody_audio, melody_sample_rate, total)
         semantic, acoustic, audio = self._sample_tokens(
             segment_tokens, starts, total, prompt, seed=seed, settings=settings, progress=progress, melody=melody
         )
@@ -514,7 +514,7 @@ class MusicLM:
             generated = np.concatenate([generated, codes.reshape(rows, end - start, levels)[:, done - start :]], axis=1)
         return generated
 
-    def _melody_tokens(self, audio: Optional[np.ndarray], sample_rate: Optional[int], seconds: Optional[float]):
+    def tune_tokens(self, audio: Optional[np.ndarray], sample_rate: Optional[int], seconds: Optional[float]):
         """A tune's melody tokens [1, windows, levels] covering `seconds` (None: only check that a
         tune can be followed); None without a tune."""
         if audio is None:
