@@ -122,10 +122,8 @@ def following(pipeline_dir: str, num_tunes: int, seconds: float, seed: int) -> d
     split_seed = synthetic.SPLIT_SEEDS["validation"]
     rows, curves = [], None
     for i in range(num_tunes):
-        tune = melody.melody_of(split_seed, i, seconds / 0.92)
-        hum, _ = melody.render_rendition(tune, "hum", seed=split_seed, index=i, sample_rate=sr, duration_s=seconds)
-        played, _ = melody.render_rendition(
-            tune, "instrument", seed=split_seed, index=i, sample_rate=sr, duration_s=seconds
+        (hum, _), (played, _) = melody.melody_group(
+            split_seed, i, kinds=("hum", "instrument"), sample_rate=sr, duration_s=seconds
         )
         caption = synthetic.caption_of(split_seed, i)
         t0 = time.perf_counter()

@@ -62,6 +62,7 @@ import soundfile
 import gin
 from musiclm_jax import fileio, gin_utils, model_io, pipeline_data
 from musiclm_jax import generate as generate_lib
+from musiclm_jax.audio.io import write_wav
 from musiclm_jax.audio.plots import pitch_curves_over_spectrogram
 from musiclm_jax.data import melody as melody_data
 from musiclm_jax.data import synthetic, token_cache_tasks
@@ -398,10 +399,8 @@ def _generate(ctx: _Context, step: str) -> dict:
         dirs["melody_dir"] = ctx.dirs["melody"]
     model = generate_lib.load_musiclm(dirs)  # each stage slides its training crop
     windows = model.windows
-    sidecars = generate_lib.generate(
-        output_dir=ctx.dirs["generated"],
+    common = dict(
         seconds=o["seconds"],
-        prompts=texts,
         model_dirs=dirs,
         max_seconds=max(o["seconds"], 30.0),
         seed=o["seed"],
@@ -409,6 +408,7 @@ def _generate(ctx: _Context, step: str) -> dict:
         settings=o["settings"],
         model=model,
     )
+    sidecars = generate_lib.generate(output_dir=ctx.dirs["generated"], prompts=texts, **common)
     for p, s in zip(prompts, sidecars):
         p["wav"], p["png"], p["mulan_score"] = s["file"], s["file"][:-4] + ".png", s["mulan_score"]
     out = {
@@ -418,41 +418,27 @@ def _generate(ctx: _Context, step: str) -> dict:
         "generation_seconds": sidecars[0]["generation_seconds_all_prompts"],
     }
     if ctx.melody:
-        out["melody"] = _generate_with_melody(ctx, model, dirs, prompts)
+        out["melody"] = _generate_with_melody(ctx, prompts, common)
     return out
 
 
-def _generate_with_melody(ctx: _Context, model, dirs: dict, prompts: list[dict]) -> dict:
+def _generate_with_melody(ctx: _Context, prompts: list[dict], common: dict) -> dict:
     """Music that follows held-out hummed tunes (synthetic validation melodies, data/melody.py),
     one per prompt up to num_melody_prompts, under that prompt's text; each scored against its
     tune (evaluation.pitch.melody_adherence) beside the prompt's text-only piece (same seed and
     model, no tune: chance) and an instrument rendition of the same tune (the ceiling)."""
-    o, sr = ctx.options, model.codec.sample_rate
+    o, sr = ctx.options, common["model"].codec.sample_rate
     rows = []
     for k, p in enumerate(prompts[: o["num_melody_prompts"]]):
-        seed = synthetic.SPLIT_SEEDS["validation"]
-        tune = melody_data.melody_of(seed, k, o["seconds"] / 0.92)
-        hum, _ = melody_data.render_rendition(tune, "hum", seed=seed, index=k, sample_rate=sr, duration_s=o["seconds"])
-        played, _ = melody_data.render_rendition(
-            tune, "instrument", seed=seed, index=k, sample_rate=sr, duration_s=o["seconds"]
+        (hum, _), (played, _) = melody_data.melody_group(
+            synthetic.SPLIT_SEEDS["validation"], k, kinds=("hum", "instrument"), sample_rate=sr, duration_s=o["seconds"]
         )
         out_dir = fileio.join(ctx.dirs["generated"], "melody", f"tune_{k:03d}")
         fileio.makedirs(out_dir)
         tune_path = fileio.join(out_dir, "tune.wav")
         with fileio.local_output(tune_path) as local:
-            soundfile.write(local, hum, sr)
-        (sidecar,) = generate_lib.generate(
-            output_dir=out_dir,
-            seconds=o["seconds"],
-            prompts=[p["caption"]],
-            model_dirs=dirs,
-            max_seconds=max(o["seconds"], 30.0),
-            seed=o["seed"],
-            num_candidates=o["num_candidates"],
-            settings=o["settings"],
-            melody=tune_path,
-            model=model,
-        )
+            write_wav(local, hum, sr)
+        (sidecar,) = generate_lib.generate(output_dir=out_dir, prompts=[p["caption"]], melody=tune_path, **common)
         followed = _read_wav(sidecar["file"])[0]
         picture = fileio.join(out_dir, "pitch_curves.png")
         with fileio.local_output(picture) as local:

@@ -206,8 +206,7 @@ def hummed(index: int, seconds: float, sample_rate: int = SR) -> np.ndarray:
     from musiclm_jax.data import melody, synthetic
 
     seed = synthetic.SPLIT_SEEDS["validation"]
-    tune = melody.melody_of(seed, index, seconds / 0.92)
-    return melody.render_rendition(tune, "hum", seed=seed, index=index, sample_rate=sample_rate, duration_s=seconds)[0]
+    return melody.melody_group(seed, index, kinds=("hum",), sample_rate=sample_rate, duration_s=seconds)[0][0]
 
 
 def test_melody_tokenizer_windows_any_tune_and_refuses_unusable_ones(melody_model_dirs):
@@ -220,6 +219,8 @@ def test_melody_tokenizer_windows_any_tune_and_refuses_unusable_ones(melody_mode
     assert tok.tokens_for(hummed(0, 3.0), SR, 3.0).shape == (1, 3, 4)
     short = tok.tokens_for(hummed(0, 1.0, 22050), 22050, 3.5)  # another rate; looped to 3.5 s: 4 windows
     assert short.shape == (1, 4, 4)
+    with pytest.raises(TypeError, match="audio only"):
+        tok.text_tokens(["a calm tune"])
     with pytest.raises(UnusableMelodyError, match="silent"):
         tok.tokens_for(np.zeros(SR, np.float32), SR, 2.0)
     with pytest.raises(UnusableMelodyError, match="mono"):

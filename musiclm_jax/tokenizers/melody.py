@@ -58,6 +58,10 @@ class MelodyTokenizer(MuLanTokenizer):
         codebooks, _ = load_rvq(rvq_dir or model_io.artifact_path(model_dir, RVQ_DIR))
         return cls(model, params, None, codebooks, **kwargs)
 
+    def text_ids(self, texts):
+        """The melody model has no text side (MuLanTokenizer's text methods all come here)."""
+        raise TypeError("the melody tokenizer embeds audio only: text goes through MuLan")
+
     @property
     def windows_per_second(self) -> int:
         return self.model.config.windows_per_second
