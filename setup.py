@@ -40,6 +40,10 @@ INSTALL_REQUIRES = [
     "apache-beam[tfrecord]>=2.77,<2.78",
     # gs:// model directories, token caches and exports (musiclm_jax/fileio.py: etils epath over fsspec).
     "gcsfs>=2026.9",
+    # `musiclm serve`: a small ASGI app (the page is plain HTML; nothing is fetched at run time).
+    "starlette>=1.10,<2",
+    "uvicorn>=0.55,<1",
+    "python-multipart>=0.0.34",  # uploads (a tune, a clip to continue)
 ]
 
 EXTRAS_REQUIRE = {
@@ -50,6 +54,8 @@ EXTRAS_REQUIRE = {
         "ruff>=0.17,<0.18",  # lint + format check in CI
         "gcp-storage-emulator>=2026.7",  # a GCS API server on localhost for the gs:// tests
         "uv>=0.13",  # tpu_scripts' `setup` makes the workers' Python 3.11 virtualenv with uv
+        "requests>=2.32",  # the serve tests' HTTP client
+        "websocket-client>=1.8",  # drives headless Chromium over the DevTools protocol (tests/browser.py)
     ],
     # libtpu: runs on TPU VMs, and compiles for TPU topologies on any host (`musiclm aot`).
     "tpu": [f"jax[tpu]=={JAX_VERSION}"],
@@ -76,7 +82,7 @@ setuptools.setup(
     python_requires=">=3.11,<3.12",
     packages=setuptools.find_packages(include=["musiclm_jax", "musiclm_jax.*"]) + ["musiclm_jax.gin"],
     package_dir={"musiclm_jax.gin": "gin"},
-    package_data={"musiclm_jax.gin": gin_files()},
+    package_data={"musiclm_jax.gin": gin_files(), "musiclm_jax.serve": ["page.html"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

@@ -10,6 +10,7 @@ from musiclm_jax import eval as eval_lib
 from musiclm_jax import export as export_lib
 from musiclm_jax import generate as generate_lib
 from musiclm_jax import pipeline as pipeline_lib
+from musiclm_jax import serve as serve_lib
 from musiclm_jax import train as train_lib
 from musiclm_jax.data import (
     audio_tasks,
@@ -60,6 +61,8 @@ register_token_task = gin_utils.register(token_cache_tasks.register_token_task, 
 # Text -> music from the trained models' directories (runs/generate.gin).
 generate = gin_utils.register(generate_lib.generate, "generate")
 SamplingSettings = gin_utils.register(musiclm.SamplingSettings, "SamplingSettings")
+# The web page and JSON API over the five models' directories (runs/serve.gin).
+serve = gin_utils.register(serve_lib.run_server, "serve")
 # Export: the five models params-only + StableHLO samplers and codec decoder (runs/export.gin).
 export_musiclm = gin_utils.register(export_lib.export_musiclm, "export_musiclm")
 # The whole recipe on the synthetic source (gin/pipeline/<size>.gin; steps in gin/pipeline/<size>/).

@@ -20,7 +20,7 @@ import dataclasses
 import json
 import re
 import time
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -189,6 +189,7 @@ def generate(
     continue_from: Optional[str] = None,
     melody: Optional[str] = None,
     model: Optional[MusicLM] = None,
+    progress: Optional[Callable[[str, int, int], None]] = None,
 ) -> list[dict]:
     """Generates every prompt (or the one story); returns the sidecars written (one per output).
 
@@ -217,9 +218,11 @@ def generate(
         `melody_dir`.
       model: an already loaded MusicLM (e.g. `export.load_exported_musiclm`); the directories are then
         only recorded, and `semantic_rate` and `windows` are unused.
+      progress: also called as MusicLM.generate's `progress(stage, window, num_windows)` (the
+        terminal shows a bar per stage either way).
     Returns:
       The sidecars, one dict per output in prompt order (also written as NNN_<prompt>.json): prompt,
-      seed, seconds, sample_rate, num_candidates, mulan_score (None with one candidate), per-stage
+      seed, seconds, sample_rate, num_candidates, mulan_score (of the written candidate), per-stage
       settings and windows, models (the directories), generation_seconds_all_prompts, file (the WAV's
       path); with a story also story, with `continue_from` also continue_from and prompt_seconds.
     Raises:
@@ -260,7 +263,7 @@ def generate(
         model.tune_tokens(tune, info.sample_rate, None)  # a silent tune fails before any sampling
 
     t0 = time.perf_counter()
-    with _StageBars(len(texts), num_candidates) as bars:
+    with _StageBars(len(texts), num_candidates, also=progress) as bars:
         common = dict(seed=seed, settings=settings, num_candidates=num_candidates, progress=bars.update, **prompt)
         result = model.generate_story(story, **common) if story else model.generate(texts, seconds, **common)
     elapsed = time.perf_counter() - t0
@@ -305,15 +308,19 @@ def generate(
 
 
 class _StageBars:
-    """One tqdm bar per stage, advanced per window (MusicLM.generate's progress callback)."""
+    """One tqdm bar per stage, advanced per window (MusicLM.generate's progress callback), and
+    the caller's own callback (`also`) beside it."""
 
-    def __init__(self, num_prompts: int, num_candidates: int):
+    def __init__(self, num_prompts: int, num_candidates: int, also: Optional[Callable[[str, int, int], None]] = None):
         self.what = f"{num_prompts} prompt(s) x {num_candidates} candidate(s)"
         self.bar = None
+        self.also = also
 
     def update(self, stage: str, window: int, num_windows: int) -> None:
         from tqdm import tqdm
 
+        if self.also is not None:
+            self.also(stage, window, num_windows)
         if window == 0:
             self.close()
             self.bar = tqdm(total=num_windows, desc=f"generate {stage} ({self.what})", unit="window")

@@ -27,6 +27,7 @@ ENTRY_FUNCTIONS = (
     "generate",
     "run_pipeline",
     "export_musiclm",
+    "serve",
 )
 MODES = {
     "train": "train a model (resumes from MODEL_DIR)",
@@ -42,6 +43,8 @@ MODES = {
     "directories",
     "export": "--model_dir=D --output_dir=O [--dtype=bfloat16]: one model, params only; with runs/export.gin: "
     "the five models + StableHLO samplers and codec decoder (cpu, tpu)",
+    "serve": "a web page and JSON API that make music: --model_dir=D (a pipeline directory or an export bundle), "
+    "or runs/serve.gin with the model directories as generate takes them",
     "pipeline": "the whole recipe on the synthetic source (train the five models, tokenize, generate, evaluate); "
     "resumable",
 }
@@ -113,7 +116,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--output_dir",
         help="inspect: where the WAVs, spectrograms.png and summary.json go; "
-        "generate: where the WAVs go (else generate.output_dir from gin); export: the new export directory",
+        "generate: where the WAVs go (else generate.output_dir from gin); export: the new export directory; "
+        "serve: where each request's uploads and results go (default ./musiclm_serve; a restart lists them again)",
     )
     p.add_argument("--prompt", action="append", default=[], help="generate: a text prompt (repeatable)")
     p.add_argument("--prompt_file", help="generate: a file of prompts, one per line")
@@ -130,7 +134,11 @@ def _parser() -> argparse.ArgumentParser:
         "(needs a semantic stage trained with melody tokens and MELODY_DIR in gin)",
     )
     p.add_argument("--split", default="train", help="inspect: train or validation")
-    p.add_argument("--model_dir", help="pipeline: where every model, the music and pipeline_summary.json go")
+    p.add_argument(
+        "--model_dir",
+        help="pipeline: where every model, the music and pipeline_summary.json go; "
+        "serve: a pipeline directory or an export bundle",
+    )
     p.add_argument(
         "--data",
         help="pipeline: your own collection instead of the synthetic music: a folder of audio files "
@@ -154,6 +162,15 @@ def _parser() -> argparse.ArgumentParser:
         help="pipeline: the packaged pipeline/<size>.gin (default small), layered under any --gin_file",
     )
     p.add_argument("--dtype", help="export: cast floating parameters, e.g. bfloat16 (default: as trained)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="serve: the address to bind (127.0.0.1: this machine only; 0.0.0.0: anyone who can reach it)",
+    )
+    p.add_argument("--port", type=int, default=8000, help="serve: the TCP port")
+    p.add_argument("--max_seconds", type=float, default=30.0, help="serve: the longest music a request may ask for")
+    p.add_argument("--queue_size", type=int, default=8, help="serve: requests that may wait; more are answered 503")
+    p.add_argument("--max_upload_mb", type=float, default=20.0, help="serve: the largest upload (tune or clip)")
     p.add_argument("--verbose", action="store_true", help="show library logs")
     return p
 
@@ -178,6 +195,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.gin_file = [f"pipeline/{args.size or 'small'}.gin", *args.gin_file]
     if args.mode == "export" and args.model_dir and not args.gin_file:
         return _export_one(args)
+    if args.mode == "serve" and args.model_dir and not args.gin_file:
+        return _serve(args, {"model_dir": args.model_dir})
     if not args.gin_file and args.mode != "inspect":
         return _usage_error("at least one --gin_file is required")
     if args.mode == "inspect" and not args.output_dir:
@@ -351,6 +370,8 @@ def _run_mode(args, configurables, gin_utils) -> int:
             score = "" if s["mulan_score"] is None else f" (MuLan score {s['mulan_score']:.3f})"
             print(f"{s['file']}: {s['prompt']!r}{score}")
         return 0
+    if args.mode == "serve":
+        return _serve(args, {}, configurables.serve)
     if args.mode == "pipeline":
         import gin
         from musiclm_jax import pipeline, pipeline_data
@@ -380,6 +401,32 @@ def _run_mode(args, configurables, gin_utils) -> int:
         print(f"pipeline done; summary in {os.path.join(summary['model_dir'], 'pipeline_summary.json')}")
         return 0
     raise AssertionError(args.mode)
+
+
+def _serve(args, source: dict, serve_fn=None) -> int:
+    """`musiclm serve`: loads the model, then serves until Ctrl-C."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if not args.verbose:
+        _quiet_tensorflow_import()
+    from musiclm_jax import serve
+    from musiclm_jax.export import ExportError
+
+    try:
+        (serve_fn or serve.run_server)(
+            **source,
+            output_dir=args.output_dir or "musiclm_serve",
+            host=args.host,
+            port=args.port,
+            max_seconds=args.max_seconds,
+            default_seconds=min(10.0, args.max_seconds),
+            queue_size=args.queue_size,
+            max_upload_mb=args.max_upload_mb,
+        )
+    except (ValueError, FileNotFoundError, ExportError) as e:  # not a model directory; a bad limit
+        return _usage_error(f"serve: {str(e).strip().splitlines()[0]}")
+    except OSError as e:  # the port is taken
+        return _failed("serve", e)
+    return 0
 
 
 def _export_one(args) -> int:

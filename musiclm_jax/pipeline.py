@@ -394,9 +394,7 @@ def _generate(ctx: _Context, step: str) -> dict:
             o["num_prompts"], train_examples=o["train_captions_checked"], family=o["prompt_family"]
         )
     texts = [p["caption"] for p in prompts]
-    dirs = {k: ctx.dirs["codec" if k == "soundstream_dir" else k.removesuffix("_dir")] for k in generate_lib.MODEL_DIRS}
-    if ctx.melody:
-        dirs["melody_dir"] = ctx.dirs["melody"]
+    dirs = generate_model_dirs(ctx.model_dir, melody=ctx.melody)
     model = generate_lib.load_musiclm(dirs)  # each stage slides its training crop
     windows = model.windows
     common = dict(
@@ -573,6 +571,20 @@ _STEP_FNS: dict[str, Callable] = {
 
 
 # ---- the driver ---------------------------------------------------------------------------------
+
+
+def generate_model_dirs(model_dir: str, *, melody: bool = False, w2v_bert: bool = False) -> dict[str, str]:
+    """The `generate.load_musiclm` directories of a pipeline run: the five models, plus the melody
+    model (`melody`) and w2v-BERT with its k-means (`w2v_bert`, to continue audio)."""
+    dirs = {
+        k: fileio.join(model_dir, DIRS["codec" if k == "soundstream_dir" else k.removesuffix("_dir")])
+        for k in generate_lib.MODEL_DIRS
+    }
+    if melody:
+        dirs["melody_dir"] = fileio.join(model_dir, DIRS["melody"])
+    if w2v_bert:
+        dirs["w2v_bert_dir"] = fileio.join(model_dir, DIRS["w2v_bert"])
+    return dirs
 
 
 def marker_path(model_dir: str, step: str) -> str:

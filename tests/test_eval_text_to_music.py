@@ -7,13 +7,13 @@ import glob
 import json
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 
 import numpy as np
 import pytest
 import soundfile
+from browser import FLAGS, chromium
 from model_dirs import CODEC_SR
 
 from musiclm_jax import main
@@ -27,22 +27,11 @@ CLASSIFIER = {"steps": 30, "num_examples": 16, "seconds": 1.0}
 def render_in_chromium(page: str) -> dict:
     """The <body> data attributes of `page` after headless Chromium loaded it (the report's
     script counts the plots and audio players the browser could load)."""
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if browser is None and os.environ.get("MUSICLM_SKIP_BROWSER_TESTS") == "1":
-        pytest.skip("MUSICLM_SKIP_BROWSER_TESTS=1 and no Chromium")
-    assert browser, "the report test needs Chromium (Debian: apt-get install chromium; .ci/run installs it)"
     with tempfile.TemporaryDirectory() as profile:
         out = subprocess.run(
             [
-                browser,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
+                chromium(),
+                *FLAGS,
                 f"--user-data-dir={profile}",
                 "--virtual-time-budget=15000",
                 "--dump-dom",

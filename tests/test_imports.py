@@ -112,6 +112,7 @@ def test_every_part_of_the_package_has_a_rule_or_is_a_job(graph):
         "gin_registry",
         "aot",
         "inspect_data",
+        "serve",
     }, jobs
 
 

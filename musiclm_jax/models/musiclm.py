@@ -125,7 +125,7 @@ class _Prompt(NamedTuple):
 @dataclasses.dataclass
 class Generation:
     """The best candidate per prompt: audio float32 [B, samples] at `sample_rate`, its MuLan
-    text-audio cosine [B] (None with one candidate and no scoring), the tokens it came from
+    text-audio cosine [B] (None from `generate_from_tokens`, which has no text), the tokens it came from
     (MuLan tokens of the first text), every candidate's score [B, num_candidates], and the
     length of the continuation prompt the audio starts with (0 without one)."""
 
@@ -347,15 +347,14 @@ class MusicLM:
             segment_tokens, starts, total, prompt, seed=seed, settings=settings, progress=progress, melody=melody
         )
 
-        scores, best = None, np.zeros(b, np.int64)
-        if n > 1:
-            scores = self._schedule_scores(schedule, starts, audio).reshape(b, n)
-            best = scores.argmax(axis=1)
+        # Every candidate's MuLan text-audio cosine (also with one: the score is worth showing).
+        scores = self._schedule_scores(schedule, starts, audio).reshape(b, n)
+        best = scores.argmax(axis=1)
         rows = np.arange(b) * n + best
         return Generation(
             audio=audio[rows],
             sample_rate=self.codec.sample_rate,
-            mulan_score=None if scores is None else scores[np.arange(b), best],
+            mulan_score=scores[np.arange(b), best],
             candidate_scores=scores,
             mulan_tokens=segment_tokens[0][rows],
             semantic_tokens=semantic[rows, :, 0],
