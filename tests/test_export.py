@@ -164,3 +164,30 @@ def test_tf_savedmodel_runs_the_bundles_functions(bundle, tmp_path):
     )
     with pytest.raises(FileExistsError):
         export_tf.export_savedmodel(out, str(tmp_path / "savedmodel"))
+
+
+def test_serve_an_export_bundle(bundle, tmp_path):
+    """`musiclm serve --model_dir=BUNDLE`: the bundle's length and compiled settings are the only
+    ones offered; a request within them makes music through the exported samplers."""
+    import time
+
+    import soundfile
+
+    from musiclm_jax.serve import RequestError, Studio, load_served
+
+    studio = Studio(load_served(bundle[0]), str(tmp_path), start=False)
+    info = studio.info()
+    assert info["source"] == "export" and info["fixed_seconds"] and info["max_seconds"] == 0.5
+    assert info["settings"]["semantic"]["top_k"] == 8 and not info["can_continue"]
+    with pytest.raises(RequestError, match="at most 0.5"):
+        studio.check({"prompt": "a calm piano", "seconds": 1})
+    with pytest.raises(RequestError, match="only temperature may change"):
+        studio.check({"prompt": "a calm piano", "settings": {"semantic": {"top_k": 0}}})
+    job = studio.submit({"prompt": "a calm piano", "settings": {"coarse": {"temperature": 0.7}}})
+    studio.start()
+    deadline = time.time() + 120
+    while job.status in ("queued", "running") and time.time() < deadline:
+        time.sleep(0.1)
+    studio.stop()
+    assert job.status == "done", job.error
+    assert soundfile.info(studio.result_file(job, "wav")).duration == pytest.approx(0.5, abs=1e-3)

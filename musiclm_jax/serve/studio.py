@@ -55,6 +55,9 @@ class Served:
     source: str  # 'pipeline', 'export' or 'directories'
     description: str
     export_seconds: Optional[float] = None  # an export samples only the length it was exported for
+    # Each stage's defaults: the paper's, or the settings an export bundle was exported with
+    # (its samplers are compiled for their top-k, top-p and guidance; only temperature may change).
+    settings: dict[str, SamplingSettings] = dataclasses.field(default_factory=lambda: dict(PAPER_SETTINGS))
 
 
 def load_served(
@@ -83,7 +86,9 @@ def load_served(
         manifest = export.check_export(model_dir)
         model = export.load_exported_musiclm(model_dir)
         dirs = {k: fileio.join(model_dir, k.removesuffix("_dir")) for k in generate_lib.MODEL_DIRS}
-        return Served(model, dirs, "export", f"export bundle {model_dir}", export_seconds=float(manifest["seconds"]))
+        settings = {stage: SamplingSettings(**v) for stage, v in manifest["settings"].items()}
+        description = f"export bundle {model_dir}"
+        return Served(model, dirs, "export", description, export_seconds=float(manifest["seconds"]), settings=settings)
     missing = [d for d in ("mulan", "semantic_stage", "coarse_stage", "fine_stage", "codec") if not _has(model_dir, d)]
     if missing:
         raise ValueError(
@@ -184,7 +189,7 @@ class Studio:
             "max_upload_bytes": self.max_upload_bytes,
             "queue_size": self.queue_size,
             "sample_rate": model.codec.sample_rate,
-            "settings": {s: vars(PAPER_SETTINGS[s]) for s in STAGES},
+            "settings": {s: vars(self.served.settings[s]) for s in STAGES},
             "can_continue": model.semantic_tokenizer is not None,
             "can_follow_melody": model.melody_spec is not None,
         }
@@ -319,7 +324,7 @@ class Studio:
                 raise RequestError(
                     f"settings.{stage}: unknown setting {unknown[0]!r}; the settings are {list(SETTING_KEYS)}"
                 )
-            merged = dict(vars(PAPER_SETTINGS[stage]))
+            merged = dict(vars(self.served.settings[stage]))
             for key, value in values.items():
                 kind = int if key == "top_k" else float
                 merged[key] = _number(values, key, kind, None, what=f"settings.{stage}.{key}")
@@ -328,7 +333,15 @@ class Studio:
             except ValueError as e:
                 raise RequestError(f"settings.{stage}: {e}") from None
             out[stage] = merged
-        return out
+        if self.served.export_seconds is not None:
+            for stage, values in out.items():
+                fixed = {k: v for k, v in vars(self.served.settings[stage]).items() if k != "temperature"}
+                changed = sorted(k for k, v in fixed.items() if values[k] != v)
+                if changed:
+                    raise RequestError(
+                        f"settings.{stage}: this export bundle was compiled with {fixed}; only temperature may change"
+                    )
+        return {s: out.get(s, dict(vars(self.served.settings[s]))) for s in STAGES}
 
     def _check_upload(self, field: str, name: str, data: bytes, directory: str) -> str:
         model = self.served.model
