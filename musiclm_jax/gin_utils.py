@@ -18,6 +18,7 @@ import typing
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import gin
+from gin import config_parser
 
 
 class ConfigError(ValueError):
@@ -186,6 +187,89 @@ def check_macros_read(bindings: Sequence[str]) -> None:
             close = difflib.get_close_matches(name, sorted(read), n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             raise ConfigError(f"--gin.{name}: no gin file reads the macro {name}{hint}")
+
+
+def _references(value: Any, out: set) -> None:
+    """Adds the (scope, selector) of every reference (`@name`, `@name()`, `%MACRO`) in a bound value."""
+    if isinstance(value, gin.config.ConfigurableReference):
+        out.add(value.config_key)
+    elif isinstance(value, (list, tuple, set)):
+        for v in value:
+            _references(v, out)
+    elif isinstance(value, dict):
+        for v in (*value.keys(), *value.values()):
+            _references(v, out)
+
+
+def _canonical(scope: str, selector: str, parameter: str) -> tuple[str, str]:
+    """The `gin.config._CONFIG` key of a binding as written (a macro when there is no parameter)."""
+    if not parameter:
+        return (f"{scope}/{selector}" if scope else selector, "gin.macro")
+    match = gin.config._REGISTRY.get_match(selector)
+    return (scope, match.selector if match else selector)
+
+
+def read_keys(roots: Sequence[str]) -> set[tuple[str, str]]:
+    """The bindings (as (scope, selector) keys) that calling the entry functions `roots` can read:
+    theirs, and transitively those of every configurable and macro their values refer to. A
+    configurable's bindings in any scope count as read once it is referred to."""
+    config = gin.config._CONFIG
+    by_selector: dict[str, list] = {}
+    for key in config:
+        by_selector.setdefault(key[1], []).append(key)
+    todo = [k for r in roots for sel, keys in by_selector.items() if sel == r or sel.endswith("." + r) for k in keys]
+    seen: set = set()
+    while todo:
+        key = todo.pop()
+        if key in seen:
+            continue
+        seen.add(key)
+        refs: set = set()
+        for value in config.get(key, {}).values():
+            _references(value, refs)
+        for scope, selector in refs:
+            todo.extend([(scope, selector)] if selector == "gin.macro" else by_selector.get(selector, []))
+    return seen
+
+
+def _own_bindings(gin_file: str) -> list[tuple[tuple[str, str], str]]:
+    """The bindings a gin file makes itself (not through its includes): [(key, as written)]."""
+    path = next(
+        (p for p in [gin_file, *(os.path.join(d, gin_file) for d in gin_search_paths())] if os.path.exists(p)), None
+    )
+    if path is None:
+        return []
+    with open(path) as f:
+        text = f.read()
+    out = []
+    with gin.config._parse_scope():
+        parser = config_parser.ConfigParser(text, gin.config.ParserDelegate(skip_unknown=True))
+        for statement in parser:
+            if isinstance(statement, config_parser.BindingStatement):
+                scope, selector, parameter = statement.scope, statement.selector, statement.arg_name
+                written = "/".join(filter(None, [scope, selector])) + (f".{parameter}" if parameter else "")
+                out.append((_canonical(scope, selector, parameter), written))
+    return out
+
+
+def check_read_by(roots: Sequence[str], gin_files: Sequence[str], bindings: Sequence[str], mode: str) -> None:
+    """ConfigError for a gin file whose own bindings the mode's entry functions (`roots`) read none
+    of (a data gin handed to the pipeline, a model gin handed to generate), or a --gin binding they
+    never read: a setting that would silently do nothing."""
+    read = read_keys(roots)
+    for gin_file in gin_files:
+        own = _own_bindings(gin_file)
+        if own and not any(key in read for key, _ in own):
+            raise ConfigError(
+                f"{gin_file}: `musiclm {mode}` reads none of its bindings (e.g. {own[0][1]}); it is for another mode"
+            )
+    for binding in bindings:
+        written = binding.partition("=")[0].strip()
+        head, dot, parameter = written.rpartition(".")
+        scope, _, selector = (head if dot else parameter).rpartition("/")
+        key = _canonical(scope, selector, parameter if dot else "")
+        if key not in read:
+            raise ConfigError(f"--gin.{written}: `musiclm {mode}` never reads it")
 
 
 def is_bound(configurable: str, parameter: str) -> bool:

@@ -7,6 +7,7 @@ Bad configuration exits with status 2 and one line naming the culprit.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import re
@@ -101,78 +102,161 @@ class _DropGinSearchMisses(logging.Filter):
         return not (msg.startswith("Path not found") or msg.startswith("Using an uncached FunctionDataset"))
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="musiclm",
-        allow_abbrev=False,
-        description="MusicLM in JAX. Modes: " + "; ".join(f"{k}: {v}" for k, v in MODES.items()),
-        epilog="Gin bindings: --gin.KEY=VALUE, e.g. --gin.MODEL_DIR=\"'/tmp/run'\" --gin.TRAIN_STEPS=100",
-    )
-    p.add_argument("mode", choices=sorted(MODES))
-    p.add_argument("--gin_file", action="append", default=[], help="gin file (path, or relative to the packaged gin/)")
-    p.add_argument("--topology", default="v5e:4x4", help="aot: TPU topology, e.g. v5e:4x4, v4:2x2x2, v5p:2x2x2")
-    p.add_argument("--task", help="inspect: seqio task name (else inspect_task.task from gin)")
-    p.add_argument("--num_examples", type=int, default=8, help="inspect: how many examples")
-    p.add_argument(
-        "--output_dir",
-        help="inspect: where the WAVs, spectrograms.png and summary.json go; "
-        "generate: where the WAVs go (else generate.output_dir from gin); export: the new export directory; "
-        "serve: where each request's uploads and results go (default ./musiclm_serve; a restart lists them again)",
-    )
-    p.add_argument("--prompt", action="append", default=[], help="generate: a text prompt (repeatable)")
-    p.add_argument("--prompt_file", help="generate: a file of prompts, one per line")
-    p.add_argument(
-        "--story",
-        action="append",
-        default=[],
-        help="generate: story mode, one piece whose text changes: 'SECONDS:TEXT' (repeatable, in order)",
-    )
-    p.add_argument("--continue_from", help="generate: an audio file to continue (needs W2V_BERT_DIR in gin)")
-    p.add_argument(
-        "--melody",
-        help="generate: an audio file of a tune (hummed, whistled or played) for the music to follow "
-        "(needs a semantic stage trained with melody tokens and MELODY_DIR in gin)",
-    )
-    p.add_argument("--split", default="train", help="inspect: train or validation")
-    p.add_argument(
-        "--model_dir",
-        help="pipeline: where every model, the music and pipeline_summary.json go; "
-        "serve: a pipeline directory or an export bundle",
-    )
-    p.add_argument(
-        "--data",
-        help="pipeline: your own collection instead of the synthetic music: a folder of audio files "
-        "(captions in <name>.txt or <name>.json beside each) or a JSONL manifest",
-    )
-    p.add_argument(
-        "--plan",
-        action="store_true",
-        help="pipeline: print what each step would do (skip, resume, rerun, run, copy, fine-tune; model, "
-        "parameters, steps, batch) and the data's clip counts, then stop without running a step",
-    )
-    p.add_argument(
-        "--from",
-        dest="from_dir",
-        help="pipeline: reuse another pipeline directory's models: copy the tokenizers, fine-tune the stages "
-        "(per step: --gin.run_pipeline.reuse=\"{'mulan': 'finetune'}\"; modes copy, finetune, train)",
-    )
-    p.add_argument(
-        "--size",
-        choices=("tiny", "small"),
-        help="pipeline: the packaged pipeline/<size>.gin (default small), layered under any --gin_file",
-    )
-    p.add_argument("--dtype", help="export: cast floating parameters, e.g. bfloat16 (default: as trained)")
-    p.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="serve: the address to bind (127.0.0.1: this machine only; 0.0.0.0: anyone who can reach it)",
-    )
-    p.add_argument("--port", type=int, default=8000, help="serve: the TCP port")
-    p.add_argument("--max_seconds", type=float, default=30.0, help="serve: the longest music a request may ask for")
-    p.add_argument("--queue_size", type=int, default=8, help="serve: requests that may wait; more are answered 503")
-    p.add_argument("--max_upload_mb", type=float, default=20.0, help="serve: the largest upload (tune or clip)")
-    p.add_argument("--verbose", action="store_true", help="show library logs")
+class _Once(argparse.Action):
+    """A flag that may be given once: a second value is an error, not a silent override."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} given twice ({getattr(namespace, self.dest)} and {values})")
+        setattr(namespace, self.dest, values)
+
+
+# Every flag, the modes that take it, and its argparse keywords. Each mode's parser has only its
+# own flags, so `musiclm <mode> --help` lists those, and a flag of another mode is refused.
+_ALL = tuple(MODES)
+FLAGS = {
+    "gin_file": (_ALL, dict(action="append", default=[], help="gin file (path, or relative to the packaged gin/)")),
+    "verbose": (_ALL, dict(action="store_true", help="show library logs")),
+    "topology": (("aot",), dict(default="v5e:4x4", help="TPU topology, e.g. v5e:4x4, v4:2x2x2, v5p:2x2x2")),
+    "task": (("inspect",), dict(help="seqio task name (else inspect_task.task from gin)")),
+    "num_examples": (("inspect",), dict(type=int, default=8, help="how many examples")),
+    "split": (("inspect",), dict(default="train", help="train or validation")),
+    "output_dir": (
+        ("inspect", "generate", "export", "serve"),
+        dict(
+            help={
+                "inspect": "where the WAVs, spectrograms.png and summary.json go",
+                "generate": "where the WAVs go (else generate.output_dir from gin)",
+                "export": "the new export directory",
+                "serve": "where each request's uploads and results go (default ./musiclm_serve; a restart lists "
+                "them again)",
+            }
+        ),
+    ),
+    "prompt": (("generate",), dict(action="append", default=[], help="a text prompt (repeatable)")),
+    "prompt_file": (("generate",), dict(help="a file of prompts, one per line")),
+    "story": (
+        ("generate",),
+        dict(
+            action="append",
+            default=[],
+            help="story mode, one piece whose text changes: 'SECONDS:TEXT' (repeatable, in order)",
+        ),
+    ),
+    "continue_from": (("generate",), dict(help="an audio file to continue (needs W2V_BERT_DIR in gin)")),
+    "melody": (
+        ("generate",),
+        dict(
+            help="an audio file of a tune (hummed, whistled or played) for the music to follow (needs a semantic "
+            "stage trained with melody tokens and MELODY_DIR in gin)"
+        ),
+    ),
+    "model_dir": (
+        ("pipeline", "export", "serve"),
+        dict(
+            help={
+                "pipeline": "where every model, the music and pipeline_summary.json go (local or gs://)",
+                "export": "one model directory to export params-only (no gin)",
+                "serve": "a pipeline directory or an export bundle (no gin)",
+            }
+        ),
+    ),
+    "data": (
+        ("pipeline",),
+        dict(
+            help="your own collection instead of the synthetic music: a folder of audio files (captions in "
+            "<name>.txt or <name>.json beside each) or a JSONL manifest"
+        ),
+    ),
+    "plan": (
+        ("pipeline", "train"),
+        dict(
+            action="store_true",
+            help="print what would run (pipeline: each step's action, model, parameters, steps, batch; train: the "
+            "model, parameters, steps, batch, data, devices and mesh, resume point, time per step), then stop",
+        ),
+    ),
+    "from": (
+        ("pipeline",),
+        dict(
+            dest="from_dir",
+            help="reuse another pipeline directory's models: copy the tokenizers, fine-tune the stages (per step: "
+            "--gin.run_pipeline.reuse=\"{'mulan': 'finetune'}\"; modes copy, finetune, train)",
+        ),
+    ),
+    "size": (
+        ("pipeline",),
+        dict(
+            choices=("tiny", "small"),
+            action=_Once,
+            help="the packaged pipeline/<size>.gin (default small), layered under your --gin_file and --gin.",
+        ),
+    ),
+    "dtype": (("export",), dict(help="cast floating parameters, e.g. bfloat16 (default: as trained)")),
+    "host": (
+        ("serve",),
+        dict(
+            default="127.0.0.1",
+            help="the address to bind (127.0.0.1: this machine only; 0.0.0.0: anyone who can reach it)",
+        ),
+    ),
+    "port": (("serve",), dict(type=int, default=8000, help="the TCP port")),
+    "max_seconds": (("serve",), dict(type=float, default=30.0, help="the longest music a request may ask for")),
+    "queue_size": (("serve",), dict(type=int, default=8, help="requests that may wait; one more is answered 503")),
+    "max_upload_mb": (("serve",), dict(type=float, default=20.0, help="the largest upload (a tune or a clip)")),
+}
+EPILOG = "Gin bindings: --gin.KEY=VALUE, e.g. --gin.MODEL_DIR=\"'/tmp/run'\" --gin.TRAIN_STEPS=100"
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line naming the mode (exit 2)."""
+
+    def error(self, message):
+        raise SystemExit(_usage_error(f"{self.prog.removeprefix('musiclm ')}: {message} (see {self.prog} --help)"))
+
+
+def flags_of(mode: str) -> list[str]:
+    return [name for name, (modes, _) in FLAGS.items() if mode in modes]
+
+
+def _parser(mode: str) -> argparse.ArgumentParser:
+    p = _OneLineParser(prog=f"musiclm {mode}", allow_abbrev=False, description=MODES[mode], epilog=EPILOG)
+    for name in flags_of(mode):
+        kwargs = FLAGS[name][1]
+        if isinstance(kwargs.get("help"), dict):  # worded per mode
+            kwargs = {**kwargs, "help": kwargs["help"][mode]}
+        p.add_argument(f"--{name}", **kwargs)
     return p
+
+
+def _top_help() -> str:
+    width = max(map(len, MODES))
+    rows = "\n".join(f"  {m:<{width}}  {what}" for m, what in MODES.items())
+    return f"usage: musiclm <mode> [flags] [--gin.KEY=VALUE ...]\n\nMusicLM in JAX. Modes:\n{rows}\n\n" + (
+        "`musiclm <mode> --help` lists a mode's flags.\n" + EPILOG
+    )
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The mode and its flags; SystemExit(2) after one line for a usage error (an unknown mode, a
+    flag of another mode, a flag given twice that must be given once), SystemExit(0) after help."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_top_help(), file=sys.stdout if argv else sys.stderr)
+        raise SystemExit(0 if argv else 2)
+    mode, rest = argv[0], list(argv[1:])
+    if mode not in MODES:
+        close = difflib.get_close_matches(mode, MODES, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise SystemExit(_usage_error(f"unknown mode {mode!r}{hint} (modes: {', '.join(MODES)})"))
+    own = flags_of(mode)
+    for arg in rest:
+        name = arg[2:].partition("=")[0] if arg.startswith("--") else None
+        if name and name not in own and name in FLAGS:
+            takers = ", ".join(FLAGS[name][0])
+            raise SystemExit(_usage_error(f"{mode}: --{name} is a flag of {takers}, not of {mode}"))
+    args = _parser(mode).parse_args(rest)
+    args.mode = mode
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -181,7 +265,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         argv, bindings = _split_gin_flags(argv)
     except SystemExit as e:
         return int(e.code)
-    args = _parser().parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except SystemExit as e:  # a usage error (one line already printed) or --help
+        return int(e.code or 0)
     if args.mode == "pipeline" and not args.model_dir:
         return _usage_error("pipeline needs --model_dir")
     if args.mode == "pipeline":
@@ -193,9 +280,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             )
         # The size's packaged pipeline gin first, the user's files and bindings over it.
         args.gin_file = [f"pipeline/{args.size or 'small'}.gin", *args.gin_file]
-    if args.mode == "export" and args.model_dir and not args.gin_file:
+    if args.mode in ("export", "serve") and args.model_dir and args.gin_file:
+        return _usage_error(f"{args.mode}: give --model_dir or --gin_file, not both (--model_dir needs no gin)")
+    if args.mode == "export" and args.model_dir:
         return _export_one(args)
-    if args.mode == "serve" and args.model_dir and not args.gin_file:
+    if args.mode == "serve" and args.model_dir:
         return _serve(args, {"model_dir": args.model_dir})
     if not args.gin_file and args.mode != "inspect":
         return _usage_error("at least one --gin_file is required")
@@ -219,6 +308,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         gin_files.insert(0, "runs/aot.gin")  # the model gin alone is enough for aot
     try:
         gin_utils.parse(gin_files, bindings)
+        gin_utils.check_read_by(_entry_functions(args.mode, gin_utils), gin_files, bindings, args.mode)
         return _run_mode(args, configurables, gin_utils)
     except NoUsableExamplesError as e:  # a data problem, already counted and summarised
         return _failed(args.mode, e)
@@ -244,6 +334,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         gin.clear_config()
 
 
+# The entry function each mode calls (its gin bindings are what the mode reads).
+MODE_ENTRY = {
+    "train": "train",
+    "eval": "evaluate",
+    "aot": "compile_for_topology",
+    "inspect": "inspect_task",
+    "fit_mulan_rvq": "fit_mulan_rvq",
+    "fit_melody_rvq": "fit_melody_rvq",
+    "fit_semantic_kmeans": "fit_semantic_kmeans",
+    "precompute": "precompute_tokens",
+    "generate": "generate",
+    "export": "export_musiclm",
+    "serve": "serve",
+    "pipeline": "run_pipeline",
+}
+
+
+def _entry_functions(mode: str, gin_utils) -> list[str]:
+    if mode == "eval" and gin_utils.is_bound("evaluate_text_to_music", "output_dir"):
+        return ["evaluate_text_to_music"]
+    return [MODE_ENTRY[mode]]
+
+
 def _run_mode(args, configurables, gin_utils) -> int:
     from musiclm_jax.data.bad_input import NoUsableExamplesError
     from musiclm_jax.training.partitioning import DistributedSetupError, maybe_initialize_distributed
@@ -259,6 +372,9 @@ def _run_mode(args, configurables, gin_utils) -> int:
         from musiclm_jax.train import ModelDirMismatchError, StoppedBySignal
 
         try:
+            if args.plan:  # the summary is printed; nothing is written
+                configurables.train(plan=True)
+                return 0
             configurables.train(on_start=gin_utils.write_config)
         except NonFiniteError as e:
             return _failed("training stopped", e)

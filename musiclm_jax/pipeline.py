@@ -170,6 +170,7 @@ CLASSIFIER = {
     "small": dict(steps=300, num_examples=256, seconds=4.0),
 }
 SUMMARY_FILE = "pipeline_summary.json"
+PLAN_FILE = "pipeline_plan.json"  # what the run was going to do, written as it starts
 # Throughput scalars say nothing about the model; kept out of the summary.
 _NOISE = ("steps_per_sec", "examples_per_sec", "tokens_per_sec", "mfu", "learning_rate")
 
@@ -814,8 +815,10 @@ def run_pipeline(
     if spec is not None:
         _check_collection(ctx, min_captioned_clips)
     markers = {step: read_marker(model_dir, step) for step in ctx.steps}
+    planned = _log_plan(ctx, plan_steps(ctx, markers, hashes), running=not plan)
     if plan:
-        return _log_plan(ctx, plan_steps(ctx, markers, hashes))
+        return planned
+    fileio.write_json(fileio.join(model_dir, PLAN_FILE), planned)  # beside pipeline_config.gin
     t_start = time.perf_counter()
     done: dict[str, dict] = {}
     log("pipeline (%s) in %s: %d steps", size, model_dir, len(ctx.steps))
@@ -1006,7 +1009,10 @@ def plan_steps(ctx: _Context, markers: Mapping[str, Optional[dict]], hashes: Map
             action = "resume"
         else:
             action = "run"
-        rows.append({"step": step, "action": action, **_step_model(ctx, step)})
+        row = {"step": step, "action": action, **_step_model(ctx, step)}
+        if markers[step] is not None:
+            row["last_wall_s"] = round(markers[step]["wall_s"], 1)
+        rows.append(row)
     return rows
 
 
@@ -1024,6 +1030,8 @@ def _step_model(ctx: _Context, step: str) -> dict:
         out["train_steps"] = gin.query_parameter("%TRAIN_STEPS")
         batch = gin.query_parameter("%GLOBAL_BATCH_SIZE")
         out["batch"] = batch if batch else f"{gin.query_parameter('%BATCH_SIZE_PER_DEVICE')} per device"
+        fsdp, model_parallel = gin.query_parameter("%FSDP_PARALLELISM"), gin.query_parameter("%MODEL_PARALLELISM")
+        out["mesh"] = f"fsdp {fsdp} x model {model_parallel}, data over the rest"
     return out
 
 
@@ -1035,18 +1043,39 @@ def _param_count(model, shapes) -> int:
     return int(sum(x.size for x in jax.tree.leaves(abstract)))
 
 
-def _log_plan(ctx: _Context, rows: list[dict]) -> dict:
-    log("pipeline plan (%s) for %s: nothing runs", ctx.size, ctx.model_dir)
-    if ctx.data is not None:
-        log("  data: %s %s (clip counts above)", ctx.data.kind, ctx.data.path)
+def _log_plan(ctx: _Context, rows: list[dict], running: bool) -> dict:
+    """Logs what each step will do (the opening of a run's log, or all of `--plan`) and returns it."""
+    import jax
+
+    devices = jax.devices()
+    out = {
+        "model_dir": ctx.model_dir,
+        "storage": "object store" if fileio.is_url(ctx.model_dir) else "local",
+        "size": ctx.size,
+        "data": f"{ctx.data.kind} {ctx.data.path}" if ctx.data is not None else "the embedded synthetic source",
+        "from": ctx.from_dir,
+        "devices": f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform}), "
+        f"{jax.process_count()} process(es)",
+        "plan": rows,
+    }
+    log(
+        "pipeline plan (%s) for %s (%s)%s", ctx.size, ctx.model_dir, out["storage"], "" if running else ": nothing runs"
+    )
+    log("  data: %s%s", out["data"], " (clip counts above)" if ctx.data is not None else "")
+    log("  devices: %s", out["devices"])
     if ctx.from_dir:
         log("  from: %s", ctx.from_dir)
     for r in rows:
         what = ""
         if "model" in r:
-            what = f"{r['model']}, {r.get('parameters', 0):,} parameters, {r['train_steps']} steps, batch {r['batch']}"
+            what = (
+                f"{r['model']}, {r.get('parameters', 0):,} parameters, {r['train_steps']} steps, batch {r['batch']}, "
+                f"mesh {r['mesh']}"
+            )
+        if "last_wall_s" in r:
+            what += f"{'; ' if what else ''}took {format_duration(r['last_wall_s'])} last time"
         log("  %-16s %-9s %s", r["step"], r["action"], what)
-    return {"model_dir": ctx.model_dir, "size": ctx.size, "plan": rows}
+    return out
 
 
 def _remove_outputs(model_dir: str, step: str, old: Sequence[str], new: Sequence[str]) -> None:

@@ -11,13 +11,16 @@ from musiclm_jax import fileio
 from musiclm_jax.training.partitioning import Partitioner, maybe_initialize_distributed
 
 
-def start_run(model_dir: str, partitioner: Optional[Partitioner], on_start: Optional[Callable[[str], None]]):
+def start_run(
+    model_dir: str, partitioner: Optional[Partitioner], on_start: Optional[Callable[[str], None]], create: bool = True
+):
     """Returns (model_dir resolved: absolute, or the URL as given; partitioner) after creating
-    the dir and calling on_start (which writes files: on process 0 only)."""
+    the dir (unless not `create`) and calling on_start (which writes files: on process 0 only)."""
     maybe_initialize_distributed()
     partitioner = partitioner or Partitioner()
     model_dir = fileio.resolve(model_dir)
-    fileio.makedirs(model_dir)
+    if create:
+        fileio.makedirs(model_dir)
     if on_start is not None and jax.process_index() == 0:
         on_start(model_dir)
     return model_dir, partitioner

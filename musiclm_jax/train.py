@@ -33,8 +33,91 @@ from musiclm_jax.training.actions import (
 )
 from musiclm_jax.training.optimizers import OptimizerConfig
 from musiclm_jax.training.partitioning import Partitioner
-from musiclm_jax.training.train_state import TrainState
 from musiclm_jax.training.trainer import Trainer
+
+RUN_SUMMARY_FILE = "run-summary.json"
+PLAN_TIMING_MAX_PARAMS = 50_000_000  # `--plan` runs one step of models up to this size to time it
+
+
+def run_summary(
+    *,
+    model: BaseModel,
+    trainer: Trainer,
+    model_dir: str,
+    train_steps: int,
+    data: DatasetConfig,
+    input_shapes,
+    latest: Optional[int],
+    restore_params_from: Optional[str],
+    microbatches: int,
+) -> dict:
+    """What a training run will do, before it does it (logged, saved, or printed by --plan)."""
+    if latest is not None and latest >= train_steps:
+        start = f"already trained: step {latest} of {train_steps} (nothing to do)"
+    elif latest is not None:
+        start = f"resume from step {latest}"
+    elif restore_params_from:
+        start = f"fine-tune from {restore_params_from}"
+    else:
+        start = "train from scratch"
+    devices = jax.devices()
+    return {
+        "model": type(model).__name__,
+        "parameters": trainer.param_count(),
+        "model_dir": model_dir,
+        "storage": "object store" if fileio.is_url(model_dir) else "local",
+        "start": start,
+        "train_steps": train_steps,
+        "remaining_steps": max(0, train_steps - (latest or 0)),
+        "global_batch": next(iter(input_shapes.values()))[0],
+        "microbatches": microbatches,
+        "inputs": {k: list(v) for k, v in input_shapes.items()},
+        "data": {"task": data.mixture_or_task_name, "split": data.split, "shuffle": data.shuffle},
+        "devices": f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform}), "
+        f"{jax.process_count()} process(es)",
+        "mesh": dict(trainer.partitioner.mesh.shape),
+    }
+
+
+def _step_time(trainer: Trainer, batch, seed: int, remaining: int) -> dict:
+    """Seconds per step on this machine: one compiled step timed on `batch` (small models), else
+    the roofline at the device's peak FLOP rate."""
+    flops = trainer.flops_per_step_per_device
+    out = {"flops_per_step_per_device": flops}
+    if trainer.param_count() > PLAN_TIMING_MAX_PARAMS:
+        if flops:
+            seconds = flops / mfu.peak_flops_per_device()
+            out.update(seconds_per_step=seconds, estimated_by="roofline at the device's peak (a lower bound)")
+            out["estimated_total_seconds"] = seconds * remaining
+        return out
+    t0 = time.perf_counter()
+    step_fn = trainer.train_step
+    out["compile_seconds"] = time.perf_counter() - t0
+    state, rng = trainer.init_state(trainer.rng(seed)), trainer.rng(seed + 1)
+    global_batch = trainer.partitioner.global_batch(batch)
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        state, metrics = step_fn(state, global_batch, rng)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t0)
+    seconds = float(np.median(times[1:]))
+    out.update(seconds_per_step=seconds, estimated_by="one compiled step on the first batch, timed here")
+    out["estimated_total_seconds"] = seconds * remaining
+    return out
+
+
+def format_summary(summary: dict) -> str:
+    """The summary as aligned `key: value` lines."""
+    width = max(map(len, summary))
+    rows = []
+    for key, value in summary.items():
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        elif isinstance(value, int) and not isinstance(value, bool):
+            value = f"{value:,}"
+        rows.append(f"  {key:<{width}}  {value}")
+    return "\n".join(rows)
 
 
 def train(
@@ -59,7 +142,8 @@ def train(
     on_start: Optional[Callable[[str], None]] = None,
     actions: Sequence[BaseAction] = (),
     allow_config_change: bool = False,
-) -> TrainState:
+    plan: bool = False,
+):
     """Trains `model` for `train_steps` steps (resuming from model_dir) and returns the state.
 
     After each step the loop runs its actions (training/actions.py): the NaN/Inf stop, and with
@@ -74,23 +158,32 @@ def train(
     field, unless `allow_config_change`, which is then recorded in config-changes.json. Only
     process 0 writes files outside the checkpoints (config.gin through `on_start`, model.json,
     model-info.txt, TensorBoard events, eval media).
+
+    The run's summary (`run_summary`: model, parameters, where it starts, steps, batch, data,
+    devices, mesh) opens the log and is written to model_dir/run-summary.json. With `plan`,
+    nothing is written: the summary is returned with a measured time per step (one compiled
+    step run on the first batch, for models up to PLAN_TIMING_MAX_PARAMS parameters; else the
+    roofline time at the device's peak), and no training happens.
     """
     if train_steps <= 0:
         raise ValueError(f"train_steps must be positive, got {train_steps}")
-    model_dir, partitioner = start_run(model_dir, partitioner, on_start=None)
+    model_dir, partitioner = start_run(model_dir, partitioner, on_start=None, create=not plan)
     frozen = model.frozen_params_source()  # (key, checkpoint dir): read at every start, never saved
     if frozen and restore_params_from:
         raise ValueError(
             f"{type(model).__name__} reads its {frozen[0]!r} parameters from {frozen[1]}: no restore_params_from"
         )
-    ckpt = checkpoints.Checkpointer(
-        fileio.join(model_dir, "checkpoints"),
-        save_every=checkpoint_period,
-        keep=keep_checkpoints,
-        async_save=async_checkpointing,
-        exclude=(frozen[0],) if frozen else (),
-    )
-    latest = ckpt.latest_step()
+    if plan and not fileio.exists(fileio.join(model_dir, "checkpoints")):
+        ckpt, latest = None, None  # a plan creates nothing
+    else:
+        ckpt = checkpoints.Checkpointer(
+            fileio.join(model_dir, "checkpoints"),
+            save_every=checkpoint_period,
+            keep=keep_checkpoints,
+            async_save=async_checkpointing,
+            exclude=(frozen[0],) if frozen else (),
+        )
+        latest = ckpt.latest_step()
     change = check_model_config(model_dir, model.config_dict(), allow_change=allow_config_change, step=latest)
     needs_trained = model.requires_trained_params()
     if needs_trained and latest is None and not restore_params_from:
@@ -104,6 +197,24 @@ def train(
     trainer = Trainer(
         model, partitioner, optimizer, total_steps=train_steps, input_shapes=input_shapes, microbatches=microbatches
     )
+    summary = run_summary(
+        model=model,
+        trainer=trainer,
+        model_dir=model_dir,
+        train_steps=train_steps,
+        data=train_dataset_cfg,
+        input_shapes=input_shapes,
+        latest=latest,
+        restore_params_from=restore_params_from,
+        microbatches=microbatches,
+    )
+    if plan:
+        if ckpt is not None:
+            ckpt.close()
+        summary.update(_step_time(trainer, first, seed, summary["remaining_steps"]))
+        summaries.log("train plan (nothing runs):\n%s", format_summary(summary))
+        return summary
+    summaries.log("train:\n%s", format_summary(summary))
 
     if jax.process_index() == 0:
         if change:
@@ -111,6 +222,7 @@ def train(
         if on_start is not None:
             _write_config_keeping_previous(model_dir, latest, on_start)
         fileio.write_text(fileio.join(model_dir, "model-info.txt"), trainer.model_info())
+        fileio.write_json(fileio.join(model_dir, RUN_SUMMARY_FILE), summary)
         if model.config_dict() is not None:
             fileio.write_text(fileio.join(model_dir, "model.json"), json.dumps(model.config_dict(), indent=1))
 

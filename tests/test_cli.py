@@ -1,6 +1,7 @@
 """The `musiclm` CLI: bad configuration exits 2 with one line; train survives SIGKILL; aot."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -181,3 +182,79 @@ def test_gin_names_its_renamed_modules_and_unread_macros(tmp_path):
             gin_utils.parse(["runs/generate.gin"], ["generate.mulan_dir = '/runs/mulan'"])
     finally:
         gin.clear_config()
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+@pytest.mark.parametrize(
+    "mode, flag, takers",
+    [
+        ("train", "--prompt=a calm piano", "generate"),
+        ("generate", "--size=tiny", "pipeline"),
+        ("serve", "--plan", "pipeline, train"),
+        ("export", "--host=0.0.0.0", "serve"),
+        ("pipeline", "--topology=v4:2x2x2", "aot"),
+        ("aot", "--model_dir=/tmp/x", "pipeline, export, serve"),
+    ],
+)
+def test_a_flag_of_another_mode_is_refused_in_one_line(mode, flag, takers, capsys):
+    from musiclm_jax import main
+
+    assert main.main([mode, flag, "--gin_file=runs/generate.gin"]) == 2
+    line = _one_line(capsys)
+    assert f"--{flag[2:].partition('=')[0]} is a flag of {takers}, not of {mode}" in line
+
+
+def test_each_mode_helps_with_its_own_flags_only(capsys):
+    import re
+
+    from musiclm_jax import main
+
+    for mode in main.MODES:
+        with pytest.raises(SystemExit) as e:
+            main._parser(mode).parse_args(["--help"])
+        assert e.value.code == 0
+        shown = set(re.findall(r"--([a-z_]+)", capsys.readouterr().out)) - {"help", "gin"}
+        assert shown == set(main.flags_of(mode)), (mode, shown ^ set(main.flags_of(mode)))
+    assert main.main(["generate", "--help"]) == 0 and "--prompt" in capsys.readouterr().out
+    assert main.main(["trian"]) == 2 and "did you mean train?" in _one_line(capsys)
+
+
+def test_size_given_twice_and_gin_files_for_another_mode_are_refused(tmp_path, capsys):
+    """Every setting applies or is refused: a second --size, a gin file none of whose bindings the
+    mode reads, a --gin binding the mode never reads, --model_dir beside --gin_file."""
+    from musiclm_jax import main
+
+    d = f"--model_dir={tmp_path / 'run'}"
+    assert main.main(["pipeline", "--size=tiny", "--size=small", d]) == 2
+    assert "--size given twice (tiny and small)" in _one_line(capsys)
+    assert main.main(["pipeline", "--size=tiny", d, "--gin_file=experiments/mulan_tiny.gin"]) == 2
+    assert "experiments/mulan_tiny.gin: `musiclm pipeline` reads none of its bindings" in _one_line(capsys)
+    generate = ["generate", "--gin_file=runs/generate.gin", "--prompt=x", "--gin.MULAN_DIR='/x'"]
+    assert main.main([*generate, "--gin_file=models/mulan/tiny.gin"]) == 2
+    assert "models/mulan/tiny.gin: `musiclm generate` reads none of its bindings" in _one_line(capsys)
+    serve = ["serve", "--gin_file=runs/serve.gin", "--gin.MULAN_DIR='/x'"]
+    assert main.main([*serve, "--gin.generate.seed=4"]) == 2  # generate's, not serve's
+    assert "--gin.generate.seed: `musiclm serve` never reads it" in _one_line(capsys)
+    assert main.main([*serve, "--gin.NUM_CANDIDATES=4"]) == 2  # read by generate.gin only
+    assert "NUM_CANDIDATES" in _one_line(capsys)
+    assert main.main(["serve", d, "--gin_file=runs/serve.gin"]) == 2
+    assert "give --model_dir or --gin_file, not both" in _one_line(capsys)
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_train_plan_times_a_step_and_writes_no_checkpoint(tmp_path, capsys):
+    from musiclm_jax import main
+
+    model_dir = tmp_path / "stage"
+    assert main.main(["train", TINY, f"--gin.MODEL_DIR='{model_dir}'", "--plan"]) == 0
+    out = capsys.readouterr().out
+    for line in ("model                      StageModel", "start                      train from scratch", "mesh"):
+        assert line in out, out
+    seconds = float(re.search(r"seconds_per_step\s+([0-9.e+-]+)", out).group(1))
+    assert 0 < seconds < 60
+    assert not (model_dir / "checkpoints").exists() and not (model_dir / "run-summary.json").exists()

@@ -22,6 +22,10 @@ def test_tiny_pipeline_runs_end_to_end(tiny_pipeline):
     assert list(summary["wall_s"]) == list(pipeline.STEPS)
     for step in pipeline.STEPS:
         assert os.path.exists(pipeline.marker_path(model_dir, step))
+    with open(os.path.join(model_dir, pipeline.PLAN_FILE)) as f:  # what the run said it would do, as it started
+        plan = json.load(f)
+    assert [r["step"] for r in plan["plan"]] == list(summary["wall_s"]) and plan["size"] == "tiny"
+    assert {r["action"] for r in plan["plan"]} == {"run"} and plan["storage"] == "local"
     for name in ("codec", "w2v_bert", "mulan", "semantic_stage", "coarse_stage", "fine_stage"):
         assert os.listdir(os.path.join(model_dir, name, "checkpoints"))
     assert os.path.exists(os.path.join(model_dir, "w2v_bert", "kmeans", "kmeans.npz"))
