@@ -280,8 +280,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             )
         # The size's packaged pipeline gin first, the user's files and bindings over it.
         args.gin_file = [f"pipeline/{args.size or 'small'}.gin", *args.gin_file]
-    if args.mode in ("export", "serve") and args.model_dir and args.gin_file:
-        return _usage_error(f"{args.mode}: give --model_dir or --gin_file, not both (--model_dir needs no gin)")
+    if args.mode in ("export", "serve") and args.model_dir and (args.gin_file or bindings):
+        given = f"--gin.{bindings[0].partition(' =')[0]}" if bindings and not args.gin_file else "--gin_file"
+        return _usage_error(f"{args.mode}: give --model_dir or {given}, not both (--model_dir reads no gin)")
     if args.mode == "export" and args.model_dir:
         return _export_one(args)
     if args.mode == "serve" and args.model_dir:

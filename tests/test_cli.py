@@ -244,6 +244,8 @@ def test_size_given_twice_and_gin_files_for_another_mode_are_refused(tmp_path, c
     assert "NUM_CANDIDATES" in _one_line(capsys)
     assert main.main(["serve", d, "--gin_file=runs/serve.gin"]) == 2
     assert "give --model_dir or --gin_file, not both" in _one_line(capsys)
+    assert main.main(["export", d, "--output_dir=/tmp/o", "--gin.EXPORT_DTYPE='bfloat16'"]) == 2
+    assert "give --model_dir or --gin.EXPORT_DTYPE, not both" in _one_line(capsys)
     assert not os.path.exists(tmp_path / "run")
 
 
