@@ -232,12 +232,12 @@ def test_the_page_makes_music_in_chromium(server, tmp_path):
         browser.click("#generate")
         browser.wait_for(f"{jobs} > {before} && document.getElementById('error').hidden")
         newest = "document.querySelector('#results .job')"
+        assert "synthwave" in browser.evaluate(f"{newest}.querySelector('.title').textContent")
         duration = browser.wait_for(
             f"(() => {{ const a = {newest}.querySelector('audio'); return a && a.readyState >= 1 && a.duration; }})()",
             timeout=240,
         )
         assert abs(duration - 2.0) < 0.01
-        assert "synthwave" in browser.evaluate(f"{newest}.querySelector('.title').textContent")
         assert browser.wait_for(
             f"(() => {{ const i = {newest}.querySelector('img'); return i.complete && i.naturalWidth; }})()"
         )
