@@ -38,7 +38,7 @@ def chromium() -> str:
 class Browser:
     """One headless Chromium page driven over the DevTools protocol (websocket-client)."""
 
-    def __init__(self, width: int = 1280, height: int = 1000):
+    def __init__(self, width: int = 1280, height: int = 1000, fake_microphone: bool = False):
         import websocket
 
         self._profile = tempfile.TemporaryDirectory(ignore_cleanup_errors=True)
@@ -49,6 +49,8 @@ class Browser:
                 "--remote-debugging-port=0",
                 "--remote-allow-origins=*",
                 f"--window-size={width},{height}",
+                # Chromium's own test microphone (a beep) and no permission prompt
+                *(["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"] if fake_microphone else []),
                 f"--user-data-dir={self._profile.name}",
                 "about:blank",
             ],

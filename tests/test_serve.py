@@ -216,7 +216,9 @@ def test_story_with_a_hummed_tune_and_a_continuation(server):
 
 
 def test_the_page_makes_music_in_chromium(server, tmp_path):
-    browser = Browser()
+    """Types a prompt, clicks Generate, waits for the player; then hums into Chromium's test
+    microphone (a beep), and the page sends the recording as the tune to follow."""
+    browser = Browser(fake_microphone=True)
     try:
         browser.open(server + "/", "document.body.dataset.ready === '1'")
         jobs = "document.querySelectorAll('#results .job').length"
@@ -243,6 +245,18 @@ def test_the_page_makes_music_in_chromium(server, tmp_path):
         )
         assert "MuLan score" in browser.evaluate(f"{newest}.textContent")
         assert not browser.exceptions, browser.exceptions
+        browser.click("#record")
+        time.sleep(1.5)
+        browser.click("#record")
+        player = "document.getElementById('recorded')"
+        recorded = f"!{player}.hidden && {player}.readyState >= 1 && {player}.duration"
+        assert browser.wait_for(recorded, timeout=30) > 1.0
+        browser.type("#prompt", "a kazoo choir plays my tune")
+        browser.click("#generate")
+        following = f"(() => {{ const j = {newest}; return j.textContent.includes('kazoo') && j.dataset.status; }})()"
+        browser.wait_for(f"['done', 'failed'].includes({following})", timeout=240)
+        assert "following a tune" in browser.evaluate(f"{newest}.textContent")
+        assert browser.evaluate(f"{newest}.dataset.status") == "done", browser.evaluate(f"{newest}.textContent")
         shot = tmp_path / "serve_page.png"
         browser.screenshot(str(shot))
         assert shot.stat().st_size > 10_000
