@@ -144,6 +144,7 @@ def test_bad_input_is_a_4xx_with_a_message(server, tmp_path):
         ({"data": b"a calm song", "headers": {"content-type": "text/plain"}}, 415, "multipart/form-data"),
         (melody(b"RIFF\x00\x00not a wave file at all" * 20), 400, "cannot read hum.wav as audio"),
         (melody(wav_bytes(np.zeros(SR))), 400, "silent"),
+        ({"files": {"melody": ("notes.txt", b"la la la\n" * 50)}, "data": {"prompt": "x"}}, 400, "notes.txt"),
         (melody(wav_bytes(np.random.default_rng(0).uniform(-1, 1, 20 * SR))), 413, "upload limit"),
         ({"files": {"drums": ("d.wav", wav_bytes(tune()))}, "data": {"prompt": "x"}}, 400, "unknown upload 'drums'"),
         ({"json": {"prompt": "x", "melody": "/etc/passwd"}}, 400, "uploaded audio file"),
@@ -202,7 +203,7 @@ def test_story_with_a_hummed_tune_and_a_continuation(server):
     c = requests.post(
         f"{server}/api/jobs",
         data={"prompt": "the same band keeps playing", "seconds": "1"},
-        files={"continue_from": ("clip.wav", wav_bytes(tune(clip)))},
+        files={"continue_from": ("clip", wav_bytes(tune(clip)))},  # no extension: its bytes say WAV
         timeout=30,
     )
     assert c.status_code == 202, c.text

@@ -23,7 +23,7 @@ from typing import Any, Mapping, Optional
 
 from musiclm_jax import export, fileio, pipeline
 from musiclm_jax import generate as generate_lib
-from musiclm_jax.audio.io import AudioDecodeError, load_audio
+from musiclm_jax.audio.io import AUDIO_EXTENSIONS, AudioDecodeError, load_audio
 from musiclm_jax.models.musiclm import PAPER_SETTINGS, STAGES, MusicLM, SamplingSettings, Window
 from musiclm_jax.tokenizers.melody import UnusableMelodyError
 
@@ -32,6 +32,8 @@ UPLOADS = ("melody", "continue_from")  # the audio a request may upload, by fiel
 FIELDS = ("prompt", "story", "seconds", "seed", "num_candidates", "settings")
 SETTING_KEYS = tuple(f.name for f in dataclasses.fields(SamplingSettings))
 MAX_PROMPT_CHARS = 2000
+# The first bytes of each format `load_audio` reads (mp3: an ID3 tag or a frame sync).
+AUDIO_MAGIC = ((b"RIFF", ".wav"), (b"fLaC", ".flac"), (b"OggS", ".ogg"), (b"ID3", ".mp3"), (b"\xff\xfb", ".mp3"))
 
 
 class RequestError(ValueError):
@@ -356,6 +358,8 @@ class Studio:
         if not data:
             raise RequestError(f"{field}: the uploaded file is empty")
         suffix = os.path.splitext(os.path.basename(name or ""))[1].lower()
+        if suffix not in AUDIO_EXTENSIONS:  # a recording sent without a name: its first bytes say what it is
+            suffix = next((ext for magic, ext in AUDIO_MAGIC if data.startswith(magic)), suffix)
         path = os.path.join(directory, field + (suffix if suffix.isascii() and len(suffix) <= 6 else ""))
         with open(path, "wb") as f:
             f.write(data)
