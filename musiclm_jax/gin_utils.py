@@ -211,25 +211,39 @@ def _canonical(scope: str, selector: str, parameter: str) -> tuple[str, str]:
 
 def read_keys(roots: Sequence[str]) -> set[tuple[str, str]]:
     """The bindings (as (scope, selector) keys) that calling the entry functions `roots` can read:
-    theirs, and transitively those of every configurable and macro their values refer to. A
-    configurable's bindings in any scope count as read once it is referred to."""
+    theirs, and transitively those of every configurable and macro their values refer to, each in
+    the scope gin calls it in. Gin's rules (checked on gin 0.5): `@a/X()` runs X in scope `a`
+    (whatever the caller's), `@X()` in the caller's scope, `%M` evaluates in scope `M`; a binding
+    `s/X.p` applies when X runs in a scope path that starts with `s`."""
     config = gin.config._CONFIG
     by_selector: dict[str, list] = {}
     for key in config:
         by_selector.setdefault(key[1], []).append(key)
-    todo = [k for r in roots for sel, keys in by_selector.items() if sel == r or sel.endswith("." + r) for k in keys]
+
+    def path_of(scope: str) -> tuple:
+        return tuple(filter(None, scope.split("/")))
+
+    def applying(selector: str, path: tuple) -> list:
+        return [(k, path) for k in by_selector.get(selector, []) if path[: len(path_of(k[0]))] == path_of(k[0])]
+
+    todo = [
+        item for r in roots for sel in by_selector if sel == r or sel.endswith("." + r) for item in applying(sel, ())
+    ]
     seen: set = set()
     while todo:
-        key = todo.pop()
-        if key in seen:
+        key, path = todo.pop()
+        if (key, path) in seen:
             continue
-        seen.add(key)
+        seen.add((key, path))
         refs: set = set()
         for value in config.get(key, {}).values():
             _references(value, refs)
         for scope, selector in refs:
-            todo.extend([(scope, selector)] if selector == "gin.macro" else by_selector.get(selector, []))
-    return seen
+            if selector == "gin.macro":
+                todo.append(((scope, selector), path_of(scope)))
+            else:
+                todo.extend(applying(selector, path_of(scope) if scope else path))
+    return {key for key, _ in seen}
 
 
 def _own_bindings(gin_file: str) -> list[tuple[tuple[str, str], str]]:

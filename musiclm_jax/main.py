@@ -193,18 +193,19 @@ FLAGS = {
         ),
     ),
     "dtype": (("export",), dict(help="cast floating parameters, e.g. bfloat16 (default: as trained)")),
+    # serve's limits: left out, run_server's defaults (or a gin binding of serve.*) apply
     "host": (
         ("serve",),
-        dict(
-            default="127.0.0.1",
-            help="the address to bind (127.0.0.1: this machine only; 0.0.0.0: anyone who can reach it)",
-        ),
+        dict(help="the address to bind (default 127.0.0.1: this machine only; 0.0.0.0: anyone who can reach it)"),
     ),
-    "port": (("serve",), dict(type=int, default=8000, help="the TCP port")),
-    "max_seconds": (("serve",), dict(type=float, default=30.0, help="the longest music a request may ask for")),
-    "queue_size": (("serve",), dict(type=int, default=8, help="requests that may wait; one more is answered 503")),
-    "max_upload_mb": (("serve",), dict(type=float, default=20.0, help="the largest upload (a tune or a clip)")),
+    "port": (("serve",), dict(type=int, help="the TCP port (default 8000)")),
+    "max_seconds": (("serve",), dict(type=float, help="the longest music a request may ask for (default 30)")),
+    "queue_size": (("serve",), dict(type=int, help="requests that may wait; one more is answered 503 (default 8)")),
+    "max_candidates": (("serve",), dict(type=int, help="the most candidates a request may ask for (default 8)")),
+    "max_upload_mb": (("serve",), dict(type=float, help="the largest request, its uploads together (default 20)")),
+    "max_upload_seconds": (("serve",), dict(type=float, help="the longest tune or clip uploaded (default 60)")),
 }
+SERVE_LIMITS = ("host", "port", "max_seconds", "queue_size", "max_candidates", "max_upload_mb", "max_upload_seconds")
 EPILOG = "Gin bindings: --gin.KEY=VALUE, e.g. --gin.MODEL_DIR=\"'/tmp/run'\" --gin.TRAIN_STEPS=100"
 
 
@@ -244,6 +245,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         print(_top_help(), file=sys.stdout if argv else sys.stderr)
         raise SystemExit(0 if argv else 2)
     mode, rest = argv[0], list(argv[1:])
+    if mode.startswith("-"):
+        raise SystemExit(_usage_error(f"{mode}: the mode comes first: musiclm <mode> [flags] (musiclm --help)"))
     if mode not in MODES:
         close = difflib.get_close_matches(mode, MODES, n=1)
         hint = f"; did you mean {close[0]}?" if close else ""
@@ -528,17 +531,9 @@ def _serve(args, source: dict, serve_fn=None) -> int:
     from musiclm_jax import serve
     from musiclm_jax.export import ExportError
 
+    given = {k: getattr(args, k) for k in (*SERVE_LIMITS, "output_dir") if getattr(args, k) is not None}
     try:
-        (serve_fn or serve.run_server)(
-            **source,
-            output_dir=args.output_dir or "musiclm_serve",
-            host=args.host,
-            port=args.port,
-            max_seconds=args.max_seconds,
-            default_seconds=min(10.0, args.max_seconds),
-            queue_size=args.queue_size,
-            max_upload_mb=args.max_upload_mb,
-        )
+        (serve_fn or serve.run_server)(**source, **given)
     except (ValueError, FileNotFoundError, ExportError) as e:  # not a model directory; a bad limit
         return _usage_error(f"serve: {str(e).strip().splitlines()[0]}")
     except OSError as e:  # the port is taken

@@ -1047,6 +1047,9 @@ def _log_plan(ctx: _Context, rows: list[dict], running: bool) -> dict:
     """Logs what each step will do (the opening of a run's log, or all of `--plan`) and returns it."""
     import jax
 
+    from musiclm_jax.training.partitioning import maybe_initialize_distributed
+
+    maybe_initialize_distributed()  # before jax.devices(): a multi-host launch starts here
     devices = jax.devices()
     out = {
         "model_dir": ctx.model_dir,

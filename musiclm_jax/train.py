@@ -79,14 +79,14 @@ def run_summary(
     }
 
 
-def _step_time(trainer: Trainer, batch, seed: int, remaining: int) -> dict:
+def _step_time(trainer: Trainer, batch, seed: int, remaining: int, peak: Optional[float] = None) -> dict:
     """Seconds per step on this machine: one compiled step timed on `batch` (small models), else
     the roofline at the device's peak FLOP rate."""
     flops = trainer.flops_per_step_per_device
     out = {"flops_per_step_per_device": flops}
     if trainer.param_count() > PLAN_TIMING_MAX_PARAMS:
         if flops:
-            seconds = flops / mfu.peak_flops_per_device()
+            seconds = flops / mfu.peak_flops_per_device(peak)
             out.update(seconds_per_step=seconds, estimated_by="roofline at the device's peak (a lower bound)")
             out["estimated_total_seconds"] = seconds * remaining
         return out
@@ -191,7 +191,8 @@ def train(
             f"{needs_trained}, but {model_dir} has no checkpoint to resume and restore_params_from is not set"
         )
     start_batch = latest or 0  # one batch per step; checked against the stored position below
-    data = BatchIterator(train_dataset_cfg, start_batch=start_batch)
+    # A plan needs one batch's shapes and contents, not the resume position (skipping reads the data).
+    data = BatchIterator(train_dataset_cfg, start_batch=0 if plan else start_batch)
     first = next(data)
     input_shapes = global_shapes(first)
     trainer = Trainer(
@@ -211,7 +212,7 @@ def train(
     if plan:
         if ckpt is not None:
             ckpt.close()
-        summary.update(_step_time(trainer, first, seed, summary["remaining_steps"]))
+        summary.update(_step_time(trainer, first, seed, summary["remaining_steps"], peak_flops_per_device))
         summaries.log("train plan (nothing runs):\n%s", format_summary(summary))
         return summary
     summaries.log("train:\n%s", format_summary(summary))

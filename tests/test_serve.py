@@ -46,6 +46,7 @@ def studio(served, tmp_path_factory):
         default_seconds=SECONDS,
         queue_size=2,
         max_upload_bytes=MAX_UPLOAD,
+        max_upload_seconds=5.0,
     )
     yield s
     s.stop()
@@ -56,7 +57,8 @@ def server(studio):
     """The app on a free localhost port, in a thread: its base URL."""
     import uvicorn
 
-    srv = uvicorn.Server(uvicorn.Config(create_app(studio), host="127.0.0.1", port=0, log_level="warning"))
+    app = create_app(studio, allowed_hosts=["127.0.0.1", "localhost"])
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -117,6 +119,7 @@ def test_api_round_trip(server):
     sidecar = requests.get(server + files["sidecar.json"] + "?download=1", timeout=10)
     assert sidecar.json()["prompt"] == prompt and sidecar.json()["seed"] == 7
     assert "attachment" in sidecar.headers["content-disposition"]
+    assert "models" not in sidecar.json() and "/" not in sidecar.json()["file"]  # no server paths
     listed = requests.get(f"{server}/api/jobs", timeout=10).json()["jobs"]
     assert job["id"] in [j["id"] for j in listed]
 
@@ -128,7 +131,11 @@ def test_bad_input_is_a_4xx_with_a_message(server, tmp_path):
         ({"json": {"prompt": "   "}}, 400, "prompt is empty"),
         ({"json": {}}, 400, "prompt is empty"),
         ({"json": {"prompt": "x", "seconds": 30}}, 400, "at most 3"),
-        ({"json": {"prompt": "x", "seconds": 0}}, 400, "more than 0"),
+        ({"json": {"prompt": "x", "seconds": 0}}, 400, "at least 0.1"),
+        ({"json": {"prompt": "x", "seconds": 1e-9}}, 400, "at least 0.1"),
+        ({"json": {"prompt": "x", "seed": 10**400}}, 400, "seed"),
+        ({"json": {"story": []}}, 400, "no segments"),
+        ({"json": {"prompt": "x", "settings": {"semantic": {"top_k": 10**9}}}}, 400, "at most 4096"),
         ({"json": {"prompt": "x", "seconds": "long"}}, 400, "must be a number"),
         ({"json": {"prompt": "x", "temperature": 0.5}}, 400, "unknown field 'temperature'"),
         ({"json": {"prompt": "x", "settings": {"coarse": {"temp": 1}}}}, 400, "unknown setting 'temp'"),
@@ -137,7 +144,7 @@ def test_bad_input_is_a_4xx_with_a_message(server, tmp_path):
         ({"json": {"prompt": "x", "num_candidates": 99}}, 400, "num_candidates"),
         ({"json": {"prompt": "x", "seed": 1.5}}, 400, "whole number"),
         ({"json": {"prompt": "x", "story": [{"text": "a", "seconds": 1}]}}, 400, "not both"),
-        ({"json": {"story": [{"text": "a", "seconds": -1}]}}, 400, "more than 0 seconds"),
+        ({"json": {"story": [{"text": "a", "seconds": -1}]}}, 400, "at least 0.1 s"),
         ({"json": {"prompt": "x" * 5000}}, 400, "at most 2000"),
         ({"data": b'{"prompt": ', "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
         ({"data": b"[1, 2]", "headers": {"content-type": "application/json"}}, 400, "JSON object"),
@@ -146,6 +153,8 @@ def test_bad_input_is_a_4xx_with_a_message(server, tmp_path):
         (melody(wav_bytes(np.zeros(SR))), 400, "silent"),
         ({"files": {"melody": ("notes.txt", b"la la la\n" * 50)}, "data": {"prompt": "x"}}, 400, "notes.txt"),
         (melody(wav_bytes(np.random.default_rng(0).uniform(-1, 1, 20 * SR))), 413, "upload limit"),
+        (melody(wav_bytes(tune(6.0))), 413, "at most 5 s"),  # checked before decoding
+        ({"json": {"prompt": "x"}, "headers": {"origin": "http://evil.example"}}, 403, "evil.example"),
         ({"files": {"drums": ("d.wav", wav_bytes(tune()))}, "data": {"prompt": "x"}}, 400, "unknown upload 'drums'"),
         ({"json": {"prompt": "x", "melody": "/etc/passwd"}}, 400, "uploaded audio file"),
     ]
@@ -157,6 +166,8 @@ def test_bad_input_is_a_4xx_with_a_message(server, tmp_path):
     for path, status in [("/api/jobs/nope", 404), ("/api/jobs/nope/audio.wav", 404), ("/api/nothing", 404)]:
         r = requests.get(server + path, timeout=10)
         assert r.status_code == status and r.json()["error"], r.text
+    # a page on another domain rebound to 127.0.0.1 sends its own Host: not answered
+    assert requests.get(f"{server}/api/jobs", headers={"host": "evil.example"}, timeout=10).status_code == 400
 
 
 def test_two_at_once_and_a_full_queue(server, studio):

@@ -18,10 +18,10 @@ from musiclm_jax.serve.studio import QueueFullError, RequestError, Served, Studi
 __all__ = ["QueueFullError", "RequestError", "Served", "Studio", "create_app", "load_served", "run_server"]
 
 
-def create_app(studio: Studio):
+def create_app(studio: Studio, allowed_hosts=None):
     from musiclm_jax.serve.app import create_app as create
 
-    return create(studio)
+    return create(studio, allowed_hosts)
 
 
 def run_server(
@@ -34,9 +34,10 @@ def run_server(
     host: str = "127.0.0.1",
     port: int = 8000,
     max_seconds: float = 30.0,
-    default_seconds: float = 10.0,
+    default_seconds: Optional[float] = None,
     queue_size: int = 8,
     max_upload_mb: float = 20.0,
+    max_upload_seconds: float = 60.0,
     max_candidates: int = 8,
 ) -> None:
     """Loads the model once, then serves until interrupted (Ctrl-C).
@@ -50,11 +51,23 @@ def run_server(
       host: the address to bind; 127.0.0.1 serves this machine only, 0.0.0.0 every network the
         machine is on (anyone who reaches it can queue generations and read the results).
       port: the TCP port.
-      max_seconds, default_seconds, queue_size, max_candidates: as `Studio`.
-      max_upload_mb: the largest upload (a tune or a clip to continue).
+      max_seconds, default_seconds (default: 10 s or max_seconds), queue_size, max_candidates: as `Studio`.
+      max_upload_mb: the largest request (its uploads together: a tune, a clip to continue).
+      max_upload_seconds: the longest upload.
     """
+    import socket
+
     import uvicorn
 
+    default_seconds = min(10.0, max_seconds) if default_seconds is None else default_seconds
+    if not 0 < default_seconds <= max_seconds or queue_size < 1 or max_candidates < 1 or max_upload_mb <= 0:
+        raise ValueError(
+            "need 0 < default_seconds <= max_seconds, queue_size >= 1, max_candidates >= 1 and max_upload_mb > 0; got "
+            f"{default_seconds}, {max_seconds}, {queue_size}, {max_candidates}, {max_upload_mb}"
+        )
+    with socket.socket() as probe:  # a port in use is said now, not after minutes of loading
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
     served = load_served(model_dir, model_dirs, semantic_rate=semantic_rate, windows=windows)
     studio = Studio(
         served,
@@ -63,12 +76,15 @@ def run_server(
         default_seconds=default_seconds,
         queue_size=queue_size,
         max_upload_bytes=int(max_upload_mb * (1 << 20)),
+        max_upload_seconds=max_upload_seconds,
         max_candidates=max_candidates,
     )
+    local = host in ("127.0.0.1", "localhost", "::1")
     logging.getLogger("musiclm_jax").info("serving %s", served.description)
     print(f"musiclm serve: {served.description}; results in {output_dir}")
     print(f"musiclm serve: open http://{'localhost' if host in ('127.0.0.1', 'localhost') else host}:{port}/")
     try:
-        uvicorn.run(create_app(studio), host=host, port=port, log_level="warning")
+        app = create_app(studio, allowed_hosts=["localhost", "127.0.0.1", "[::1]", "::1"] if local else None)
+        uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
-        studio.stop()
+        studio.stop(wait=False)  # Ctrl-C: do not wait for the piece being made

@@ -8,7 +8,8 @@
     GET  /api/jobs/{id}/audio.wav   the music (also spectrogram.png, sidecar.json; ?download=1 to save)
 
 Errors are JSON {"error": message}: 400 bad input, 404 unknown job, 409 not finished, 411/413
-request size, 415 content type, 503 queue full; never a traceback.
+request size, 415 content type, 403 a post from another site's page, 503 queue full; never a
+traceback.
 """
 
 from __future__ import annotations
@@ -17,13 +18,17 @@ import json
 import logging
 import os
 import re
+import urllib.parse
 from importlib import resources
+from typing import Optional, Sequence
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.routing import Route
@@ -71,7 +76,24 @@ def job_view(studio: Studio, job: Job) -> dict:
     return out
 
 
-def create_app(studio: Studio) -> Starlette:
+def public_sidecar(sidecar: dict) -> dict:
+    """A sidecar as clients see it: file names, not the server's paths or model directories."""
+    out = {k: v for k, v in sidecar.items() if k != "models"}
+    for key in ("file", *UPLOADS):
+        if out.get(key):
+            out[key] = os.path.basename(out[key])
+    return out
+
+
+def _download_name(job: Job, kind: str) -> str:
+    text = job.request.get("prompt") or " ".join(s["text"] for s in job.request.get("story", []))
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:40] or "music"
+    return f"musiclm_{job.id}_{slug}.{kind}"
+
+
+def create_app(studio: Studio, allowed_hosts: Optional[Sequence[str]] = None) -> Starlette:
+    """The app. `allowed_hosts`: the Host names it answers (a server bound to this machine answers
+    only localhost names, so a web page cannot reach it by rebinding a domain name to 127.0.0.1)."""
     page = resources.files("musiclm_jax.serve").joinpath("page.html").read_text()
 
     async def index(request: Request):
@@ -83,6 +105,10 @@ def create_app(studio: Studio) -> Starlette:
     async def jobs(request: Request):
         if request.method == "GET":
             return JSONResponse({"jobs": [job_view(studio, j) for j in studio.jobs()]})
+        origin = request.headers.get("origin")
+        if origin and urllib.parse.urlsplit(origin).netloc != request.headers.get("host"):
+            # A form on another site may post here (browsers send that without asking): refused.
+            return _error(f"requests from {origin} are refused: use this server's own page", 403)
         try:
             fields, uploads = await _read_request(request, studio.max_upload_bytes)
             job = await run_in_threadpool(studio.submit, fields, uploads)  # decodes uploads: off the event loop
@@ -110,11 +136,12 @@ def create_app(studio: Studio) -> Starlette:
             return _error(f"job {job.id} is {job.status}: it has no {name}", 409)
         if not os.path.isfile(path):
             return _error(f"{name} of job {job.id} was deleted from the server", 404)
-        text = job.request.get("prompt") or " ".join(s["text"] for s in job.request.get("story", []))
-        filename = None
-        if request.query_params.get("download"):
-            slug = re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:40] or "music"
-            filename = f"musiclm_{job.id}_{slug}.{kind}"
+        if kind == "json":  # the sidecar without the server's own paths
+            headers = {"Content-Disposition": f'attachment; filename="{_download_name(job, kind)}"'}
+            return JSONResponse(
+                public_sidecar(job.sidecar), headers=headers if request.query_params.get("download") else None
+            )
+        filename = _download_name(job, kind) if request.query_params.get("download") else None
         return FileResponse(path, media_type=media_type, filename=filename)
 
     async def http_error(request: Request, exc: HTTPException):
@@ -124,7 +151,9 @@ def create_app(studio: Studio) -> Starlette:
         logging.exception("musiclm serve: %s %s", request.method, request.url.path, exc_info=exc)
         return _error(f"internal error ({type(exc).__name__}); the server log has the details", 500)
 
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))] if allowed_hosts else []
     return Starlette(
+        middleware=middleware,
         routes=[
             Route("/", index),
             Route("/api/info", info),
@@ -161,14 +190,16 @@ async def _read_request(request: Request, max_upload_bytes: int) -> tuple[dict, 
     except MultiPartException as e:
         raise RequestError(f"cannot read the form: {e.message}") from None
     fields, uploads = {}, {}
-    for key, value in form.multi_items():
-        if key in fields or key in uploads:
-            raise RequestError(f"field {key!r} is given twice")
-        if isinstance(value, UploadFile):
-            data = await value.read()
-            if value.filename or data:  # a file input left empty sends an empty part
-                uploads[key] = (value.filename or "", data)
-        else:
-            fields[key] = value
-    await form.close()
+    try:
+        for key, value in form.multi_items():
+            if key in fields or key in uploads:
+                raise RequestError(f"field {key!r} is given twice")
+            if isinstance(value, UploadFile):
+                data = await value.read()
+                if value.filename or data:  # a file input left empty sends an empty part
+                    uploads[key] = (value.filename or "", data)
+            else:
+                fields[key] = value
+    finally:
+        await form.close()  # its spooled temporary files
     return fields, uploads

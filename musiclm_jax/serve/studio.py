@@ -15,11 +15,14 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import threading
 import time
 from typing import Any, Mapping, Optional
+
+import soundfile
 
 from musiclm_jax import export, fileio, pipeline
 from musiclm_jax import generate as generate_lib
@@ -32,6 +35,8 @@ UPLOADS = ("melody", "continue_from")  # the audio a request may upload, by fiel
 FIELDS = ("prompt", "story", "seconds", "seed", "num_candidates", "settings")
 SETTING_KEYS = tuple(f.name for f in dataclasses.fields(SamplingSettings))
 MAX_PROMPT_CHARS = 2000
+MIN_SECONDS = 0.1  # a piece or a story segment
+MAX_SETTING = {"temperature": 10.0, "top_k": 4096, "top_p": 1.0, "guidance_scale": 20.0}
 # The first bytes of each format `load_audio` reads (mp3: an ID3 tag or a frame sync).
 AUDIO_MAGIC = ((b"RIFF", ".wav"), (b"fLaC", ".flac"), (b"OggS", ".ogg"), (b"ID3", ".mp3"), (b"\xff\xfb", ".mp3"))
 
@@ -140,7 +145,8 @@ class Studio:
       max_seconds: the longest music a request may ask for.
       default_seconds: the page's initial length.
       queue_size: jobs that may wait (the running one not counted); one more is refused.
-      max_upload_bytes: the largest request body (uploads included).
+      max_upload_bytes: the largest request body (the uploads together).
+      max_upload_seconds: the longest upload (a tune, a clip to continue), checked before decoding.
       max_candidates: the most candidates per request (each costs a full generation).
       start: start the worker now (tests start it later to fill the queue).
     """
@@ -154,6 +160,7 @@ class Studio:
         default_seconds: float = 10.0,
         queue_size: int = 8,
         max_upload_bytes: int = 20 << 20,
+        max_upload_seconds: float = 60.0,
         max_candidates: int = 8,
         start: bool = True,
     ):
@@ -168,6 +175,9 @@ class Studio:
         self.served, self.output_dir = served, output_dir
         self.max_seconds, self.default_seconds, self.queue_size = max_seconds, default_seconds, queue_size
         self.max_upload_bytes, self.max_candidates = max_upload_bytes, max_candidates
+        self.max_upload_seconds = max_upload_seconds
+        self.output_dir = os.path.abspath(output_dir)
+        self._decoding = threading.BoundedSemaphore(2)
         os.makedirs(output_dir, exist_ok=True)
         self._lock = threading.Condition()
         self._jobs: dict[str, Job] = {j.id: j for j in self._earlier_jobs()}
@@ -189,6 +199,7 @@ class Studio:
             "fixed_seconds": self.served.export_seconds is not None,
             "max_candidates": self.max_candidates,
             "max_upload_bytes": self.max_upload_bytes,
+            "max_upload_seconds": self.max_upload_seconds,
             "queue_size": self.queue_size,
             "sample_rate": model.codec.sample_rate,
             "settings": {s: vars(self.served.settings[s]) for s in STAGES},
@@ -212,8 +223,8 @@ class Studio:
     def result_file(self, job: Job, kind: str) -> Optional[str]:
         """The finished job's 'wav', 'png' or 'json' path."""
         if job.status != "done" or not job.sidecar:
-            return None
-        return job.sidecar["file"][: -len(".wav")] + "." + kind
+            return None  # by name in the job's own directory: the output directory may have moved
+        return os.path.join(job.directory, os.path.basename(job.sidecar["file"])[: -len(".wav")] + "." + kind)
 
     # ---- submitting ----
 
@@ -267,6 +278,8 @@ class Studio:
         prompt = fields.get("prompt")
         prompt = prompt.strip() if isinstance(prompt, str) else prompt
         request: dict[str, Any] = {}
+        if story == [] and not prompt:
+            raise RequestError("the story has no segments: add one (text and seconds)")
         if story not in (None, [], ""):
             if prompt:
                 raise RequestError("give a prompt or a story, not both")
@@ -281,8 +294,12 @@ class Studio:
                 raise RequestError("the prompt is empty: describe the music, e.g. 'a calm piano melody with soft rain'")
             request["prompt"] = self._check_text("prompt", prompt)
             seconds = _number(fields, "seconds", float, self.default_seconds)
-        if not 0 < seconds <= self.max_seconds:
-            raise RequestError(f"seconds must be more than 0 and at most {self.max_seconds:g}, got {seconds:g}")
+        # Tenths of a second: each new length compiles samplers, so lengths come in steps.
+        seconds = round(seconds, 1)
+        if not MIN_SECONDS <= seconds <= self.max_seconds:
+            raise RequestError(
+                f"seconds must be at least {MIN_SECONDS:g} and at most {self.max_seconds:g}, got {seconds:g}"
+            )
         if self.served.export_seconds is not None and abs(seconds - self.served.export_seconds) > 1e-6:
             raise RequestError(f"this export bundle makes {self.served.export_seconds:g} s of music only")
         request["seconds"] = seconds
@@ -306,9 +323,9 @@ class Studio:
             text = segment.get("text")
             if not isinstance(text, str) or not text.strip():
                 raise RequestError(f"story segment {i + 1} has no text")
-            seconds = _number(segment, "seconds", float, None, what=f"story segment {i + 1} seconds")
-            if not seconds > 0:
-                raise RequestError(f"story segment {i + 1} must last more than 0 seconds")
+            seconds = round(_number(segment, "seconds", float, None, what=f"story segment {i + 1} seconds"), 1)
+            if not seconds >= MIN_SECONDS:
+                raise RequestError(f"story segment {i + 1} must last at least {MIN_SECONDS:g} s")
             out.append({"text": self._check_text(f"story segment {i + 1}", text.strip()), "seconds": seconds})
         return out
 
@@ -329,7 +346,9 @@ class Studio:
             merged = dict(vars(self.served.settings[stage]))
             for key, value in values.items():
                 kind = int if key == "top_k" else float
-                merged[key] = _number(values, key, kind, None, what=f"settings.{stage}.{key}")
+                number = _number(values, key, kind, None, what=f"settings.{stage}.{key}", high=MAX_SETTING[key])
+                # Two decimals: top-k, top-p and guidance are compiled into the samplers.
+                merged[key] = number if kind is int else round(number, 2)
             try:
                 SamplingSettings(**merged)
             except ValueError as e:
@@ -360,23 +379,37 @@ class Studio:
         suffix = os.path.splitext(os.path.basename(name or ""))[1].lower()
         if suffix not in AUDIO_EXTENSIONS:  # a recording sent without a name: its first bytes say what it is
             suffix = next((ext for magic, ext in AUDIO_MAGIC if data.startswith(magic)), suffix)
-        path = os.path.join(directory, field + (suffix if suffix.isascii() and len(suffix) <= 6 else ""))
+        path = os.path.join(directory, field + (suffix if re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else ""))
         with open(path, "wb") as f:
             f.write(data)
         rate = model.melody.sample_rate if field == "melody" else model.codec.sample_rate
         try:
-            audio, info = load_audio(path, sample_rate=rate)
+            with self._decoding:  # decoding and the melody check: a few at once, beside the worker
+                return self._check_audio(field, name, path, rate)
         except AudioDecodeError as e:
             shown = name or "the upload"
             detail = str(e.detail).replace(path, shown)  # the client's file name, not the server's path
             raise RequestError(f"{field}: cannot read {shown} as audio ({e.category}: {detail})") from None
-        try:
-            if field == "melody":
-                model.tune_tokens(audio, info.sample_rate, None)
-            elif len(audio) < info.sample_rate / 4:
-                raise RequestError(f"{field}: the clip is {len(audio) / info.sample_rate:.2f} s; give at least 0.25 s")
         except UnusableMelodyError as e:
             raise RequestError(f"{field}: {e}") from None
+
+    def _check_audio(self, field: str, name: str, path: str, rate: int) -> str:
+        """Refuses audio too long to be worth decoding (a small compressed file can hold hours),
+        then decodes it, and checks that a tune is not silent."""
+        try:
+            seconds = soundfile.info(path).duration
+        except (RuntimeError, soundfile.LibsndfileError):
+            seconds = None  # load_audio says why it cannot be read
+        if seconds is not None and seconds > self.max_upload_seconds:
+            raise RequestError(
+                f"{field}: {name or 'the upload'} lasts {seconds:.0f} s; at most {self.max_upload_seconds:g} s",
+                status=413,
+            )
+        audio, info = load_audio(path, sample_rate=rate)
+        if field == "melody":
+            self.served.model.tune_tokens(audio, info.sample_rate, None)
+        elif len(audio) < info.sample_rate / 4:
+            raise RequestError(f"{field}: the clip is {len(audio) / info.sample_rate:.2f} s; give at least 0.25 s")
         return path
 
     # ---- running ----
@@ -396,11 +429,12 @@ class Studio:
             self._paused = False
             self._lock.notify_all()
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """Stops the worker after its current job (`wait`: until then; else it ends with the process)."""
         with self._lock:
             self._stopping = True
             self._lock.notify_all()
-        if self._worker is not None:
+        if self._worker is not None and wait:
             self._worker.join()
 
     def _work(self) -> None:
@@ -494,7 +528,7 @@ def _number(fields, name, kind, default, *, low=None, high=None, what=None):
         raise RequestError(f"{what} must be a number, got {value!r}")
     try:
         number = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise RequestError(f"{what} must be a number, got {value!r}") from None
     if number != number or number in (float("inf"), float("-inf")):
         raise RequestError(f"{what} must be a finite number, got {value!r}")
@@ -503,5 +537,10 @@ def _number(fields, name, kind, default, *, low=None, high=None, what=None):
             raise RequestError(f"{what} must be a whole number, got {value!r}")
         number = int(number)
     if (low is not None and number < low) or (high is not None and number > high):
-        raise RequestError(f"{what} must be between {low} and {high}, got {value!r}")
+        bounds = (
+            f"between {low} and {high}"
+            if low is not None and high is not None
+            else (f"at most {high}" if low is None else f"at least {low}")
+        )
+        raise RequestError(f"{what} must be {bounds}, got {value!r}")
     return number
