@@ -275,7 +275,8 @@ def check_read_by(roots: Sequence[str], gin_files: Sequence[str], bindings: Sequ
         own = _own_bindings(gin_file)
         if own and not any(key in read for key, _ in own):
             raise ConfigError(
-                f"{gin_file}: `musiclm {mode}` reads none of its bindings (e.g. {own[0][1]}); it is for another mode"
+                f"{gin_file}: `musiclm {mode}` reads none of its bindings (e.g. {own[0][1]}); it is for another "
+                "mode, or nothing points at it (a data gin's task needs e.g. --gin.MIXTURE_OR_TASK_NAME=%TASK)"
             )
     for binding in bindings:
         written = binding.partition("=")[0].strip()

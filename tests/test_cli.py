@@ -234,6 +234,12 @@ def test_size_given_twice_and_gin_files_for_another_mode_are_refused(tmp_path, c
     assert "--size given twice (tiny and small)" in _one_line(capsys)
     assert main.main(["pipeline", "--size=tiny", d, "--gin_file=experiments/mulan_tiny.gin"]) == 2
     assert "experiments/mulan_tiny.gin: `musiclm pipeline` reads none of its bindings" in _one_line(capsys)
+    # a data gin whose task the experiment does not read (it trains on its own task): refused
+    mulan = ["train", "--gin_file=experiments/mulan_tiny.gin", f"--gin.MODEL_DIR='{tmp_path / 'm'}'"]
+    assert main.main([*mulan, "--gin_file=data/manifest.gin", "--gin.MANIFEST='/data/music.jsonl'"]) == 2
+    assert "data/manifest.gin: `musiclm train` reads none of its bindings" in _one_line(capsys)
+    assert main.main([*mulan, "--gin.manifest/register_audio_task.crop_seconds=3"]) == 2  # another scope's
+    assert "`musiclm train` never reads it" in _one_line(capsys)
     generate = ["generate", "--gin_file=runs/generate.gin", "--prompt=x", "--gin.MULAN_DIR='/x'"]
     assert main.main([*generate, "--gin_file=models/mulan/tiny.gin"]) == 2
     assert "models/mulan/tiny.gin: `musiclm generate` reads none of its bindings" in _one_line(capsys)
