@@ -261,3 +261,15 @@ def test_continuation_starts_with_the_prompt_tokens(windowed, dirs, tmp_path):
     with pytest.raises(Exception, match="bad.wav"):
         gen.generate(output_dir=str(tmp_path / "none"), continue_from=str(tmp_path / "bad.wav"), **kwargs)
     assert not (tmp_path / "none").exists()
+
+
+def test_compiled_samplers_are_kept_least_recently_used_first(musiclm, monkeypatch):
+    from musiclm_jax.models.musiclm import SamplingSettings
+
+    monkeypatch.setattr(musiclm, "max_samplers", 2)
+    monkeypatch.setattr(musiclm, "_samplers", type(musiclm._samplers)())
+    a, b, c = (musiclm._sampler("coarse", n, SamplingSettings()) for n in (10, 20, 30))
+    assert list(k[1] for k in musiclm._samplers) == [20, 30]  # 10 dropped
+    assert musiclm._sampler("coarse", 20, SamplingSettings()) is b  # a hit moves it last
+    musiclm._sampler("coarse", 40, SamplingSettings())
+    assert list(k[1] for k in musiclm._samplers) == [20, 40]

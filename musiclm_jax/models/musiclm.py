@@ -27,6 +27,7 @@ Library code, no gin: `musiclm generate` (generate.py) builds this from checkpoi
 from __future__ import annotations
 
 import bisect
+import collections
 import dataclasses
 import functools
 import math
@@ -147,6 +148,10 @@ class MusicLM:
     an audio prompt; `melody`: a MelodyTokenizer, needed only to follow a tune (a semantic stage
     trained with a melody condition)."""
 
+    # Compiled samplers kept (least recently used dropped): one per stage, window length and
+    # compiled settings, so a long-running server asked for many lengths does not grow forever.
+    max_samplers = 64
+
     def __init__(
         self,
         mulan,
@@ -175,7 +180,7 @@ class MusicLM:
                 "the semantic stage was trained with melody tokens: MusicLM needs the melody tokenizer "
                 "(the melody model's directory) even for text-only music"
             )
-        self._samplers: dict = {}
+        self._samplers: collections.OrderedDict = collections.OrderedDict()  # least recently used first
 
     # --- consistency of the parts ------------------------------------------------------------
 
@@ -235,7 +240,9 @@ class MusicLM:
         for any temperature), the guidance scale static (predict_batch needs a Python number).
         jit retraces for new condition / prefix shapes (the first and last windows)."""
         key = (stage, num_tokens, settings.top_k, settings.top_p, settings.guidance_scale)
-        if key not in self._samplers:
+        if key in self._samplers:
+            self._samplers.move_to_end(key)
+        else:
             model = self.stages[stage][0]
 
             def sample(params, batch, rng, temperature):
@@ -251,6 +258,8 @@ class MusicLM:
                 )
 
             self._samplers[key] = jax.jit(sample, compiler_options=compiler_options())
+            while len(self._samplers) > self.max_samplers:  # a long-running server sees many lengths
+                self._samplers.popitem(last=False)
         return self._samplers[key]
 
     def _run_stage(self, stage: str, batch: dict, rng, num_tokens: int, settings: SamplingSettings) -> np.ndarray:
