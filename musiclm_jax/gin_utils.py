@@ -160,27 +160,15 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
     check_macros_read(bindings)
 
 
-def _macro_names(value: Any, out: set[str]) -> None:
-    """Adds the macros (`%NAME`) that a bound value refers to, at any depth."""
-    if isinstance(value, gin.config.ConfigurableReference):
-        if value.config_key[1] == "gin.macro":
-            out.add(value.config_key[0])
-    elif isinstance(value, (list, tuple, set)):
-        for v in value:
-            _macro_names(v, out)
-    elif isinstance(value, dict):
-        for v in (*value.keys(), *value.values()):
-            _macro_names(v, out)
-
-
 def check_macros_read(bindings: Sequence[str]) -> None:
     """ConfigError naming the first macro bound in `bindings` that no binding of the parsed
     config refers to, with the closest macro that is read. (Gin has no public API for the
     parsed bindings; `gin.config._CONFIG` maps (scope, configurable) -> {parameter: value}.)"""
-    read: set[str] = set()
+    refs: set = set()
     for params in gin.config._CONFIG.values():
         for value in params.values():
-            _macro_names(value, read)
+            _references(value, refs)
+    read = {name for name, selector in refs if selector == "gin.macro"}
     for binding in bindings:
         name = binding.partition("=")[0].strip()
         if name and "." not in name and "/" not in name and name not in read:

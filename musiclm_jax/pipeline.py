@@ -1045,20 +1045,17 @@ def _param_count(model, shapes) -> int:
 
 def _log_plan(ctx: _Context, rows: list[dict], running: bool) -> dict:
     """Logs what each step will do (the opening of a run's log, or all of `--plan`) and returns it."""
-    import jax
-
+    from musiclm_jax.run_setup import describe_devices
     from musiclm_jax.training.partitioning import maybe_initialize_distributed
 
     maybe_initialize_distributed()  # before jax.devices(): a multi-host launch starts here
-    devices = jax.devices()
     out = {
         "model_dir": ctx.model_dir,
         "storage": "object store" if fileio.is_url(ctx.model_dir) else "local",
         "size": ctx.size,
         "data": f"{ctx.data.kind} {ctx.data.path}" if ctx.data is not None else "the embedded synthetic source",
         "from": ctx.from_dir,
-        "devices": f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform}), "
-        f"{jax.process_count()} process(es)",
+        "devices": describe_devices(),
         "plan": rows,
     }
     log(

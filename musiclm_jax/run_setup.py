@@ -26,6 +26,12 @@ def start_run(
     return model_dir, partitioner
 
 
+def describe_devices() -> str:
+    """e.g. '8 x TPU v5 lite (tpu), 2 process(es)': what a run's summary says it runs on."""
+    devices = jax.devices()
+    return f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform}), {jax.process_count()} process(es)"
+
+
 def global_shapes(local_batch: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
     """Global input shapes from this host's share of a batch."""
     return {k: (v.shape[0] * jax.process_count(),) + tuple(v.shape[1:]) for k, v in local_batch.items()}

@@ -19,7 +19,7 @@ import numpy as np
 from musiclm_jax import fileio
 from musiclm_jax.data.input_pipeline import BatchIterator, DatasetConfig
 from musiclm_jax.models.base import BaseModel
-from musiclm_jax.run_setup import global_shapes, start_run
+from musiclm_jax.run_setup import describe_devices, global_shapes, start_run
 from musiclm_jax.training import checkpoints, mfu, summaries
 from musiclm_jax.training.actions import (
     ActionMode,
@@ -60,7 +60,6 @@ def run_summary(
         start = f"fine-tune from {restore_params_from}"
     else:
         start = "train from scratch"
-    devices = jax.devices()
     return {
         "model": type(model).__name__,
         "parameters": trainer.param_count(),
@@ -73,8 +72,7 @@ def run_summary(
         "microbatches": microbatches,
         "inputs": {k: list(v) for k, v in input_shapes.items()},
         "data": {"task": data.mixture_or_task_name, "split": data.split, "shuffle": data.shuffle},
-        "devices": f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform}), "
-        f"{jax.process_count()} process(es)",
+        "devices": describe_devices(),
         "mesh": dict(trainer.partitioner.mesh.shape),
     }
 

@@ -172,13 +172,12 @@ class Studio:
             raise ValueError(f"default_seconds must be in (0, max_seconds={max_seconds}], got {default_seconds}")
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
-        self.served, self.output_dir = served, output_dir
+        self.served, self.output_dir = served, os.path.abspath(output_dir)
         self.max_seconds, self.default_seconds, self.queue_size = max_seconds, default_seconds, queue_size
         self.max_upload_bytes, self.max_candidates = max_upload_bytes, max_candidates
         self.max_upload_seconds = max_upload_seconds
-        self.output_dir = os.path.abspath(output_dir)
         self._decoding = threading.BoundedSemaphore(2)
-        os.makedirs(output_dir, exist_ok=True)
+        os.makedirs(self.output_dir, exist_ok=True)
         self._lock = threading.Condition()
         self._jobs: dict[str, Job] = {j.id: j for j in self._earlier_jobs()}
         self._waiting: collections.deque[str] = collections.deque()
